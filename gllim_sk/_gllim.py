@@ -1,0 +1,678 @@
+"""GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
+
+import warnings
+from numbers import Integral, Real
+from time import time
+
+import numpy as np
+from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from . import _gllim_math as gm
+
+__all__ = ["GLLiMRegressor"]
+
+_NOISE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
+_TARGET_TYPES = ("full", "diag", "spherical", "tied")
+
+
+class GLLiMRegressor(RegressorMixin, BaseEstimator):
+    r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
+
+    GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
+    maps into the *high-dimensional* feature space (D values), and predicts by inverting
+    the joint Gaussian mixture (Lathuilière et al., CVPR 2017, eqs. (1)-(4); Deleforge,
+    Forbes and Horaud, Statistics and Computing 2015)::
+
+        p(Z = k) = pi_k,   p(y | Z = k) = N(c_k, Gamma_k),
+        x = A_k y + A^w_k w + b_k + e_k,   w ~ N(0, I_Lw),   e_k ~ N(0, Sigma_k).
+
+    With ``n_latent = Lw > 0`` the features also depend on Lw latent factors that no
+    target explains (identity, lighting, ...): the partially-latent ("hybrid") GLLiM.
+    The prediction is the conditional mean of the forward mixture
+    ``p(y | x) = sum_k nu_k(x) N(y; A*_k x + b*_k, Sigma*_k)``.
+
+    Parameters are estimated by EM in scikit-learn's :class:`~sklearn.mixture.GaussianMixture`
+    order. Every step is written as a few matrix products batched over components, and
+    prediction uses the Woodbury identity, so for the diagonal noise family no D x D matrix
+    is ever formed: one EM iteration costs O(n D K (L + Lw)).
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of affine components K.
+    covariance_type : {"diag", "full", "spherical", "tied", "tied_diag", \
+"tied_spherical"}, default="diag"
+        Structure of the noise covariances Sigma_k: one full, diagonal or isotropic matrix
+        per component, or one shared by all components ("tied" is a shared full matrix).
+        "full" and "tied" cost O(D^2) memory and O(n D^2) time and are meant for small D.
+    target_covariance_type : {"full", "diag", "spherical", "tied"}, default="full"
+        Structure of the target covariances Gamma_k.
+    n_latent : int, default=0
+        Number of latent factors Lw of the partially-latent model (0: plain GLLiM).
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every Sigma_k and Gamma_k after each M-step. It sets the
+        smallest variance the model can represent, so it is in the units of the data:
+        standardise features of very small scale.
+    max_iter : int, default=100
+        Number of EM iterations (M-step + E-step) per initialisation.
+    tol : float, default=1e-3
+        EM stops when the mean log-likelihood per sample changes by less than ``tol``.
+        ``tol=0`` runs exactly ``max_iter`` iterations.
+    n_init : int, default=1
+        Number of initialisations; the one with the highest final likelihood is kept.
+    init_params : {"kmeans", "kmeans_joint", "random"}, default="kmeans"
+        How initial responsibilities are made: "kmeans" runs k-means on ``y`` followed by
+        a Gaussian mixture on ``y`` (the paper's choice); "kmeans_joint" runs k-means on
+        the standardised joint ``[y, X]``; "random" draws random responsibilities.
+    resp_init : array-like of shape (n_samples, n_components), default=None
+        Initial responsibilities, overriding ``init_params`` (rows are normalised). The
+        deep model warm-starts the mixture through it.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation (k-means, GMM, random responsibilities, latent PCA).
+    warm_start : bool, default=False
+        If True, ``fit`` starts from the previous solution (``n_init`` is then ignored).
+    verbose : int, default=0
+        1 prints initialisation and convergence messages; 2 also prints the log-likelihood
+        every ``verbose_interval`` iterations with timings.
+    verbose_interval : int, default=10
+        Iterations between two progress lines at ``verbose=2``.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+        Mixing weights pi_k.
+    target_means_ : ndarray of shape (n_components, n_targets)
+        Target means c_k.
+    target_covariances_ : ndarray
+        Target covariances Gamma_k; shape (K, L, L) for "full", (K, L) for "diag",
+        (K,) for "spherical", (L, L) for "tied".
+    inverse_coef_ : ndarray of shape (n_components, n_features, n_targets)
+        Target loadings A_k of the inverse maps.
+    latent_coef_ : ndarray of shape (n_components, n_features, n_latent)
+        Latent loadings A^w_k (width 0 when ``n_latent=0``).
+    inverse_intercept_ : ndarray of shape (n_components, n_features)
+        Intercepts b_k of the inverse maps.
+    noise_covariances_ : ndarray
+        Noise covariances Sigma_k; shape (K, D, D) for "full", (K, D) for "diag", (K,)
+        for "spherical", (D, D) for "tied", (D,) for "tied_diag" and () for
+        "tied_spherical".
+    forward_means_ : ndarray of shape (n_components, n_features)
+        c*_k = A_k c_k + b_k, the centres of the components in feature space.
+    forward_coef_ : ndarray of shape (n_components, n_targets, n_features)
+        A*_k of eq. (3).
+    forward_intercept_ : ndarray of shape (n_components, n_targets)
+        b*_k of eq. (3).
+    forward_covariances_ : ndarray of shape (n_components, n_targets, n_targets)
+        Sigma*_k of eq. (3), the covariance of y given x within component k.
+    feature_mean_ : ndarray of shape (n_features,)
+        Mean of the training features; computations run on features centred by it.
+    lower_bounds_ : list of float
+        ``lower_bounds_[i]`` is the mean over samples of log p(x_n, y_n) under the
+        parameters after M-step ``i + 1`` of the best initialisation; ``lower_bounds_[0]``
+        belongs to the parameters made from the initial responsibilities.
+    lower_bound_ : float
+        The last entry of ``lower_bounds_``: the mean log-likelihood of the fitted model.
+    n_iter_ : int
+        Number of EM iterations (M-steps) of the best initialisation (>= 1).
+    converged_ : bool
+        Whether the best initialisation reached ``tol``.
+    n_features_in_ : int
+        Number of features D.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Feature names, when X has string column names.
+    n_targets_ : int
+        Number of targets L.
+
+    Notes
+    -----
+    Fitting always runs in float64. Predictions, standard deviations, covariances and
+    samples come back in the dtype of ``X`` (float32 in, float32 out), which keeps the
+    precision of the float32 input itself.
+
+    A component whose total responsibility falls below 1e-8 samples during EM keeps a
+    negligible weight and receives the moments of the whole training set, so that it
+    stays finite and well conditioned instead of collapsing onto single points.
+
+    The number of free parameters used by :meth:`bic` and :meth:`aic` is
+    ``(K - 1) + K L + n(Gamma) + K D L + K D + n(Sigma) + K (D Lw - Lw (Lw - 1) / 2)``,
+    where the last term counts the latent loadings up to rotation.
+
+    References
+    ----------
+    S. Lathuilière, R. Juge, P. Mesejo, R. Muñoz-Salinas, R. Horaud. Deep Mixture of
+    Linear Inverse Regressions Applied to Head-Pose Estimation. CVPR 2017.
+
+    A. Deleforge, F. Forbes, R. Horaud. High-Dimensional Regression with Gaussian
+    Mixtures and Partially-Latent Response Variables. Statistics and Computing, 2015.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gllim_sk import GLLiMRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.uniform(-1, 1, size=(300, 1))
+    >>> X = np.hstack([np.sin(3 * y), np.cos(3 * y), y**2]) + 0.01 * rng.normal(size=(300, 3))
+    >>> model = GLLiMRegressor(n_components=4, random_state=0).fit(X, y)
+    >>> y_hat, y_std = model.predict(X[:2], return_std=True)
+    >>> y_hat.shape, y_std.shape
+    ((2, 1), (2, 1))
+    >>> bool(np.abs(model.predict(X) - y).mean() < 0.05)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(_NOISE_TYPES))],
+        "target_covariance_type": [StrOptions(set(_TARGET_TYPES))],
+        "n_latent": [Interval(Integral, 0, None, closed="left")],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions({"kmeans", "kmeans_joint", "random"})],
+        "resp_init": ["array-like", None],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="diag",
+        target_covariance_type="full",
+        n_latent=0,
+        reg_covar=1e-6,
+        max_iter=100,
+        tol=1e-3,
+        n_init=1,
+        init_params="kmeans",
+        resp_init=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.target_covariance_type = target_covariance_type
+        self.n_latent = n_latent
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init_params = init_params
+        self.resp_init = resp_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    # ------------------------------------------------------------------ validation
+    def _validate_training_data(self, X, y):
+        X, y = validate_data(
+            self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
+            ensure_min_samples=2,
+        )
+        y = np.asarray(y)
+        self._y_ndim = y.ndim
+        y2 = y.reshape(-1, 1) if y.ndim == 1 else y
+        n, D = X.shape
+        L = y2.shape[1]
+        if L > D:
+            raise ValueError(
+                f"y has {L} columns but X has only {D} features: GLLiM regresses a "
+                "low-dimensional target from high-dimensional features (n_targets <= "
+                "n_features)."
+            )
+        if L + self.n_latent > D:
+            raise ValueError(
+                f"n_targets + n_latent = {L} + {self.n_latent} exceeds n_features = {D}."
+            )
+        if self.n_components > n:
+            raise ValueError(
+                f"n_components={self.n_components} must be <= n_samples={n}."
+            )
+        return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
+
+    def _check_resp_init(self, n_samples):
+        resp = check_array(self.resp_init, dtype=np.float64, input_name="resp_init")
+        if resp.shape != (n_samples, self.n_components):
+            raise ValueError(
+                f"resp_init has shape {resp.shape}; expected (n_samples, n_components) = "
+                f"({n_samples}, {self.n_components})."
+            )
+        if (resp < 0).any():
+            raise ValueError("resp_init has negative entries; responsibilities are >= 0.")
+        totals = resp.sum(axis=1, keepdims=True)
+        if (totals <= 0).any():
+            raise ValueError("resp_init has rows that sum to 0; each row needs mass.")
+        return resp / totals
+
+    def _check_X(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return X, X.dtype
+
+    def _check_y(self, y, n_samples=None):
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if y.ndim != 2 or y.shape[1] != self.n_targets_:
+            raise ValueError(
+                f"y has shape {y.shape}; expected {self.n_targets_} target column(s)."
+            )
+        if n_samples is not None and y.shape[0] != n_samples:
+            raise ValueError(
+                f"X and y have inconsistent numbers of samples: {n_samples} and {y.shape[0]}."
+            )
+        return y
+
+    # ------------------------------------------------------------------ fitting
+    def _initial_resp(self, Xc, y, random_state):
+        n = Xc.shape[0]
+        K = self.n_components
+        if self.resp_init is not None:
+            return self._check_resp_init(n)
+        if K == 1:
+            return np.ones((n, 1))
+        if self.init_params == "kmeans":
+            gmm = GaussianMixture(
+                n_components=K, covariance_type=self.target_covariance_type,
+                reg_covar=max(self.reg_covar, 1e-6), init_params="kmeans",
+                random_state=random_state,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                return gmm.fit(y).predict_proba(y)
+        if self.init_params == "kmeans_joint":
+            joint = np.hstack([y, Xc])
+            scale = joint.std(axis=0)
+            joint = joint / np.where(scale > 0, scale, 1.0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                labels = KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(
+                    joint
+                ).labels_
+            resp = np.zeros((n, K))
+            resp[np.arange(n), labels] = 1.0
+            return resp
+        resp = random_state.uniform(size=(n, K))
+        return resp / resp.sum(axis=1, keepdims=True)
+
+    def _initial_params(self, Xc, sq, y, resp, random_state):
+        n = Xc.shape[0]
+        no_latent = np.zeros((n, self.n_components, 0))
+        params, raw = gm.m_step(
+            Xc, sq, y, resp, no_latent, np.zeros((self.n_components, 0, 0)),
+            self.covariance_type, self.target_covariance_type, self.reg_covar, return_raw=True,
+        )
+        if self.n_latent == 0:
+            params.noise = gm.finalize_noise(
+                raw, params.weights, self.covariance_type, self.reg_covar
+            )
+            return params
+        return gm.init_latent(
+            Xc, y, resp, params, raw, self.n_latent, self.covariance_type, self.reg_covar,
+            random_state,
+        )
+
+    def _print(self, level, message):
+        if self.verbose >= level:
+            print(message)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Estimate the model parameters by EM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            High-dimensional features.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Low-dimensional targets (n_targets <= n_features).
+
+        Returns
+        -------
+        self : GLLiMRegressor
+            The fitted estimator.
+        """
+        X, y = self._validate_training_data(X, y)
+        n = X.shape[0]
+        self.n_targets_ = y.shape[1]
+        random_state = check_random_state(self.random_state)
+        do_warm = self.warm_start and hasattr(self, "_params")
+        if do_warm and self._params.A.shape[1] != X.shape[1]:
+            do_warm = False
+        offset = self.feature_mean_ if do_warm else X.mean(axis=0)
+        Xc = X - offset
+        sq = gm.squared_features(Xc, self.covariance_type)
+        n_init = 1 if do_warm else self.n_init
+
+        best = None
+        for init in range(n_init):
+            self._print(1, f"Initialization {init}")
+            start = time()
+            if do_warm:
+                params = self._params
+            else:
+                resp = self._initial_resp(Xc, y, random_state)
+                params = self._initial_params(Xc, sq, y, resp, random_state)
+            log_prob, log_resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
+            bounds = [float(log_prob.mean())]
+            converged = False
+            n_iter = 1
+            for n_iter in range(2, self.max_iter + 1):
+                params = gm.m_step(
+                    Xc, sq, y, np.exp(log_resp), w_mean, w_cov, self.covariance_type,
+                    self.target_covariance_type, self.reg_covar,
+                )
+                log_prob, log_resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
+                bounds.append(float(log_prob.mean()))
+                change = bounds[-1] - bounds[-2]
+                if n_iter % self.verbose_interval == 0:
+                    self._print(
+                        2, f"  Iteration {n_iter}\t time lapse {time() - start:.5f}s\t "
+                        f"ll change {change:.5f}"
+                    )
+                if abs(change) < self.tol:
+                    converged = True
+                    break
+            if self.max_iter == 1 and self.tol > 0:
+                converged = False
+            self._print(
+                1, f"Initialization {'converged' if converged else 'did not converge'}. "
+                f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
+            )
+            if not np.isfinite(bounds[-1]):
+                raise ValueError(
+                    "EM produced a non-finite log-likelihood; the data may contain extreme "
+                    "values. Standardise X and y, or increase reg_covar."
+                )
+            if best is None or bounds[-1] > best[0][-1]:
+                best = (bounds, params, n_iter, converged)
+
+        bounds, params, n_iter, converged = best
+        if not converged and self.tol > 0 and self.max_iter > 1:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self.converged_ = converged
+        self.n_iter_ = n_iter
+        self.lower_bounds_ = bounds
+        self.lower_bound_ = bounds[-1]
+        self.feature_mean_ = offset
+        self._set_params_from(params)
+        return self
+
+    def _set_params_from(self, params):
+        """Store the internal parameters and derive the public and forward attributes."""
+        self._params = params
+        self._forward = gm.forward_params(params)
+        K, D, L = params.A.shape
+        offset = self.feature_mean_
+        self.weights_ = params.weights
+        self.target_means_ = params.c
+        g = params.gamma
+        self.target_covariances_ = {
+            "full": g,
+            "diag": np.einsum("kii->ki", g).copy(),
+            "spherical": g[:, 0, 0].copy(),
+            "tied": g[0].copy(),
+        }[self.target_covariance_type]
+        self.inverse_coef_ = params.A
+        self.latent_coef_ = params.W
+        self.inverse_intercept_ = params.b + offset
+        noise = params.noise
+        self.noise_covariances_ = {
+            "full": lambda: noise.chol @ np.swapaxes(noise.chol, 1, 2),
+            "tied": lambda: noise.chol[0] @ noise.chol[0].T,
+            "diag": lambda: noise.var.copy(),
+            "spherical": lambda: noise.var[:, 0].copy(),
+            "tied_diag": lambda: noise.var[0].copy(),
+            "tied_spherical": lambda: np.asarray(noise.var[0, 0]),
+        }[self.covariance_type]()
+        fwd = self._forward
+        self.forward_means_ = fwd.means_x + offset
+        self.forward_coef_ = fwd.coef
+        self.forward_intercept_ = fwd.intercept - fwd.coef @ offset
+        self.forward_covariances_ = fwd.cov
+
+    # ------------------------------------------------------------------ prediction
+    def _mixture(self, X):
+        X, dtype = self._check_X(X)
+        Xc = X.astype(np.float64) - self.feature_mean_
+        sq = gm.squared_features(Xc, self.covariance_type)
+        log_nu, means = gm.forward_mixture(Xc, sq, self._forward)
+        return log_nu, means, dtype
+
+    def _shape_out(self, a):
+        """Drop the target axis for models fitted on 1-D y."""
+        return a[:, 0] if self._y_ndim == 1 else a
+
+    def predict(self, X, return_std=False, return_cov=False):
+        """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features.
+        return_std : bool, default=False
+            Also return the standard deviation of each target under p(y | x).
+        return_cov : bool, default=False
+            Also return the full covariance of the predictive mixture.
+
+        Returns
+        -------
+        y_mean : ndarray of shape (n_samples,) or (n_samples, n_targets)
+            Predictive means (1-D when the model was fitted on 1-D y).
+        y_std : ndarray of the same shape as y_mean
+            Only with ``return_std=True``.
+        y_cov : ndarray of shape (n_samples, n_targets, n_targets)
+            Only with ``return_cov=True``.
+        """
+        log_nu, means, dtype = self._mixture(X)
+        nu = np.exp(log_nu)
+        mean = np.einsum("nk,nkl->nl", nu, means)
+        out = [self._shape_out(mean).astype(dtype, copy=False)]
+        if return_std or return_cov:
+            second = np.einsum("nk,klm->nlm", nu, self._forward.cov)
+            second += np.einsum("nk,nkl,nkm->nlm", nu, means, means)
+            cov = second - mean[:, :, None] * mean[:, None, :]
+            cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+            if return_std:
+                var = np.maximum(np.einsum("nll->nl", cov), 0.0)
+                out.append(self._shape_out(np.sqrt(var)).astype(dtype, copy=False))
+            if return_cov:
+                out.append(cov.astype(dtype, copy=False))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def predict_mixture(self, X):
+        """Return the predictive mixture p(y | x) for each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features.
+
+        Returns
+        -------
+        weights : ndarray of shape (n_samples, n_components)
+            Posterior component weights nu*_k(x).
+        means : ndarray of shape (n_samples, n_components, n_targets)
+            Component means A*_k x + b*_k.
+        covariances : ndarray of shape (n_components, n_targets, n_targets)
+            Component covariances Sigma*_k (they do not depend on x).
+        """
+        log_nu, means, dtype = self._mixture(X)
+        return (
+            np.exp(log_nu).astype(dtype, copy=False),
+            means.astype(dtype, copy=False),
+            self._forward.cov.astype(dtype, copy=False),
+        )
+
+    def component_posterior(self, X=None, y=None):
+        """Posterior probabilities of the components.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), default=None
+            Features.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
+            Targets.
+
+        Returns
+        -------
+        resp : ndarray of shape (n_samples, n_components)
+            p(Z = k | x) when only X is given (the forward weights nu*_k(x)),
+            p(Z = k | y) when only y is given (prior-only responsibilities), and the
+            E-step responsibilities p(Z = k | x, y) of eq. (5) when both are.
+        """
+        check_is_fitted(self)
+        if X is None and y is None:
+            raise ValueError("component_posterior needs X, y or both.")
+        if y is None:
+            return np.exp(self._mixture(X)[0])
+        if X is None:
+            y = self._check_y(y)
+            with np.errstate(divide="ignore"):
+                log_w = np.log(self.weights_)
+            logp = log_w + gm.target_log_density(y, self._params.c, self._params.gamma)
+            return np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
+        _, log_resp, _, _ = self._joint_estep(X, y)
+        return np.exp(log_resp)
+
+    def _joint_estep(self, X, y):
+        X, _ = self._check_X(X)
+        y = self._check_y(y, X.shape[0])
+        Xc = X.astype(np.float64) - self.feature_mean_
+        return gm.e_step(Xc, gm.squared_features(Xc, self.covariance_type), y, self._params)
+
+    def joint_log_density(self, X, y):
+        """Log-density log p(x, y) of each pair under the fitted joint model.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+        """
+        return self._joint_estep(X, y)[0]
+
+    def conditional_log_density(self, X, y):
+        """Conditional log-density log p(y | x) of each pair under the forward mixture.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+        """
+        log_nu, means, _ = self._mixture(X)
+        y = self._check_y(y, log_nu.shape[0])
+        cov_inv, logdet, inv_chol = gm._spd_inverse_and_logdet(self._forward.cov)
+        diff = y[:, None, :] - means
+        z = np.einsum("kij,nkj->nki", inv_chol, diff)
+        log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None] + np.einsum("nki,nki->nk", z, z))
+        return logsumexp(log_nu + log_comp, axis=1)
+
+    def sample_y(self, X, n_samples=1, random_state=None):
+        """Draw targets from the predictive mixture p(y | x).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples_X, n_features)
+            Features.
+        n_samples : int, default=1
+            Number of draws per row of X.
+        random_state : int, RandomState instance or None, default=None
+            Seed of the draws.
+
+        Returns
+        -------
+        y_samples : ndarray of shape (n_samples_X, n_targets, n_samples)
+            Draws; shape (n_samples_X, n_samples) for a model fitted on 1-D y (as
+            :meth:`sklearn.gaussian_process.GaussianProcessRegressor.sample_y`).
+        """
+        if not isinstance(n_samples, Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+        rng = check_random_state(random_state)
+        log_nu, means, dtype = self._mixture(X)
+        n, K, L = means.shape
+        nu = np.exp(log_nu)
+        cum = np.cumsum(nu, axis=1)
+        u = rng.uniform(size=(n, n_samples)) * cum[:, -1:]
+        comp = np.minimum((u[:, :, None] > cum[:, None, :]).sum(axis=2), K - 1)
+        chol = np.linalg.cholesky(self._forward.cov)
+        noise = np.einsum("nslm,nsm->nsl", chol[comp], rng.standard_normal((n, n_samples, L)))
+        draws = means[np.arange(n)[:, None], comp] + noise  # (n, s, L)
+        draws = np.transpose(draws, (0, 2, 1))
+        if self._y_ndim == 1:
+            draws = draws[:, 0, :]
+        return draws.astype(dtype, copy=False)
+
+    def inverse_predict(self, y):
+        """The learned inverse map E[x | y] = sum_k p(Z = k | y) (A_k y + b_k).
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Targets.
+
+        Returns
+        -------
+        X_mean : ndarray of shape (n_samples, n_features)
+        """
+        resp = self.component_posterior(y=y)
+        y = self._check_y(y)
+        n, L = y.shape
+        K = self.n_components
+        ry = (resp[:, :, None] * y[:, None, :]).reshape(n, K * L)
+        A_stack = np.transpose(self.inverse_coef_, (0, 2, 1)).reshape(K * L, -1)
+        return ry @ A_stack + resp @ self.inverse_intercept_
+
+    # ------------------------------------------------------------------ model selection
+    def _n_parameters(self):
+        K, D, L, Lw = self.n_components, self.n_features_in_, self.n_targets_, self.n_latent
+        gamma = {
+            "full": K * L * (L + 1) / 2, "diag": K * L, "spherical": K, "tied": L * (L + 1) / 2,
+        }[self.target_covariance_type]
+        sigma = {
+            "full": K * D * (D + 1) / 2, "diag": K * D, "spherical": K,
+            "tied": D * (D + 1) / 2, "tied_diag": D, "tied_spherical": 1,
+        }[self.covariance_type]
+        latent = K * (D * Lw - Lw * (Lw - 1) / 2)
+        return int((K - 1) + K * L + gamma + K * D * L + K * D + sigma + latent)
+
+    def bic(self, X, y):
+        """Bayesian information criterion of the joint model on (X, y); lower is better.
+
+        Returns
+        -------
+        bic : float
+        """
+        log_density = self.joint_log_density(X, y)
+        return -2.0 * log_density.sum() + self._n_parameters() * np.log(log_density.shape[0])
+
+    def aic(self, X, y):
+        """Akaike information criterion of the joint model on (X, y); lower is better.
+
+        Returns
+        -------
+        aic : float
+        """
+        return -2.0 * self.joint_log_density(X, y).sum() + 2.0 * self._n_parameters()

@@ -1,0 +1,406 @@
+"""Numerical core of GLLiM: EM steps and the forward mixture, in GEMM form.
+
+Everything here works on features ``Xc`` that were centred once by the training mean, in
+float64. The noise covariance Sigma_k is held either as variances (the diagonal family:
+"diag", "spherical", "tied_diag", "tied_spherical") or as Cholesky factors (the full
+family: "full", "tied"). All products with ``Xc`` are batched over components into one
+matrix product of shape (n, D) x (D, K * m), so no (n, K, D) temporary and, for the
+diagonal family, no D x D matrix is ever formed.
+
+Notation (see the user guide): y (n, L) targets, x (n, D) features, K components,
+``A`` (K, D, L) the target loadings, ``W`` (K, D, Lw) the latent loadings of the
+partially-latent model, ``b`` (K, D) intercepts in centred coordinates, ``c`` (K, L)
+target means, ``gamma`` (K, L, L) target covariances (always stored full here).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cho_solve, solve_triangular
+from scipy.special import logsumexp
+from sklearn.utils.extmath import randomized_svd
+
+LOG_2PI = np.log(2.0 * np.pi)
+DIAG_FAMILY = ("diag", "spherical", "tied_diag", "tied_spherical")
+FULL_FAMILY = ("full", "tied")
+SPHERICAL_TYPES = ("spherical", "tied_spherical")
+# Components whose total responsibility falls below this many samples are "empty".
+EMPTY_COMPONENT_MASS = 1e-8
+
+
+@dataclass
+class Noise:
+    """Sigma_k for all components: variances (diagonal family) or Cholesky factors.
+
+    ``var`` is (K, D) for the diagonal family (shared types are broadcast copies).
+    ``chol`` is (K, D, D) for "full" and (1, D, D) for "tied" (lower triangular).
+    """
+
+    kind: str
+    var: np.ndarray | None = None
+    chol: np.ndarray | None = None
+
+    @property
+    def is_diag(self):
+        return self.kind in DIAG_FAMILY
+
+    def chol_of(self, k):
+        return self.chol[0 if self.chol.shape[0] == 1 else k]
+
+    def solve(self, k, M):
+        """Sigma_k^-1 @ M for M of shape (D, m)."""
+        if self.is_diag:
+            return M / self.var[k][:, None]
+        return cho_solve((self.chol_of(k), True), M, check_finite=False)
+
+    def logdet(self, n_components):
+        if self.is_diag:
+            return np.log(self.var).sum(axis=1)
+        diag = np.log(np.diagonal(self.chol, axis1=1, axis2=2)).sum(axis=1) * 2.0
+        return np.broadcast_to(diag, (n_components,)).copy()
+
+    def quad_features(self, Xc, sq, n_components):
+        """x_n^T Sigma_k^-1 x_n for all n, k: (n, K)."""
+        if self.is_diag:
+            if sq.shape[1] == 1:  # spherical types: sq holds squared row norms
+                return sq @ (1.0 / self.var[:, :1]).T
+            return sq @ (1.0 / self.var).T
+        out = np.empty((Xc.shape[0], n_components))
+        if self.chol.shape[0] == 1:
+            z = solve_triangular(self.chol[0], Xc.T, lower=True, check_finite=False)
+            out[:] = np.einsum("dn,dn->n", z, z)[:, None]
+            return out
+        for k in range(n_components):
+            z = solve_triangular(self.chol[k], Xc.T, lower=True, check_finite=False)
+            out[:, k] = np.einsum("dn,dn->n", z, z)
+        return out
+
+    def dense(self, k):
+        """Sigma_k as a dense (D, D) matrix (for small D and for users)."""
+        if self.is_diag:
+            return np.diag(self.var[k])
+        lk = self.chol_of(k)
+        return lk @ lk.T
+
+
+def squared_features(Xc, covariance_type):
+    """Per-sample squared statistics used by the x-terms: (n, D), or (n, 1) row norms."""
+    if covariance_type in SPHERICAL_TYPES:
+        return np.einsum("nd,nd->n", Xc, Xc)[:, None]
+    if covariance_type in DIAG_FAMILY:
+        return Xc * Xc
+    return None
+
+
+@dataclass
+class Params:
+    """Inverse GLLiM parameters in centred feature coordinates."""
+
+    weights: np.ndarray  # (K,)
+    c: np.ndarray  # (K, L)
+    gamma: np.ndarray  # (K, L, L)
+    A: np.ndarray  # (K, D, L)
+    W: np.ndarray  # (K, D, Lw)
+    b: np.ndarray  # (K, D)
+    noise: Noise
+
+
+def _spd_inverse_and_logdet(M):
+    """Inverse and log-determinant of a stack of small SPD matrices."""
+    chol = np.linalg.cholesky(M)
+    eye = np.broadcast_to(np.eye(M.shape[-1]), M.shape)
+    inv_chol = np.linalg.solve(chol, eye)
+    inv = np.swapaxes(inv_chol, -1, -2) @ inv_chol
+    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    return inv, logdet, inv_chol
+
+
+def target_log_density(y, c, gamma):
+    """log N(y_n; c_k, Gamma_k) for all n, k: (n, K)."""
+    _, logdet, inv_chol = _spd_inverse_and_logdet(gamma)
+    z = np.einsum("kij,nj->nki", inv_chol, y) - np.einsum("kij,kj->ki", inv_chol, c)[None]
+    quad = np.einsum("nki,nki->nk", z, z)
+    return -0.5 * (y.shape[1] * LOG_2PI + logdet[None, :] + quad)
+
+
+def _solved_stack(noise, M):
+    """Sigma_k^-1 M_k for a stack M (K, D, m), returned as (K, D, m)."""
+    if noise.is_diag:
+        return M / noise.var[:, :, None]
+    return np.stack([noise.solve(k, M[k]) for k in range(M.shape[0])])
+
+
+def e_step(Xc, sq, y, params):
+    """Exact E-step of (hybrid) GLLiM.
+
+    Returns
+    -------
+    log_prob : (n,) log p(x_n, y_n)
+    log_resp : (n, K) log p(Z_n = k | x_n, y_n)
+    latent_mean : (n, K, Lw) E[w_n | x_n, y_n, Z_n = k]
+    latent_cov : (K, Lw, Lw) Cov[w | x, y, Z = k]
+    """
+    n, L = y.shape
+    K, D, Lw = params.W.shape
+    # B_k = [A_k, b_k, W_k]; one GEMM gives x^T Sigma_k^-1 B_k for every n and k.
+    B = np.concatenate([params.A, params.b[:, :, None], params.W], axis=2)
+    SB = _solved_stack(params.noise, B)
+    m = L + 1 + Lw
+    H = (Xc @ SB.transpose(1, 0, 2).reshape(D, K * m)).reshape(n, K, m)
+    gram = np.swapaxes(B, 1, 2) @ SB  # (K, m, m)
+
+    y1 = np.concatenate([y, np.ones((n, 1))], axis=1)
+    quad = params.noise.quad_features(Xc, sq, K)
+    quad -= 2.0 * np.einsum("nkj,nj->nk", H[:, :, : L + 1], y1)
+    quad += np.einsum("nkl,nl->nk", np.einsum("nj,kjl->nkl", y1, gram[:, : L + 1, : L + 1]), y1)
+
+    # Latent part: Woodbury on Sigma_k + W_k W_k^T.
+    latent_prec = np.eye(Lw)[None] + gram[:, L + 1 :, L + 1 :]
+    latent_cov, neg_logdet_s, _ = _spd_inverse_and_logdet(latent_prec)
+    t = H[:, :, L + 1 :] - np.einsum("nj,kjl->nkl", y1, gram[:, : L + 1, L + 1 :])
+    latent_mean = np.einsum("nkl,klm->nkm", t, latent_cov)
+    quad -= np.einsum("nkl,nkl->nk", t, latent_mean)
+    np.maximum(quad, 0.0, out=quad)  # expanded forms can dip below zero by rounding
+    logdet = params.noise.logdet(K) + neg_logdet_s
+
+    log_x = -0.5 * (D * LOG_2PI + logdet[None, :] + quad)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params.weights)
+    log_joint = log_w[None, :] + target_log_density(y, params.c, params.gamma) + log_x
+    log_prob = logsumexp(log_joint, axis=1)
+    return log_prob, log_joint - log_prob[:, None], latent_mean, latent_cov
+
+
+def _finalize_gamma(gamma_k, pis, target_covariance_type, reg):
+    K, L, _ = gamma_k.shape
+    if target_covariance_type == "diag":
+        gamma_k = np.einsum("kii->ki", gamma_k)[:, :, None] * np.eye(L)[None]
+    elif target_covariance_type == "spherical":
+        gamma_k = np.einsum("kii->k", gamma_k)[:, None, None] / L * np.eye(L)[None]
+    elif target_covariance_type == "tied":
+        gamma_k = np.broadcast_to(np.einsum("k,kij->ij", pis, gamma_k), (K, L, L)).copy()
+    gamma_k = 0.5 * (gamma_k + np.swapaxes(gamma_k, 1, 2))
+    gamma_k[:, np.arange(L), np.arange(L)] += reg
+    return gamma_k
+
+
+def _finalize_diag_noise(var_k, pis, covariance_type, reg):
+    K, D = var_k.shape
+    np.maximum(var_k, 0.0, out=var_k)  # cancellation in expanded moments
+    if covariance_type == "spherical":
+        var_k = np.repeat(var_k.mean(axis=1, keepdims=True), D, axis=1)
+    elif covariance_type == "tied_diag":
+        var_k = np.broadcast_to(pis @ var_k, (K, D)).copy()
+    elif covariance_type == "tied_spherical":
+        var_k = np.full((K, D), float(pis @ var_k.mean(axis=1)))
+    return Noise(covariance_type, var=var_k + reg)
+
+
+def _cholesky_with_floor(S, reg):
+    S = 0.5 * (S + S.T)
+    S[np.diag_indices_from(S)] += reg
+    try:
+        return np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        # Rounding made the matrix indefinite: project onto the PSD cone, then floor.
+        vals, vecs = np.linalg.eigh(S)
+        vals = np.maximum(vals, reg)
+        return np.linalg.cholesky((vecs * vals) @ vecs.T)
+
+
+def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
+           target_covariance_type, reg_covar, *, return_raw=False):
+    """M-step of (hybrid) GLLiM from responsibilities and latent posteriors.
+
+    ``latent_mean`` (n, K, Lw) and ``latent_cov`` (K, Lw, Lw) may have Lw = 0.
+    Components with vanishing total responsibility get the moments of all samples
+    (and a negligible weight), which keeps every parameter finite and well conditioned.
+    """
+    n, D = Xc.shape
+    L = y.shape[1]
+    K = resp.shape[1]
+    Lw = latent_mean.shape[2]
+    mass = resp.sum(axis=0)
+    pis = (mass + 10 * np.finfo(float).eps) / (n + 10 * K * np.finfo(float).eps)
+    empty = mass < EMPTY_COMPONENT_MASS
+    if empty.any():
+        resp = resp.copy()
+        resp[:, empty] = 1.0
+        mass = resp.sum(axis=0)
+
+    # Augmented regressors z = [y, w]: first and second moments per component.
+    ybar = (resp.T @ y) / mass[:, None]
+    wbar = np.einsum("nk,nkl->kl", resp, latent_mean) / mass[:, None]
+    zbar = np.concatenate([ybar, wbar], axis=1)  # (K, Lz)
+    Syy = np.einsum("nk,ni,nj->kij", resp, y, y)
+    Syw = np.einsum("nk,ni,nkj->kij", resp, y, latent_mean)
+    Sww = np.einsum("nk,nki,nkj->kij", resp, latent_mean, latent_mean)
+    Sww += mass[:, None, None] * latent_cov  # posterior covariance, weighted by mass
+    Szz = np.concatenate(
+        [np.concatenate([Syy, Syw], axis=2),
+         np.concatenate([np.swapaxes(Syw, 1, 2), Sww], axis=2)], axis=1
+    ) / mass[:, None, None]
+    Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
+
+    # One GEMM for all first-order cross moments with x.
+    rz = np.concatenate(
+        [resp[:, :, None], resp[:, :, None] * y[:, None, :], resp[:, :, None] * latent_mean],
+        axis=2,
+    )  # (n, K, 1 + Lz)
+    Lz = L + Lw
+    G = (Xc.T @ rz.reshape(n, K * (1 + Lz))).reshape(D, K, 1 + Lz)
+    xbar = (G[:, :, 0] / mass).T  # (K, D)
+    Mxz = np.transpose(G[:, :, 1:], (1, 0, 2)) / mass[:, None, None]
+    Mxz -= xbar[:, :, None] * zbar[:, None, :]
+
+    # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
+    A_full = Mxz @ np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True)
+    b = xbar - np.einsum("kdl,kl->kd", A_full, zbar)
+    explained = np.einsum("kdl,kdl->kd", A_full, Mxz)  # diag(A Mzx) per component
+
+    gamma = Syy / mass[:, None, None] - ybar[:, :, None] * ybar[:, None, :]
+    gamma = _finalize_gamma(gamma, pis, target_covariance_type, reg_covar)
+
+    if covariance_type in DIAG_FAMILY:
+        second = (sq.T @ resp).T / mass[:, None]  # (K, D) or (K, 1)
+        if sq.shape[1] == 1:  # spherical types: only the trace is needed
+            raw = (second[:, 0] - (xbar**2).sum(1) - explained.sum(1)) / D
+            raw_var = np.repeat(raw[:, None], D, axis=1)
+        else:
+            raw_var = second - xbar**2 - explained
+        raw = raw_var
+    elif covariance_type == "full":
+        raw = np.empty((K, D, D))
+        for k in range(K):
+            Sxx = (Xc.T * resp[:, k]) @ Xc / mass[k]
+            raw[k] = Sxx - np.outer(xbar[k], xbar[k]) - A_full[k] @ Mxz[k].T
+    else:  # tied
+        raw = Xc.T @ Xc / n - np.einsum("k,kd,ke->de", pis, xbar, xbar)
+        raw -= np.einsum("k,kdl,kel->de", pis, A_full, Mxz)
+        raw = raw[None]
+    result = Params(
+        weights=pis / pis.sum(), c=ybar, gamma=gamma, A=A_full[:, :, :L],
+        W=A_full[:, :, L:], b=b, noise=None,
+    )
+    if return_raw:
+        return result, raw
+    result.noise = finalize_noise(raw, pis, covariance_type, reg_covar)
+    return result
+
+
+def finalize_noise(raw, pis, covariance_type, reg_covar):
+    """Turn raw per-component noise moments into a floored :class:`Noise`."""
+    if covariance_type in DIAG_FAMILY:
+        return _finalize_diag_noise(raw.copy(), pis, covariance_type, reg_covar)
+    chol = np.stack([_cholesky_with_floor(S.copy(), reg_covar) for S in raw])
+    return Noise(covariance_type, chol=chol)
+
+
+def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, random_state):
+    """Initialise W_k by a weighted PCA of the residuals of the Lw = 0 fit.
+
+    W_k = U (Lambda - s2)^(1/2) with U, Lambda the leading principal directions and
+    variances of the weighted residuals x - A_k y - b_k and s2 the mean discarded
+    variance (the probabilistic-PCA solution); the noise moments lose diag(W W^T) so that
+    Sigma_k + W_k W_k^T keeps the residual variance.
+    """
+    K, D, _ = params.A.shape
+    W = np.zeros((K, D, n_latent))
+    raw = raw.copy()
+    for k in range(K):
+        r = resp[:, k]
+        rows = r >= 1e-4 * max(r.max(), np.finfo(float).tiny)
+        sw = np.sqrt(r[rows] / r[rows].sum())[:, None]
+        resid = (Xc[rows] - y[rows] @ params.A[k].T - params.b[k]) * sw
+        n_dirs = min(n_latent, *resid.shape)
+        if min(resid.shape) <= 4 * n_latent + 10:
+            _, s, vt = np.linalg.svd(resid, full_matrices=False)
+        else:
+            _, s, vt = randomized_svd(resid, n_dirs, n_iter=4, random_state=random_state)
+        s, vt = s[:n_dirs], vt[:n_dirs]
+        lam = s**2
+        total = np.einsum("nd,nd->", resid, resid)
+        s2 = max(total - lam.sum(), 0.0) / max(D - n_dirs, 1)
+        W[k, :, :n_dirs] = vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+        if covariance_type in DIAG_FAMILY:
+            raw[k] -= np.einsum("dl,dl->d", W[k], W[k])
+        elif covariance_type == "full":
+            raw[k] -= W[k] @ W[k].T
+    if covariance_type == "tied":
+        raw[0] -= np.einsum("k,kdl,kel->de", params.weights, W, W)
+    params.W = W
+    params.noise = finalize_noise(raw, params.weights, covariance_type, reg_covar)
+    return params
+
+
+@dataclass
+class Forward:
+    """The forward mixture p(y | x) in centred coordinates, with prediction caches."""
+
+    weights: np.ndarray  # (K,)
+    means_x: np.ndarray  # (K, D) c*_k (centred)
+    coef: np.ndarray  # (K, L, D) A*_k
+    intercept: np.ndarray  # (K, L) b*_k (centred coordinates)
+    cov: np.ndarray  # (K, L, L) Sigma*_k
+    gemm: np.ndarray  # (D, K * (1 + Lw + L)) stacked [Sigma^-1 c*, Sigma^-1 W, P]
+    const: np.ndarray  # (K,) log pi - (D log 2pi + log|Gamma*_k| + c*' Sigma^-1 c*) / 2
+    t0: np.ndarray  # (K, Lw) W' Sigma^-1 c*
+    u0: np.ndarray  # (K, L) P' c*
+    latent_cov: np.ndarray  # (K, Lw, Lw)
+    noise: Noise
+
+
+def forward_params(params):
+    """Forward parameters of eq. (3), with the latent part integrated out."""
+    K, D, L = params.A.shape
+    Lw = params.W.shape[2]
+    noise = params.noise
+    SA = _solved_stack(noise, params.A)
+    SW = _solved_stack(noise, params.W)
+    latent_cov, neg_logdet_s, _ = _spd_inverse_and_logdet(
+        np.eye(Lw)[None] + np.swapaxes(params.W, 1, 2) @ SW
+    )
+    # P_k = (Sigma_k + W_k W_k^T)^-1 A_k by Woodbury.
+    P = SA - SW @ (latent_cov @ (np.swapaxes(SW, 1, 2) @ params.A))
+    gamma_inv, logdet_gamma, _ = _spd_inverse_and_logdet(params.gamma)
+    cov_inv = gamma_inv + np.swapaxes(params.A, 1, 2) @ P
+    cov = np.linalg.inv(cov_inv)
+    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    _, logdet_cov = np.linalg.slogdet(cov)
+    coef = cov @ np.swapaxes(P, 1, 2)
+    intercept = np.einsum(
+        "kij,kj->ki", cov,
+        np.einsum("kij,kj->ki", gamma_inv, params.c) - np.einsum("kdl,kd->kl", P, params.b),
+    )
+    means_x = np.einsum("kdl,kl->kd", params.A, params.c) + params.b
+    Sc = _solved_stack(noise, means_x[:, :, None])[:, :, 0]
+    logdet_gamma_star = noise.logdet(K) + neg_logdet_s + logdet_gamma - logdet_cov
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params.weights)
+    const = log_w - 0.5 * (D * LOG_2PI + logdet_gamma_star + np.einsum("kd,kd->k", Sc, means_x))
+    stack = np.concatenate([Sc[:, :, None], SW, P], axis=2)  # (K, D, 1 + Lw + L)
+    return Forward(
+        weights=params.weights, means_x=means_x, coef=coef, intercept=intercept, cov=cov,
+        gemm=np.ascontiguousarray(stack.transpose(1, 0, 2).reshape(D, -1)), const=const,
+        t0=np.einsum("kdl,kd->kl", SW, means_x), u0=np.einsum("kdl,kd->kl", P, means_x),
+        latent_cov=latent_cov, noise=noise,
+    )
+
+
+def forward_mixture(Xc, sq, fwd):
+    """Posterior component log-weights log nu_k(x) (n, K) and means A*_k x + b*_k (n, K, L)."""
+    n = Xc.shape[0]
+    K, L, _ = fwd.coef.shape
+    Lw = fwd.t0.shape[1]
+    H = (Xc @ fwd.gemm).reshape(n, K, 1 + Lw + L)
+    t = H[:, :, 1 : 1 + Lw] - fwd.t0[None]
+    hu = H[:, :, 1 + Lw :]
+    u = hu - fwd.u0[None]
+    quad = fwd.noise.quad_features(Xc, sq, K) - 2.0 * H[:, :, 0]
+    quad -= np.einsum("nkm,nkm->nk", np.einsum("nkl,klm->nkm", t, fwd.latent_cov), t)
+    quad -= np.einsum("nkm,nkm->nk", np.einsum("nkl,klm->nkm", u, fwd.cov), u)
+    # quad lacks the constant c*' Sigma^-1 c*, which sits in fwd.const.
+    log_nu = fwd.const[None, :] - 0.5 * quad
+    log_nu -= logsumexp(log_nu, axis=1, keepdims=True)
+    means = np.einsum("klm,nkm->nkl", fwd.cov, hu) + fwd.intercept[None]
+    return log_nu, means
