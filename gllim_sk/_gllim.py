@@ -353,7 +353,6 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             The fitted estimator.
         """
         X, y = self._validate_training_data(X, y)
-        n = X.shape[0]
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
         do_warm = self.warm_start and hasattr(self, "_params")
