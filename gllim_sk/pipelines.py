@@ -4,15 +4,11 @@ Each factory returns an unfitted :class:`~sklearn.pipeline.Pipeline` that takes 
 of images (the layouts of :func:`gllim_sk._images.check_images`) and predicts angles
 in degrees, one column per angle. Step names are stable, so hyper-parameters can be
 searched with :class:`~sklearn.model_selection.GridSearchCV` (e.g. ``"gllim__n_components"``
-or ``"svr__estimator__C"``).
+or ``"svr__estimator__C"``). The rows of Table 1:
 
-==================  ==============================  =========================================
-Row of Table 1      Factory                         Steps
-==================  ==============================  =========================================
-(0, 0, 0)           :func:`make_mean_pose_baseline`  ``flatten`` -> ``mean_pose``
-HOG-SVR             :func:`make_hog_svr`            ``hog`` -> ``scaler`` -> ``svr``
-HOG-IR              :func:`make_hog_ir`             ``hog`` -> ``gllim``
-==================  ==============================  =========================================
+- "(0, 0, 0)": :func:`make_mean_pose_baseline`, steps ``flatten`` -> ``mean_pose``;
+- HOG-SVR: :func:`make_hog_svr`, steps ``hog`` -> ``scaler`` -> ``svr``;
+- HOG-IR: :func:`make_hog_ir`, steps ``hog`` -> ``gllim``.
 """
 
 import numpy as np
