@@ -265,10 +265,10 @@ def test_predictions_approach_oracle(gllim_ref):
     model = GLLiMRegressor(3, n_init=2, random_state=0).fit(X, y)
     rmse_model = np.sqrt(np.mean((model.predict(X_test) - y_test) ** 2))
     rmse_oracle = np.sqrt(np.mean((oracle - y_test) ** 2))
-    assert rmse_model <= 1.15 * rmse_oracle, (rmse_model, rmse_oracle)
+    assert rmse_model <= 1.1 * rmse_oracle, (rmse_model, rmse_oracle)
     # the fitted log-likelihood on new data is close to the true parameters' one
     true_ll = gllim_ref.joint_log_density(true, X_test, y_test).mean()
-    assert model.joint_log_density(X_test, y_test).mean() >= true_ll - 0.05 * abs(true_ll)
+    assert model.joint_log_density(X_test, y_test).mean() >= true_ll - 0.02 * abs(true_ll)
 
 
 def test_single_component_is_closed_form_inverse_regression(gllim_ref):
@@ -304,6 +304,45 @@ def test_single_component_full_noise_is_least_squares(gllim_ref):
     model = GLLiMRegressor(1, covariance_type="full", reg_covar=1e-12).fit(X, y)
     expected = LinearRegression().fit(X, y).predict(X)
     assert_allclose(model.predict(X), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical", "full", "tied_diag"])
+def test_far_apart_components_stay_exact(gllim_ref, covariance_type):
+    # Components 100x further apart than their noise: the expanded quadratic
+    # forms of the E-step must not lose the small differences.
+    rng = np.random.default_rng(15)
+    true = gllim_ref.random_params(rng, 3, 6, 2)
+    true["b"] *= 100.0
+    true["Sigma"] *= 1e-2
+    X, y, z = gllim_ref.sample(true, 300, rng)
+    resp = 0.97 * np.eye(3)[z] + 0.01
+    model = GLLiMRegressor(3, covariance_type=covariance_type, resp_init=resp, max_iter=1,
+                           reg_covar=1e-12).fit(X, y)
+    p = gllim_ref.dense_params(model)
+    expected = gllim_ref.m_step(X, y, resp, covariance_type, "full", 1e-12)
+    assert_params_close(p, expected, rtol=1e-6, atol=1e-9)
+    assert_allclose(model.joint_log_density(X, y), gllim_ref.joint_log_density(p, X, y),
+                    rtol=1e-9)
+    X_new, _, _ = gllim_ref.sample(true, 100, rng)
+    assert_allclose(model.predict(X_new), gllim_ref.condition_on_x(p, X_new).mean,
+                    rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_translation_equivariance(gllim_ref, covariance_type):
+    # Shifting X and y by constants shifts the intercepts and the predictions and
+    # leaves the likelihood unchanged. Targets far from 0 (1e5) must not lose
+    # precision: computations in centred coordinates keep errors near 1e-10 here.
+    X, y, _ = make_data(gllim_ref, seed=16, n_samples=300)
+    resp = random_resp(len(X), 3, seed=16)
+    kwargs = dict(covariance_type=covariance_type, resp_init=resp, max_iter=5, tol=0)
+    base = GLLiMRegressor(3, **kwargs).fit(X, y)
+    for shift_x, shift_y in [(1e5, 0.0), (0.0, 1e5), (-3e4, 2e4)]:
+        moved = GLLiMRegressor(3, **kwargs).fit(X + shift_x, y + shift_y)
+        assert_allclose(moved.predict(X + shift_x) - shift_y, base.predict(X), atol=1e-7,
+                        err_msg=f"shift X {shift_x}, y {shift_y}")
+        assert_allclose(moved.lower_bounds_, base.lower_bounds_, rtol=1e-9,
+                        err_msg=f"shift X {shift_x}, y {shift_y}")
 
 
 # --------------------------------------------------------- scikit-learn API
@@ -361,13 +400,21 @@ def test_clone_and_pickle_give_identical_predictions():
 # ---------------------------------------------------------------- behaviours
 
 
-def test_tol_zero_runs_max_iter_and_warns():
+def test_tol_zero_runs_exactly_max_iter():
     X, y = _regression_data()
-    with pytest.warns(ConvergenceWarning):
-        model = GLLiMRegressor(2, tol=0, max_iter=7, random_state=0).fit(X, y)
+    model = GLLiMRegressor(2, tol=0, max_iter=7, random_state=0).fit(X, y)
     assert model.n_iter_ == 7
     assert len(model.lower_bounds_) == 7
     assert not model.converged_
+
+
+def test_convergence_warning_when_not_converged():
+    X, y = _regression_data()
+    with pytest.warns(ConvergenceWarning):
+        model = GLLiMRegressor(3, tol=1e-12, max_iter=3, init_params="random",
+                               random_state=0).fit(X, y)
+    assert not model.converged_
+    assert model.n_iter_ == 3
 
 
 def test_converges_without_warning():
@@ -395,15 +442,21 @@ def test_n_init_keeps_the_best_lower_bound(gllim_ref):
 
 
 def test_warm_start_continues():
+    # The second fit starts from the first one's parameters: its first bound is
+    # theirs (no new initialisation) and every further M-step continues the same
+    # EM path as one long cold fit.
     X, y = _regression_data()
     kwargs = dict(tol=0, random_state=0, init_params="random")
-    once = GLLiMRegressor(3, max_iter=10, **kwargs).fit(X, y)
     warm = GLLiMRegressor(3, max_iter=5, warm_start=True, **kwargs).fit(X, y)
     first_bound = warm.lower_bound_
     warm.fit(X, y)
-    assert warm.lower_bounds_[0] >= first_bound - 1e-10
-    assert_allclose(warm.lower_bound_, once.lower_bound_, rtol=1e-8)
-    assert_allclose(warm.predict(X), once.predict(X), rtol=1e-6, atol=1e-8)
+    assert_allclose(warm.lower_bounds_[0], first_bound, rtol=1e-10)
+    cold = GLLiMRegressor(3, max_iter=9, **kwargs).fit(X, y)
+    assert_allclose(warm.lower_bounds_, cold.lower_bounds_[4:], rtol=1e-8)
+    assert_allclose(warm.predict(X), cold.predict(X), rtol=1e-6, atol=1e-8)
+    # without warm_start, a second fit starts again from scratch
+    again = clone(cold).fit(X, y)
+    assert_allclose(again.lower_bounds_, cold.lower_bounds_, rtol=1e-12)
 
 
 @pytest.mark.parametrize("init_params", ["kmeans", "kmeans_joint", "random"])
