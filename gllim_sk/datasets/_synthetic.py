@@ -548,7 +548,7 @@ def make_head_poses(
     >>> data = make_head_poses(50, distribution="s2g", image_size=32, random_state=0)
     >>> data.images.shape, data.images.dtype, data.target.shape
     ((50, 32, 32, 3), dtype('uint8'), (50, 3))
-    >>> list(data.target_names)
+    >>> data.target_names.tolist()
     ['pitch', 'yaw', 'roll']
     >>> from sklearn.model_selection import GroupShuffleSplit
     >>> split = GroupShuffleSplit(n_splits=1, test_size=0.25, random_state=0)
