@@ -54,6 +54,13 @@ def test_make_head_poses_is_deterministic():
     assert not np.array_equal(a.images, c.images)
 
 
+def test_make_head_poses_threads_do_not_change_the_images():
+    # 90 images of 64 x 64 make three chunks (40 per chunk).
+    a = make_head_poses(90, image_size=64, random_state=5)
+    b = make_head_poses(90, image_size=64, random_state=5, n_jobs=2)
+    np.testing.assert_array_equal(a.images, b.images)
+
+
 def test_make_head_poses_accepts_a_random_state_instance():
     a = make_head_poses(5, image_size=16, random_state=np.random.RandomState(7))
     b = make_head_poses(5, image_size=16, random_state=np.random.RandomState(7))
