@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
-from scipy.special import logsumexp
 from sklearn.utils.extmath import randomized_svd
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -103,6 +102,14 @@ class Params:
     W: np.ndarray  # (K, D, Lw)
     b: np.ndarray  # (K, D)
     noise: Noise
+
+
+def logsumexp(a, axis, keepdims=False):
+    """log(sum(exp(a))) along ``axis``; a lean version for the hot loop."""
+    top = a.max(axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    out = np.log(np.exp(a - top).sum(axis=axis, keepdims=True)) + top
+    return out if keepdims else np.squeeze(out, axis=axis)
 
 
 def _spd_inverse_and_logdet(M):
@@ -307,16 +314,26 @@ def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, 
     K, D, _ = params.A.shape
     W = np.zeros((K, D, n_latent))
     raw = raw.copy()
+    # Each sample enters the PCA of its most responsible component only, which keeps the
+    # initialisation at O(n D Lw) whatever K is; tiny components use their top samples.
+    owner = resp.argmax(axis=1)
+    min_rows = max(2 * n_latent + 2, 10)
     for k in range(K):
         r = resp[:, k]
-        rows = r >= 1e-4 * max(r.max(), np.finfo(float).tiny)
-        sw = np.sqrt(r[rows] / r[rows].sum())[:, None]
+        rows = np.flatnonzero(owner == k)
+        if rows.size < min_rows:
+            rows = np.argsort(r)[-min_rows:]
+        weight = np.maximum(r[rows], np.finfo(float).tiny)
+        sw = np.sqrt(weight / weight.sum())[:, None]
         resid = (Xc[rows] - y[rows] @ params.A[k].T - params.b[k]) * sw
         n_dirs = min(n_latent, *resid.shape)
-        if min(resid.shape) <= 4 * n_latent + 10:
+        if min(resid.shape) <= 4 * n_latent + 40:
             _, s, vt = np.linalg.svd(resid, full_matrices=False)
         else:
-            _, s, vt = randomized_svd(resid, n_dirs, n_iter=4, random_state=random_state)
+            _, s, vt = randomized_svd(
+                resid, n_dirs, n_iter=3, power_iteration_normalizer="QR",
+                random_state=random_state,
+            )
         s, vt = s[:n_dirs], vt[:n_dirs]
         lam = s**2
         total = np.einsum("nd,nd->", resid, resid)
