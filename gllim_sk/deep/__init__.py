@@ -1,0 +1,36 @@
+"""Deep estimators: a torchvision backbone fine-tuned jointly with a GLLiM layer.
+
+This subpackage needs PyTorch and torchvision (``pip install "gllim_sk[deep]"``). It
+provides
+
+- :class:`VGGFeatures`, a transformer that maps images to the activations of a
+  (by default VGG-16) network layer, fc7 by default;
+- :class:`DeepRegressor`, the VGG-FCL-FT baseline (backbone, BatchNorm, linear head,
+  L2 loss);
+- :class:`DeepGLLiMRegressor`, the deep mixture of linear inverse regressions of
+  Lathuilière et al. (CVPR 2017), trained by alternating GLLiM EM and network
+  fine-tuning;
+- :func:`make_vgg_svr_pipeline` and :func:`make_vgg_ir_pipeline`, the VGG-SVR and
+  VGG-IR baselines of the paper's Table 1 as scikit-learn pipelines.
+"""
+
+try:
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only where torch is absent
+    raise ImportError(
+        "gllim_sk.deep needs PyTorch and torchvision, which are not installed "
+        f"({exc}). Install them with:  pip install \"gllim_sk[deep]\"  "
+        "(see https://pytorch.org/get-started/ for CUDA builds)."
+    ) from exc
+
+from ._estimators import DeepGLLiMRegressor, DeepRegressor, VGGFeatures
+from ._pipelines import make_vgg_ir_pipeline, make_vgg_svr_pipeline
+
+__all__ = [
+    "DeepGLLiMRegressor",
+    "DeepRegressor",
+    "VGGFeatures",
+    "make_vgg_ir_pipeline",
+    "make_vgg_svr_pipeline",
+]

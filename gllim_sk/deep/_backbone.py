@@ -1,0 +1,204 @@
+"""Backbones: loading torchvision models, cutting them into stages, preprocessing images.
+
+A backbone is an ordered list of named *stages* (``nn.Module`` s run one after the
+other). For VGG-16 they are ``block1`` ... ``block5`` (the convolutional blocks, each
+ending with its max-pooling), ``pool`` (adaptive average pooling and flattening),
+``fc6`` and ``fc7`` (linear + ReLU). The classification layer is dropped. Cutting the
+network into stages lets the estimators freeze a prefix, run it once and cache its
+output (``trainable_layers`` counts the trainable stages from the end).
+"""
+
+import copy
+import os
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+from .._images import images_to_float
+
+__all__ = ["Backbone", "load_model", "to_input_tensor"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _is_path(weights):
+    if isinstance(weights, os.PathLike):
+        return True
+    return isinstance(weights, str) and (
+        os.sep in weights or weights.endswith((".pt", ".pth", ".bin")) or os.path.exists(weights)
+    )
+
+
+def load_model(model, weights):
+    """Return a fresh ``nn.Module`` for ``model`` with the requested ``weights``.
+
+    Parameters
+    ----------
+    model : str or nn.Module
+        A torchvision classification model name (``"vgg16"``, ``"resnet18"``...) or a
+        module, which is deep-copied (the caller's module is never modified).
+    weights : str, path-like or None
+        ``None``: random initialisation. A torchvision weights name (``"DEFAULT"``,
+        ``"IMAGENET1K_V1"``): torchvision downloads the file to its cache
+        (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch``) on first use.
+        A path: a ``state_dict`` file read with ``torch.load(..., weights_only=True)``.
+    """
+    if isinstance(model, nn.Module):
+        net = copy.deepcopy(model)
+        if weights is not None and not _is_path(weights):
+            raise ValueError(
+                f"weights={weights!r}: a weights name only applies to a torchvision model "
+                "name; with an nn.Module pass None or the path of a state_dict file."
+            )
+    elif isinstance(model, str):
+        if model not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(
+                f"model={model!r} is not a torchvision classification model; see "
+                "torchvision.models.list_models(module=torchvision.models)."
+            )
+        named = None if weights is None or _is_path(weights) else weights
+        try:
+            net = torchvision.models.get_model(model, weights=named)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(
+                f"weights={weights!r} is not a weights name of torchvision model {model!r} "
+                "(use e.g. 'DEFAULT', 'IMAGENET1K_V1', None, or a path to a state_dict file)."
+            ) from exc
+    else:
+        raise TypeError(f"model must be a torchvision model name or an nn.Module, got {model!r}.")
+    if weights is not None and _is_path(weights):
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"weights file {path!r} does not exist.")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        net.load_state_dict(state)
+    return net
+
+
+def _without_dropout(layers):
+    # The authors' Keras VGG-16 has no dropout; here it would only add noise to the
+    # features that the mixture models, so it is removed.
+    return [nn.Identity() if isinstance(layer, nn.Dropout) else layer for layer in layers]
+
+
+def _split_vgg_like(net):
+    """Stages of a network with ``features``, ``avgpool`` and ``classifier`` (VGG, AlexNet...)."""
+    stages, block = [], []
+    n_block = 0
+    for layer in net.features:
+        block.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            n_block += 1
+            stages.append((f"block{n_block}", nn.Sequential(*block)))
+            block = []
+    if block:  # a trunk that does not end in pooling (e.g. EfficientNet)
+        stages.append((f"block{n_block + 1}", nn.Sequential(*block)))
+    classifier = list(net.classifier)
+    linear_at = [i for i, layer in enumerate(classifier) if isinstance(layer, nn.Linear)]
+    if not linear_at:
+        raise ValueError("the model's classifier has no linear layer.")
+    head = classifier[linear_at[-1]]
+    before_first = classifier[: linear_at[0]]
+    pool = nn.Sequential(net.avgpool, nn.Flatten(1), *_without_dropout(before_first))
+    stages.append(("pool", pool))
+    # One stage per hidden linear layer with what follows it (ReLU); the last linear is
+    # the classification head and is dropped.
+    hidden = linear_at[:-1]
+    for j, start in enumerate(hidden):
+        stop = linear_at[j + 1]
+        stages.append((f"fc{6 + j}", nn.Sequential(*_without_dropout(classifier[start:stop]))))
+    return stages, head.in_features
+
+
+def _split_resnet_like(net):
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = [("stem", stem)]
+    stages += [(name, getattr(net, name)) for name in ("layer1", "layer2", "layer3", "layer4")]
+    stages.append(("pool", nn.Sequential(net.avgpool, nn.Flatten(1))))
+    return stages, net.fc.in_features
+
+
+def _split_generic(net):
+    # Unknown layout: replace the last linear layer with an identity and keep the
+    # network as one stage (features of the penultimate layer; no partial freezing).
+    last_name, last = None, None
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name, last = name, module
+    if last is None:
+        raise ValueError(
+            "cannot find the classification layer (an nn.Linear) of the model; pass a "
+            "model with `features`/`avgpool`/`classifier` attributes or a torchvision "
+            "classification model."
+        )
+    parent = net.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else net
+    child = last_name.rpartition(".")[2]
+    if isinstance(parent, nn.Sequential):
+        parent[int(child)] = nn.Identity()
+    else:
+        setattr(parent, child, nn.Identity())
+    return [("network", net)], last.in_features
+
+
+class Backbone(nn.Module):
+    """A classification network cut into named stages, without its classification layer.
+
+    Parameters
+    ----------
+    net : nn.Module
+        The network (a torchvision classification model or one with the same layout).
+    """
+
+    def __init__(self, net):
+        super().__init__()
+        if all(hasattr(net, a) for a in ("features", "avgpool", "classifier")) and isinstance(
+            net.classifier, nn.Sequential
+        ):
+            stages, n_out = _split_vgg_like(net)
+        elif all(hasattr(net, a) for a in ("conv1", "layer4", "avgpool", "fc")):
+            stages, n_out = _split_resnet_like(net)
+        else:
+            stages, n_out = _split_generic(net)
+        self.stage_names = [name for name, _ in stages]
+        self.stages = nn.ModuleList([module for _, module in stages])
+        self.n_features_out = n_out
+
+    def stop_index(self, layer):
+        """Index one past the stage named ``layer`` (``None``: the last stage)."""
+        if layer is None:
+            return len(self.stages)
+        if layer not in self.stage_names:
+            raise ValueError(
+                f"layer={layer!r} is not a stage of this backbone: {self.stage_names}."
+            )
+        return self.stage_names.index(layer) + 1
+
+    def forward(self, x, start=0, stop=None):
+        for stage in self.stages[start:stop]:
+            x = stage(x)
+        return x
+
+
+def to_input_tensor(images, input_size, device, dtype=torch.float32):
+    """Images ``(n, H, W, C)`` (uint8 or [0, 1] floats) -> normalised ``(n, 3, S, S)`` tensor.
+
+    Grayscale images are repeated over the three channels; images are resized with
+    antialiased bilinear interpolation and normalised with the ImageNet mean and std.
+    """
+    arr = images_to_float(images)
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+    x = x.permute(0, 3, 1, 2)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    size = (input_size, input_size) if np.isscalar(input_size) else tuple(input_size)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
