@@ -8,6 +8,7 @@ import pytest
 from sklearn.linear_model import LinearRegression, Ridge
 
 from gllim_sk.datasets import (
+    BIWI_PERSON_OF_SEQUENCE,
     biwi_pose_to_angles,
     load_aflw2000,
     load_biwi,
@@ -431,6 +432,24 @@ def test_load_biwi_accepts_hpdb_itself_and_maps_subjects(biwi_home):
     np.testing.assert_array_equal(data.subject, [7] * 5)
     with pytest.raises(ValueError, match="no entry for the sequences \\[2\\]"):
         load_biwi(home, image_size=16, cache=False, subject_of_sequence={1: 7})
+    with pytest.raises(ValueError, match="subject_of_sequence must be"):
+        load_biwi(home, image_size=16, cache=False, subject_of_sequence="ethz")
+
+
+def test_load_biwi_knows_who_was_recorded_twice(tmp_path):
+    # Sequences 03 and 15 both show person F03 (person 3 here); sequence 16 shows M09.
+    for seq in (3, 15, 16):
+        folder = tmp_path / "hpdb" / f"{seq:02d}"
+        folder.mkdir(parents=True)
+        _write_biwi_calibration(folder)
+        _write_biwi_frame(folder, 0, (0.0, 0.0, 0.0), (0.0, 0.0, 900.0))
+    data = load_biwi(tmp_path, image_size=16, cache=False)
+    np.testing.assert_array_equal(data.sequence, [3, 15, 16])
+    np.testing.assert_array_equal(data.subject, [3, 3, 15])
+    assert BIWI_PERSON_OF_SEQUENCE[22] == BIWI_PERSON_OF_SEQUENCE[7]
+    assert sorted(set(BIWI_PERSON_OF_SEQUENCE.values())) == list(range(1, 21))
+    alone = load_biwi(tmp_path, image_size=16, cache=False, subject_of_sequence=None)
+    np.testing.assert_array_equal(alone.subject, [3, 15, 16])
 
 
 def test_load_biwi_caches_crops(biwi_home, monkeypatch):

@@ -33,11 +33,12 @@ False
 over people, also for ``GridSearchCV(..., cv=GroupKFold(5)).fit(X, y, groups=...)``.
 """
 
-from ._real import biwi_pose_to_angles, load_aflw2000, load_biwi
+from ._real import BIWI_PERSON_OF_SEQUENCE, biwi_pose_to_angles, load_aflw2000, load_biwi
 from ._split import train_val_test_split_by_subject
 from ._synthetic import make_head_poses, render_head, rotation_matrix
 
 __all__ = [
+    "BIWI_PERSON_OF_SEQUENCE",
     "biwi_pose_to_angles",
     "load_aflw2000",
     "load_biwi",

@@ -17,9 +17,22 @@ from sklearn.utils import Bunch
 
 from ._synthetic import TARGET_NAMES
 
-__all__ = ["load_aflw2000", "load_biwi", "biwi_pose_to_angles"]
+__all__ = ["BIWI_PERSON_OF_SEQUENCE", "biwi_pose_to_angles", "load_aflw2000", "load_biwi"]
 
 _CACHE_VERSION = 1
+
+# Who is in each Biwi sequence folder, after the database's head templates: F01-F06 are
+# persons 1-6, M01-M14 persons 7-20. Folders 15, 18, 21 and 22 re-record F03, F05, F02
+# and M01.
+_BIWI_TEMPLATES = (
+    "F01 F02 F03 F04 F05 F06 M01 M02 M03 M04 M05 M06 M07 M08 "
+    "F03 M09 M10 F05 M11 M12 F02 M01 M13 M14"
+).split()
+_PERSON_IDS = {name: i + 1 for i, name in enumerate(sorted(set(_BIWI_TEMPLATES)))}
+BIWI_PERSON_OF_SEQUENCE = {
+    seq: _PERSON_IDS[name] for seq, name in enumerate(_BIWI_TEMPLATES, start=1)
+}
+"""Person id (1-20) of each Biwi sequence folder (1-24)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -246,7 +259,7 @@ def load_biwi(
     *,
     image_size=64,
     crop_size_mm=250.0,
-    subject_of_sequence=None,
+    subject_of_sequence="biwi",
     cache=True,
     n_jobs=None,
 ):
@@ -272,9 +285,12 @@ def load_biwi(
         Side of the square crops, in pixels.
     crop_size_mm : float, default=250.0
         Side of the crop in millimetres at the head's depth.
-    subject_of_sequence : dict or None, default=None
-        Maps a sequence folder number ``NN`` to a person id, for datasets where one person
-        was recorded in several sequences. ``None`` uses the folder number as the subject.
+    subject_of_sequence : "biwi", dict or None, default="biwi"
+        Person id of each sequence folder ``NN``. The database has 24 sequences of 20
+        people, four of whom were recorded twice; ``"biwi"`` uses the database's own
+        list (:data:`BIWI_PERSON_OF_SEQUENCE`: women F01-F06 are persons 1-6, men
+        M01-M14 persons 7-20; folders outside 01-24 keep their number). A dict maps folder
+        numbers to person ids; ``None`` makes every sequence its own subject.
     cache : bool, default=True
         Read and write the decoded crops as ``data_home/gllim_sk_cache/biwi_*.npz``. The
         cache is rebuilt when the crop parameters or any source file change.
@@ -286,7 +302,7 @@ def load_biwi(
     data : :class:`~sklearn.utils.Bunch`
         - ``images`` : ndarray of shape (n, image_size, image_size, 3), uint8.
         - ``target`` : ndarray of shape (n, 3), pitch, yaw and roll in degrees.
-        - ``subject`` : ndarray of shape (n,), person ids (the folder numbers by default).
+        - ``subject`` : ndarray of shape (n,), person ids (see ``subject_of_sequence``).
         - ``sequence`` : ndarray of shape (n,), the sequence folder numbers.
         - ``filenames`` : ndarray of shape (n,), image paths relative to ``hpdb``.
         - ``target_names``, ``DESCR``.
@@ -333,12 +349,18 @@ def load_biwi(
     filenames = np.array([str(f.relative_to(root)) for _, frames, _ in listing for f in frames])
     if subject_of_sequence is None:
         subject = sequence_ids.copy()
+    elif isinstance(subject_of_sequence, str):
+        if subject_of_sequence != "biwi":
+            raise ValueError(
+                f"subject_of_sequence must be 'biwi', a dict or None, got {subject_of_sequence!r}."
+            )
+        subject = np.array([BIWI_PERSON_OF_SEQUENCE.get(s, s) for s in sequence_ids.tolist()])
     else:
-        missing = sorted(set(sequence_ids.tolist()) - {int(k) for k in subject_of_sequence})
+        mapping = {int(k): int(v) for k, v in dict(subject_of_sequence).items()}
+        missing = sorted(set(sequence_ids.tolist()) - set(mapping))
         if missing:
             raise ValueError(f"subject_of_sequence has no entry for the sequences {missing}.")
-        mapping = {int(k): int(v) for k, v in subject_of_sequence.items()}
-        subject = np.array([mapping[s] for s in sequence_ids])
+        subject = np.array([mapping[s] for s in sequence_ids.tolist()])
 
     params = {"image_size": image_size, "crop_size_mm": crop_size_mm}
     cache_path = home / "gllim_sk_cache" / f"biwi_{image_size}px_{crop_size_mm:g}mm.npz"
