@@ -288,7 +288,7 @@ def load_biwi(
     subject_of_sequence : "biwi", dict or None, default="biwi"
         Person id of each sequence folder ``NN``. The database has 24 sequences of 20
         people, four of whom were recorded twice; ``"biwi"`` uses the database's own
-        list (:data:`BIWI_PERSON_OF_SEQUENCE`: women F01-F06 are persons 1-6, men
+        list (``BIWI_PERSON_OF_SEQUENCE``: women F01-F06 are persons 1-6, men
         M01-M14 persons 7-20; folders outside 01-24 keep their number). A dict maps folder
         numbers to person ids; ``None`` makes every sequence its own subject.
     cache : bool, default=True
