@@ -184,6 +184,12 @@ def test_uniform_and_ssv_distributions():
     assert side(ssv) > side(uniform)
 
 
+def test_pose_limits_that_exclude_a_distribution_are_reported():
+    # The s2g modes lie far outside a +-5 degree box: an error, not an endless loop.
+    with pytest.raises(ValueError, match="keeps almost no poses"):
+        make_head_poses(10, distribution="s2g", image_size=8, pose_limits=(5, 5, 5))
+
+
 def test_pose_limits_are_respected():
     t = make_head_poses(
         300, distribution="uniform", image_size=8, pose_limits=(10, 20, 5), random_state=0

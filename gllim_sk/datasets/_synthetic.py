@@ -448,10 +448,15 @@ def _render(angles, identities, subject, scenes, image_size, seed, n_jobs=1):
 # Pose distributions
 # --------------------------------------------------------------------------------------
 def _sample_poses(rng, n, distribution, limits):
-    """Draw ``n`` (pitch, yaw, roll) triples in degrees, inside the box ``[-limits, limits]``."""
-    out = np.empty((0, 3))
-    while out.shape[0] < n:
-        m = 2 * (n - out.shape[0]) + 16
+    """Draw ``n`` (pitch, yaw, roll) triples in degrees, inside the box ``[-limits, limits]``.
+
+    Truncation (and the "ssv" hole) work by rejection; batches grow with the observed
+    acceptance rate, and a box that accepts almost nothing is reported, not looped on.
+    """
+    kept, n_kept, n_drawn, n_accepted = [], 0, 0, 0
+    while n_kept < n:
+        rate = max(n_accepted / n_drawn, 1e-4) if n_drawn else 0.5
+        m = int(min(1.2 * (n - n_kept) / rate + 16, 2_000_000))
         if distribution == "biwi":
             cand = rng.normal(0.0, _BIWI_STD, (m, 3))
         elif distribution == "s2g":
@@ -463,8 +468,16 @@ def _sample_poses(rng, n, distribution, limits):
                 hole = np.exp(-0.5 * np.sum((cand / _SSV_HOLE_STD) ** 2, axis=1))
                 cand = cand[rng.uniform(size=m) >= hole]
         cand = cand[np.all(np.abs(cand) <= limits, axis=1)]
-        out = np.concatenate([out, cand])
-    return out[:n]
+        kept.append(cand)
+        n_kept += len(cand)
+        n_drawn += m
+        n_accepted += len(cand)
+        if n_drawn > 1000 * n + 10_000_000 and n_kept < n:
+            raise ValueError(
+                f"pose_limits={limits.tolist()} keeps almost no poses of the "
+                f"{distribution!r} distribution ({n_accepted} of {n_drawn} draws); widen it."
+            )
+    return np.concatenate(kept)[:n]
 
 
 def _check_int(value, name, low):
