@@ -5,11 +5,12 @@ nose, eyes, brows, lips, ears, a hair cap) plus a neck and shoulders fixed in th
 Rendering is orthographic ray casting, fully vectorised with numpy. Rather than moving the
 head, each pixel's ray is mapped into every ellipsoid's unit-sphere coordinates; along a ray
 that is an affine map of the pixel coordinates ``(u, v)`` and the depth ``t``, so the
-discriminant of each ray/ellipsoid quadratic is a quadratic polynomial in ``(u, v)``. All of
-them, for a chunk of images and every ellipsoid, come out of one matrix product
-``features(u, v) @ coefficients``, followed by a handful of element-wise operations and a
-minimum over ellipsoids (the nearest hit). Normals, Lambertian + ambient shading and the
-painted details (irises, eye sockets) are then evaluated for the winning surface only.
+discriminant of each ray/ellipsoid quadratic is a quadratic polynomial in ``(u, v)`` and its
+linear coefficient an affine one. For a chunk of images and every ellipsoid they come out of
+two small matrix products ``features(u, v) @ coefficients``, followed by a handful of
+element-wise operations and a running minimum over ellipsoids (the nearest hit). Normals,
+Lambertian + ambient shading and the painted details (irises, eye sockets) are then
+evaluated for the winning surface only.
 
 Angle convention
 ----------------
