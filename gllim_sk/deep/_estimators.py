@@ -613,7 +613,7 @@ def _noise_precision(gllim, device):
         shape = {"diag": (K, E), "spherical": (K, 1), "tied_diag": (1, E),
                  "tied_spherical": (1, 1)}[kind]
         prec = np.broadcast_to(1.0 / cov.reshape(shape), (K, E))
-    return torch.as_tensor(np.ascontiguousarray(prec), dtype=torch.float32, device=device)
+    return torch.as_tensor(np.array(prec), dtype=torch.float32, device=device)
 
 
 def mixture_regression_loss(features, targets, resp, coef, intercept, precision):
@@ -647,6 +647,16 @@ def mixture_regression_loss(features, targets, resp, coef, intercept, precision)
     else:
         quad = torch.einsum("bkd,kde,bke->bk", residual, precision, residual)
     return (resp * quad).sum(1) / features.shape[1]
+
+
+def _dataset_loss(gllim, X, y, resp):
+    """Mean eq. (9) loss (per feature) of features ``X`` under a fitted mixture."""
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    precision = _noise_precision(gllim, torch.device("cpu")).double()
+    loss = mixture_regression_loss(as_tensor(X), as_tensor(y), as_tensor(resp),
+                                   as_tensor(gllim.inverse_coef_),
+                                   as_tensor(gllim.inverse_intercept_), precision)
+    return float(loss.mean())
 
 
 class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
@@ -752,11 +762,16 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     gllim_ : GLLiMRegressor
         The mixture fitted on the network's features.
     history_ : list of dict
-        One entry per GLLiM fit (``alternation`` 0 is the initial one): ``loss`` (mean
-        eq. (9) loss per feature of the last fine-tuning epoch before this fit, NaN for
-        0), ``epoch_losses``, ``log_likelihood`` (mean log p(x, y) on the training
-        features), ``val_mae`` (per target, None without validation), ``estep_frozen``,
-        and timings ``time``, ``finetune_time``, ``feature_time``, ``gllim_time``.
+        One entry per GLLiM fit (``alternation`` 0 is the initial one, before any
+        fine-tuning). ``loss_before`` and ``loss``: the eq. (9) loss (mean over the
+        training images, divided by ``embedding_dim``; :func:`mixture_regression_loss`)
+        of the fine-tuning that preceded this fit, with its mixture and
+        responsibilities, on the evaluation-mode features before and after it (NaN for
+        alternation 0); ``epoch_losses``: the running training loss of each epoch
+        (batch-normalised features); ``log_likelihood``: mean log p(x, y) of the
+        training features under the new mixture; ``val_mae``: validation mean absolute
+        error per target (None without validation); ``estep_frozen``; and timings
+        ``time``, ``finetune_time``, ``feature_time``, ``gllim_time`` (seconds).
     best_alternation_ : int
         The alternation whose network and mixture were kept.
     settings_ : dict
@@ -859,7 +874,10 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         """Initialise the added layer from the PCA of the training fc7 features."""
         pca = PCA(self.embedding_dim, random_state=seed).fit(fc7)
         linear, norm = self.network_.head
-        components = torch.as_tensor(pca.components_, dtype=torch.float32)
+        # Eigenvectors scaled to unit output variance (whitening): the BatchNorm would
+        # rescale them anyway, and small fc7 variances would otherwise drown in its eps.
+        scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+        components = torch.as_tensor(pca.components_ / scale[:, None], dtype=torch.float32)
         projected_mean = components @ torch.as_tensor(pca.mean_, dtype=torch.float32)
         with torch.no_grad():
             linear.weight.copy_(components)
@@ -871,8 +889,7 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
                 norm.running_mean.copy_(projected_mean)
             # Running statistics that match the projected training features, so that
             # the features start as whitened PCA scores in evaluation mode too.
-            norm.running_var.copy_(torch.as_tensor(pca.explained_variance_,
-                                                   dtype=torch.float32).clamp_min(1e-12))
+            norm.running_var.fill_(1.0)
 
     def _fit_gllim(self, X, y, resp, frozen, seed):
         from .._gllim import GLLiMRegressor
@@ -1027,17 +1044,20 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
             for alternation in steps:
                 tic = time.perf_counter()
                 epoch_losses, finetune_time = [], 0.0
+                loss_before = loss_after = float("nan")
                 if alternation > 0:
                     frozen_before = alternation - 1 < settings["n_frozen_estep"]
                     resp_ft = self._finetune_resp(
                         gllim, X_train, y_train, initial_resp if frozen_before else None,
                         draw_rng)
+                    loss_before = _dataset_loss(gllim, X_train, y_train, resp_ft)
                     epoch_losses = self._finetune(network, gllim, inputs, split, y_train,
                                                   resp_ft, generator, device)
                     finetune_time = time.perf_counter() - tic
                     tac = time.perf_counter()
                     X_train = self._features(network, inputs, split, device)
                     feature_time = time.perf_counter() - tac
+                    loss_after = _dataset_loss(gllim, X_train, y_train, resp_ft)
                 frozen = alternation < settings["n_frozen_estep"]
                 tac = time.perf_counter()
                 gllim = self._fit_gllim(X_train, y_train, initial_resp if frozen else resp,
@@ -1052,7 +1072,8 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
                     feature_time += time.perf_counter() - tac
                 history.append({
                     "alternation": alternation,
-                    "loss": epoch_losses[-1] if epoch_losses else float("nan"),
+                    "loss": loss_after,
+                    "loss_before": loss_before,
                     "epoch_losses": list(epoch_losses),
                     "log_likelihood": float(gllim.lower_bound_),
                     "val_mae": val_mae,
@@ -1165,7 +1186,11 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         y : ndarray of shape (n,) or (n, n_targets)
         std : ndarray of the same shape, only when ``return_std`` is True
         """
-        return self.gllim_.predict(self.transform(X), return_std=return_std)
+        features = self.transform(X)  # checks that the estimator is fitted
+        out = self.gllim_.predict(features, return_std=return_std)
+        if self._y_1d:
+            out = tuple(a[:, 0] for a in out) if return_std else out[:, 0]
+        return out
 
     # -- persistence ------------------------------------------------------------------
     def _saved_attributes(self):
