@@ -124,3 +124,11 @@ def test_every_method_works_with_latent(gllim_ref, covariance_type):
     for values in (model.conditional_log_density(X, y), model.joint_log_density(X, y),
                    [model.bic(X, y), model.aic(X, y), model.score(X, y)]):
         assert np.all(np.isfinite(values))
+
+
+def test_too_many_latent_factors_is_rejected():
+    rng = np.random.default_rng(7)
+    X, y = rng.normal(size=(60, 5)), rng.normal(size=(60, 2))
+    with pytest.raises(ValueError, match="n_latent"):
+        GLLiMRegressor(n_latent=4).fit(X, y)
+    GLLiMRegressor(n_latent=3, max_iter=2).fit(X, y)  # L + Lw = D is allowed
