@@ -396,6 +396,24 @@ def test_pickle_round_trip(fitted_gllim, blobs):
                                   reg.predict(images))
 
 
+def test_vgg_features_pickle_and_weight_file(blobs, tmp_path):
+    images, _ = blobs
+    vgg = VGGFeatures(TinyVGG(seed=5), input_size=32, device="cpu").fit(images)
+    expected = vgg.transform(images[:4])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(vgg)).transform(images[:4]),
+                                  expected)
+    vgg.save_params(tmp_path / "vgg.pt")
+    fresh = VGGFeatures(TinyVGG(seed=9), input_size=32, device="cpu").load_params(
+        tmp_path / "vgg.pt")
+    np.testing.assert_array_equal(fresh.transform(images[:4]), expected)
+
+
+def test_mixed_precision_runs(blobs):
+    images, y = blobs
+    reg = tiny_gllim(mixed_precision=True, n_alternations=1).fit(images, y)
+    assert np.all(np.isfinite(reg.predict(images[:4])))
+
+
 def test_save_and_load_params(fitted_gllim, blobs, tmp_path):
     images, _ = blobs
     path = tmp_path / "deep_gllim.pt"
@@ -525,3 +543,20 @@ def test_gllim_specific_errors(blobs):
 
     with pytest.raises(NotFittedError):
         tiny_gllim().predict(images)
+
+
+# ----------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_quick_preset_on_vgg16_and_synthetic_heads():
+    from gllim_sk.datasets import make_head_poses
+
+    data = make_head_poses(100, image_size=64, random_state=0)
+    reg = DeepGLLiMRegressor(embedding_dim=32, n_alternations=2, device="cpu", random_state=0)
+    reg.fit(data.images, data.target)
+    assert reg.settings_["input_size"] == 64 and reg.settings_["trainable_layers"] == 1
+    assert reg.predict(data.images[:3]).shape == (3, 3)
+    assert all(h["loss"] < h["loss_before"] for h in reg.history_[1:])
+    base = DeepRegressor(device="cpu", random_state=0).fit(data.images, data.target)
+    assert base.predict(data.images[:3]).shape == (3, 3)

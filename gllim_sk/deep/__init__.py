@@ -11,7 +11,8 @@ provides
   Lathuilière et al. (CVPR 2017), trained by alternating GLLiM EM and network
   fine-tuning;
 - :func:`make_vgg_svr_pipeline` and :func:`make_vgg_ir_pipeline`, the VGG-SVR and
-  VGG-IR baselines of the paper's Table 1 as scikit-learn pipelines.
+  VGG-IR baselines of the paper's Table 1 as scikit-learn pipelines;
+- :func:`mixture_regression_loss`, the network loss of eqs. (8)-(9) as a torch function.
 """
 
 try:
@@ -24,7 +25,12 @@ except ImportError as exc:  # pragma: no cover - exercised only where torch is a
         "(see https://pytorch.org/get-started/ for CUDA builds)."
     ) from exc
 
-from ._estimators import DeepGLLiMRegressor, DeepRegressor, VGGFeatures
+from ._estimators import (
+    DeepGLLiMRegressor,
+    DeepRegressor,
+    VGGFeatures,
+    mixture_regression_loss,
+)
 from ._pipelines import make_vgg_ir_pipeline, make_vgg_svr_pipeline
 
 __all__ = [
@@ -33,4 +39,5 @@ __all__ = [
     "VGGFeatures",
     "make_vgg_ir_pipeline",
     "make_vgg_svr_pipeline",
+    "mixture_regression_loss",
 ]

@@ -40,7 +40,7 @@ from ._torch import (
     train_epochs,
 )
 
-__all__ = ["DeepGLLiMRegressor", "DeepRegressor", "VGGFeatures"]
+__all__ = ["DeepGLLiMRegressor", "DeepRegressor", "VGGFeatures", "mixture_regression_loss"]
 
 _MIN_IMAGE_SIZE = 8
 
@@ -640,6 +640,16 @@ def mixture_regression_loss(features, targets, resp, coef, intercept, precision)
     Returns
     -------
     loss : Tensor of shape (B,)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from gllim_sk.deep import mixture_regression_loss
+    >>> x, y = torch.zeros(1, 2), torch.ones(1, 1)
+    >>> coef, intercept = torch.ones(1, 2, 1), torch.zeros(1, 2)
+    >>> mixture_regression_loss(x, y, torch.ones(1, 1), coef, intercept,
+    ...                         torch.full((1, 2), 4.0))  # lambda ||A y - x||^2 / E
+    tensor([4.])
     """
     residual = torch.einsum("kel,bl->bke", coef, targets) + intercept - features[:, None, :]
     if precision.dim() == 2:
