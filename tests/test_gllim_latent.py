@@ -132,3 +132,22 @@ def test_too_many_latent_factors_is_rejected():
     with pytest.raises(ValueError, match="n_latent"):
         GLLiMRegressor(n_latent=4).fit(X, y)
     GLLiMRegressor(n_latent=3, max_iter=2).fit(X, y)  # L + Lw = D is allowed
+
+
+@pytest.mark.parametrize("reg_covar", [1e-9, 1e-6])
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_log_likelihood_exact_when_noise_reaches_the_floor(gllim_ref, covariance_type,
+                                                           reg_covar):
+    # With Lw=5 latent factors in D=8 the residual PCA can explain a feature of a
+    # component completely, so its noise variance sits at reg_covar. The reported
+    # log-likelihood must still be the exact one of the fitted parameters.
+    X, y, _ = hybrid_data(gllim_ref, 1, n_latent=5)
+    model = GLLiMRegressor(2, covariance_type=covariance_type, n_latent=5, reg_covar=reg_covar,
+                           max_iter=1, tol=0, random_state=1).fit(X, y)
+    p = gllim_ref.dense_params(model)
+    expected = gllim_ref.joint_log_density(p, X, y)
+    assert_allclose(model.lower_bounds_[0], expected.mean(), rtol=1e-8)
+    assert_allclose(model.joint_log_density(X, y), expected, rtol=1e-8, atol=1e-8)
+    X_new, _, _ = hybrid_data(gllim_ref, 2, n_samples=50, n_latent=5)
+    assert_allclose(model.predict(X_new), gllim_ref.condition_on_x(p, X_new).mean, rtol=1e-6,
+                    atol=1e-8)
