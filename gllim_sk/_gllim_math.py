@@ -157,16 +157,17 @@ def e_step(Xc, sq, y, params):
     gram = np.swapaxes(B, 1, 2) @ SB  # (K, m, m)
 
     y1 = np.concatenate([y, np.ones((n, 1))], axis=1)
+    # [y, 1]^T B_k^T Sigma_k^-1 B_k for every n and k, as one small GEMM.
+    Yg = (y1 @ gram[:, : L + 1, :].transpose(1, 0, 2).reshape(L + 1, K * m)).reshape(n, K, m)
     quad = params.noise.quad_features(Xc, sq, K)
-    quad -= 2.0 * np.einsum("nkj,nj->nk", H[:, :, : L + 1], y1)
-    quad += np.einsum("nkl,nl->nk", np.einsum("nj,kjl->nkl", y1, gram[:, : L + 1, : L + 1]), y1)
+    quad += ((Yg[:, :, : L + 1] - 2.0 * H[:, :, : L + 1]) * y1[:, None, :]).sum(axis=2)
 
     # Latent part: Woodbury on Sigma_k + W_k W_k^T.
     latent_prec = np.eye(Lw)[None] + gram[:, L + 1 :, L + 1 :]
     latent_cov, neg_logdet_s, _ = _spd_inverse_and_logdet(latent_prec)
-    t = H[:, :, L + 1 :] - np.einsum("nj,kjl->nkl", y1, gram[:, : L + 1, L + 1 :])
-    latent_mean = np.einsum("nkl,klm->nkm", t, latent_cov)
-    quad -= np.einsum("nkl,nkl->nk", t, latent_mean)
+    t = H[:, :, L + 1 :] - Yg[:, :, L + 1 :]
+    latent_mean = np.matmul(t.transpose(1, 0, 2), latent_cov).transpose(1, 0, 2)
+    quad -= (t * latent_mean).sum(axis=2)
     np.maximum(quad, 0.0, out=quad)  # expanded forms can dip below zero by rounding
     logdet = params.noise.logdet(K) + neg_logdet_s
 
@@ -236,25 +237,17 @@ def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
         mass = resp.sum(axis=0)
 
     # Augmented regressors z = [y, w]: first and second moments per component.
-    ybar = (resp.T @ y) / mass[:, None]
-    wbar = np.einsum("nk,nkl->kl", resp, latent_mean) / mass[:, None]
-    zbar = np.concatenate([ybar, wbar], axis=1)  # (K, Lz)
-    Syy = np.einsum("nk,ni,nj->kij", resp, y, y)
-    Syw = np.einsum("nk,ni,nkj->kij", resp, y, latent_mean)
-    Sww = np.einsum("nk,nki,nkj->kij", resp, latent_mean, latent_mean)
-    Sww += mass[:, None, None] * latent_cov  # posterior covariance, weighted by mass
-    Szz = np.concatenate(
-        [np.concatenate([Syy, Syw], axis=2),
-         np.concatenate([np.swapaxes(Syw, 1, 2), Sww], axis=2)], axis=1
-    ) / mass[:, None, None]
+    Lz = L + Lw
+    z = np.concatenate([np.broadcast_to(y[:, None, :], (n, K, L)), latent_mean], axis=2)
+    rz = np.concatenate([resp[:, :, None], resp[:, :, None] * z], axis=2)  # (n, K, 1 + Lz)
+    zbar = rz[:, :, 1:].sum(axis=0) / mass[:, None]  # (K, Lz)
+    Szz = np.matmul(rz[:, :, 1:].transpose(1, 2, 0), z.transpose(1, 0, 2))  # (K, Lz, Lz)
+    Szz[:, L:, L:] += mass[:, None, None] * latent_cov  # posterior covariance, weighted by mass
+    Szz /= mass[:, None, None]
     Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
+    ybar = zbar[:, :L]
 
     # One GEMM for all first-order cross moments with x.
-    rz = np.concatenate(
-        [resp[:, :, None], resp[:, :, None] * y[:, None, :], resp[:, :, None] * latent_mean],
-        axis=2,
-    )  # (n, K, 1 + Lz)
-    Lz = L + Lw
     G = (Xc.T @ rz.reshape(n, K * (1 + Lz))).reshape(D, K, 1 + Lz)
     xbar = (G[:, :, 0] / mass).T  # (K, D)
     Mxz = np.transpose(G[:, :, 1:], (1, 0, 2)) / mass[:, None, None]
@@ -265,7 +258,7 @@ def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
     b = xbar - np.einsum("kdl,kl->kd", A_full, zbar)
     explained = np.einsum("kdl,kdl->kd", A_full, Mxz)  # diag(A Mzx) per component
 
-    gamma = Syy / mass[:, None, None] - ybar[:, :, None] * ybar[:, None, :]
+    gamma = Mzz[:, :L, :L].copy()
     gamma = _finalize_gamma(gamma, pis, target_covariance_type, reg_covar)
 
     if covariance_type in DIAG_FAMILY:
