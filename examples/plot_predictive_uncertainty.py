@@ -8,9 +8,10 @@ mean and, with ``return_std=True``, its standard deviation;
 :meth:`~gllim_sk.GLLiMRegressor.predict_mixture` returns the whole mixture, and
 :meth:`~gllim_sk.GLLiMRegressor.sample_y` draws from it.
 
-Here the features cannot tell the sign of the target: ``x`` depends on ``y`` only
-through ``y ** 2`` when ``y < 0.3``, while larger targets also move a third feature.
-For the ambiguous inputs the posterior has two modes, and the mean falls between them.
+Here the features cannot always tell the sign of the target: two of them depend on
+``y`` only through even functions, and a third one moves only when ``y > 0.5``. For
+``|y| < 0.5``, ``y`` and ``-y`` give the same features: the posterior has two modes and
+its mean falls between them. Outside that band the third feature settles the sign.
 """
 
 # %%
@@ -26,8 +27,8 @@ rng = np.random.default_rng(0)
 
 
 def make_features(y, rng):
-    """Even functions of y, plus one feature that only moves for y > 0.3."""
-    clean = np.column_stack([y**2, np.cos(2.5 * y), 2.0 * np.maximum(y - 0.3, 0.0)])
+    """Even functions of y, plus one feature that only moves for y > 0.5."""
+    clean = np.column_stack([y**2, np.cos(2.5 * y), 2.0 * np.maximum(y - 0.5, 0.0)])
     return clean + rng.normal(scale=0.03, size=clean.shape)
 
 
@@ -42,31 +43,31 @@ y_mean, y_std = model.predict(X_test, return_std=True)
 # %%
 # Mean and standard deviation
 # ---------------------------
-# Where the target is above 0.3 the third feature pins it down: the prediction follows
-# the diagonal and the standard deviation is small. Below 0.3, ``y`` and ``-y`` give the
-# same features; the mean drifts towards zero and the standard deviation grows to about
-# ``|y|``, which is how the model says "I cannot tell".
-fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-ax = axes[0]
+# Outside the band the prediction follows the diagonal and the standard deviation is
+# small. Inside it the mean drifts towards zero and the standard deviation grows to about
+# ``|y|``: the model says that it cannot tell the sign.
+fig, ax = plt.subplots(figsize=(6, 4))
 ax.fill_between(y_test, y_mean - 2 * y_std, y_mean + 2 * y_std, alpha=0.3, label="mean ± 2 std")
 ax.plot(y_test, y_mean, label="predicted mean")
 ax.plot(y_test, y_test, color="black", lw=1, ls="--", label="truth")
-ax.axvline(0.3, color="grey", lw=0.8)
+ax.axvspan(-0.5, 0.5, color="grey", alpha=0.1, label="ambiguous band")
 ax.set(xlabel="true y", ylabel="prediction", title="predict(X, return_std=True)")
 ax.legend(loc="upper left")
+fig.tight_layout()
+plt.show()
 
 # %%
 # The predictive mixture itself
 # -----------------------------
 # ``predict_mixture`` returns, for each input, the mixture weights ``(n, K)``, the
 # component means ``(n, K, L)`` and the component covariances ``(K, L, L)``. For an input
-# in the ambiguous region the density has one bump at ``+y`` and one at ``-y``; for an
-# input in the identifiable region it has one.
+# in the ambiguous band the density has one bump at ``+y`` and one at ``-y``; outside it,
+# a single bump.
 weights, means, covariances = model.predict_mixture(X_test)
 grid = np.linspace(-1.3, 1.3, 400)
-ax = axes[1]
+fig, ax = plt.subplots(figsize=(6, 4))
 colours = ("tab:red", "tab:purple", "tab:green")
-for true_value, colour in zip((-0.6, 0.15, 0.7), colours, strict=True):
+for true_value, colour in zip((-0.8, 0.35, 0.8), colours, strict=True):
     i = int(np.argmin(np.abs(y_test - true_value)))
     density = sum(
         weights[i, k] * norm.pdf(grid, means[i, k, 0], np.sqrt(covariances[k, 0, 0]))

@@ -62,7 +62,9 @@ plt.show()
 # -----------------------------
 # ``"biwi"`` mimics the Biwi database (mostly near-frontal), ``"s2g"`` is the paper's
 # two-Gaussian set, ``"ssv"`` keeps side views only, and ``"uniform"`` fills the box of
-# Biwi's ranges. Only the pitch and yaw are shown; roll stays within ±20°.
+# Biwi's ranges. Only the pitch and yaw are shown; roll stays within ±20°. The hole of
+# ``"ssv"`` is carved in all three angles, so in this projection near-frontal pitch and
+# yaw still appear, with a tilted head.
 fig, axes = plt.subplots(1, 4, figsize=(12, 3.2), sharex=True, sharey=True)
 for ax, distribution in zip(axes, ("biwi", "s2g", "ssv", "uniform"), strict=True):
     targets = make_head_poses(1500, distribution=distribution, image_size=8,

@@ -60,8 +60,8 @@ for k, colour in zip(range(2), ("tab:blue", "tab:red"), strict=True):
     y_line = np.linspace(centre - spread, centre + spread, 2)
     x_line = y_line[:, None] * model.inverse_coef_[k, :, 0] + model.inverse_intercept_[k]
     ax.plot(x_line[:, 0], x_line[:, 1], color=colour, lw=3, label=f"$A_{k + 1} y + b_{k + 1}$")
-ax.set(xlabel="$x_1$", ylabel="$x_2$", title="feature space")
-ax.legend(loc="upper center")
+ax.set(xlabel="$x_1$", ylabel="$x_2$", title="feature space", aspect="equal")
+ax.legend(loc="center", fontsize="small")
 
 axes[1].plot(np.arange(1, len(model.lower_bounds_) + 1), model.lower_bounds_, marker="o")
 axes[1].set(xlabel="EM iteration", ylabel="log-likelihood", title="EM never goes down")

@@ -43,9 +43,10 @@ PAPER_TABLE2 = {
 }
 
 PRESETS = {
-    "quick": {"n_samples": 900, "image_size": 64, "input_size": 64, "cv": 2, "n_subjects": 12},
-    "paper": {"n_samples": 20000, "image_size": 224, "input_size": 224, "cv": 3,
-              "n_subjects": 50},
+    "quick": {"n_samples": 600, "image_size": 64, "input_size": 64, "embedding_dim": 128,
+              "cv": 2, "n_subjects": 12},
+    "paper": {"n_samples": 20000, "image_size": 224, "input_size": 224, "embedding_dim": 512,
+              "cv": 3, "n_subjects": 50},
 }
 
 
@@ -63,6 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--cv", type=int, default=None, help="person-disjoint CV folds")
     parser.add_argument("--weights", default=None,
                         help="VGG-16 weights: None, DEFAULT, IMAGENET1K_V1 or a file")
+    parser.add_argument("--embedding-dim", type=int, default=None,
+                        help="width of the layer under the GLLiM (paper: 512; the quick "
+                             "preset uses 128 so that small training sets can fit it)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output-dir", type=Path,
                         default=Path(__file__).resolve().parent / "output")
@@ -88,6 +92,7 @@ def main(args):
     settings = PRESETS[args.preset]
     n_samples = args.n_samples or settings["n_samples"]
     n_folds = args.cv or settings["cv"]
+    embedding_dim = args.embedding_dim or settings["embedding_dim"]
     scoring = {angle: get_angle_scorer(angle) for angle in ANGLES}
     scoring["mean"] = angle_error_scorer
     started = time.perf_counter()
@@ -101,7 +106,8 @@ def main(args):
         outer = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=args.random_state)
         train, test = next(outer.split(data.images, data.target, groups=data.subject))
         estimator = DeepGLLiMRegressor(preset=args.preset, weights=args.weights,
-                                       input_size=settings["input_size"], device=args.device,
+                                       input_size=settings["input_size"],
+                                       embedding_dim=embedding_dim, device=args.device,
                                        random_state=args.random_state, verbose=args.verbose)
         search = GridSearchCV(estimator, {"n_components": args.n_components},
                               scoring=scoring, refit="mean", cv=GroupKFold(n_splits=n_folds),
@@ -135,7 +141,7 @@ def main(args):
     sizes = "; ".join(f"{DISTRIBUTIONS[d]}: train {r['n_train']}, test {r['n_test']}"
                       for d, r in results.items())
     summary = (f"preset {args.preset}, {n_samples} synthetic images per distribution, "
-               f"{n_folds}-fold person-disjoint CV, VGG-16 weights "
+               f"{n_folds}-fold person-disjoint CV, embedding_dim {embedding_dim}, VGG-16 weights "
                f"{args.weights or 'random initialisation'}; {sizes}; {minutes:.1f} min")
     print("\nPitch/Yaw/Roll mean absolute errors (degrees), cross-validated, this run:")
     print("\n".join(lines))

@@ -40,8 +40,10 @@ PAPER_TABLE4 = {
 }
 
 PRESETS = {
-    "quick": {"n_samples": 1500, "image_size": 64, "input_size": 64, "n_subjects": 20},
-    "paper": {"n_samples": 20000, "image_size": 224, "input_size": 224, "n_subjects": 50},
+    "quick": {"n_samples": 1500, "image_size": 64, "input_size": 64, "embedding_dim": 128,
+              "n_subjects": 20},
+    "paper": {"n_samples": 20000, "image_size": 224, "input_size": 224, "embedding_dim": 512,
+              "n_subjects": 50},
 }
 
 
@@ -61,6 +63,9 @@ def parse_args(argv=None):
                         help="K (default: 2 for VGG-IR-FT, 20 for HOG-IR)")
     parser.add_argument("--weights", default=None,
                         help="VGG-16 weights: None, DEFAULT, IMAGENET1K_V1 or a file")
+    parser.add_argument("--embedding-dim", type=int, default=None,
+                        help="width of the layer under the GLLiM (paper: 512; the quick "
+                             "preset uses 128 so that small training sets can fit it)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output-dir", type=Path,
                         default=Path(__file__).resolve().parent / "output")
@@ -92,6 +97,7 @@ def make_model(args, settings):
 
     return DeepGLLiMRegressor(n_components=args.n_components or 2, preset=args.preset,
                               weights=args.weights, input_size=settings["input_size"],
+                              embedding_dim=args.embedding_dim or settings["embedding_dim"],
                               device=args.device, random_state=args.random_state,
                               verbose=args.verbose)
 
@@ -129,7 +135,8 @@ def main(args):
     model_name = "VGG-IR-FT" if args.model == "vgg-ir-ft" else "HOG-IR"
     summary = (f"{model_name}, dataset {args.dataset}, preset {args.preset}, "
                f"{len(train)} training / {len(test)} test images (person-disjoint)"
-               + (f", VGG-16 weights {args.weights or 'random initialisation'}"
+               + (f", VGG-16 weights {args.weights or 'random initialisation'}, embedding_dim "
+                  f"{args.embedding_dim or settings['embedding_dim']}"
                   if args.model == "vgg-ir-ft" else "")
                + f"; {(time.perf_counter() - started) / 60:.1f} min")
     paper = {f"{f:.0%}": v for f, v in PAPER_TABLE4.items()}
