@@ -20,6 +20,8 @@ __all__ = ["GLLiMRegressor"]
 
 _NOISE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
 _TARGET_TYPES = ("full", "diag", "spherical", "tied")
+# Smallest noise variance of the latent model, relative to the feature's variance.
+LATENT_NOISE_FLOOR = 1e-5
 
 
 class GLLiMRegressor(RegressorMixin, BaseEstimator):
@@ -113,6 +115,8 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         Sigma*_k of eq. (3), the covariance of y given x within component k.
     feature_mean_ : ndarray of shape (n_features,)
         Mean of the training features; computations run on features centred by it.
+    target_mean_ : ndarray of shape (n_targets,)
+        Mean of the training targets; computations run on targets centred by it.
     lower_bounds_ : list of float
         ``lower_bounds_[i]`` is the mean over samples of log p(x_n, y_n) under the
         parameters after M-step ``i + 1`` of the best initialisation; ``lower_bounds_[0]``
@@ -135,6 +139,11 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
     Fitting always runs in float64. Predictions, standard deviations, covariances and
     samples come back in the dtype of ``X`` (float32 in, float32 out), which keeps the
     precision of the float32 input itself.
+
+    With ``n_latent > 0``, every noise variance is kept above 1e-5 times the variance of
+    its feature (eigenvalues of full noise: above 1e-5 times the mean feature variance).
+    Without it, a variance driven to zero by the latent factors (a Heywood case of factor
+    analysis) makes the latent posterior ill-conditioned and the likelihood inexact.
 
     A component whose total responsibility falls below 1e-8 samples during EM keeps a
     negligible weight and receives the moments of the whole training set, so that it
@@ -251,6 +260,11 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
 
     def _check_resp_init(self, n_samples):
+        if np.ndim(self.resp_init) != 2:
+            raise ValueError(
+                f"resp_init must be a 2-D array of shape (n_samples, n_components), got "
+                f"an array with {np.ndim(self.resp_init)} dimension(s)."
+            )
         resp = check_array(self.resp_init, dtype=np.float64, input_name="resp_init")
         if resp.shape != (n_samples, self.n_components):
             raise ValueError(
@@ -281,7 +295,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"X and y have inconsistent numbers of samples: {n_samples} and {y.shape[0]}."
             )
-        return y
+        return y - self.target_mean_
 
     # ------------------------------------------------------------------ fitting
     def _initial_resp(self, Xc, y, random_state):
@@ -315,7 +329,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         resp = random_state.uniform(size=(n, K))
         return resp / resp.sum(axis=1, keepdims=True)
 
-    def _initial_params(self, Xc, sq, y, resp, random_state):
+    def _initial_params(self, Xc, sq, y, resp, random_state, var_floor):
         n = Xc.shape[0]
         no_latent = np.zeros((n, self.n_components, 0))
         params, raw = gm.m_step(
@@ -329,7 +343,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             return params
         return gm.init_latent(
             Xc, y, resp, params, raw, self.n_latent, self.covariance_type, self.reg_covar,
-            random_state,
+            random_state, var_floor,
         )
 
     def _print(self, level, message):
@@ -359,9 +373,17 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         if do_warm and self._params.A.shape[1] != X.shape[1]:
             do_warm = False
         offset = self.feature_mean_ if do_warm else X.mean(axis=0)
+        y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
+        # Centring both variables keeps the expanded quadratic forms free of cancellation.
         Xc = X - offset
+        y = y - y_offset
         sq = gm.squared_features(Xc, self.covariance_type)
         n_init = 1 if do_warm else self.n_init
+        # The latent model's likelihood goes through (I + W' Sigma^-1 W)^-1, whose
+        # conditioning degrades as a noise variance approaches zero (a Heywood case, which
+        # factor analysis can reach): a floor relative to each feature's variance keeps it
+        # well conditioned.
+        var_floor = LATENT_NOISE_FLOOR * Xc.var(axis=0) if self.n_latent > 0 else None
 
         best = None
         for init in range(n_init):
@@ -371,7 +393,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                 params = self._params
             else:
                 resp = self._initial_resp(Xc, y, random_state)
-                params = self._initial_params(Xc, sq, y, resp, random_state)
+                params = self._initial_params(Xc, sq, y, resp, random_state, var_floor)
             log_prob, log_resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
             bounds = [float(log_prob.mean())]
             converged = False
@@ -379,7 +401,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             for n_iter in range(2, self.max_iter + 1):
                 params = gm.m_step(
                     Xc, sq, y, np.exp(log_resp), w_mean, w_cov, self.covariance_type,
-                    self.target_covariance_type, self.reg_covar,
+                    self.target_covariance_type, self.reg_covar, var_floor=var_floor,
                 )
                 log_prob, log_resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
                 bounds.append(float(log_prob.mean()))
@@ -419,6 +441,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         self.lower_bounds_ = bounds
         self.lower_bound_ = bounds[-1]
         self.feature_mean_ = offset
+        self.target_mean_ = y_offset
         self._set_params_from(params)
         return self
 
@@ -428,8 +451,9 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         self._forward = gm.forward_params(params)
         K, D, L = params.A.shape
         offset = self.feature_mean_
+        y_offset = self.target_mean_
         self.weights_ = params.weights
-        self.target_means_ = params.c
+        self.target_means_ = params.c + y_offset
         g = params.gamma
         self.target_covariances_ = {
             "full": g,
@@ -439,7 +463,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         }[self.target_covariance_type]
         self.inverse_coef_ = params.A
         self.latent_coef_ = params.W
-        self.inverse_intercept_ = params.b + offset
+        self.inverse_intercept_ = params.b + offset - params.A @ y_offset
         noise = params.noise
         self.noise_covariances_ = {
             "full": lambda: noise.chol @ np.swapaxes(noise.chol, 1, 2),
@@ -452,7 +476,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         fwd = self._forward
         self.forward_means_ = fwd.means_x + offset
         self.forward_coef_ = fwd.coef
-        self.forward_intercept_ = fwd.intercept - fwd.coef @ offset
+        self.forward_intercept_ = fwd.intercept + y_offset - fwd.coef @ offset
         self.forward_covariances_ = fwd.cov
 
     # ------------------------------------------------------------------ prediction
@@ -461,7 +485,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         Xc = X.astype(np.float64) - self.feature_mean_
         sq = gm.squared_features(Xc, self.covariance_type)
         log_nu, means = gm.forward_mixture(Xc, sq, self._forward)
-        return log_nu, means, dtype
+        return log_nu, means + self.target_mean_, dtype
 
     def _shape_out(self, a):
         """Drop the target axis for models fitted on 1-D y."""
@@ -584,7 +608,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         log_nu, means, _ = self._mixture(X)
         y = self._check_y(y, log_nu.shape[0])
         cov_inv, logdet, inv_chol = gm._spd_inverse_and_logdet(self._forward.cov)
-        diff = y[:, None, :] - means
+        diff = y[:, None, :] - (means - self.target_mean_)  # both centred
         z = np.einsum("kij,nkj->nki", inv_chol, diff)
         log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None] + np.einsum("nki,nki->nk", z, z))
         return logsumexp(log_nu + log_comp, axis=1)
@@ -642,7 +666,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         K = self.n_components
         ry = (resp[:, :, None] * y[:, None, :]).reshape(n, K * L)
         A_stack = np.transpose(self.inverse_coef_, (0, 2, 1)).reshape(K * L, -1)
-        return ry @ A_stack + resp @ self.inverse_intercept_
+        return ry @ A_stack + resp @ (self._params.b + self.feature_mean_)  # y is centred
 
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):

@@ -192,9 +192,12 @@ def _finalize_gamma(gamma_k, pis, target_covariance_type, reg):
     return gamma_k
 
 
-def _finalize_diag_noise(var_k, pis, covariance_type, reg):
+def _finalize_diag_noise(var_k, pis, covariance_type, reg, var_floor):
     K, D = var_k.shape
     np.maximum(var_k, 0.0, out=var_k)  # cancellation in expanded moments
+    if var_floor is not None:
+        # Clipping is the constrained maximiser of the per-feature M-step objective.
+        np.maximum(var_k, var_floor, out=var_k)
     if covariance_type == "spherical":
         var_k = np.repeat(var_k.mean(axis=1, keepdims=True), D, axis=1)
     elif covariance_type == "tied_diag":
@@ -204,8 +207,12 @@ def _finalize_diag_noise(var_k, pis, covariance_type, reg):
     return Noise(covariance_type, var=var_k + reg)
 
 
-def _cholesky_with_floor(S, reg):
+def _cholesky_with_floor(S, reg, eig_floor=None):
     S = 0.5 * (S + S.T)
+    if eig_floor is not None:
+        # Clipping eigenvalues is the constrained maximiser for a full covariance.
+        vals, vecs = np.linalg.eigh(S)
+        S = (vecs * np.maximum(vals, eig_floor)) @ vecs.T
     S[np.diag_indices_from(S)] += reg
     try:
         return np.linalg.cholesky(S)
@@ -217,7 +224,7 @@ def _cholesky_with_floor(S, reg):
 
 
 def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
-           target_covariance_type, reg_covar, *, return_raw=False):
+           target_covariance_type, reg_covar, *, var_floor=None, return_raw=False):
     """M-step of (hybrid) GLLiM from responsibilities and latent posteriors.
 
     ``latent_mean`` (n, K, Lw) and ``latent_cov`` (K, Lw, Lw) may have Lw = 0.
@@ -284,19 +291,26 @@ def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
     )
     if return_raw:
         return result, raw
-    result.noise = finalize_noise(raw, pis, covariance_type, reg_covar)
+    result.noise = finalize_noise(raw, pis, covariance_type, reg_covar, var_floor)
     return result
 
 
-def finalize_noise(raw, pis, covariance_type, reg_covar):
-    """Turn raw per-component noise moments into a floored :class:`Noise`."""
+def finalize_noise(raw, pis, covariance_type, reg_covar, var_floor=None):
+    """Turn raw per-component noise moments into a floored :class:`Noise`.
+
+    ``var_floor`` (D,), used by the partially-latent model, bounds every noise variance
+    (every eigenvalue, for full types: by its mean) from below before ``reg_covar`` is
+    added.
+    """
     if covariance_type in DIAG_FAMILY:
-        return _finalize_diag_noise(raw.copy(), pis, covariance_type, reg_covar)
-    chol = np.stack([_cholesky_with_floor(S.copy(), reg_covar) for S in raw])
+        return _finalize_diag_noise(raw.copy(), pis, covariance_type, reg_covar, var_floor)
+    eig_floor = None if var_floor is None else float(np.mean(var_floor))
+    chol = np.stack([_cholesky_with_floor(S.copy(), reg_covar, eig_floor) for S in raw])
     return Noise(covariance_type, chol=chol)
 
 
-def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, random_state):
+def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, random_state,
+                var_floor):
     """Initialise W_k by a weighted PCA of the residuals of the Lw = 0 fit.
 
     W_k = U (Lambda - s2)^(1/2) with U, Lambda the leading principal directions and
@@ -339,7 +353,7 @@ def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, 
     if covariance_type == "tied":
         raw[0] -= np.einsum("k,kdl,kel->de", params.weights, W, W)
     params.W = W
-    params.noise = finalize_noise(raw, params.weights, covariance_type, reg_covar)
+    params.noise = finalize_noise(raw, params.weights, covariance_type, reg_covar, var_floor)
     return params
 
 
