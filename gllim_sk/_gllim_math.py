@@ -309,6 +309,25 @@ def finalize_noise(raw, pis, covariance_type, reg_covar, var_floor=None):
     return Noise(covariance_type, chol=chol)
 
 
+def _leading_right_singular(M, n_dirs, random_state):
+    """Leading singular values and right singular vectors of M (m, D)."""
+    m, D = M.shape
+    if min(m, D) > 1000:
+        _, s, vt = randomized_svd(
+            M, n_dirs, n_iter=3, power_iteration_normalizer="QR", random_state=random_state
+        )
+        return s, vt
+    # Eigen-decomposition of the smaller Gram matrix: one GEMM and a small eigh.
+    if m <= D:
+        vals, u = np.linalg.eigh(M @ M.T)
+        vals, u = vals[::-1][:n_dirs], u[:, ::-1][:, :n_dirs]
+        s = np.sqrt(np.maximum(vals, 0.0))
+        vt = (u.T @ M) / np.where(s > 0, s, 1.0)[:, None]
+        return s, vt
+    vals, v = np.linalg.eigh(M.T @ M)
+    return np.sqrt(np.maximum(vals[::-1][:n_dirs], 0.0)), v[:, ::-1][:, :n_dirs].T
+
+
 def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, random_state,
                 var_floor):
     """Initialise W_k by a weighted PCA of the residuals of the Lw = 0 fit.
@@ -334,13 +353,7 @@ def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, 
         sw = np.sqrt(weight / weight.sum())[:, None]
         resid = (Xc[rows] - y[rows] @ params.A[k].T - params.b[k]) * sw
         n_dirs = min(n_latent, *resid.shape)
-        if min(resid.shape) <= 4 * n_latent + 40:
-            _, s, vt = np.linalg.svd(resid, full_matrices=False)
-        else:
-            _, s, vt = randomized_svd(
-                resid, n_dirs, n_iter=3, power_iteration_normalizer="QR",
-                random_state=random_state,
-            )
+        s, vt = _leading_right_singular(resid, n_dirs, random_state)
         s, vt = s[:n_dirs], vt[:n_dirs]
         lam = s**2
         total = np.einsum("nd,nd->", resid, resid)
