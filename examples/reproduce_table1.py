@@ -344,9 +344,12 @@ def report(args, settings, data, rows, errors, y_true, y_pred, fit_seconds, spli
     header.append("Splits (person-disjoint where people are known): " + "; ".join(
         f"{name}: train {n_train} ({p_train} people), test {n_test} ({p_test} people)"
         for name, n_train, n_test, p_train, p_test in split_sizes))
-    header.append(f"HOG-IR K = {settings['hog_ir_components']}, "
-                  f"VGG-IR K = {settings['vgg_ir_components']}, "
-                  f"VGG-IR-FT K = {settings['deep_components']}")
+    components = {"hog-ir": "hog_ir_components", "vgg-ir": "vgg_ir_components",
+                  "vgg-ir-ft": "deep_components"}
+    if any(row in components for row in rows):
+        header.append("Components: " + ", ".join(
+            f"{ROW_NAMES[row]} K = {settings[key]}" for row, key in components.items()
+            if row in rows))
     wall, cpu = total_seconds
     header.append(f"Total time {wall / 60:.1f} min wall-clock, {cpu / 60:.1f} min CPU "
                   f"(all threads), on {os.cpu_count()} {platform.machine()} cores")
