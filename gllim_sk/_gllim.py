@@ -331,7 +331,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
 
     def _initial_params(self, Xc, sq, y, resp, random_state, var_floor):
         n = Xc.shape[0]
-        no_latent = np.zeros((n, self.n_components, 0))
+        no_latent = np.zeros((n, 0, self.n_components))
         params, raw = gm.m_step(
             Xc, sq, y, resp, no_latent, np.zeros((self.n_components, 0, 0)),
             self.covariance_type, self.target_covariance_type, self.reg_covar, return_raw=True,
@@ -394,16 +394,16 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             else:
                 resp = self._initial_resp(Xc, y, random_state)
                 params = self._initial_params(Xc, sq, y, resp, random_state, var_floor)
-            log_prob, log_resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
+            log_prob, resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
             bounds = [float(log_prob.mean())]
             converged = False
             n_iter = 1
             for n_iter in range(2, self.max_iter + 1):
                 params = gm.m_step(
-                    Xc, sq, y, np.exp(log_resp), w_mean, w_cov, self.covariance_type,
+                    Xc, sq, y, resp, w_mean, w_cov, self.covariance_type,
                     self.target_covariance_type, self.reg_covar, var_floor=var_floor,
                 )
-                log_prob, log_resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
+                log_prob, resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
                 bounds.append(float(log_prob.mean()))
                 change = bounds[-1] - bounds[-2]
                 if n_iter % self.verbose_interval == 0:
@@ -580,8 +580,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                 log_w = np.log(self.weights_)
             logp = log_w + gm.target_log_density(y, self._params.c, self._params.gamma)
             return np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
-        _, log_resp, _, _ = self._joint_estep(X, y)
-        return np.exp(log_resp)
+        return self._joint_estep(X, y)[1]
 
     def _joint_estep(self, X, y):
         X, _ = self._check_X(X)

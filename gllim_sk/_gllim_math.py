@@ -115,8 +115,7 @@ def logsumexp(a, axis, keepdims=False):
 def _spd_inverse_and_logdet(M):
     """Inverse and log-determinant of a stack of small SPD matrices."""
     chol = np.linalg.cholesky(M)
-    eye = np.broadcast_to(np.eye(M.shape[-1]), M.shape)
-    inv_chol = np.linalg.solve(chol, eye)
+    inv_chol = np.linalg.inv(chol)
     inv = np.swapaxes(inv_chol, -1, -2) @ inv_chol
     logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
     return inv, logdet, inv_chol
@@ -124,10 +123,14 @@ def _spd_inverse_and_logdet(M):
 
 def target_log_density(y, c, gamma):
     """log N(y_n; c_k, Gamma_k) for all n, k: (n, K)."""
+    K, L, _ = gamma.shape
     _, logdet, inv_chol = _spd_inverse_and_logdet(gamma)
-    z = np.einsum("kij,nj->nki", inv_chol, y) - np.einsum("kij,kj->ki", inv_chol, c)[None]
-    quad = np.einsum("nki,nki->nk", z, z)
-    return -0.5 * (y.shape[1] * LOG_2PI + logdet[None, :] + quad)
+    # z[n, i, k] = (Gamma_k^-1/2 (y_n - c_k))_i, from one (n, L) x (L, L K) product.
+    z = (y @ inv_chol.transpose(2, 1, 0).reshape(L, L * K)).reshape(-1, L, K)
+    z -= np.einsum("kij,kj->ik", inv_chol, c)[None]
+    z *= z
+    quad = z.sum(axis=1)
+    return -0.5 * (L * LOG_2PI + logdet[None, :] + quad)
 
 
 def _solved_stack(noise, M):
@@ -140,43 +143,64 @@ def _solved_stack(noise, M):
 def e_step(Xc, sq, y, params):
     """Exact E-step of (hybrid) GLLiM.
 
+    Arrays indexed by sample and component keep the component axis last, so that the
+    per-component arithmetic runs on contiguous (n, K) slices.
+
     Returns
     -------
     log_prob : (n,) log p(x_n, y_n)
-    log_resp : (n, K) log p(Z_n = k | x_n, y_n)
-    latent_mean : (n, K, Lw) E[w_n | x_n, y_n, Z_n = k]
+    resp : (n, K) p(Z_n = k | x_n, y_n)
+    latent_mean : (n, Lw, K) E[w_n | x_n, y_n, Z_n = k]
     latent_cov : (K, Lw, Lw) Cov[w | x, y, Z = k]
     """
     n, L = y.shape
     K, D, Lw = params.W.shape
+    m = L + 1 + Lw
     # B_k = [A_k, b_k, W_k]; one GEMM gives x^T Sigma_k^-1 B_k for every n and k.
     B = np.concatenate([params.A, params.b[:, :, None], params.W], axis=2)
     SB = _solved_stack(params.noise, B)
-    m = L + 1 + Lw
-    H = (Xc @ SB.transpose(1, 0, 2).reshape(D, K * m)).reshape(n, K, m)
     gram = np.swapaxes(B, 1, 2) @ SB  # (K, m, m)
-
+    # Two GEMMs give E[n, j, k]: for the target columns j <= L, the cross terms of the
+    # quadratic form ([y, 1]^T B^T S^-1 B - 2 x^T S^-1 B)_j; for the latent columns,
+    # W^T S^-1 (x - A y - b) (S = Sigma_k, the same for every column of component k).
+    sign = np.where(np.arange(m) <= L, -2.0, 1.0)
     y1 = np.concatenate([y, np.ones((n, 1))], axis=1)
-    # [y, 1]^T B_k^T Sigma_k^-1 B_k for every n and k, as one small GEMM.
-    Yg = (y1 @ gram[:, : L + 1, :].transpose(1, 0, 2).reshape(L + 1, K * m)).reshape(n, K, m)
+    E = Xc @ (SB * sign).transpose(1, 2, 0).reshape(D, m * K)
+    E += y1 @ (gram[:, : L + 1, :] * -np.sign(sign)).transpose(1, 2, 0).reshape(L + 1, m * K)
+    E = E.reshape(n, m, K)
     quad = params.noise.quad_features(Xc, sq, K)
-    quad += ((Yg[:, :, : L + 1] - 2.0 * H[:, :, : L + 1]) * y1[:, None, :]).sum(axis=2)
+    quad += np.einsum("njk,nj->nk", E[:, : L + 1, :], y1)
+    logdet = params.noise.logdet(K)
 
-    # Latent part: Woodbury on Sigma_k + W_k W_k^T.
-    latent_prec = np.eye(Lw)[None] + gram[:, L + 1 :, L + 1 :]
-    latent_cov, neg_logdet_s, _ = _spd_inverse_and_logdet(latent_prec)
-    t = H[:, :, L + 1 :] - Yg[:, :, L + 1 :]
-    latent_mean = np.matmul(t.transpose(1, 0, 2), latent_cov).transpose(1, 0, 2)
-    quad -= (t * latent_mean).sum(axis=2)
+    if Lw:
+        # Latent part: Woodbury on Sigma_k + W_k W_k^T.
+        latent_prec = np.eye(Lw)[None] + gram[:, L + 1 :, L + 1 :]
+        latent_cov, neg_logdet_s, _ = _spd_inverse_and_logdet(latent_prec)
+        t = E[:, L + 1 :, :]  # W_k^T Sigma_k^-1 (x_n - A_k y_n - b_k): (n, Lw, K)
+        latent_mean = np.einsum("njk,klj->nlk", t, latent_cov)
+        quad -= np.einsum("nlk,nlk->nk", t, latent_mean)
+        logdet += neg_logdet_s
+    else:
+        latent_mean = np.zeros((n, 0, K))
+        latent_cov = np.zeros((K, 0, 0))
     np.maximum(quad, 0.0, out=quad)  # expanded forms can dip below zero by rounding
-    logdet = params.noise.logdet(K) + neg_logdet_s
 
-    log_x = -0.5 * (D * LOG_2PI + logdet[None, :] + quad)
     with np.errstate(divide="ignore"):
         log_w = np.log(params.weights)
-    log_joint = log_w[None, :] + target_log_density(y, params.c, params.gamma) + log_x
-    log_prob = logsumexp(log_joint, axis=1)
-    return log_prob, log_joint - log_prob[:, None], latent_mean, latent_cov
+    log_joint = target_log_density(y, params.c, params.gamma)
+    log_joint += log_w[None, :] - 0.5 * (D * LOG_2PI + logdet[None, :] + quad)
+    # Column-wise max and a GEMV sum: faster than reductions over a short axis.
+    top = log_joint[:, 0].copy()
+    for k in range(1, K):
+        np.maximum(top, log_joint[:, k], out=top)
+    top[~np.isfinite(top)] = 0.0
+    shifted = log_joint - top[:, None]
+    # exp(-700) ~ 1e-304 is zero for the sums; clipping avoids libm's slow path.
+    np.maximum(shifted, -700.0, out=shifted)
+    resp = np.exp(shifted, out=shifted)
+    total = resp @ np.ones(K)
+    resp /= total[:, None]
+    return np.log(total) + top, resp, latent_mean, latent_cov
 
 
 def _finalize_gamma(gamma_k, pis, target_covariance_type, reg):
@@ -223,45 +247,68 @@ def _cholesky_with_floor(S, reg, eig_floor=None):
         return np.linalg.cholesky((vecs * vals) @ vecs.T)
 
 
+def _solve_moments(Mxz, Mzz):
+    """Mxz @ Mzz^+ per component: Cholesky when well conditioned, else pseudo-inverse."""
+    try:
+        chol = np.linalg.cholesky(Mzz)
+        pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
+        scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
+        if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
+            inv_chol = np.linalg.inv(chol)
+            return (Mxz @ np.swapaxes(inv_chol, 1, 2)) @ inv_chol
+    except np.linalg.LinAlgError:
+        pass
+    return Mxz @ np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True)
+
+
 def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
            target_covariance_type, reg_covar, *, var_floor=None, return_raw=False):
     """M-step of (hybrid) GLLiM from responsibilities and latent posteriors.
 
-    ``latent_mean`` (n, K, Lw) and ``latent_cov`` (K, Lw, Lw) may have Lw = 0.
+    ``latent_mean`` (n, Lw, K) and ``latent_cov`` (K, Lw, Lw) may have Lw = 0.
     Components with vanishing total responsibility get the moments of all samples
     (and a negligible weight), which keeps every parameter finite and well conditioned.
     """
     n, D = Xc.shape
     L = y.shape[1]
     K = resp.shape[1]
-    Lw = latent_mean.shape[2]
-    mass = resp.sum(axis=0)
+    Lw = latent_mean.shape[1]
+    ones = np.ones(n)
+    mass = ones @ resp
     pis = (mass + 10 * np.finfo(float).eps) / (n + 10 * K * np.finfo(float).eps)
     empty = mass < EMPTY_COMPONENT_MASS
     if empty.any():
         resp = resp.copy()
         resp[:, empty] = 1.0
-        mass = resp.sum(axis=0)
+        mass = ones @ resp
 
-    # Augmented regressors z = [y, w]: first and second moments per component.
+    # Augmented regressors z = [y, w] (component axis last): moments per component.
     Lz = L + Lw
-    z = np.concatenate([np.broadcast_to(y[:, None, :], (n, K, L)), latent_mean], axis=2)
-    rz = np.concatenate([resp[:, :, None], resp[:, :, None] * z], axis=2)  # (n, K, 1 + Lz)
-    zbar = rz[:, :, 1:].sum(axis=0) / mass[:, None]  # (K, Lz)
-    Szz = np.matmul(rz[:, :, 1:].transpose(1, 2, 0), z.transpose(1, 0, 2))  # (K, Lz, Lz)
+    z = np.concatenate([np.broadcast_to(y[:, :, None], (n, L, K)), latent_mean], axis=1)
+    rz = np.concatenate([resp[:, None, :], resp[:, None, :] * z], axis=1)  # (n, 1 + Lz, K)
+    rz2 = rz.reshape(n, (1 + Lz) * K)
+    zbar = ((ones @ rz2).reshape(1 + Lz, K)[1:] / mass).T  # (K, Lz)
+    Szz = np.empty((K, Lz, Lz))
+    yy = (y[:, :, None] * y[:, None, :]).reshape(n, L * L)
+    Szz[:, :L, :L] = (yy.T @ resp).reshape(L, L, K).transpose(2, 0, 1)
+    if Lw:
+        ryw = rz[:, 1 + L :, :]  # r_nk E[w_n | k]: (n, Lw, K)
+        Syw = (y.T @ ryw.reshape(n, Lw * K)).reshape(L, Lw, K).transpose(2, 0, 1)
+        Szz[:, :L, L:] = Syw
+        Szz[:, L:, :L] = np.swapaxes(Syw, 1, 2)
+        Szz[:, L:, L:] = np.einsum("nik,njk->kij", ryw, latent_mean)
     Szz[:, L:, L:] += mass[:, None, None] * latent_cov  # posterior covariance, weighted by mass
     Szz /= mass[:, None, None]
     Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
-    ybar = zbar[:, :L]
 
     # One GEMM for all first-order cross moments with x.
-    G = (Xc.T @ rz.reshape(n, K * (1 + Lz))).reshape(D, K, 1 + Lz)
-    xbar = (G[:, :, 0] / mass).T  # (K, D)
-    Mxz = np.transpose(G[:, :, 1:], (1, 0, 2)) / mass[:, None, None]
+    G = (Xc.T @ rz2).reshape(D, 1 + Lz, K)
+    xbar = (G[:, 0, :] / mass).T  # (K, D)
+    Mxz = G[:, 1:, :].transpose(2, 0, 1) / mass[:, None, None]
     Mxz -= xbar[:, :, None] * zbar[:, None, :]
 
     # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
-    A_full = Mxz @ np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True)
+    A_full = _solve_moments(Mxz, Mzz)
     b = xbar - np.einsum("kdl,kl->kd", A_full, zbar)
     explained = np.einsum("kdl,kdl->kd", A_full, Mxz)  # diag(A Mzx) per component
 
@@ -269,7 +316,7 @@ def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
     gamma = _finalize_gamma(gamma, pis, target_covariance_type, reg_covar)
 
     if covariance_type in DIAG_FAMILY:
-        second = (sq.T @ resp).T / mass[:, None]  # (K, D) or (K, 1)
+        second = (resp.T @ sq) / mass[:, None]  # (K, D) or (K, 1)
         if sq.shape[1] == 1:  # spherical types: only the trace is needed
             raw = (second[:, 0] - (xbar**2).sum(1) - explained.sum(1)) / D
             raw_var = np.repeat(raw[:, None], D, axis=1)
@@ -286,7 +333,7 @@ def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
         raw -= np.einsum("k,kdl,kel->de", pis, A_full, Mxz)
         raw = raw[None]
     result = Params(
-        weights=pis / pis.sum(), c=ybar, gamma=gamma, A=A_full[:, :, :L],
+        weights=pis / pis.sum(), c=zbar[:, :L].copy(), gamma=gamma, A=A_full[:, :, :L],
         W=A_full[:, :, L:], b=b, noise=None,
     )
     if return_raw:
