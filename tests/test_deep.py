@@ -20,7 +20,7 @@ from gllim_sk.deep import (  # noqa: E402
     make_vgg_ir_pipeline,
     make_vgg_svr_pipeline,
 )
-from gllim_sk.deep._backbone import Backbone, load_model  # noqa: E402
+from gllim_sk.deep._backbone import Backbone, load_model, to_input_tensor  # noqa: E402
 from gllim_sk.deep._estimators import (  # noqa: E402
     _noise_precision,
     mixture_regression_loss,
@@ -477,6 +477,19 @@ def test_deep_regressor_fit_predict(blobs):
     assert one_d.predict(images[:4]).shape == (4,)
 
 
+def test_deep_regressor_batchnorm_holds_the_training_statistics(blobs):
+    images, y = blobs
+    reg = tiny_regressor(validation_fraction=0.0).fit(images, y)  # trained on all images
+    # The BatchNorm's inputs, recomputed with the fitted backbone in one pass.
+    with torch.inference_mode():
+        features = reg.network_.backbone(to_input_tensor(images, 32, torch.device("cpu")))
+    features = features.numpy().astype(np.float64)
+    norm = reg.network_.head[0]
+    np.testing.assert_allclose(norm.running_mean.numpy(), features.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(norm.running_var.numpy(), features.var(axis=0, ddof=1),
+                               rtol=1e-4, atol=1e-8)
+
+
 def test_deep_regressor_learning_rate_schedule(blobs):
     images, y = blobs
     reg = tiny_regressor(phases=((2, 0), (2, 1)), lr_decay_every=1, lr_decay=0.5).fit(images, y)
@@ -487,7 +500,7 @@ def test_deep_regressor_learning_rate_schedule(blobs):
 def test_presets_fill_unset_parameters(blobs):
     images, y = blobs
     reg = tiny_regressor(phases=None, batch_size=None, learning_rate=None).fit(images, y)
-    assert reg.settings_["phases"] == ((2, 0), (2, 1)) and reg.settings_["learning_rate"] == 1e-2
+    assert reg.settings_["phases"] == ((2, 0), (2, 1)) and reg.settings_["learning_rate"] == 1e-3
     assert reg.settings_["input_size"] == 32  # explicitly set values win
 
 
