@@ -11,8 +11,8 @@ Row            Model
 (0, 0, 0)      :func:`gllim_sk.pipelines.make_mean_pose_baseline`
 HOG-SVR        :func:`gllim_sk.pipelines.make_hog_svr` (p-HOG, scaler, one SVR per angle)
 HOG-IR         :func:`gllim_sk.pipelines.make_hog_ir` (p-HOG into a GLLiM, K = 50)
-VGG-SVR        :func:`gllim_sk.deep.make_vgg_svr_pipeline` (frozen VGG-16 fc7 into SVRs)
-VGG-IR         :func:`gllim_sk.deep.make_vgg_ir_pipeline` (frozen fc7 into a GLLiM, K = 50)
+VGG-SVR        :func:`gllim_sk.pipelines.make_vgg_svr` (frozen VGG-16 fc7 into SVRs)
+VGG-IR         :func:`gllim_sk.pipelines.make_vgg_ir` (frozen fc7 into a GLLiM, K = 50)
 VGG-FCL-FT     :class:`gllim_sk.deep.DeepRegressor` (fine-tuned, L2 loss)
 VGG-IR-FT      :class:`gllim_sk.deep.DeepGLLiMRegressor` (fine-tuned jointly by EM, K = 2)
 =============  =====================================================================
@@ -235,9 +235,9 @@ def build_row(row, args, settings, memory):
     if row == "vgg-svr":
         # Pipeline memory: the frozen fc7 features of the training images are computed
         # once and reused by VGG-IR.
-        return deep.make_vgg_svr_pipeline(**vgg).set_params(memory=memory)
+        return pipelines.make_vgg_svr(**vgg).set_params(memory=memory)
     if row == "vgg-ir":
-        return deep.make_vgg_ir_pipeline(
+        return pipelines.make_vgg_ir(
             n_components=settings["vgg_ir_components"], random_state=seed, **vgg
         ).set_params(memory=memory)
     deep_preset = args.preset

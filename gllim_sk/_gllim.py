@@ -49,8 +49,8 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
     ----------
     n_components : int, default=1
         Number of affine components K.
-    covariance_type : {"diag", "full", "spherical", "tied", "tied_diag", \
-"tied_spherical"}, default="diag"
+    covariance_type : str, default="diag"
+        One of "diag", "full", "spherical", "tied", "tied_diag", "tied_spherical".
         Structure of the noise covariances Sigma_k: one full, diagonal or isotropic matrix
         per component, or one shared by all components ("tied" is a shared full matrix).
         "full" and "tied" cost O(D^2) memory and O(n D^2) time and are meant for small D.
@@ -129,7 +129,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         Whether the best initialisation reached ``tol``.
     n_features_in_ : int
         Number of features D.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Feature names, when X has string column names.
     n_targets_ : int
         Number of targets L.

@@ -17,8 +17,6 @@ from gllim_sk.deep import (  # noqa: E402
     DeepGLLiMRegressor,
     DeepRegressor,
     VGGFeatures,
-    make_vgg_ir_pipeline,
-    make_vgg_svr_pipeline,
 )
 from gllim_sk.deep._backbone import Backbone, load_model, to_input_tensor  # noqa: E402
 from gllim_sk.deep._estimators import (  # noqa: E402
@@ -26,6 +24,7 @@ from gllim_sk.deep._estimators import (  # noqa: E402
     mixture_regression_loss,
 )
 from gllim_sk.deep._torch import TrainingInputs, resolve_device  # noqa: E402
+from gllim_sk.pipelines import make_vgg_ir, make_vgg_svr  # noqa: E402
 
 
 class TinyVGG(nn.Module):
@@ -510,10 +509,10 @@ def test_presets_fill_unset_parameters(blobs):
 def test_vgg_pipelines(blobs):
     images, y = blobs
     angles = np.column_stack([y, y[:, 0] - y[:, 1]])
-    svr = make_vgg_svr_pipeline(weights=None, input_size=32, device="cpu",
+    svr = make_vgg_svr(weights=None, input_size=32, device="cpu",
                                 vgg_params={"model": TinyVGG()})
     assert svr.fit(images, angles).predict(images[:2]).shape == (2, 3)
-    ir = make_vgg_ir_pipeline(2, weights=None, input_size=32, device="cpu",
+    ir = make_vgg_ir(2, weights=None, input_size=32, device="cpu",
                               vgg_params={"model": TinyVGG()}, random_state=0)
     assert list(ir.named_steps) == ["vgg", "gllim"]
     assert ir.fit(images, angles).predict(images[:2]).shape == (2, 3)

@@ -10,8 +10,6 @@ provides
 - :class:`DeepGLLiMRegressor`, the deep mixture of linear inverse regressions of
   Lathuilière et al. (CVPR 2017), trained by alternating GLLiM EM and network
   fine-tuning;
-- :func:`make_vgg_svr_pipeline` and :func:`make_vgg_ir_pipeline`, the VGG-SVR and
-  VGG-IR baselines of the paper's Table 1 as scikit-learn pipelines;
 - :func:`mixture_regression_loss`, the network loss of eqs. (8)-(9) as a torch function.
 """
 
@@ -31,13 +29,10 @@ from ._estimators import (
     VGGFeatures,
     mixture_regression_loss,
 )
-from ._pipelines import make_vgg_ir_pipeline, make_vgg_svr_pipeline
 
 __all__ = [
     "DeepGLLiMRegressor",
     "DeepRegressor",
     "VGGFeatures",
-    "make_vgg_ir_pipeline",
-    "make_vgg_svr_pipeline",
     "mixture_regression_loss",
 ]

@@ -62,7 +62,8 @@ _GLLIM_PRESETS = {
               "n_frozen_estep": 1, "batch_size": 32, "learning_rate": 1e-2},
     # The authors' settings: 224 x 224, VGG blocks 1-3 frozen, 12 alternations of
     # 3 epochs, SGD lr 0.1 (Nesterov momentum 0.9), batch 128.
-    "paper": {"input_size": 224, "trainable_layers": 4, "n_alternations": 12, "n_epochs": 3,
+    # Trainable stages, counted from the top: fc7, fc6, pool (no weights), block5, block4.
+    "paper": {"input_size": 224, "trainable_layers": 5, "n_alternations": 12, "n_epochs": 3,
               "n_frozen_estep": 2, "batch_size": 128, "learning_rate": 0.1},
 }
 
@@ -228,7 +229,7 @@ class VGGFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TorchStateM
 
     See Also
     --------
-    make_vgg_svr_pipeline, make_vgg_ir_pipeline : The VGG baselines of the paper.
+    gllim_sk.pipelines.make_vgg_svr, gllim_sk.pipelines.make_vgg_ir : The VGG baselines.
 
     Examples
     --------
@@ -744,7 +745,7 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         Fills in the parameters left at None. ``"quick"`` (CPU): 64 x 64 inputs,
         ``trainable_layers=1`` (fc7), 4 alternations of 2 epochs, 1 frozen E-step,
         batch 32, learning rate 1e-2. ``"paper"`` (GPU): 224 x 224 inputs,
-        ``trainable_layers=4`` (VGG blocks 1-3 frozen), 12 alternations of 3 epochs,
+        ``trainable_layers=5`` (VGG blocks 1-3 frozen), 12 alternations of 3 epochs,
         2 frozen E-steps, batch 128, learning rate 0.1.
     embedding_dim : int, default=512
         Width of the linear layer before the BatchNorm: the dimension D of the GLLiM.
