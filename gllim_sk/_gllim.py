@@ -13,6 +13,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from . import _gllim_math as gm
 
@@ -22,6 +23,11 @@ _NOISE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherica
 _TARGET_TYPES = ("full", "diag", "spherical", "tied")
 # Smallest noise variance of the latent model, relative to the feature's variance.
 LATENT_NOISE_FLOOR = 1e-5
+# Below this n * D * K * (L + 2 + Lw), EM runs on a single BLAS/OpenMP thread.
+SMALL_PROBLEM_WORK = 1e8
+# EM iterations of the Gaussian mixture on y that refines k-means at initialisation: the
+# GLLiM EM that follows refines the responsibilities anyway.
+GMM_INIT_MAX_ITER = 20
 
 
 class GLLiMRegressor(RegressorMixin, BaseEstimator):
@@ -309,7 +315,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             gmm = GaussianMixture(
                 n_components=K, covariance_type=self.target_covariance_type,
                 reg_covar=max(self.reg_covar, 1e-6), init_params="kmeans",
-                random_state=random_state,
+                max_iter=GMM_INIT_MAX_ITER, random_state=random_state,
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -385,48 +391,54 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         # well conditioned.
         var_floor = LATENT_NOISE_FLOOR * Xc.var(axis=0) if self.n_latent > 0 else None
 
-        best = None
-        for init in range(n_init):
-            self._print(1, f"Initialization {init}")
-            start = time()
-            if do_warm:
-                params = self._params
-            else:
-                resp = self._initial_resp(Xc, y, random_state)
-                params = self._initial_params(Xc, sq, y, resp, random_state, var_floor)
-            log_prob, resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
-            bounds = [float(log_prob.mean())]
-            converged = False
-            n_iter = 1
-            for n_iter in range(2, self.max_iter + 1):
-                params = gm.m_step(
-                    Xc, sq, y, resp, w_mean, w_cov, self.covariance_type,
-                    self.target_covariance_type, self.reg_covar, var_floor=var_floor,
-                )
+        # Small problems run faster on one BLAS/OpenMP thread: thread start-up and
+        # spin-waiting cost more than the products themselves.
+        work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
+        with threadpool_limits(limits=1 if work < SMALL_PROBLEM_WORK else None):
+            best = None
+            for init in range(n_init):
+                self._print(1, f"Initialization {init}")
+                start = time()
+                if do_warm:
+                    params = self._params
+                else:
+                    # k-means and the GMM on y are tiny: their OpenMP threads only spin.
+                    with threadpool_limits(limits=1):
+                        resp = self._initial_resp(Xc, y, random_state)
+                    params = self._initial_params(Xc, sq, y, resp, random_state, var_floor)
                 log_prob, resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
-                bounds.append(float(log_prob.mean()))
-                change = bounds[-1] - bounds[-2]
-                if n_iter % self.verbose_interval == 0:
-                    self._print(
-                        2, f"  Iteration {n_iter}\t time lapse {time() - start:.5f}s\t "
-                        f"ll change {change:.5f}"
-                    )
-                if abs(change) < self.tol:
-                    converged = True
-                    break
-            if self.max_iter == 1 and self.tol > 0:
+                bounds = [float(log_prob.mean())]
                 converged = False
-            self._print(
-                1, f"Initialization {'converged' if converged else 'did not converge'}. "
-                f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
-            )
-            if not np.isfinite(bounds[-1]):
-                raise ValueError(
-                    "EM produced a non-finite log-likelihood; the data may contain extreme "
-                    "values. Standardise X and y, or increase reg_covar."
+                n_iter = 1
+                for n_iter in range(2, self.max_iter + 1):
+                    params = gm.m_step(
+                        Xc, sq, y, resp, w_mean, w_cov, self.covariance_type,
+                        self.target_covariance_type, self.reg_covar, var_floor=var_floor,
+                    )
+                    log_prob, resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
+                    bounds.append(float(log_prob.mean()))
+                    change = bounds[-1] - bounds[-2]
+                    if n_iter % self.verbose_interval == 0:
+                        self._print(
+                            2, f"  Iteration {n_iter}\t time lapse {time() - start:.5f}s\t "
+                            f"ll change {change:.5f}"
+                        )
+                    if abs(change) < self.tol:
+                        converged = True
+                        break
+                if self.max_iter == 1 and self.tol > 0:
+                    converged = False
+                self._print(
+                    1, f"Initialization {'converged' if converged else 'did not converge'}. "
+                    f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
                 )
-            if best is None or bounds[-1] > best[0][-1]:
-                best = (bounds, params, n_iter, converged)
+                if not np.isfinite(bounds[-1]):
+                    raise ValueError(
+                        "EM produced a non-finite log-likelihood; the data may contain extreme "
+                        "values. Standardise X and y, or increase reg_covar."
+                    )
+                if best is None or bounds[-1] > best[0][-1]:
+                    best = (bounds, params, n_iter, converged)
 
         bounds, params, n_iter, converged = best
         if not converged and self.tol > 0 and self.max_iter > 1:
