@@ -1,6 +1,7 @@
 """Tests of gllim_sk.features.HOGPyramid (the p-HOG transformer)."""
 
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -268,3 +269,11 @@ def test_pipeline_with_scaler_and_svr():
     error = np.mean(np.abs(predictions - angle[90:]))
     baseline = np.mean(np.abs(angle[90:] - angle[:90].mean()))
     assert error < 0.3 * baseline
+
+
+def test_missing_scikit_image_gives_install_hint(monkeypatch):
+    # A None entry in sys.modules makes the import fail as if the package were absent.
+    monkeypatch.setitem(sys.modules, "skimage.feature", None)
+    images = np.zeros((2, 16, 16), dtype=np.uint8)
+    with pytest.raises(ImportError, match=r"gllim_sk\[image\]"):
+        HOGPyramid().fit(images)

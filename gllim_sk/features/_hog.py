@@ -17,12 +17,23 @@ __all__ = ["HOGPyramid"]
 _MIN_AUTO_BATCH = 32
 
 
+def _skimage():
+    """scikit-image's functions, imported on use so that the package works without it."""
+    try:
+        from skimage.color import rgb2gray
+        from skimage.feature import hog
+        from skimage.transform import resize
+    except ImportError as exc:
+        raise ImportError(
+            f"HOGPyramid needs scikit-image, which is not installed ({exc}). Install it "
+            "with:  pip install \"gllim_sk[image]\""
+        ) from exc
+    return rgb2gray, hog, resize
+
+
 def _hog_batch(images, scales, hog_params, anti_aliasing, out_dtype):
     """p-HOG of one batch of validated images; runs inside a joblib worker."""
-    # Imported here so that ``import gllim_sk.features`` does not require scikit-image.
-    from skimage.color import rgb2gray
-    from skimage.feature import hog
-    from skimage.transform import resize
+    rgb2gray, hog, resize = _skimage()
 
     gray = images_to_float(images, dtype=np.float64)
     gray = rgb2gray(gray) if gray.shape[-1] == 3 else gray[..., 0]
@@ -201,6 +212,7 @@ class HOGPyramid(TransformerMixin, BaseEstimator):
         self : HOGPyramid
             The fitted transformer.
         """
+        _skimage()  # fail early, in the caller's process, if scikit-image is missing
         check_images(X, name="X")
         scales = self._checked_scales()
         per_block = self.cells_per_block**2 * self.orientations
