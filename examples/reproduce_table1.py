@@ -297,7 +297,10 @@ def run(args):
                 tic = time.perf_counter()
                 try:
                     model = build_row(row, args, settings, memory)
-                    model.fit(X[train], y[train])
+                    # The fine-tuned rows hold out validation people, never training ones.
+                    fit_params = ({"groups": data.subject[train]}
+                                  if row in ("vgg-fcl-ft", "vgg-ir-ft") else {})
+                    model.fit(X[train], y[train], **fit_params)
                     predictions[row].append(np.asarray(model.predict(X[test])))
                 except Exception as exc:  # report the failed row, keep running the others
                     failures[row] = f"{type(exc).__name__}: {exc}"

@@ -572,3 +572,24 @@ def test_quick_preset_on_vgg16_and_synthetic_heads():
     assert all(h["loss"] < h["loss_before"] for h in reg.history_[1:])
     base = DeepRegressor(device="cpu", random_state=0).fit(data.images, data.target)
     assert base.predict(data.images[:3]).shape == (3, 3)
+
+
+def test_validation_split_by_groups_is_person_disjoint():
+    from gllim_sk.deep._estimators import _train_validation_split
+
+    groups = np.repeat(np.arange(12), 5)
+    train, val = _train_validation_split(60, 0.25, np.random.RandomState(0), 2, groups)
+    assert not set(groups[train]) & set(groups[val])
+    assert len(set(groups[val])) == 3  # a quarter of the 12 people
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(60))
+
+
+def test_deep_estimators_take_groups(blobs):
+    images, y = blobs
+    groups = np.arange(len(images)) // 4
+    for model in (tiny_regressor(), tiny_gllim()):
+        assert np.all(np.isfinite(model.fit(images, y, groups=groups).predict(images[:4])))
+        with pytest.raises(ValueError, match="groups"):
+            model.fit(images, y, groups=groups[:-1])
+        with pytest.raises(ValueError, match="groups"):
+            model.fit(images, y, groups=np.zeros(len(images)))

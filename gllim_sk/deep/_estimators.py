@@ -19,6 +19,7 @@ from sklearn.base import (
 )
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
@@ -97,17 +98,36 @@ def _check_targets(y, n_images):
     return y.reshape(len(y), -1), y.ndim == 1
 
 
-def _train_validation_split(n, validation_fraction, rng, min_train):
-    """Random indices (train, validation); validation is empty when the fraction is 0."""
-    n_val = math.ceil(validation_fraction * n) if validation_fraction > 0 else 0
-    n_train = n - n_val
-    if n_train < min_train:
+def _train_validation_split(n, validation_fraction, rng, min_train, groups=None):
+    """Indices (train, validation); validation is empty when the fraction is 0.
+
+    With ``groups`` (the person of each image), the validation part holds
+    ``validation_fraction`` of the people, none of whom is in the training part.
+    """
+    if validation_fraction > 0 and groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(
+                f"groups must have shape ({n},), one entry per image; got {groups.shape}."
+            )
+        if len(np.unique(groups)) < 2:
+            raise ValueError(
+                "groups must hold at least 2 distinct people for a person-disjoint "
+                "validation split."
+            )
+        splitter = GroupShuffleSplit(n_splits=1, test_size=validation_fraction,
+                                     random_state=rng.randint(np.iinfo(np.int32).max))
+        train, val = (np.sort(part) for part in next(splitter.split(np.zeros(n), groups=groups)))
+    else:
+        n_val = math.ceil(validation_fraction * n) if validation_fraction > 0 else 0
+        order = rng.permutation(n)
+        train, val = np.sort(order[: n - n_val]), np.sort(order[n - n_val :])
+    if len(train) < min_train:
         raise ValueError(
             f"too few images: {n} images with validation_fraction={validation_fraction} "
-            f"leave {n_train} training images, and at least {min_train} are needed."
+            f"leave {len(train)} training images, and at least {min_train} are needed."
         )
-    order = rng.permutation(n)
-    return np.sort(order[:n_train]), np.sort(order[n_train:])
+    return train, val
 
 
 def _cache_split(backbone, split, cache):
@@ -454,7 +474,7 @@ class DeepRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
                                                          nn.Linear(width, n_targets)))
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Fine-tune the network on images ``X`` and targets ``y``.
 
         Parameters
@@ -462,6 +482,9 @@ class DeepRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         X : array-like of shape (n, H, W) or (n, H, W, C)
             Images, uint8 or floats in [0, 1].
         y : array-like of shape (n,) or (n, n_targets)
+        groups : array-like of shape (n,), default=None
+            The person in each image. When given, the validation images come from
+            people not used for training (``validation_fraction`` of the people).
 
         Returns
         -------
@@ -480,7 +503,8 @@ class DeepRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         self.settings_ = settings
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
-        train, val = _train_validation_split(len(images), self.validation_fraction, rng, 2)
+        train, val = _train_validation_split(len(images), self.validation_fraction, rng, 2,
+                                             groups)
         seed = torch_seed(rng)
         self.n_targets_ = y2.shape[1]
         self.target_mean_ = y2[train].mean(axis=0)
@@ -973,8 +997,10 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         ).astype(np.float64)
 
     # -- checkpoints ------------------------------------------------------------------
-    def _fingerprint(self, images, y):
+    def _fingerprint(self, images, y, groups=None):
         digest = hashlib.sha256()
+        if groups is not None:
+            digest.update(np.asarray(groups).tobytes())
         digest.update(np.ascontiguousarray(images).tobytes())
         digest.update(str(images.shape).encode())
         digest.update(np.ascontiguousarray(y).tobytes())
@@ -1009,7 +1035,7 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
 
     # -- fitting ----------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         """Train the network and the mixture jointly (Algorithm 1 of the paper).
 
         Parameters
@@ -1018,6 +1044,10 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
             Images, uint8 or floats in [0, 1].
         y : array-like of shape (n,) or (n, n_targets)
             Targets (e.g. pitch, yaw, roll in degrees).
+        groups : array-like of shape (n,), default=None
+            The person in each image. When given, the validation images that choose the
+            kept weights come from people not used for training (``validation_fraction``
+            of the people), as the paper's protocol asks.
 
         Returns
         -------
@@ -1035,11 +1065,11 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         min_train = max(self.embedding_dim, 2 * self.n_components, self.n_targets_ + 2, 2)
         train, val = _train_validation_split(len(images), self.validation_fraction, rng,
-                                             min_train)
+                                             min_train, groups)
         seeds = rng.randint(np.iinfo(np.int32).max, size=5)
         torch_seed_, pca_seed, gmm_seed, gllim_seed, draw_seed = (int(s) for s in seeds)
         y_train = y2[train]
-        fingerprint = self._fingerprint(images, y2)
+        fingerprint = self._fingerprint(images, y2, groups)
         resumed = self._read_checkpoint(fingerprint)
 
         with seeded(torch_seed_, device):
