@@ -231,6 +231,7 @@ def build_row(row, args, settings, memory):
         "weights": args.weights,
         "input_size": settings["vgg_input_size"],
         "device": args.device,
+        "vgg_params": {"random_state": seed},  # seeds the random initialisation, if used
     }
     if row == "vgg-svr":
         # Pipeline memory: the frozen fc7 features of the training images are computed

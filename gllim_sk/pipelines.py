@@ -188,9 +188,8 @@ def _vgg_step(weights, input_size, batch_size, device, vgg_params):
                        device=device, **vgg_params)
 
 
-def make_vgg_svr(*, weights="DEFAULT", C=10.0, epsilon=0.5, gamma="scale",
-                          input_size=224, batch_size=32, device="auto", n_jobs=None,
-                          vgg_params=None, **svr_params):
+def make_vgg_svr(*, weights="DEFAULT", C=10.0, epsilon=0.5, gamma="scale", input_size=224,
+                 batch_size=32, device="auto", n_jobs=None, vgg_params=None, **svr_params):
     """VGG-SVR: fc7 features of an ImageNet VGG-16, standardised, into one SVR per angle.
 
     Parameters
@@ -211,7 +210,8 @@ def make_vgg_svr(*, weights="DEFAULT", C=10.0, epsilon=0.5, gamma="scale",
     n_jobs : int, default=None
         Parallel jobs for the per-angle SVRs.
     vgg_params : dict, default=None
-        Further :class:`~gllim_sk.deep.VGGFeatures` parameters (``model``, ``layer``...).
+        Further :class:`~gllim_sk.deep.VGGFeatures` parameters (``model``, ``layer``,
+        ``random_state`` for the random initialisation...).
     **svr_params
         Further :class:`~sklearn.svm.SVR` parameters.
 
@@ -242,7 +242,7 @@ def make_vgg_svr(*, weights="DEFAULT", C=10.0, epsilon=0.5, gamma="scale",
 
 
 def make_vgg_ir(n_components=50, *, weights="DEFAULT", input_size=224, batch_size=32,
-                         device="auto", vgg_params=None, **gllim_params):
+                device="auto", vgg_params=None, **gllim_params):
     """VGG-IR: fc7 features of an ImageNet VGG-16 into a GLLiM inverse regression.
 
     This is the paper's model without the network fine-tuning (K = 50 in Table 1).

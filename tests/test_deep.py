@@ -593,3 +593,15 @@ def test_deep_estimators_take_groups(blobs):
             model.fit(images, y, groups=groups[:-1])
         with pytest.raises(ValueError, match="groups"):
             model.fit(images, y, groups=np.zeros(len(images)))
+
+
+def test_vgg_features_random_state_seeds_the_random_initialisation(blobs):
+    images = blobs[0][:3]
+
+    def features(seed):
+        # A model given by name is built (randomly initialised) inside fit.
+        return VGGFeatures(model="resnet18", weights=None, input_size=32, device="cpu",
+                           random_state=seed).fit_transform(images)
+
+    np.testing.assert_array_equal(features(0), features(0))
+    assert not np.allclose(features(0), features(1))

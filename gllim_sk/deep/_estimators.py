@@ -235,6 +235,8 @@ class VGGFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TorchStateM
         ``"auto"`` uses CUDA when available, else the CPU.
     mixed_precision : bool, default=False
         Run the network under bfloat16 autocast.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the random initialisation used with ``weights=None``.
     verbose : int, default=0
         Show a progress bar when positive.
 
@@ -266,10 +268,11 @@ class VGGFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TorchStateM
         "layer": [str, None],
         "input_size": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
     }
 
     def __init__(self, model="vgg16", *, weights=None, layer=None, input_size=224, batch_size=32,
-                 device="auto", mixed_precision=False, verbose=0):
+                 device="auto", mixed_precision=False, random_state=None, verbose=0):
         self.model = model
         self.weights = weights
         self.layer = layer
@@ -277,6 +280,7 @@ class VGGFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TorchStateM
         self.batch_size = batch_size
         self.device = device
         self.mixed_precision = mixed_precision
+        self.random_state = random_state
         self.verbose = verbose
 
     def _build(self, weights):
@@ -302,7 +306,9 @@ class VGGFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TorchStateM
         self
         """
         check_images(X, name="X", min_size=_MIN_IMAGE_SIZE)
-        self._build(self.weights)
+        # The random initialisation (weights=None) draws from a seeded fork of torch's RNG.
+        with seeded(torch_seed(self.random_state), torch.device("cpu")):
+            self._build(self.weights)
         if len(self.network_.stages) == len(self.stage_names_):
             self.n_features_out_ = self.network_.n_features_out
         else:
