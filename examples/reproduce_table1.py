@@ -231,15 +231,16 @@ def build_row(row, args, settings, memory):
         "weights": args.weights,
         "input_size": settings["vgg_input_size"],
         "device": args.device,
-        "vgg_params": {"random_state": seed},  # seeds the random initialisation, if used
     }
+    # Seeds the random initialisation of the frozen VGG-16, when one is used.
+    frozen_vgg = {**vgg, "vgg_params": {"random_state": seed}}
     if row == "vgg-svr":
         # Pipeline memory: the frozen fc7 features of the training images are computed
         # once and reused by VGG-IR.
-        return pipelines.make_vgg_svr(**vgg).set_params(memory=memory)
+        return pipelines.make_vgg_svr(**frozen_vgg).set_params(memory=memory)
     if row == "vgg-ir":
         return pipelines.make_vgg_ir(
-            n_components=settings["vgg_ir_components"], random_state=seed, **vgg
+            n_components=settings["vgg_ir_components"], random_state=seed, **frozen_vgg
         ).set_params(memory=memory)
     deep_preset = args.preset
     if row == "vgg-fcl-ft":
