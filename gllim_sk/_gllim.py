@@ -5,7 +5,6 @@ from numbers import Integral, Real
 from time import time
 
 import numpy as np
-from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
@@ -591,7 +590,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             with np.errstate(divide="ignore"):
                 log_w = np.log(self.weights_)
             logp = log_w + gm.target_log_density(y, self._params.c, self._params.gamma)
-            return np.exp(logp - logsumexp(logp, axis=1, keepdims=True))
+            return np.exp(logp - gm.logsumexp(logp, axis=1, keepdims=True))
         return self._joint_estep(X, y)[1]
 
     def _joint_estep(self, X, y):
@@ -622,7 +621,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         diff = y[:, None, :] - (means - self.target_mean_)  # both centred
         z = np.einsum("kij,nkj->nki", inv_chol, diff)
         log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None] + np.einsum("nki,nki->nk", z, z))
-        return logsumexp(log_nu + log_comp, axis=1)
+        return gm.logsumexp(log_nu + log_comp, axis=1)
 
     def sample_y(self, X, n_samples=1, random_state=None):
         """Draw targets from the predictive mixture p(y | x).
