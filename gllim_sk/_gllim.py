@@ -8,11 +8,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import _gllim_math as gm
 
@@ -23,10 +22,23 @@ _TARGET_TYPES = ("full", "diag", "spherical", "tied")
 # Smallest noise variance of the latent model, relative to the feature's variance.
 LATENT_NOISE_FLOOR = 1e-5
 # Below this n * D * K * (L + 2 + Lw), EM runs on a single BLAS/OpenMP thread.
-SMALL_PROBLEM_WORK = 1e8
+SMALL_PROBLEM_WORK = 8e6
 # EM iterations of the Gaussian mixture on y that refines k-means at initialisation: the
 # GLLiM EM that follows refines the responsibilities anyway.
 GMM_INIT_MAX_ITER = 20
+GMM_INIT_TOL = 1e-3
+_threadpool_controller = None
+
+
+def _blas_threads(limit):
+    """Context manager limiting BLAS/OpenMP threads (``None``: no limit).
+
+    One controller is kept: scanning the loaded libraries costs milliseconds per fit.
+    """
+    global _threadpool_controller
+    if _threadpool_controller is None:
+        _threadpool_controller = ThreadpoolController()
+    return _threadpool_controller.limit(limits=limit)
 
 
 class GLLiMRegressor(RegressorMixin, BaseEstimator):
@@ -76,8 +88,10 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         Number of initialisations; the one with the highest final likelihood is kept.
     init_params : {"kmeans", "kmeans_joint", "random"}, default="kmeans"
         How initial responsibilities are made: "kmeans" runs k-means on ``y`` followed by
-        a Gaussian mixture on ``y`` (the paper's choice); "kmeans_joint" runs k-means on
-        the standardised joint ``[y, X]``; "random" draws random responsibilities.
+        up to 20 EM iterations of a Gaussian mixture on ``y`` with covariances of type
+        ``target_covariance_type`` (the paper's choice; it is GLLiM's own EM without
+        features); "kmeans_joint" runs k-means on the standardised joint ``[y, X]``;
+        "random" draws random responsibilities.
     resp_init : array-like of shape (n_samples, n_components), default=None
         Initial responsibilities, overriding ``init_params`` (rows are normalised). The
         deep model warm-starts the mixture through it.
@@ -303,42 +317,58 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         return y - self.target_mean_
 
     # ------------------------------------------------------------------ fitting
-    def _initial_resp(self, Xc, y, random_state):
-        n = Xc.shape[0]
+    def _initial_resp(self, data, random_state):
+        """Initial responsibilities, (n_components, n_samples)."""
+        n = data.Xc.shape[0]
         K = self.n_components
         if self.resp_init is not None:
-            return self._check_resp_init(n)
+            return np.ascontiguousarray(self._check_resp_init(n).T)
         if K == 1:
-            return np.ones((n, 1))
+            return np.ones((1, n))
+        if self.init_params == "random":
+            resp = random_state.uniform(size=(K, n))
+            return resp / resp.sum(axis=0)
         if self.init_params == "kmeans":
-            gmm = GaussianMixture(
-                n_components=K, covariance_type=self.target_covariance_type,
-                reg_covar=max(self.reg_covar, 1e-6), init_params="kmeans",
-                max_iter=GMM_INIT_MAX_ITER, random_state=random_state,
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                return gmm.fit(y).predict_proba(y)
-        if self.init_params == "kmeans_joint":
-            joint = np.hstack([y, Xc])
-            scale = joint.std(axis=0)
-            joint = joint / np.where(scale > 0, scale, 1.0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                labels = KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(
-                    joint
-                ).labels_
-            resp = np.zeros((n, K))
-            resp[np.arange(n), labels] = 1.0
-            return resp
-        resp = random_state.uniform(size=(n, K))
-        return resp / resp.sum(axis=1, keepdims=True)
+            points = data.y
+        else:  # kmeans_joint: k-means on standardised [y, X]
+            points = np.hstack([data.y, data.Xc])
+            scale = points.std(axis=0)
+            points = points / np.where(scale > 0, scale, 1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(
+                points
+            ).labels_
+        resp = np.zeros((K, n))
+        resp[labels, np.arange(n)] = 1.0
+        if self.init_params == "kmeans":
+            resp = self._target_mixture_resp(data, resp)
+        return resp
 
-    def _initial_params(self, Xc, sq, y, resp, random_state, var_floor):
-        n = Xc.shape[0]
-        no_latent = np.zeros((n, 0, self.n_components))
+    def _target_mixture_resp(self, data, resp):
+        """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init).
+
+        The mixture of y is GLLiM without features, so the same EM steps run it.
+        """
+        y_only = gm.prepare_data(np.empty((data.Xc.shape[0], 0)), data.y, "diag")
+        no_latent = np.zeros((0,) + resp.shape)
+        previous = -np.inf
+        for _ in range(GMM_INIT_MAX_ITER):
+            params = gm.m_step(
+                y_only, resp, no_latent, np.zeros((resp.shape[0], 0, 0)), "diag",
+                self.target_covariance_type, max(self.reg_covar, 1e-6),
+            )
+            log_prob, resp, _, _ = gm.e_step(y_only, params)
+            current = float(log_prob.mean())
+            if abs(current - previous) < GMM_INIT_TOL:
+                break
+            previous = current
+        return resp
+
+    def _initial_params(self, data, resp, random_state, var_floor):
+        no_latent = np.zeros((0,) + resp.shape)
         params, raw = gm.m_step(
-            Xc, sq, y, resp, no_latent, np.zeros((self.n_components, 0, 0)),
+            data, resp, no_latent, np.zeros((self.n_components, 0, 0)),
             self.covariance_type, self.target_covariance_type, self.reg_covar, return_raw=True,
         )
         if self.n_latent == 0:
@@ -347,8 +377,8 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             )
             return params
         return gm.init_latent(
-            Xc, y, resp, params, raw, self.n_latent, self.covariance_type, self.reg_covar,
-            random_state, var_floor,
+            data.Xc, data.y, resp, params, raw, self.n_latent, self.covariance_type,
+            self.reg_covar, random_state, var_floor,
         )
 
     def _print(self, level, message):
@@ -381,8 +411,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
         # Centring both variables keeps the expanded quadratic forms free of cancellation.
         Xc = X - offset
-        y = y - y_offset
-        sq = gm.squared_features(Xc, self.covariance_type)
+        data = gm.prepare_data(Xc, y - y_offset, self.covariance_type)
         n_init = 1 if do_warm else self.n_init
         # The latent model's likelihood goes through (I + W' Sigma^-1 W)^-1, whose
         # conditioning degrades as a noise variance approaches zero (a Heywood case, which
@@ -393,7 +422,9 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         # Small problems run faster on one BLAS/OpenMP thread: thread start-up and
         # spin-waiting cost more than the products themselves.
         work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        with threadpool_limits(limits=1 if work < SMALL_PROBLEM_WORK else None):
+        single_threaded = work < SMALL_PROBLEM_WORK
+        data.single_threaded = single_threaded
+        with _blas_threads(1 if single_threaded else None):
             best = None
             for init in range(n_init):
                 self._print(1, f"Initialization {init}")
@@ -402,19 +433,19 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                     params = self._params
                 else:
                     # k-means and the GMM on y are tiny: their OpenMP threads only spin.
-                    with threadpool_limits(limits=1):
-                        resp = self._initial_resp(Xc, y, random_state)
-                    params = self._initial_params(Xc, sq, y, resp, random_state, var_floor)
-                log_prob, resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
+                    with _blas_threads(1):
+                        resp = self._initial_resp(data, random_state)
+                    params = self._initial_params(data, resp, random_state, var_floor)
+                log_prob, resp, w_mean, w_cov = gm.e_step(data, params)
                 bounds = [float(log_prob.mean())]
                 converged = False
                 n_iter = 1
                 for n_iter in range(2, self.max_iter + 1):
                     params = gm.m_step(
-                        Xc, sq, y, resp, w_mean, w_cov, self.covariance_type,
+                        data, resp, w_mean, w_cov, self.covariance_type,
                         self.target_covariance_type, self.reg_covar, var_floor=var_floor,
                     )
-                    log_prob, resp, w_mean, w_cov = gm.e_step(Xc, sq, y, params)
+                    log_prob, resp, w_mean, w_cov = gm.e_step(data, params)
                     bounds.append(float(log_prob.mean()))
                     change = bounds[-1] - bounds[-2]
                     if n_iter % self.verbose_interval == 0:
@@ -589,15 +620,17 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             y = self._check_y(y)
             with np.errstate(divide="ignore"):
                 log_w = np.log(self.weights_)
-            logp = log_w + gm.target_log_density(y, self._params.c, self._params.gamma)
-            return np.exp(logp - gm.logsumexp(logp, axis=1, keepdims=True))
-        return self._joint_estep(X, y)[1]
+            y_only = gm.prepare_data(np.empty((y.shape[0], 0)), y, "diag")
+            logp = log_w[:, None] + gm.target_log_density(y_only, self._params.c,
+                                                          self._params.gamma)
+            return np.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
+        return self._joint_estep(X, y)[1].T
 
     def _joint_estep(self, X, y):
         X, _ = self._check_X(X)
         y = self._check_y(y, X.shape[0])
         Xc = X.astype(np.float64) - self.feature_mean_
-        return gm.e_step(Xc, gm.squared_features(Xc, self.covariance_type), y, self._params)
+        return gm.e_step(gm.prepare_data(Xc, y, self.covariance_type), self._params)
 
     def joint_log_density(self, X, y):
         """Log-density log p(x, y) of each pair under the fitted joint model.

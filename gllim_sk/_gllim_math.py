@@ -5,7 +5,10 @@ float64. The noise covariance Sigma_k is held either as variances (the diagonal 
 "diag", "spherical", "tied_diag", "tied_spherical") or as Cholesky factors (the full
 family: "full", "tied"). All products with ``Xc`` are batched over components into one
 matrix product of shape (n, D) x (D, K * m), so no (n, K, D) temporary and, for the
-diagonal family, no D x D matrix is ever formed.
+diagonal family, no D x D matrix is ever formed. The EM steps keep arrays indexed by
+component and sample as (K, n), sample axis last: their elementwise work then runs over
+long contiguous rows. Everything quadratic in y goes through the per-sample products of
+y1 = [y, 1] (see :class:`Data`).
 
 Notation (see the user guide): y (n, L) targets, x (n, D) features, K components,
 ``A`` (K, D, L) the target loadings, ``W`` (K, D, Lw) the latent loadings of the
@@ -14,6 +17,7 @@ target means, ``gamma`` (K, L, L) target covariances (always stored full here).
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
@@ -59,19 +63,17 @@ class Noise:
         return np.broadcast_to(diag, (n_components,)).copy()
 
     def quad_features(self, Xc, sq, n_components):
-        """x_n^T Sigma_k^-1 x_n for all n, k: (n, K)."""
+        """x_n' Sigma_k^-1 x_n for all k, n: (K, n)."""
         if self.is_diag:
             if sq.shape[1] == 1:  # spherical types: sq holds squared row norms
-                return sq @ (1.0 / self.var[:, :1]).T
-            return sq @ (1.0 / self.var).T
-        out = np.empty((Xc.shape[0], n_components))
-        if self.chol.shape[0] == 1:
-            z = solve_triangular(self.chol[0], Xc.T, lower=True, check_finite=False)
-            out[:] = np.einsum("dn,dn->n", z, z)[:, None]
-            return out
-        for k in range(n_components):
+                return (1.0 / self.var[:, :1]) @ sq.T
+            return _matmul_transposed(sq, (1.0 / self.var).T)
+        out = np.empty((n_components, Xc.shape[0]))
+        for k in range(self.chol.shape[0]):
             z = solve_triangular(self.chol[k], Xc.T, lower=True, check_finite=False)
-            out[:, k] = np.einsum("dn,dn->n", z, z)
+            out[k] = np.einsum("dn,dn->n", z, z)
+        if self.chol.shape[0] == 1:  # tied: one factor for all components
+            out[1:] = out[0]
         return out
 
     def dense(self, k):
@@ -80,6 +82,16 @@ class Noise:
             return np.diag(self.var[k])
         lk = self.chol_of(k)
         return lk @ lk.T
+
+
+def _matmul_transposed(a, b):
+    """(a @ b).T as a C-contiguous array.
+
+    Written straight into a Fortran-ordered buffer: no transposed copy, and OpenBLAS
+    splits this orientation of a short-and-wide product across threads much better.
+    """
+    out = np.empty((a.shape[0], b.shape[1]), order="F")
+    return np.matmul(a, b, out=out).T
 
 
 def squared_features(Xc, covariance_type):
@@ -104,6 +116,112 @@ class Params:
     noise: Noise
 
 
+@dataclass
+class Data:
+    """Training data in the forms the EM steps use, computed once per fit.
+
+    ``quad_feats`` (n, Dq + P) holds, side by side, the squared features of the diagonal
+    noise family (Dq = D; Dq = 1, the squared norms, for the spherical types; Dq = 0 for
+    the full family) and the products y1_i y1_j (i <= j) of y1 = [y, 1], P of them. One
+    product with it gives x' Sigma_k^-1 x together with every quadratic form in y
+    (E-step), or every second moment that the M-step needs.
+    """
+
+    Xc: np.ndarray  # (n, D) centred features
+    y: np.ndarray  # (n, L) centred targets
+    y1: np.ndarray  # (L + 1, n): y' stacked over a row of ones
+    quad_feats: np.ndarray  # (n, Dq + P)
+    n_sq: int  # Dq
+    # BLAS runs on one thread: the products over samples take the orientation that is
+    # fastest there (OpenBLAS splits the other one better across threads).
+    single_threaded: bool = False
+    _feature_gram: np.ndarray | None = None
+
+    def sample_sums(self, weights, M):
+        """weights @ M, (m, n) x (n, p) -> (m, p): sums over samples."""
+        if self.single_threaded:
+            return weights @ M
+        return (M.T @ weights.T).T
+
+    @property
+    def sq(self):
+        """The squared features, (n, Dq)."""
+        return self.quad_feats[:, : self.n_sq]
+
+    @property
+    def pairs(self):
+        """The products y1_i y1_j, (n, P)."""
+        return self.quad_feats[:, self.n_sq :]
+
+    @property
+    def feature_gram(self):
+        """Xc' Xc / n, computed on first use (the "tied" M-step needs it every iteration)."""
+        if self._feature_gram is None:
+            self._feature_gram = self.Xc.T @ self.Xc / self.Xc.shape[0]
+        return self._feature_gram
+
+
+@lru_cache
+def _triu(L1):
+    """Row and column indices of the upper triangle of an L1 x L1 matrix, and the weight
+    (1 on the diagonal, 2 off it) of each entry in a symmetric quadratic form."""
+    rows, cols = np.triu_indices(L1)
+    return rows, cols, np.where(rows == cols, 1.0, 2.0)
+
+
+def prepare_data(Xc, y, covariance_type):
+    """Build the :class:`Data` of centred features ``Xc`` (n, D) and targets ``y`` (n, L)."""
+    n, L = y.shape
+    y1 = np.empty((L + 1, n))
+    y1[:L] = y.T
+    y1[L] = 1.0
+    rows, cols, _ = _triu(L + 1)
+    n_sq = {"diag": Xc.shape[1], "tied_diag": Xc.shape[1], "spherical": 1,
+            "tied_spherical": 1}.get(covariance_type, 0)
+    quad_feats = np.empty((n, n_sq + rows.size))
+    if n_sq == 1:
+        np.einsum("nd,nd->n", Xc, Xc, out=quad_feats[:, 0])
+    elif n_sq:
+        np.multiply(Xc, Xc, out=quad_feats[:, :n_sq])
+    np.multiply(y1[rows].T, y1[cols].T, out=quad_feats[:, n_sq:])
+    return Data(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
+
+
+def _pair_weights(M):
+    """Weights w_k (K, P) with w_k . pairs_n = y1_n' M_k y1_n for symmetric M (K, L1, L1)."""
+    rows, cols, scale = _triu(M.shape[1])
+    return M[:, rows, cols] * scale
+
+
+def _unpack_pairs(sums, L1):
+    """Symmetric (K, L1, L1) matrices from their upper triangles (K, P)."""
+    rows, cols, _ = _triu(L1)
+    out = np.empty((sums.shape[0], L1, L1))
+    out[:, rows, cols] = sums
+    out[:, cols, rows] = sums
+    return out
+
+
+def _target_quadratic(c, precision):
+    """M_k with y1' M_k y1 = (y - c_k)' Gamma_k^-1 (y - c_k): (K, L + 1, L + 1)."""
+    K, L = c.shape
+    pc = np.einsum("kij,kj->ki", precision, c)
+    M = np.empty((K, L + 1, L + 1))
+    M[:, :L, :L] = precision
+    M[:, :L, L] = -pc
+    M[:, L, :L] = -pc
+    M[:, L, L] = np.einsum("ki,ki->k", pc, c)
+    return M
+
+
+def target_log_density(data, c, gamma):
+    """log N(y_n; c_k, Gamma_k) for all k, n: (K, n)."""
+    precision, logdet, _ = _spd_inverse_and_logdet(gamma)
+    quad = _matmul_transposed(data.pairs, _pair_weights(_target_quadratic(c, precision)).T)
+    np.maximum(quad, 0.0, out=quad)  # the expanded form can dip below zero by rounding
+    return -0.5 * (c.shape[1] * LOG_2PI + logdet[:, None] + quad)
+
+
 def logsumexp(a, axis, keepdims=False):
     """log(sum(exp(a))) along ``axis``; a lean version for the hot loop."""
     top = a.max(axis=axis, keepdims=True)
@@ -121,18 +239,6 @@ def _spd_inverse_and_logdet(M):
     return inv, logdet, inv_chol
 
 
-def target_log_density(y, c, gamma):
-    """log N(y_n; c_k, Gamma_k) for all n, k: (n, K)."""
-    K, L, _ = gamma.shape
-    _, logdet, inv_chol = _spd_inverse_and_logdet(gamma)
-    # z[n, i, k] = (Gamma_k^-1/2 (y_n - c_k))_i, from one (n, L) x (L, L K) product.
-    z = (y @ inv_chol.transpose(2, 1, 0).reshape(L, L * K)).reshape(-1, L, K)
-    z -= np.einsum("kij,kj->ik", inv_chol, c)[None]
-    z *= z
-    quad = z.sum(axis=1)
-    return -0.5 * (L * LOG_2PI + logdet[None, :] + quad)
-
-
 def _solved_stack(noise, M):
     """Sigma_k^-1 M_k for a stack M (K, D, m), returned as (K, D, m)."""
     if noise.is_diag:
@@ -140,69 +246,75 @@ def _solved_stack(noise, M):
     return np.stack([noise.solve(k, M[k]) for k in range(M.shape[0])])
 
 
-def e_step(Xc, sq, y, params):
+def e_step(data, params):
     """Exact E-step of (hybrid) GLLiM.
 
-    Arrays indexed by sample and component keep the component axis last, so that the
-    per-component arithmetic runs on contiguous (n, K) slices.
+    Arrays indexed by component and sample keep the sample axis last, so that the
+    per-sample arithmetic runs over long contiguous rows.
 
     Returns
     -------
     log_prob : (n,) log p(x_n, y_n)
-    resp : (n, K) p(Z_n = k | x_n, y_n)
-    latent_mean : (n, Lw, K) E[w_n | x_n, y_n, Z_n = k]
+    resp : (K, n) p(Z_n = k | x_n, y_n)
+    latent_mean : (Lw, K, n) E[w_n | x_n, y_n, Z_n = k]
     latent_cov : (K, Lw, Lw) Cov[w | x, y, Z = k]
     """
-    n, L = y.shape
+    y1 = data.y1
+    L1, n = y1.shape
     K, D, Lw = params.W.shape
-    m = L + 1 + Lw
-    # B_k = [A_k, b_k, W_k]; one GEMM gives x^T Sigma_k^-1 B_k for every n and k.
+    m = L1 + Lw
+    noise = params.noise
+    # B_k = [A_k, b_k, W_k]; one (m K, D) x (D, n) product gives B_k' Sigma_k^-1 x_n.
     B = np.concatenate([params.A, params.b[:, :, None], params.W], axis=2)
-    SB = _solved_stack(params.noise, B)
+    SB = _solved_stack(noise, B)
     gram = np.swapaxes(B, 1, 2) @ SB  # (K, m, m)
-    # Two GEMMs give E[n, j, k]: for the target columns j <= L, the cross terms of the
-    # quadratic form ([y, 1]^T B^T S^-1 B - 2 x^T S^-1 B)_j; for the latent columns,
-    # W^T S^-1 (x - A y - b) (S = Sigma_k, the same for every column of component k).
-    sign = np.where(np.arange(m) <= L, -2.0, 1.0)
-    y1 = np.concatenate([y, np.ones((n, 1))], axis=1)
-    E = Xc @ (SB * sign).transpose(1, 2, 0).reshape(D, m * K)
-    E += y1 @ (gram[:, : L + 1, :] * -np.sign(sign)).transpose(1, 2, 0).reshape(L + 1, m * K)
-    E = E.reshape(n, m, K)
-    quad = params.noise.quad_features(Xc, sq, K)
-    quad += np.einsum("njk,nj->nk", E[:, : L + 1, :], y1)
-    logdet = params.noise.logdet(K)
+    if D:
+        H = _matmul_transposed(data.Xc, SB.transpose(1, 2, 0).reshape(D, m * K))
+        H = H.reshape(m, K, n)
+    else:  # a mixture of y alone
+        H = np.zeros((m, K, n))
+    # log p(x, y, Z = k) = const_k - (x' S^-1 x - 2 x' S^-1 [A, b] y1 + y1' M_k y1) / 2,
+    # where M_k gathers every term quadratic in y: [A, b]' S^-1 [A, b] and the target
+    # density's (y - c)' G^-1 (y - c). All but the cross term come from one product with
+    # [squared features, y1 pairs]; the pair y1_L y1_L = 1 carries const_k.
+    gamma_prec, logdet_gamma, _ = _spd_inverse_and_logdet(params.gamma)
+    M = gram[:, :L1, :L1] + _target_quadratic(params.c, gamma_prec)
+    logdet = noise.logdet(K) + logdet_gamma
+    if Lw:
+        # Latent part: Woodbury on Sigma_k + W_k W_k'.
+        latent_cov, neg_logdet_s, _ = _spd_inverse_and_logdet(
+            np.eye(Lw)[None] + gram[:, L1:, L1:]
+        )
+        logdet += neg_logdet_s
+    with np.errstate(divide="ignore"):
+        const = np.log(params.weights) - 0.5 * ((D + L1 - 1) * LOG_2PI + logdet)
+    weights = -0.5 * _pair_weights(M)
+    weights[:, -1] += const
+    if noise.is_diag:
+        weights = np.concatenate([-0.5 / noise.var[:, : data.n_sq], weights], axis=1)
+    log_joint = _matmul_transposed(data.quad_feats, weights.T)
+    if not noise.is_diag:
+        log_joint -= 0.5 * noise.quad_features(data.Xc, None, K)
+    log_joint += np.einsum("jkn,jn->kn", H[:L1], y1)
 
     if Lw:
-        # Latent part: Woodbury on Sigma_k + W_k W_k^T.
-        latent_prec = np.eye(Lw)[None] + gram[:, L + 1 :, L + 1 :]
-        latent_cov, neg_logdet_s, _ = _spd_inverse_and_logdet(latent_prec)
-        t = E[:, L + 1 :, :]  # W_k^T Sigma_k^-1 (x_n - A_k y_n - b_k): (n, Lw, K)
-        # Batched BLAS over components (K, n, Lw) @ (K, Lw, Lw): faster than an einsum.
-        latent_mean = np.ascontiguousarray(
-            np.matmul(t.transpose(2, 0, 1), latent_cov).transpose(1, 2, 0)
-        )
-        quad -= np.einsum("nlk,nlk->nk", t, latent_mean)
-        logdet += neg_logdet_s
+        # t = W' S^-1 (x - A y - b) = W' S^-1 x - (W' S^-1 [A, b]) y1: (Lw, K, n)
+        w_cross = np.ascontiguousarray(gram[:, L1:, :L1].transpose(1, 0, 2))
+        t = H[L1:] - (w_cross.reshape(Lw * K, L1) @ y1).reshape(Lw, K, n)
+        latent_mean = np.einsum("klm,mkn->lkn", latent_cov, t)
+        log_joint += 0.5 * np.einsum("lkn,lkn->kn", t, latent_mean)
     else:
-        latent_mean = np.zeros((n, 0, K))
+        latent_mean = np.zeros((0, K, n))
         latent_cov = np.zeros((K, 0, 0))
-    np.maximum(quad, 0.0, out=quad)  # expanded forms can dip below zero by rounding
 
-    with np.errstate(divide="ignore"):
-        log_w = np.log(params.weights)
-    log_joint = target_log_density(y, params.c, params.gamma)
-    log_joint += log_w[None, :] - 0.5 * (D * LOG_2PI + logdet[None, :] + quad)
-    # Column-wise max and a GEMV sum: faster than reductions over a short axis.
-    top = log_joint[:, 0].copy()
-    for k in range(1, K):
-        np.maximum(top, log_joint[:, k], out=top)
+    top = log_joint.max(axis=0)
     top[~np.isfinite(top)] = 0.0
-    shifted = log_joint - top[:, None]
+    log_joint -= top
     # exp(-700) ~ 1e-304 is zero for the sums; clipping avoids libm's slow path.
-    np.maximum(shifted, -700.0, out=shifted)
-    resp = np.exp(shifted, out=shifted)
-    total = resp @ np.ones(K)
-    resp /= total[:, None]
+    np.maximum(log_joint, -700.0, out=log_joint)
+    resp = np.exp(log_joint, out=log_joint)
+    total = resp.sum(axis=0)
+    resp *= 1.0 / total
     return np.log(total) + top, resp, latent_mean, latent_cov
 
 
@@ -215,7 +327,7 @@ def _finalize_gamma(gamma_k, pis, target_covariance_type, reg):
     elif target_covariance_type == "tied":
         gamma_k = np.broadcast_to(np.einsum("k,kij->ij", pis, gamma_k), (K, L, L)).copy()
     gamma_k = 0.5 * (gamma_k + np.swapaxes(gamma_k, 1, 2))
-    gamma_k[:, np.arange(L), np.arange(L)] += reg
+    gamma_k += reg * np.eye(L)
     return gamma_k
 
 
@@ -258,56 +370,62 @@ def _solve_moments(Mxz, Mzz):
         scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
         if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
             inv_chol = np.linalg.inv(chol)
-            return (Mxz @ np.swapaxes(inv_chol, 1, 2)) @ inv_chol
+            return Mxz @ (np.swapaxes(inv_chol, 1, 2) @ inv_chol)
     except np.linalg.LinAlgError:
         pass
     return Mxz @ np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True)
 
 
-def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
-           target_covariance_type, reg_covar, *, var_floor=None, return_raw=False):
+def m_step(data, resp, latent_mean, latent_cov, covariance_type, target_covariance_type,
+           reg_covar, *, var_floor=None, return_raw=False):
     """M-step of (hybrid) GLLiM from responsibilities and latent posteriors.
 
-    ``latent_mean`` (n, Lw, K) and ``latent_cov`` (K, Lw, Lw) may have Lw = 0.
-    Components with vanishing total responsibility get the moments of all samples
+    ``resp`` is (K, n); ``latent_mean`` (Lw, K, n) and ``latent_cov`` (K, Lw, Lw) may have
+    Lw = 0. Components with vanishing total responsibility get the moments of all samples
     (and a negligible weight), which keeps every parameter finite and well conditioned.
     """
+    Xc, y1 = data.Xc, data.y1
     n, D = Xc.shape
-    L = y.shape[1]
-    K = resp.shape[1]
-    Lw = latent_mean.shape[1]
-    ones = np.ones(n)
-    mass = ones @ resp
+    L1 = y1.shape[0]
+    L = L1 - 1
+    K = resp.shape[0]
+    Lw = latent_mean.shape[0]
+    mass = resp.sum(axis=1)
     pis = (mass + 10 * np.finfo(float).eps) / (n + 10 * K * np.finfo(float).eps)
     empty = mass < EMPTY_COMPONENT_MASS
     if empty.any():
         resp = resp.copy()
-        resp[:, empty] = 1.0
-        mass = ones @ resp
+        resp[empty] = 1.0
+        mass = resp.sum(axis=1)
 
-    # Augmented regressors z = [y, w] (component axis last): moments per component.
+    # Augmented regressors z = [y, w]; rz[j, k, n] = r_nk [y_n, 1, E[w_n | k]]_j.
     Lz = L + Lw
-    z = np.concatenate([np.broadcast_to(y[:, :, None], (n, L, K)), latent_mean], axis=1)
-    rz = np.concatenate([resp[:, None, :], resp[:, None, :] * z], axis=1)  # (n, 1 + Lz, K)
-    rz2 = rz.reshape(n, (1 + Lz) * K)
-    zbar = ((ones @ rz2).reshape(1 + Lz, K)[1:] / mass).T  # (K, Lz)
+    rz = np.empty((L1 + Lw, K, n))
+    np.multiply(y1[:, None, :], resp, out=rz[:L1])
+    # One product gives the second moments of the squared features and of y1 = [y, 1].
+    moments = data.sample_sums(resp, data.quad_feats)
+    y_moments = _unpack_pairs(moments[:, data.n_sq :], L1)  # sums of r y1 y1' (K, L1, L1)
+    z_sum = np.empty((K, Lz))
+    z_sum[:, :L] = y_moments[:, :L, L]
     Szz = np.empty((K, Lz, Lz))
-    yy = (y[:, :, None] * y[:, None, :]).reshape(n, L * L)
-    Szz[:, :L, :L] = (yy.T @ resp).reshape(L, L, K).transpose(2, 0, 1)
+    Szz[:, :L, :L] = y_moments[:, :L, :L]
     if Lw:
-        ryw = rz[:, 1 + L :, :]  # r_nk E[w_n | k]: (n, Lw, K)
-        Syw = (y.T @ ryw.reshape(n, Lw * K)).reshape(L, Lw, K).transpose(2, 0, 1)
+        ryw = rz[L1:]
+        np.multiply(latent_mean, resp, out=ryw)  # r_nk E[w_n | k]: (Lw, K, n)
+        z_sum[:, L:] = ryw.sum(axis=2).T
+        Syw = (y1[:L] @ ryw.reshape(Lw * K, n).T).reshape(L, Lw, K).transpose(2, 0, 1)
         Szz[:, :L, L:] = Syw
         Szz[:, L:, :L] = np.swapaxes(Syw, 1, 2)
-        Szz[:, L:, L:] = np.matmul(ryw.transpose(2, 1, 0), latent_mean.transpose(2, 0, 1))
-    Szz[:, L:, L:] += mass[:, None, None] * latent_cov  # posterior covariance, weighted by mass
+        Szz[:, L:, L:] = np.matmul(ryw.transpose(1, 0, 2), latent_mean.transpose(1, 2, 0))
+        Szz[:, L:, L:] += mass[:, None, None] * latent_cov  # posterior covariance, weighted
     Szz /= mass[:, None, None]
+    zbar = z_sum / mass[:, None]  # (K, Lz)
     Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
 
-    # One GEMM for all first-order cross moments with x.
-    G = (Xc.T @ rz2).reshape(D, 1 + Lz, K)
-    xbar = (G[:, 0, :] / mass).T  # (K, D)
-    Mxz = G[:, 1:, :].transpose(2, 0, 1) / mass[:, None, None]
+    # One (n, D)' x (n, (L1 + Lw) K) product gives all first-order cross moments with x.
+    G = data.sample_sums(rz.reshape((L1 + Lw) * K, n), Xc).reshape(L1 + Lw, K, D)
+    xbar = G[L] / mass[:, None]  # (K, D)
+    Mxz = np.concatenate([G[:L], G[L1:]]).transpose(1, 2, 0) / mass[:, None, None]
     Mxz -= xbar[:, :, None] * zbar[:, None, :]
 
     # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
@@ -315,24 +433,22 @@ def m_step(Xc, sq, y, resp, latent_mean, latent_cov, covariance_type,
     b = xbar - np.einsum("kdl,kl->kd", A_full, zbar)
     explained = np.einsum("kdl,kdl->kd", A_full, Mxz)  # diag(A Mzx) per component
 
-    gamma = Mzz[:, :L, :L].copy()
-    gamma = _finalize_gamma(gamma, pis, target_covariance_type, reg_covar)
+    gamma = _finalize_gamma(Mzz[:, :L, :L].copy(), pis, target_covariance_type, reg_covar)
 
     if covariance_type in DIAG_FAMILY:
-        second = (resp.T @ sq) / mass[:, None]  # (K, D) or (K, 1)
-        if sq.shape[1] == 1:  # spherical types: only the trace is needed
+        second = moments[:, : data.n_sq] / mass[:, None]  # (K, D) or (K, 1)
+        if data.n_sq == 1:  # spherical types: only the trace is needed
             raw = (second[:, 0] - (xbar**2).sum(1) - explained.sum(1)) / D
-            raw_var = np.repeat(raw[:, None], D, axis=1)
+            raw = np.repeat(raw[:, None], D, axis=1)
         else:
-            raw_var = second - xbar**2 - explained
-        raw = raw_var
+            raw = second - xbar**2 - explained
     elif covariance_type == "full":
         raw = np.empty((K, D, D))
         for k in range(K):
-            Sxx = (Xc.T * resp[:, k]) @ Xc / mass[k]
+            Sxx = (Xc.T * resp[k]) @ Xc / mass[k]
             raw[k] = Sxx - np.outer(xbar[k], xbar[k]) - A_full[k] @ Mxz[k].T
     else:  # tied
-        raw = Xc.T @ Xc / n - np.einsum("k,kd,ke->de", pis, xbar, xbar)
+        raw = data.feature_gram - np.einsum("k,kd,ke->de", pis, xbar, xbar)
         raw -= np.einsum("k,kdl,kel->de", pis, A_full, Mxz)
         raw = raw[None]
     result = Params(
@@ -392,10 +508,10 @@ def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, 
     raw = raw.copy()
     # Each sample enters the PCA of its most responsible component only, which keeps the
     # initialisation at O(n D Lw) whatever K is; tiny components use their top samples.
-    owner = resp.argmax(axis=1)
+    owner = resp.argmax(axis=0)
     min_rows = max(2 * n_latent + 2, 10)
     for k in range(K):
-        r = resp[:, k]
+        r = resp[k]
         rows = np.flatnonzero(owner == k)
         if rows.size < min_rows:
             rows = np.argsort(r)[-min_rows:]
@@ -483,7 +599,7 @@ def forward_mixture(Xc, sq, fwd):
     t = H[:, :, 1 : 1 + Lw] - fwd.t0[None]
     hu = H[:, :, 1 + Lw :]
     u = hu - fwd.u0[None]
-    quad = fwd.noise.quad_features(Xc, sq, K) - 2.0 * H[:, :, 0]
+    quad = fwd.noise.quad_features(Xc, sq, K).T - 2.0 * H[:, :, 0]
     quad -= np.einsum("nkm,nkm->nk", np.einsum("nkl,klm->nkm", t, fwd.latent_cov), t)
     quad -= np.einsum("nkm,nkm->nk", np.einsum("nkl,klm->nkm", u, fwd.cov), u)
     # quad lacks the constant c*' Sigma^-1 c*, which sits in fwd.const.

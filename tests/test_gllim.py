@@ -469,6 +469,46 @@ def test_random_state_reproducible(init_params):
     assert np.isfinite(a.lower_bound_)
 
 
+@pytest.mark.parametrize("target_covariance_type", ["full", "diag", "spherical", "tied"])
+def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_covariance_type):
+    # The "kmeans" initialisation refines k-means labels by EM on a Gaussian mixture of y,
+    # run through GLLiM's own EM steps with no features. Run to convergence, it must land
+    # on the mixture scikit-learn's GaussianMixture finds from the same labels.
+    from sklearn.mixture import GaussianMixture
+
+    from gllim_sk import _gllim, _gllim_math
+
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [4.0, 1.0], [1.0, 5.0]])
+    y = np.concatenate([c + rng.normal(size=(150, 2)) * [1.0, 0.5] for c in centres])
+    labels = np.repeat(np.arange(3), 150)
+    reg = 1e-6
+    one_hot = np.eye(3)[labels]
+    means = one_hot.T @ y / one_hot.sum(0)[:, None]
+    covs = np.stack([np.cov(y[labels == k].T, bias=True) + reg * np.eye(2) for k in range(3)])
+    if target_covariance_type == "diag":
+        covs = covs * np.eye(2)
+    elif target_covariance_type == "spherical":
+        covs = np.trace(covs, axis1=1, axis2=2)[:, None, None] / 2 * np.eye(2)
+    elif target_covariance_type == "tied":
+        covs = np.broadcast_to(np.einsum("k,kij->ij", one_hot.mean(0), covs - reg * np.eye(2))
+                               + reg * np.eye(2), covs.shape)
+    precisions = np.linalg.inv(covs)
+    precisions = {"full": precisions, "diag": np.einsum("kii->ki", precisions),
+                  "spherical": precisions[:, 0, 0], "tied": precisions[0]}[target_covariance_type]
+    reference = GaussianMixture(
+        3, covariance_type=target_covariance_type, reg_covar=reg, tol=1e-12, max_iter=1000,
+        weights_init=one_hot.mean(0), means_init=means, precisions_init=precisions,
+    ).fit(y)
+
+    monkeypatch.setattr(_gllim, "GMM_INIT_MAX_ITER", 1000)
+    monkeypatch.setattr(_gllim, "GMM_INIT_TOL", 1e-12)
+    data = _gllim_math.prepare_data(np.empty((len(y), 0)), y, "diag")
+    estimator = GLLiMRegressor(3, target_covariance_type=target_covariance_type, reg_covar=reg)
+    resp = estimator._target_mixture_resp(data, np.ascontiguousarray(one_hot.T))
+    assert_allclose(resp.T, reference.predict_proba(y), atol=1e-5)
+
+
 def test_one_dimensional_target():
     X, y = _regression_data(L=1)
     y1 = y.ravel()
