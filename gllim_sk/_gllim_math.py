@@ -295,7 +295,8 @@ def e_step(data, params):
     log_joint = _matmul_transposed(data.quad_feats, weights.T)
     if not noise.is_diag:
         log_joint -= 0.5 * noise.quad_features(data.Xc, None, K)
-    log_joint += np.einsum("jkn,jn->kn", H[:L1], y1)
+    if D:
+        log_joint += np.einsum("jkn,jn->kn", H[:L1], y1)
 
     if Lw:
         # t = W' S^-1 (x - A y - b) = W' S^-1 x - (W' S^-1 [A, b]) y1: (Lw, K, n)
@@ -401,7 +402,8 @@ def m_step(data, resp, latent_mean, latent_cov, covariance_type, target_covarian
     # Augmented regressors z = [y, w]; rz[j, k, n] = r_nk [y_n, 1, E[w_n | k]]_j.
     Lz = L + Lw
     rz = np.empty((L1 + Lw, K, n))
-    np.multiply(y1[:, None, :], resp, out=rz[:L1])
+    if D:  # (a mixture of y alone needs no cross moments with x)
+        np.multiply(y1[:, None, :], resp, out=rz[:L1])
     # One product gives the second moments of the squared features and of y1 = [y, 1].
     moments = data.sample_sums(resp, data.quad_feats)
     y_moments = _unpack_pairs(moments[:, data.n_sq :], L1)  # sums of r y1 y1' (K, L1, L1)
@@ -423,7 +425,10 @@ def m_step(data, resp, latent_mean, latent_cov, covariance_type, target_covarian
     Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
 
     # One (n, D)' x (n, (L1 + Lw) K) product gives all first-order cross moments with x.
-    G = data.sample_sums(rz.reshape((L1 + Lw) * K, n), Xc).reshape(L1 + Lw, K, D)
+    if D:
+        G = data.sample_sums(rz.reshape((L1 + Lw) * K, n), Xc).reshape(L1 + Lw, K, D)
+    else:
+        G = np.zeros((L1 + Lw, K, 0))
     xbar = G[L] / mass[:, None]  # (K, D)
     Mxz = np.concatenate([G[:L], G[L1:]]).transpose(1, 2, 0) / mass[:, None, None]
     Mxz -= xbar[:, :, None] * zbar[:, None, :]
@@ -545,7 +550,7 @@ class Forward:
     coef: np.ndarray  # (K, L, D) A*_k
     intercept: np.ndarray  # (K, L) b*_k (centred coordinates)
     cov: np.ndarray  # (K, L, L) Sigma*_k
-    gemm: np.ndarray  # (D, K * (1 + Lw + L)) stacked [Sigma^-1 c*, Sigma^-1 W, P]
+    gemm: np.ndarray  # (D, (1 + Lw + L) * K): [Sigma^-1 c*, Sigma^-1 W, P], component last
     const: np.ndarray  # (K,) log pi - (D log 2pi + log|Gamma*_k| + c*' Sigma^-1 c*) / 2
     t0: np.ndarray  # (K, Lw) W' Sigma^-1 c*
     u0: np.ndarray  # (K, L) P' c*
@@ -584,7 +589,7 @@ def forward_params(params):
     stack = np.concatenate([Sc[:, :, None], SW, P], axis=2)  # (K, D, 1 + Lw + L)
     return Forward(
         weights=params.weights, means_x=means_x, coef=coef, intercept=intercept, cov=cov,
-        gemm=np.ascontiguousarray(stack.transpose(1, 0, 2).reshape(D, -1)), const=const,
+        gemm=np.ascontiguousarray(stack.transpose(1, 2, 0).reshape(D, -1)), const=const,
         t0=np.einsum("kdl,kd->kl", SW, means_x), u0=np.einsum("kdl,kd->kl", P, means_x),
         latent_cov=latent_cov, noise=noise,
     )
@@ -592,18 +597,21 @@ def forward_params(params):
 
 def forward_mixture(Xc, sq, fwd):
     """Posterior component log-weights log nu_k(x) (n, K) and means A*_k x + b*_k (n, K, L)."""
-    n = Xc.shape[0]
+    n, D = Xc.shape
     K, L, _ = fwd.coef.shape
     Lw = fwd.t0.shape[1]
-    H = (Xc @ fwd.gemm).reshape(n, K, 1 + Lw + L)
-    t = H[:, :, 1 : 1 + Lw] - fwd.t0[None]
-    hu = H[:, :, 1 + Lw :]
-    u = hu - fwd.u0[None]
-    quad = fwd.noise.quad_features(Xc, sq, K).T - 2.0 * H[:, :, 0]
-    quad -= np.einsum("nkm,nkm->nk", np.einsum("nkl,klm->nkm", t, fwd.latent_cov), t)
-    quad -= np.einsum("nkm,nkm->nk", np.einsum("nkl,klm->nkm", u, fwd.cov), u)
+    # Component-by-sample layout, as in the E-step: H[j, k, n].
+    H = _matmul_transposed(Xc, fwd.gemm).reshape(1 + Lw + L, K, n)
+    t = H[1 : 1 + Lw] - fwd.t0.T[:, :, None]
+    hu = H[1 + Lw :]
+    u = hu - fwd.u0.T[:, :, None]
+    quad = fwd.noise.quad_features(Xc, sq, K)
+    quad -= 2.0 * H[0]
+    if Lw:
+        quad -= np.einsum("lkn,lkn->kn", t, np.einsum("klm,mkn->lkn", fwd.latent_cov, t))
+    quad -= np.einsum("lkn,lkn->kn", u, np.einsum("klm,mkn->lkn", fwd.cov, u))
     # quad lacks the constant c*' Sigma^-1 c*, which sits in fwd.const.
-    log_nu = fwd.const[None, :] - 0.5 * quad
-    log_nu -= logsumexp(log_nu, axis=1, keepdims=True)
-    means = np.einsum("klm,nkm->nkl", fwd.cov, hu) + fwd.intercept[None]
-    return log_nu, means
+    log_nu = fwd.const[:, None] - 0.5 * quad
+    log_nu -= logsumexp(log_nu, axis=0, keepdims=True)
+    means = np.einsum("klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
+    return log_nu.T, means.transpose(2, 1, 0)
