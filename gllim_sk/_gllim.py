@@ -41,6 +41,29 @@ def _blas_threads(limit):
     return _threadpool_controller.limit(limits=limit)
 
 
+def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_iter, tol):
+    """EM on a Gaussian mixture of the targets alone, from responsibilities ``resp`` (K, n).
+
+    The mixture of y is GLLiM without features, so the same EM steps run it. Stops when
+    the mean log-likelihood gains less than ``tol``; returns the last E-step's (K, n)
+    responsibilities.
+    """
+    y_only = gm.prepare_data(np.empty((y.shape[0], 0)), y - y.mean(axis=0), "diag")
+    no_latent = np.zeros((0,) + resp.shape)
+    previous = -np.inf
+    for _ in range(max_iter):
+        params = gm.m_step(
+            y_only, resp, no_latent, np.zeros((resp.shape[0], 0, 0)), "diag",
+            target_covariance_type, reg_covar,
+        )
+        log_prob, resp, _, _ = gm.e_step(y_only, params)
+        current = float(log_prob.mean())
+        if abs(current - previous) < tol:
+            break
+        previous = current
+    return resp
+
+
 class GLLiMRegressor(RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
@@ -346,24 +369,11 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         return resp
 
     def _target_mixture_resp(self, data, resp):
-        """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init).
-
-        The mixture of y is GLLiM without features, so the same EM steps run it.
-        """
-        y_only = gm.prepare_data(np.empty((data.Xc.shape[0], 0)), data.y, "diag")
-        no_latent = np.zeros((0,) + resp.shape)
-        previous = -np.inf
-        for _ in range(GMM_INIT_MAX_ITER):
-            params = gm.m_step(
-                y_only, resp, no_latent, np.zeros((resp.shape[0], 0, 0)), "diag",
-                self.target_covariance_type, max(self.reg_covar, 1e-6),
-            )
-            log_prob, resp, _, _ = gm.e_step(y_only, params)
-            current = float(log_prob.mean())
-            if abs(current - previous) < GMM_INIT_TOL:
-                break
-            previous = current
-        return resp
+        """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init)."""
+        return refine_by_target_mixture(
+            data.y, resp, self.target_covariance_type, max(self.reg_covar, 1e-6),
+            GMM_INIT_MAX_ITER, GMM_INIT_TOL,
+        )
 
     def _initial_params(self, data, resp, random_state, var_floor):
         no_latent = np.zeros((0,) + resp.shape)
