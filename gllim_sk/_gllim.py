@@ -41,6 +41,18 @@ def _blas_threads(limit):
     return _threadpool_controller.limit(limits=limit)
 
 
+def kmeans_responsibilities(points, n_clusters, random_state):
+    """One-hot (n_clusters, n) responsibilities from one k-means run on ``points``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = KMeans(n_clusters=n_clusters, n_init=1, random_state=random_state).fit(
+            points
+        ).labels_
+    resp = np.zeros((n_clusters, len(points)))
+    resp[labels, np.arange(len(points))] = 1.0
+    return resp
+
+
 def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_iter, tol):
     """EM on a Gaussian mixture of the targets alone, from responsibilities ``resp`` (K, n).
 
@@ -357,13 +369,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             points = np.hstack([data.y, data.Xc])
             scale = points.std(axis=0)
             points = points / np.where(scale > 0, scale, 1.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = KMeans(n_clusters=K, n_init=1, random_state=random_state).fit(
-                points
-            ).labels_
-        resp = np.zeros((K, n))
-        resp[labels, np.arange(n)] = 1.0
+        resp = kmeans_responsibilities(points, K, random_state)
         if self.init_params == "kmeans":
             resp = self._target_mixture_resp(data, resp)
         return resp

@@ -17,7 +17,6 @@ from sklearn.base import (
     TransformerMixin,
     _fit_context,
 )
-from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils import check_random_state
@@ -977,15 +976,14 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     def _initial_resp(self, y, seed):
         if self.n_components == 1:
             return np.ones((len(y), 1))
-        from .._gllim import refine_by_target_mixture
+        from .._gllim import kmeans_responsibilities, refine_by_target_mixture
 
         # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init).
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-        labels = KMeans(self.n_components, n_init=1, random_state=seed).fit(y).labels_
-        one_hot = np.zeros((self.n_components, len(y)))
-        one_hot[labels, np.arange(len(y))] = 1.0
-        resp = refine_by_target_mixture(y, one_hot, self.target_covariance_type, 1e-6,
-                                         max_iter=100, tol=1e-3)
+        resp = refine_by_target_mixture(
+            y, kmeans_responsibilities(y, self.n_components, seed),
+            self.target_covariance_type, 1e-6, max_iter=100, tol=1e-3,
+        )
         return np.ascontiguousarray(resp.T)
 
     def _finetune_resp(self, gllim, X, y, frozen_resp, rng):
