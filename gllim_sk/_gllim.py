@@ -1,6 +1,9 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from numbers import Integral, Real
 from time import time
 
@@ -21,8 +24,10 @@ _NOISE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherica
 _TARGET_TYPES = ("full", "diag", "spherical", "tied")
 # Smallest noise variance of the latent model, relative to the feature's variance.
 LATENT_NOISE_FLOOR = 1e-5
-# Below this n * D * K * (L + 2 + Lw), EM runs on a single BLAS/OpenMP thread.
+# EM's threading by the size n * D * K * (L + 2 + Lw) (see _em_parallelism).
 SMALL_PROBLEM_WORK = 8e6
+CHUNKED_PROBLEM_WORK = float(os.environ.get("GLLIM_CHUNKED_WORK", 1e12))
+MIN_CHUNK_SAMPLES = 500
 # EM iterations of the Gaussian mixture on y that refines k-means at initialisation: the
 # GLLiM EM that follows refines the responsibilities anyway.
 GMM_INIT_MAX_ITER = 20
@@ -30,15 +35,39 @@ GMM_INIT_TOL = 1e-3
 _threadpool_controller = None
 
 
-def _blas_threads(limit):
-    """Context manager limiting BLAS/OpenMP threads (``None``: no limit).
-
-    One controller is kept: scanning the loaded libraries costs milliseconds per fit.
-    """
+def _controller():
+    """One ThreadpoolController, kept: scanning the loaded libraries costs milliseconds."""
     global _threadpool_controller
     if _threadpool_controller is None:
         _threadpool_controller = ThreadpoolController()
-    return _threadpool_controller.limit(limits=limit)
+    return _threadpool_controller
+
+
+def _blas_threads(limit):
+    """Context manager limiting BLAS/OpenMP threads (``None``: no limit)."""
+    return _controller().limit(limits=limit)
+
+
+def _em_parallelism(n_samples, work):
+    """How EM runs: (number of sample chunks run in parallel threads, BLAS thread limit).
+
+    Small problems run on one thread: thread hand-offs cost more than the products.
+    Middle-sized ones split the samples into chunks, one Python thread and one BLAS thread
+    each; this keeps every core busy through the array arithmetic between products too,
+    and does not depend on how well BLAS splits short products. Large products are left
+    to BLAS's own threads. The threads are those BLAS may use (threadpoolctl limits and
+    ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` are honoured).
+    """
+    if work < SMALL_PROBLEM_WORK:
+        return 1, 1
+    n_threads = max(
+        (lib.num_threads for lib in _controller().select(user_api="blas").lib_controllers),
+        default=1,
+    )
+    n_chunks = min(n_threads, n_samples // MIN_CHUNK_SAMPLES)
+    if n_chunks < 2 or work > CHUNKED_PROBLEM_WORK:
+        return 1, None
+    return n_chunks, 1
 
 
 def kmeans_responsibilities(points, n_clusters, random_state):
@@ -435,12 +464,13 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         # well conditioned.
         var_floor = LATENT_NOISE_FLOOR * Xc.var(axis=0) if self.n_latent > 0 else None
 
-        # Small problems run faster on one BLAS/OpenMP thread: thread start-up and
-        # spin-waiting cost more than the products themselves.
         work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        single_threaded = work < SMALL_PROBLEM_WORK
-        data.single_threaded = single_threaded
-        with _blas_threads(1 if single_threaded else None):
+        n_chunks, blas_limit = _em_parallelism(X.shape[0], work)
+        data.single_threaded = blas_limit == 1
+        chunks = data.split(n_chunks)
+        feature_gram = data.feature_gram if self.covariance_type == "tied" else None
+        threads = ThreadPoolExecutor(n_chunks - 1) if n_chunks > 1 else nullcontext()
+        with _blas_threads(blas_limit), threads as pool:
             best = None
             for init in range(n_init):
                 self._print(1, f"Initialization {init}")
@@ -452,17 +482,19 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                     with _blas_threads(1):
                         resp = self._initial_resp(data, random_state)
                     params = self._initial_params(data, resp, random_state, var_floor)
-                log_prob, resp, w_mean, w_cov = gm.e_step(data, params)
-                bounds = [float(log_prob.mean())]
+                state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
+                                             with_stats=self.max_iter > 1)
+                bounds = [state.mean_log_prob]
                 converged = False
                 n_iter = 1
                 for n_iter in range(2, self.max_iter + 1):
-                    params = gm.m_step(
-                        data, resp, w_mean, w_cov, self.covariance_type,
-                        self.target_covariance_type, self.reg_covar, var_floor=var_floor,
+                    params = gm.m_step_from_state(
+                        chunks, state, self.covariance_type, self.target_covariance_type,
+                        self.reg_covar, feature_gram=feature_gram, var_floor=var_floor,
                     )
-                    log_prob, resp, w_mean, w_cov = gm.e_step(data, params)
-                    bounds.append(float(log_prob.mean()))
+                    state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
+                                                 with_stats=n_iter < self.max_iter)
+                    bounds.append(state.mean_log_prob)
                     change = bounds[-1] - bounds[-2]
                     if n_iter % self.verbose_interval == 0:
                         self._print(
@@ -519,8 +551,8 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             "spherical": g[:, 0, 0].copy(),
             "tied": g[0].copy(),
         }[self.target_covariance_type]
-        self.inverse_coef_ = params.A
-        self.latent_coef_ = params.W
+        self.inverse_coef_ = np.ascontiguousarray(params.A)
+        self.latent_coef_ = np.ascontiguousarray(params.W)
         self.inverse_intercept_ = params.b + offset - params.A @ y_offset
         noise = params.noise
         self.noise_covariances_ = {

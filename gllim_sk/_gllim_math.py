@@ -160,6 +160,20 @@ class Data:
             self._feature_gram = self.Xc.T @ self.Xc / self.Xc.shape[0]
         return self._feature_gram
 
+    def split(self, n_chunks):
+        """The samples in ``n_chunks`` consecutive chunks (views where possible).
+
+        The chunks are for EM on one BLAS thread each: they use its product orientation.
+        """
+        if n_chunks == 1:
+            return [self]
+        bounds = np.linspace(0, self.Xc.shape[0], n_chunks + 1).round().astype(int)
+        return [
+            Data(Xc=self.Xc[a:b], y=self.y[a:b], y1=np.ascontiguousarray(self.y1[:, a:b]),
+                 quad_feats=self.quad_feats[a:b], n_sq=self.n_sq, single_threaded=True)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+
 
 @lru_cache
 def _triu(L1):
@@ -246,33 +260,34 @@ def _solved_stack(noise, M):
     return np.stack([noise.solve(k, M[k]) for k in range(M.shape[0])])
 
 
-def e_step(data, params):
-    """Exact E-step of (hybrid) GLLiM.
+@dataclass
+class EStepPlan:
+    """The parameter side of an E-step: computed once, shared by every chunk of samples."""
 
-    Arrays indexed by component and sample keep the sample axis last, so that the
-    per-sample arithmetic runs over long contiguous rows.
+    cross: np.ndarray | None  # (D, m K), columns Sigma_k^-1 [A_k, b_k, W_k], component last
+    quad_weights: np.ndarray  # (K, Dq + P) weights of the squared features and y1 pairs
+    noise: Noise  # for x' Sigma_k^-1 x of the full family
+    latent_cov: np.ndarray  # (K, Lw, Lw) Cov[w | x, y, Z = k]
+    latent_cross: np.ndarray  # (Lw K, L1) W_k' Sigma_k^-1 [A_k, b_k], latent index first
 
-    Returns
-    -------
-    log_prob : (n,) log p(x_n, y_n)
-    resp : (K, n) p(Z_n = k | x_n, y_n)
-    latent_mean : (Lw, K, n) E[w_n | x_n, y_n, Z_n = k]
-    latent_cov : (K, Lw, Lw) Cov[w | x, y, Z = k]
-    """
-    y1 = data.y1
-    L1, n = y1.shape
+
+def plan_e_step(params, n_sq):
+    """The :class:`EStepPlan` of ``params`` for data with ``n_sq`` squared-feature columns."""
     K, D, Lw = params.W.shape
+    L1 = params.c.shape[1] + 1
     m = L1 + Lw
     noise = params.noise
-    # B_k = [A_k, b_k, W_k]; one (m K, D) x (D, n) product gives B_k' Sigma_k^-1 x_n.
-    B = np.concatenate([params.A, params.b[:, :, None], params.W], axis=2)
-    SB = _solved_stack(noise, B)
-    gram = np.swapaxes(B, 1, 2) @ SB  # (K, m, m)
-    if D:
-        H = _matmul_transposed(data.Xc, SB.transpose(1, 2, 0).reshape(D, m * K))
-        H = H.reshape(m, K, n)
-    else:  # a mixture of y alone
-        H = np.zeros((m, K, n))
+    # B_k = [A_k, b_k, W_k], held transposed (K, m, D); one (n, D) x (D, m K) product
+    # gives B_k' Sigma_k^-1 x_n.
+    Bt = np.concatenate(
+        [np.swapaxes(params.A, 1, 2), params.b[:, None, :], np.swapaxes(params.W, 1, 2)], axis=1
+    )
+    if noise.is_diag:
+        SBt = Bt / noise.var[:, None, :]
+    else:
+        SBt = np.swapaxes(_solved_stack(noise, np.swapaxes(Bt, 1, 2)), 1, 2)
+    gram = Bt @ np.swapaxes(SBt, 1, 2)  # (K, m, m)
+    cross = SBt.transpose(2, 1, 0).reshape(D, m * K) if D else None
     # log p(x, y, Z = k) = const_k - (x' S^-1 x - 2 x' S^-1 [A, b] y1 + y1' M_k y1) / 2,
     # where M_k gathers every term quadratic in y: [A, b]' S^-1 [A, b] and the target
     # density's (y - c)' G^-1 (y - c). All but the cross term come from one product with
@@ -286,27 +301,44 @@ def e_step(data, params):
             np.eye(Lw)[None] + gram[:, L1:, L1:]
         )
         logdet += neg_logdet_s
+    else:
+        latent_cov = np.zeros((K, 0, 0))
     with np.errstate(divide="ignore"):
         const = np.log(params.weights) - 0.5 * ((D + L1 - 1) * LOG_2PI + logdet)
     weights = -0.5 * _pair_weights(M)
     weights[:, -1] += const
     if noise.is_diag:
-        weights = np.concatenate([-0.5 / noise.var[:, : data.n_sq], weights], axis=1)
-    log_joint = _matmul_transposed(data.quad_feats, weights.T)
-    if not noise.is_diag:
-        log_joint -= 0.5 * noise.quad_features(data.Xc, None, K)
-    if D:
-        log_joint += np.einsum("jkn,jn->kn", H[:L1], y1)
+        weights = np.concatenate([-0.5 / noise.var[:, :n_sq], weights], axis=1)
+    latent_cross = gram[:, L1:, :L1].transpose(1, 0, 2).reshape(Lw * K, L1)
+    return EStepPlan(cross=cross, quad_weights=weights, noise=noise, latent_cov=latent_cov,
+                     latent_cross=latent_cross)
 
+
+def e_step_chunk(data, plan):
+    """E-step on the samples of ``data`` with a precomputed :class:`EStepPlan`.
+
+    Returns ``log_prob`` (n,), ``resp`` (K, n) and ``latent_mean`` (Lw, K, n), as
+    :func:`e_step` does.
+    """
+    y1 = data.y1
+    L1, n = y1.shape
+    K = plan.quad_weights.shape[0]
+    Lw = plan.latent_cov.shape[1]
+    log_joint = _matmul_transposed(data.quad_feats, plan.quad_weights.T)
+    if not plan.noise.is_diag:
+        log_joint -= 0.5 * plan.noise.quad_features(data.Xc, None, K)
+    if plan.cross is not None:
+        H = _matmul_transposed(data.Xc, plan.cross).reshape(L1 + Lw, K, n)
+        log_joint += np.einsum("jkn,jn->kn", H[:L1], y1)
     if Lw:
         # t = W' S^-1 (x - A y - b) = W' S^-1 x - (W' S^-1 [A, b]) y1: (Lw, K, n)
-        w_cross = np.ascontiguousarray(gram[:, L1:, :L1].transpose(1, 0, 2))
-        t = H[L1:] - (w_cross.reshape(Lw * K, L1) @ y1).reshape(Lw, K, n)
-        latent_mean = np.einsum("klm,mkn->lkn", latent_cov, t)
+        t = -(plan.latent_cross @ y1).reshape(Lw, K, n)
+        if plan.cross is not None:
+            t += H[L1:]
+        latent_mean = np.einsum("klm,mkn->lkn", plan.latent_cov, t)
         log_joint += 0.5 * np.einsum("lkn,lkn->kn", t, latent_mean)
     else:
         latent_mean = np.zeros((0, K, n))
-        latent_cov = np.zeros((K, 0, 0))
 
     top = log_joint.max(axis=0)
     top[~np.isfinite(top)] = 0.0
@@ -316,7 +348,24 @@ def e_step(data, params):
     resp = np.exp(log_joint, out=log_joint)
     total = resp.sum(axis=0)
     resp *= 1.0 / total
-    return np.log(total) + top, resp, latent_mean, latent_cov
+    return np.log(total) + top, resp, latent_mean
+
+
+def e_step(data, params):
+    """Exact E-step of (hybrid) GLLiM.
+
+    Arrays indexed by component and sample keep the sample axis last, so that the
+    per-sample arithmetic runs over long contiguous rows.
+
+    Returns
+    -------
+    log_prob : (n,) log p(x_n, y_n)
+    resp : (K, n) p(Z_n = k | x_n, y_n)
+    latent_mean : (Lw, K, n) E[w_n | x_n, y_n, Z_n = k]
+    latent_cov : (K, Lw, Lw) Cov[w | x, y, Z = k]
+    """
+    plan = plan_e_step(params, data.n_sq)
+    return (*e_step_chunk(data, plan), plan.latent_cov)
 
 
 def _finalize_gamma(gamma_k, pis, target_covariance_type, reg):
@@ -363,18 +412,168 @@ def _cholesky_with_floor(S, reg, eig_floor=None):
         return np.linalg.cholesky((vecs * vals) @ vecs.T)
 
 
-def _solve_moments(Mxz, Mzz):
-    """Mxz @ Mzz^+ per component: Cholesky when well conditioned, else pseudo-inverse."""
+def _solve_moments(Mzz, Mzx):
+    """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
     try:
         chol = np.linalg.cholesky(Mzz)
         pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
         scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
         if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
             inv_chol = np.linalg.inv(chol)
-            return Mxz @ (np.swapaxes(inv_chol, 1, 2) @ inv_chol)
+            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol) @ Mzx
     except np.linalg.LinAlgError:
         pass
-    return Mxz @ np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True)
+    return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
+
+
+@dataclass
+class SufficientStats:
+    """Responsibility-weighted sums over samples: all that an M-step needs of the data.
+
+    Sums over disjoint chunks of samples add up (``+``) to the sums over all of them.
+    """
+
+    mass: np.ndarray  # (K,) sums of r
+    moments: np.ndarray  # (K, Dq + P) sums of r [squared features, y1 pairs]
+    cross: np.ndarray  # (L1 + Lw, K, D) sums of r [y1, E w] x'
+    latent_sum: np.ndarray  # (K, Lw) sums of r E[w]
+    latent_y: np.ndarray  # (K, L, Lw) sums of r y E[w]'
+    latent_second: np.ndarray  # (K, Lw, Lw) sums of r E[w] E[w]'
+    feature_second: np.ndarray | None  # (K, D, D) sums of r x x' ("full" noise only)
+
+    def __add__(self, other):
+        return SufficientStats(**{
+            name: None if value is None else value + getattr(other, name)
+            for name, value in vars(self).items()
+        })
+
+
+def sufficient_stats(data, resp, latent_mean, covariance_type):
+    """The :class:`SufficientStats` of responsibilities ``resp`` (K, n) on ``data``."""
+    Xc, y1 = data.Xc, data.y1
+    n, D = Xc.shape
+    L1 = y1.shape[0]
+    K = resp.shape[0]
+    Lw = latent_mean.shape[0]
+    # One product gives the second moments of the squared features and of y1 = [y, 1].
+    moments = data.sample_sums(resp, data.quad_feats)
+    # rz[j, k, n] = r_nk [y1_n, E[w_n | k]]_j; one (m K, n) x (n, D) product gives all
+    # first-order cross moments with x (a mixture of y alone, D = 0, needs none).
+    rz = np.empty((L1 + Lw, K, n))
+    if D:
+        np.multiply(y1[:, None, :], resp, out=rz[:L1])
+    if Lw:
+        ryw = rz[L1:]
+        np.multiply(latent_mean, resp, out=ryw)
+        latent_sum = ryw.sum(axis=2).T
+        latent_y = (y1[:-1] @ ryw.reshape(Lw * K, n).T).reshape(L1 - 1, Lw, K)
+        latent_y = latent_y.transpose(2, 0, 1)
+        latent_second = np.matmul(ryw.transpose(1, 0, 2), latent_mean.transpose(1, 2, 0))
+    else:
+        latent_sum, latent_y, latent_second = (
+            np.zeros((K, 0)), np.zeros((K, L1 - 1, 0)), np.zeros((K, 0, 0))
+        )
+    if D:
+        cross = data.sample_sums(rz.reshape((L1 + Lw) * K, n), Xc).reshape(L1 + Lw, K, D)
+    else:
+        cross = np.zeros((L1 + Lw, K, 0))
+    feature_second = None
+    if covariance_type == "full":
+        feature_second = np.stack([(Xc.T * resp[k]) @ Xc for k in range(K)])
+    return SufficientStats(
+        mass=resp.sum(axis=1), moments=moments, cross=cross, latent_sum=latent_sum,
+        latent_y=latent_y, latent_second=latent_second, feature_second=feature_second,
+    )
+
+
+def m_step_from_stats(stats, latent_cov, n_samples, covariance_type, target_covariance_type,
+                      reg_covar, *, weight_mass=None, feature_gram=None, var_floor=None,
+                      return_raw=False):
+    """M-step of (hybrid) GLLiM from :class:`SufficientStats`.
+
+    ``weight_mass`` (K,), the total responsibilities that set the mixture weights,
+    defaults to ``stats.mass``; :func:`m_step` passes the real ones when it gave empty
+    components the moments of all samples. ``feature_gram`` (D, D), Xc' Xc / n, is needed
+    by the "tied" noise only.
+    """
+    mass = stats.mass
+    weight_mass = mass if weight_mass is None else weight_mass
+    K = mass.shape[0]
+    Lw = latent_cov.shape[1]
+    L1 = stats.cross.shape[0] - Lw
+    L = L1 - 1
+    n_sq = stats.moments.shape[1] - L1 * (L1 + 1) // 2
+    tiny = 10 * np.finfo(float).eps
+    pis = (weight_mass + tiny) / (n_samples + K * tiny)
+
+    # Moments of the augmented regressors z = [y, w].
+    y_moments = _unpack_pairs(stats.moments[:, n_sq:], L1)  # sums of r y1 y1' (K, L1, L1)
+    Lz = L + Lw
+    z_sum = np.empty((K, Lz))
+    z_sum[:, :L] = y_moments[:, :L, L]
+    z_sum[:, L:] = stats.latent_sum
+    Szz = np.empty((K, Lz, Lz))
+    Szz[:, :L, :L] = y_moments[:, :L, :L]
+    if Lw:
+        Szz[:, :L, L:] = stats.latent_y
+        Szz[:, L:, :L] = np.swapaxes(stats.latent_y, 1, 2)
+        # E[w w' | k] adds the posterior covariance to the outer product of the means.
+        Szz[:, L:, L:] = stats.latent_second + mass[:, None, None] * latent_cov
+    Szz /= mass[:, None, None]
+    zbar = z_sum / mass[:, None]  # (K, Lz)
+    Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
+
+    G = stats.cross
+    K, D = G.shape[1:]
+    xbar = G[L] / mass[:, None]  # (K, D)
+    # Cross-covariances of z and x, (K, Lz, D): feature axis last, contiguous.
+    Mzx = np.empty((K, Lz, D))
+    np.divide(G[:L].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, :L])
+    np.divide(G[L1:].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, L:])
+    Mzx -= zbar[:, :, None] * xbar[:, None, :]
+
+    # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
+    # The loadings come transposed, [A_k, W_k]' (K, Lz, D).
+    loadings_t = _solve_moments(Mzz, Mzx)
+    b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0]
+    explained = np.einsum("kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
+
+    gamma = _finalize_gamma(Mzz[:, :L, :L].copy(), pis, target_covariance_type, reg_covar)
+
+    if covariance_type in DIAG_FAMILY:
+        second = stats.moments[:, :n_sq] / mass[:, None]  # (K, D) or (K, 1)
+        if n_sq == 1:  # spherical types: only the trace is needed
+            D = xbar.shape[1]
+            raw = (second[:, 0] - (xbar**2).sum(1) - explained.sum(1)) / D
+            raw = np.repeat(raw[:, None], D, axis=1)
+        else:
+            raw = second - xbar**2 - explained
+    elif covariance_type == "full":
+        raw = stats.feature_second / mass[:, None, None]
+        raw -= xbar[:, :, None] * xbar[:, None, :]
+        raw -= np.swapaxes(loadings_t, 1, 2) @ Mzx
+    else:  # tied
+        raw = feature_gram - np.einsum("k,kd,ke->de", pis, xbar, xbar)
+        raw -= np.einsum("k,kld,kle->de", pis, loadings_t, Mzx)
+        raw = raw[None]
+    result = Params(
+        weights=pis / pis.sum(), c=zbar[:, :L].copy(), gamma=gamma,
+        A=np.swapaxes(loadings_t[:, :L], 1, 2), W=np.swapaxes(loadings_t[:, L:], 1, 2), b=b,
+        noise=None,
+    )
+    if return_raw:
+        return result, raw
+    result.noise = finalize_noise(raw, pis, covariance_type, reg_covar, var_floor)
+    return result
+
+
+def _with_empty_filled(resp, empty):
+    """``resp`` with the rows of empty components set to 1 (a copy when any is empty)."""
+    if not empty.any():
+        return resp
+    resp = resp.copy()
+    resp[empty] = 1.0
+    return resp
 
 
 def m_step(data, resp, latent_mean, latent_cov, covariance_type, target_covariance_type,
@@ -385,85 +584,15 @@ def m_step(data, resp, latent_mean, latent_cov, covariance_type, target_covarian
     Lw = 0. Components with vanishing total responsibility get the moments of all samples
     (and a negligible weight), which keeps every parameter finite and well conditioned.
     """
-    Xc, y1 = data.Xc, data.y1
-    n, D = Xc.shape
-    L1 = y1.shape[0]
-    L = L1 - 1
-    K = resp.shape[0]
-    Lw = latent_mean.shape[0]
     mass = resp.sum(axis=1)
-    pis = (mass + 10 * np.finfo(float).eps) / (n + 10 * K * np.finfo(float).eps)
-    empty = mass < EMPTY_COMPONENT_MASS
-    if empty.any():
-        resp = resp.copy()
-        resp[empty] = 1.0
-        mass = resp.sum(axis=1)
-
-    # Augmented regressors z = [y, w]; rz[j, k, n] = r_nk [y_n, 1, E[w_n | k]]_j.
-    Lz = L + Lw
-    rz = np.empty((L1 + Lw, K, n))
-    if D:  # (a mixture of y alone needs no cross moments with x)
-        np.multiply(y1[:, None, :], resp, out=rz[:L1])
-    # One product gives the second moments of the squared features and of y1 = [y, 1].
-    moments = data.sample_sums(resp, data.quad_feats)
-    y_moments = _unpack_pairs(moments[:, data.n_sq :], L1)  # sums of r y1 y1' (K, L1, L1)
-    z_sum = np.empty((K, Lz))
-    z_sum[:, :L] = y_moments[:, :L, L]
-    Szz = np.empty((K, Lz, Lz))
-    Szz[:, :L, :L] = y_moments[:, :L, :L]
-    if Lw:
-        ryw = rz[L1:]
-        np.multiply(latent_mean, resp, out=ryw)  # r_nk E[w_n | k]: (Lw, K, n)
-        z_sum[:, L:] = ryw.sum(axis=2).T
-        Syw = (y1[:L] @ ryw.reshape(Lw * K, n).T).reshape(L, Lw, K).transpose(2, 0, 1)
-        Szz[:, :L, L:] = Syw
-        Szz[:, L:, :L] = np.swapaxes(Syw, 1, 2)
-        Szz[:, L:, L:] = np.matmul(ryw.transpose(1, 0, 2), latent_mean.transpose(1, 2, 0))
-        Szz[:, L:, L:] += mass[:, None, None] * latent_cov  # posterior covariance, weighted
-    Szz /= mass[:, None, None]
-    zbar = z_sum / mass[:, None]  # (K, Lz)
-    Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
-
-    # One (n, D)' x (n, (L1 + Lw) K) product gives all first-order cross moments with x.
-    if D:
-        G = data.sample_sums(rz.reshape((L1 + Lw) * K, n), Xc).reshape(L1 + Lw, K, D)
-    else:
-        G = np.zeros((L1 + Lw, K, 0))
-    xbar = G[L] / mass[:, None]  # (K, D)
-    Mxz = np.concatenate([G[:L], G[L1:]]).transpose(1, 2, 0) / mass[:, None, None]
-    Mxz -= xbar[:, :, None] * zbar[:, None, :]
-
-    # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
-    A_full = _solve_moments(Mxz, Mzz)
-    b = xbar - np.einsum("kdl,kl->kd", A_full, zbar)
-    explained = np.einsum("kdl,kdl->kd", A_full, Mxz)  # diag(A Mzx) per component
-
-    gamma = _finalize_gamma(Mzz[:, :L, :L].copy(), pis, target_covariance_type, reg_covar)
-
-    if covariance_type in DIAG_FAMILY:
-        second = moments[:, : data.n_sq] / mass[:, None]  # (K, D) or (K, 1)
-        if data.n_sq == 1:  # spherical types: only the trace is needed
-            raw = (second[:, 0] - (xbar**2).sum(1) - explained.sum(1)) / D
-            raw = np.repeat(raw[:, None], D, axis=1)
-        else:
-            raw = second - xbar**2 - explained
-    elif covariance_type == "full":
-        raw = np.empty((K, D, D))
-        for k in range(K):
-            Sxx = (Xc.T * resp[k]) @ Xc / mass[k]
-            raw[k] = Sxx - np.outer(xbar[k], xbar[k]) - A_full[k] @ Mxz[k].T
-    else:  # tied
-        raw = data.feature_gram - np.einsum("k,kd,ke->de", pis, xbar, xbar)
-        raw -= np.einsum("k,kdl,kel->de", pis, A_full, Mxz)
-        raw = raw[None]
-    result = Params(
-        weights=pis / pis.sum(), c=zbar[:, :L].copy(), gamma=gamma, A=A_full[:, :, :L],
-        W=A_full[:, :, L:], b=b, noise=None,
+    resp = _with_empty_filled(resp, mass < EMPTY_COMPONENT_MASS)
+    stats = sufficient_stats(data, resp, latent_mean, covariance_type)
+    return m_step_from_stats(
+        stats, latent_cov, data.Xc.shape[0], covariance_type, target_covariance_type,
+        reg_covar, weight_mass=mass,
+        feature_gram=data.feature_gram if covariance_type == "tied" else None,
+        var_floor=var_floor, return_raw=return_raw,
     )
-    if return_raw:
-        return result, raw
-    result.noise = finalize_noise(raw, pis, covariance_type, reg_covar, var_floor)
-    return result
 
 
 def finalize_noise(raw, pis, covariance_type, reg_covar, var_floor=None):
@@ -615,3 +744,65 @@ def forward_mixture(Xc, sq, fwd):
     log_nu -= logsumexp(log_nu, axis=0, keepdims=True)
     means = np.einsum("klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
     return log_nu.T, means.transpose(2, 1, 0)
+
+
+@dataclass
+class EMState:
+    """An E-step over chunks of samples, with the sufficient statistics of the next M-step."""
+
+    mean_log_prob: float  # mean over all samples of log p(x_n, y_n)
+    resp: list  # per chunk, (K, n_chunk)
+    latent_mean: list  # per chunk, (Lw, K, n_chunk)
+    latent_cov: np.ndarray  # (K, Lw, Lw)
+    stats: SufficientStats | None  # summed over the chunks
+
+
+def e_step_with_stats(chunks, params, covariance_type, pool=None, with_stats=True):
+    """E-step over ``chunks`` of the samples, each chunk also summing its statistics.
+
+    With a thread ``pool``, the chunks but the first run on it while the calling thread
+    runs the first: products and array arithmetic release the GIL, so the chunks run in
+    parallel on one BLAS thread each. Fusing the E-step with the statistics of the next
+    M-step means one hand-off per EM iteration.
+    """
+    plan = plan_e_step(params, chunks[0].n_sq)
+
+    def run(chunk):
+        log_prob, resp, latent_mean = e_step_chunk(chunk, plan)
+        stats = (sufficient_stats(chunk, resp, latent_mean, covariance_type)
+                 if with_stats else None)
+        return float(log_prob.sum()), resp, latent_mean, stats
+
+    if pool is None or len(chunks) == 1:
+        results = [run(chunk) for chunk in chunks]
+    else:
+        futures = [pool.submit(run, chunk) for chunk in chunks[1:]]
+        results = [run(chunks[0])] + [future.result() for future in futures]
+    total, resp, latent_mean, stats = zip(*results, strict=True)
+    return EMState(
+        mean_log_prob=sum(total) / sum(r.shape[1] for r in resp), resp=list(resp),
+        latent_mean=list(latent_mean), latent_cov=plan.latent_cov,
+        stats=sum(stats[1:], stats[0]) if with_stats else None,
+    )
+
+
+def m_step_from_state(chunks, state, covariance_type, target_covariance_type, reg_covar, *,
+                      feature_gram=None, var_floor=None):
+    """The M-step after :func:`e_step_with_stats`; the same as :func:`m_step` on all samples."""
+    stats = state.stats
+    mass = stats.mass
+    empty = mass < EMPTY_COMPONENT_MASS
+    if empty.any():  # rare: recompute the statistics with the empty components filled
+        parts = [
+            sufficient_stats(chunk, _with_empty_filled(resp, empty), latent_mean,
+                             covariance_type)
+            for chunk, resp, latent_mean in zip(
+                chunks, state.resp, state.latent_mean, strict=True
+            )
+        ]
+        stats = sum(parts[1:], parts[0])
+    return m_step_from_stats(
+        stats, state.latent_cov, sum(r.shape[1] for r in state.resp), covariance_type,
+        target_covariance_type, reg_covar, weight_mass=mass, feature_gram=feature_gram,
+        var_floor=var_floor,
+    )
