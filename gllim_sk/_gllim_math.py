@@ -29,6 +29,8 @@ FULL_FAMILY = ("full", "tied")
 SPHERICAL_TYPES = ("spherical", "tied_spherical")
 # Components whose total responsibility falls below this many samples are "empty".
 EMPTY_COMPONENT_MASS = 1e-8
+# Added to every component's mass so that no mixture weight is exactly zero.
+_TINY_MASS = 10 * np.finfo(float).eps
 
 
 @dataclass
@@ -341,14 +343,17 @@ def e_step_chunk(data, plan):
         latent_mean = np.zeros((0, K, n))
 
     top = log_joint.max(axis=0)
-    top[~np.isfinite(top)] = 0.0
+    if not np.isfinite(top).all():
+        top[~np.isfinite(top)] = 0.0
     log_joint -= top
     # exp(-700) ~ 1e-304 is zero for the sums; clipping avoids libm's slow path.
     np.maximum(log_joint, -700.0, out=log_joint)
     resp = np.exp(log_joint, out=log_joint)
     total = resp.sum(axis=0)
-    resp *= 1.0 / total
-    return np.log(total) + top, resp, latent_mean
+    resp /= total
+    log_prob = np.log(total)
+    log_prob += top
+    return log_prob, resp, latent_mean
 
 
 def e_step(data, params):
@@ -377,7 +382,7 @@ def _finalize_gamma(gamma_k, pis, target_covariance_type, reg):
     elif target_covariance_type == "tied":
         gamma_k = np.broadcast_to(np.einsum("k,kij->ij", pis, gamma_k), (K, L, L)).copy()
     gamma_k = 0.5 * (gamma_k + np.swapaxes(gamma_k, 1, 2))
-    gamma_k += reg * np.eye(L)
+    gamma_k.reshape(K, L * L)[:, :: L + 1] += reg  # the diagonals
     return gamma_k
 
 
@@ -503,8 +508,7 @@ def m_step_from_stats(stats, latent_cov, n_samples, covariance_type, target_cova
     L1 = stats.cross.shape[0] - Lw
     L = L1 - 1
     n_sq = stats.moments.shape[1] - L1 * (L1 + 1) // 2
-    tiny = 10 * np.finfo(float).eps
-    pis = (weight_mass + tiny) / (n_samples + K * tiny)
+    pis = (weight_mass + _TINY_MASS) / (n_samples + K * _TINY_MASS)
 
     # Moments of the augmented regressors z = [y, w].
     y_moments = _unpack_pairs(stats.moments[:, n_sq:], L1)  # sums of r y1 y1' (K, L1, L1)
@@ -757,13 +761,27 @@ class EMState:
     stats: SufficientStats | None  # summed over the chunks
 
 
+def _map_chunks(func, items, pool):
+    """``[func(*item) for item in items]``, all items but the first on the thread ``pool``.
+
+    The calling thread runs the first item meanwhile: products and array arithmetic
+    release the GIL, so the chunks run in parallel, on one BLAS thread each.
+    """
+    if pool is None or len(items) == 1:
+        return [func(*item) for item in items]
+    futures = [pool.submit(func, *item) for item in items[1:]]
+    return [func(*items[0])] + [future.result() for future in futures]
+
+
+def _total(parts):
+    return sum(parts[1:], parts[0])
+
+
 def e_step_with_stats(chunks, params, covariance_type, pool=None, with_stats=True):
     """E-step over ``chunks`` of the samples, each chunk also summing its statistics.
 
-    With a thread ``pool``, the chunks but the first run on it while the calling thread
-    runs the first: products and array arithmetic release the GIL, so the chunks run in
-    parallel on one BLAS thread each. Fusing the E-step with the statistics of the next
-    M-step means one hand-off per EM iteration.
+    Fusing the E-step with the statistics of the next M-step means one hand-off to the
+    thread ``pool`` per EM iteration.
     """
     plan = plan_e_step(params, chunks[0].n_sq)
 
@@ -773,36 +791,47 @@ def e_step_with_stats(chunks, params, covariance_type, pool=None, with_stats=Tru
                  if with_stats else None)
         return float(log_prob.sum()), resp, latent_mean, stats
 
-    if pool is None or len(chunks) == 1:
-        results = [run(chunk) for chunk in chunks]
-    else:
-        futures = [pool.submit(run, chunk) for chunk in chunks[1:]]
-        results = [run(chunks[0])] + [future.result() for future in futures]
+    results = _map_chunks(run, [(chunk,) for chunk in chunks], pool)
     total, resp, latent_mean, stats = zip(*results, strict=True)
     return EMState(
         mean_log_prob=sum(total) / sum(r.shape[1] for r in resp), resp=list(resp),
         latent_mean=list(latent_mean), latent_cov=plan.latent_cov,
-        stats=sum(stats[1:], stats[0]) if with_stats else None,
+        stats=_total(stats) if with_stats else None,
     )
 
 
+def state_from_resp(chunks, resp, covariance_type, pool=None):
+    """An :class:`EMState` of given responsibilities ``resp`` (K, n), with no latent part.
+
+    Its ``mean_log_prob`` is NaN: no E-step made it.
+    """
+    K = resp.shape[0]
+    bounds = np.cumsum([0] + [chunk.Xc.shape[0] for chunk in chunks])
+    resps = [resp[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    no_latent = [np.zeros((0, K, r.shape[1])) for r in resps]
+    stats = _map_chunks(
+        lambda chunk, r, w: sufficient_stats(chunk, r, w, covariance_type),
+        list(zip(chunks, resps, no_latent, strict=True)), pool,
+    )
+    return EMState(mean_log_prob=np.nan, resp=resps, latent_mean=no_latent,
+                   latent_cov=np.zeros((K, 0, 0)), stats=_total(stats))
+
+
 def m_step_from_state(chunks, state, covariance_type, target_covariance_type, reg_covar, *,
-                      feature_gram=None, var_floor=None):
+                      pool=None, feature_gram=None, var_floor=None, return_raw=False):
     """The M-step after :func:`e_step_with_stats`; the same as :func:`m_step` on all samples."""
     stats = state.stats
     mass = stats.mass
     empty = mass < EMPTY_COMPONENT_MASS
     if empty.any():  # rare: recompute the statistics with the empty components filled
-        parts = [
-            sufficient_stats(chunk, _with_empty_filled(resp, empty), latent_mean,
-                             covariance_type)
-            for chunk, resp, latent_mean in zip(
-                chunks, state.resp, state.latent_mean, strict=True
-            )
-        ]
-        stats = sum(parts[1:], parts[0])
+        stats = _total(_map_chunks(
+            lambda chunk, r, w: sufficient_stats(
+                chunk, _with_empty_filled(r, empty), w, covariance_type
+            ),
+            list(zip(chunks, state.resp, state.latent_mean, strict=True)), pool,
+        ))
     return m_step_from_stats(
         stats, state.latent_cov, sum(r.shape[1] for r in state.resp), covariance_type,
         target_covariance_type, reg_covar, weight_mass=mass, feature_gram=feature_gram,
-        var_floor=var_floor,
+        var_floor=var_floor, return_raw=return_raw,
     )

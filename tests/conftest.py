@@ -252,3 +252,18 @@ def gllim_ref():
         condition_on_x=condition_on_x, m_step=m_step, random_params=random_params,
         sample=sample,
     )
+
+
+@pytest.fixture(params=["serial", "chunked"])
+def em_threading(request, monkeypatch):
+    """Run GLLiM's EM serially, or in three chunks of samples on parallel threads.
+
+    Which one a fit uses normally depends on its size and on the machine's cores; the
+    "chunked" case forces chunks (of unequal sizes, on a thread pool) at any size, so
+    that the exactness tests cover the parallel path on every machine.
+    """
+    if request.param == "chunked":
+        from gllim_sk import _gllim
+
+        monkeypatch.setattr(_gllim, "_em_parallelism", lambda n_samples, work: (3, 1))
+    return request.param

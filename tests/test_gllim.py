@@ -105,7 +105,8 @@ def test_lower_bound_is_mean_joint_log_likelihood(gllim_ref, covariance_type,
 
 @pytest.mark.parametrize("target_covariance_type", TARGET_COVARIANCE_TYPES)
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_first_m_step_from_resp_init(gllim_ref, covariance_type, target_covariance_type):
+def test_first_m_step_from_resp_init(gllim_ref, covariance_type, target_covariance_type,
+                                     em_threading):
     # max_iter=1: the parameters are the M-step of resp_init and lower_bounds_[0]
     # is their log-likelihood.
     X, y, _ = make_data(gllim_ref, seed=4, n_samples=120, n_features=5)
@@ -122,7 +123,8 @@ def test_first_m_step_from_resp_init(gllim_ref, covariance_type, target_covarian
 
 @pytest.mark.parametrize("target_covariance_type", ["full", "spherical", "tied"])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_em_iteration_matches_reference(gllim_ref, covariance_type, target_covariance_type):
+def test_em_iteration_matches_reference(gllim_ref, covariance_type, target_covariance_type,
+                                        em_threading):
     # Parameters after 4 iterations = reference M-step of the brute-force E-step
     # of the parameters after 3 iterations.
     X, y, _ = make_data(gllim_ref, seed=5, n_samples=150, n_features=5)
@@ -509,6 +511,24 @@ def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_c
     assert_allclose(resp.T, reference.predict_proba(y), atol=1e-5)
 
 
+def test_em_threads_follow_blas_limits():
+    # Middle-sized and large fits split the samples over the threads BLAS may use; a
+    # threadpoolctl limit of 1 (or too few samples, or a small problem) keeps EM serial.
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from gllim_sk import _gllim
+
+    big = 1e12
+    assert _gllim._em_parallelism(100_000, 1.0) == (1, 1)
+    assert _gllim._em_parallelism(10, big)[0] == 1
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert _gllim._em_parallelism(100_000, big) == (1, None)
+    with threadpool_limits(limits=2, user_api="blas"):
+        n_threads = max(lib["num_threads"] for lib in threadpool_info()
+                        if lib["user_api"] == "blas")
+        assert _gllim._em_parallelism(100_000, big) == ((2, 1) if n_threads >= 2 else (1, None))
+
+
 def test_one_dimensional_target():
     X, y = _regression_data(L=1)
     y1 = y.ravel()
@@ -673,7 +693,7 @@ def test_constant_target_is_handled(target_covariance_type):
     assert_allclose(mean[:, 1], 5.0, atol=1e-3)
 
 
-def test_component_that_empties_is_handled(gllim_ref):
+def test_component_that_empties_is_handled(gllim_ref, em_threading):
     # Component 2 starts with (almost) no responsibility: its weight underflows
     # during EM. Everything must stay finite.
     X, y, _ = make_data(gllim_ref, seed=14, n_samples=150, n_components=2)

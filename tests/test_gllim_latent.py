@@ -49,7 +49,7 @@ def test_em_log_likelihood_never_decreases(gllim_ref, n_latent, covariance_type,
 
 @pytest.mark.parametrize("n_latent", [1, 3])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_em_iteration_matches_reference(gllim_ref, covariance_type, n_latent):
+def test_em_iteration_matches_reference(gllim_ref, covariance_type, n_latent, em_threading):
     # Parameters after 4 iterations = exact EM step (reference) from those after 3.
     X, y, _ = hybrid_data(gllim_ref, seed=2, n_latent=n_latent)
     kwargs = dict(covariance_type=covariance_type, target_covariance_type="full",
