@@ -6,7 +6,7 @@ a
     Fit with n=2000, D=100, L=3, K=10, diagonal noise, exactly 100 EM
     iterations (``tol=0``), then predict 1000 points. Best of ``--repeat``
     runs (the fit's median is printed too: on a shared virtual machine the
-    two-thread speed of BLAS varies over minutes). Targets on the 2-core
+    speed of the second core varies over minutes). Targets on the 2-core
     development machine: fit < 120 ms, predict < 3 ms. With ``--xllim``, the
     C++ ``xllim`` package (PyPI) is timed on the same data and settings in the
     same run, if it is installed.

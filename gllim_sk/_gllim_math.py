@@ -538,7 +538,7 @@ def m_step_from_stats(stats, latent_cov, n_samples, covariance_type, target_cova
 
     # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
     # The loadings come transposed, [A_k, W_k]' (K, Lz, D).
-    loadings_t = _solve_moments(Mzz, Mzx)
+    loadings_t = _solve_moments(Mzz, Mzx) if D else np.zeros((K, Lz, 0))
     b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0]
     explained = np.einsum("kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
 
