@@ -418,13 +418,13 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             GMM_INIT_MAX_ITER, GMM_INIT_TOL,
         )
 
-    def _initial_params(self, data, chunks, resp, pool, random_state, var_floor):
+    def _initial_params(self, data, chunks, resp, pool, feature_gram, random_state,
+                        var_floor):
         """The first M-step, from the initial responsibilities ``resp`` (K, n)."""
         params, raw = gm.m_step_from_state(
             chunks, gm.state_from_resp(chunks, resp, self.covariance_type, pool),
             self.covariance_type, self.target_covariance_type, self.reg_covar, pool=pool,
-            feature_gram=data.feature_gram if self.covariance_type == "tied" else None,
-            return_raw=True,
+            feature_gram=feature_gram, return_raw=True,
         )
         if self.n_latent == 0:
             params.noise = gm.finalize_noise(
@@ -492,7 +492,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                     with _blas_threads(1):
                         resp = self._initial_resp(data, random_state)
                     params = self._initial_params(
-                        data, chunks, resp, pool, random_state, var_floor
+                        data, chunks, resp, pool, feature_gram, random_state, var_floor
                     )
                 state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
                                              with_stats=self.max_iter > 1)
