@@ -118,7 +118,8 @@ def test_mahalanobis_distances_match_dense(gllim_ref, covariance_type, n_latent)
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sample_weights_multiply_the_responsibilities(gllim_ref):
-    # A variant's per-(k, n) weights u enter every sum as r u, except resp_mass.
+    # A variant's per-(k, n) weights u enter every sum as r u, except resp_mass and the
+    # posterior covariance of w (u scales the posterior means only).
     model, X, y = fitted(gllim_ref, "diag", n_latent=1)
     gllim, block = centred_block(model, X, y)
     plan = gllim.plan(model._params, block.n_sq)
@@ -132,7 +133,7 @@ def test_sample_weights_multiply_the_responsibilities(gllim_ref):
     assert_allclose(got.cross[0], ru @ (block.y[:, :1] * block.Xc), rtol=1e-10)
     expected_second = np.einsum("kn,kn,kn->k", ru, estep.latent_mean[0], estep.latent_mean[0])
     assert_allclose(got.latent_second[:, 0, 0],
-                    expected_second + ru.sum(1) * plan.latent_cov[:, 0, 0], rtol=1e-10)
+                    expected_second + estep.resp.sum(1) * plan.latent_cov[:, 0, 0], rtol=1e-10)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
