@@ -2,7 +2,7 @@
 
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 from time import time
 
@@ -70,6 +70,13 @@ def _em_parallelism(n_samples, work):
     if n_chunks < 2 or work < CHUNKED_PROBLEM_WORK:
         return 1, None
     return n_chunks, 1
+
+
+def _variance_scale(values):
+    """Mean column variance of ``values``, the unit of the relative ``reg_covar`` (1 when
+    every column is constant)."""
+    scale = float(np.mean(np.var(values, axis=0))) if values.size else 0.0
+    return scale if np.isfinite(scale) and scale > 0 else 1.0
 
 
 def kmeans_responsibilities(points, n_clusters, random_state):
@@ -142,9 +149,16 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
     n_latent : int, default=0
         Number of latent factors Lw of the partially-latent model (0: plain GLLiM).
     reg_covar : float, default=1e-6
-        Added to the diagonal of every Sigma_k and Gamma_k after each M-step. It sets the
-        smallest variance the model can represent, so it is in the units of the data:
-        standardise features of very small scale.
+        Regularisation of the covariances, relative to the scale of the data: after each
+        M-step, ``reg_covar`` times the mean variance of the training features is added to
+        the diagonal of every Sigma_k, and ``reg_covar`` times the mean variance of the
+        training targets to the diagonal of every Gamma_k. Being relative, the floor
+        follows the units of X and y: rescaling either rescales the fit, and features of
+        tiny or huge scale need no standardisation (features whose scales differ by many
+        orders of magnitude still do, since the floor follows their mean variance). It
+        keeps the variances of components that fall on identical samples or constant
+        columns positive; ``reg_covar=0`` is refused when X or y has a constant column,
+        and a fit whose covariances become singular raises an error that says so.
     max_iter : int, default=100
         Number of EM iterations (M-step + E-step) per initialisation.
     tol : float, default=1e-3
@@ -164,7 +178,13 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation (k-means, GMM, random responsibilities, latent PCA).
     warm_start : bool, default=False
-        If True, ``fit`` starts from the previous solution (``n_init`` is then ignored).
+        If True, ``fit`` continues EM from the previous fit's parameters (with its
+        feature and target means as the centres), ignoring ``n_init``, ``init_params``
+        and ``resp_init``, as :class:`~sklearn.mixture.GaussianMixture` does. It does so
+        only when those parameters fit the new call: the same ``n_components``,
+        ``n_latent``, ``covariance_type``, ``target_covariance_type``, number of features
+        and number of targets (a 1-D y and a one-column y count as the same). When any of
+        these changed, ``fit`` starts afresh, exactly as with ``warm_start=False``.
     verbose : int, default=0
         1 prints initialisation and convergence messages; 2 also prints the log-likelihood
         every ``verbose_interval`` iterations with timings.
@@ -325,6 +345,10 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation
     def _validate_training_data(self, X, y):
+        if y is not None:
+            # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
+            check_array(y, accept_sparse=False, ensure_2d=False, dtype=None,
+                        ensure_all_finite=False, ensure_min_samples=0, input_name="y")
         X, y = validate_data(
             self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
             ensure_min_samples=2,
@@ -348,7 +372,56 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"n_components={self.n_components} must be <= n_samples={n}."
             )
+        if self.reg_covar == 0:
+            for name, values in (("X", X), ("y", y2)):
+                constant = np.flatnonzero(np.ptp(values, axis=0) == 0)
+                if constant.size:
+                    raise ValueError(
+                        f"{name} has constant column(s) {constant[:10].tolist()}: with "
+                        "reg_covar=0 their variance is zero and the likelihood infinite. "
+                        "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
+                    )
         return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
+
+    def _structure(self, n_features, n_targets):
+        """The settings that shape the parameters: a warm start needs all of them equal."""
+        return {
+            "n_components": self.n_components, "n_latent": self.n_latent,
+            "covariance_type": self.covariance_type,
+            "target_covariance_type": self.target_covariance_type,
+            "n_features": n_features, "n_targets": n_targets,
+        }
+
+    def _can_warm_start(self, n_features, n_targets):
+        """Whether ``fit`` continues from the previous parameters (see ``warm_start``)."""
+        return (
+            self.warm_start and hasattr(self, "_params")
+            and getattr(self, "_fitted_structure", None)
+            == self._structure(n_features, n_targets)
+        )
+
+    @contextmanager
+    def _singular_covariances_reported(self):
+        """Report singular covariances (reg_covar=0 on identical samples) by one clear
+        error instead of a cascade of RuntimeWarnings and a bare LinAlgError."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            try:
+                yield
+            except np.linalg.LinAlgError as error:
+                raise self._singular_error() from error
+
+    def _singular_error(self):
+        if self.reg_covar == 0:
+            return ValueError(
+                "EM reached a singular covariance: with reg_covar=0, a component whose "
+                "samples are identical, or share a value of a feature or target, has zero "
+                "variance. Set reg_covar > 0 (the default is 1e-6, relative to the data's "
+                "variance)."
+            )
+        return ValueError(
+            "EM reached a singular or non-finite covariance; the data may contain extreme "
+            "values or many identical samples. Standardise X and y, or increase reg_covar."
+        )
 
     def _check_resp_init(self, n_samples):
         if np.ndim(self.resp_init) != 2:
@@ -414,26 +487,28 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
     def _target_mixture_resp(self, data, resp):
         """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init)."""
         return refine_by_target_mixture(
-            data.y, resp, self.target_covariance_type, max(self.reg_covar, 1e-6),
-            GMM_INIT_MAX_ITER, GMM_INIT_TOL,
+            data.y, resp, self.target_covariance_type,
+            max(self.reg_covar, 1e-6) * _variance_scale(data.y), GMM_INIT_MAX_ITER,
+            GMM_INIT_TOL,
         )
 
     def _initial_params(self, data, chunks, resp, pool, feature_gram, random_state,
-                        var_floor):
+                        var_floor, regs):
         """The first M-step, from the initial responsibilities ``resp`` (K, n)."""
+        noise_reg, target_reg = regs
         params, raw = gm.m_step_from_state(
             chunks, gm.state_from_resp(chunks, resp, self.covariance_type, pool),
-            self.covariance_type, self.target_covariance_type, self.reg_covar, pool=pool,
-            feature_gram=feature_gram, return_raw=True,
+            self.covariance_type, self.target_covariance_type, noise_reg, pool=pool,
+            feature_gram=feature_gram, return_raw=True, target_reg_covar=target_reg,
         )
         if self.n_latent == 0:
             params.noise = gm.finalize_noise(
-                raw, params.weights, self.covariance_type, self.reg_covar
+                raw, params.weights, self.covariance_type, noise_reg
             )
             return params
         return gm.init_latent(
             data.Xc, data.y, resp, params, raw, self.n_latent, self.covariance_type,
-            self.reg_covar, random_state, var_floor,
+            noise_reg, random_state, var_floor,
         )
 
     def _print(self, level, message):
@@ -457,11 +532,11 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             The fitted estimator.
         """
         X, y = self._validate_training_data(X, y)
+        do_warm = self._can_warm_start(X.shape[1], y.shape[1])
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
-        do_warm = self.warm_start and hasattr(self, "_params")
-        if do_warm and self._params.A.shape[1] != X.shape[1]:
-            do_warm = False
+        # reg_covar is relative to the data's scale (see its documentation).
+        regs = (self.reg_covar * _variance_scale(X), self.reg_covar * _variance_scale(y))
         offset = self.feature_mean_ if do_warm else X.mean(axis=0)
         y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
         # Centring both variables keeps the expanded quadratic forms free of cancellation.
@@ -480,7 +555,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         chunks = data.split(n_chunks)
         feature_gram = data.feature_gram if self.covariance_type == "tied" else None
         threads = ThreadPoolExecutor(n_chunks - 1) if n_chunks > 1 else nullcontext()
-        with _blas_threads(blas_limit), threads as pool:
+        with _blas_threads(blas_limit), threads as pool, self._singular_covariances_reported():
             best = None
             for init in range(n_init):
                 self._print(1, f"Initialization {init}")
@@ -492,7 +567,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                     with _blas_threads(1):
                         resp = self._initial_resp(data, random_state)
                     params = self._initial_params(
-                        data, chunks, resp, pool, feature_gram, random_state, var_floor
+                        data, chunks, resp, pool, feature_gram, random_state, var_floor, regs
                     )
                 state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
                                              with_stats=self.max_iter > 1)
@@ -502,12 +577,14 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                 for n_iter in range(2, self.max_iter + 1):
                     params = gm.m_step_from_state(
                         chunks, state, self.covariance_type, self.target_covariance_type,
-                        self.reg_covar, pool=pool, feature_gram=feature_gram,
-                        var_floor=var_floor,
+                        regs[0], pool=pool, feature_gram=feature_gram,
+                        var_floor=var_floor, target_reg_covar=regs[1],
                     )
                     state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
                                                  with_stats=n_iter < self.max_iter)
                     bounds.append(state.mean_log_prob)
+                    if not np.isfinite(bounds[-1]):
+                        break
                     change = bounds[-1] - bounds[-2]
                     if n_iter % self.verbose_interval == 0:
                         self._print(
@@ -524,10 +601,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                     f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
                 )
                 if not np.isfinite(bounds[-1]):
-                    raise ValueError(
-                        "EM produced a non-finite log-likelihood; the data may contain extreme "
-                        "values. Standardise X and y, or increase reg_covar."
-                    )
+                    raise self._singular_error()
                 if best is None or bounds[-1] > best[0][-1]:
                     best = (bounds, params, n_iter, converged)
 
@@ -546,6 +620,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         self.feature_mean_ = offset
         self.target_mean_ = y_offset
         self._set_params_from(params)
+        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
     def _set_params_from(self, params):

@@ -419,6 +419,16 @@ def _cholesky_with_floor(S, reg, eig_floor=None):
 
 def _solve_moments(Mzz, Mzx):
     """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
+    # Mzz mixes the targets' units with the latent factors' unit variance: scaling it to
+    # unit diagonal keeps the conditioning test and the pseudo-inverse independent of
+    # the targets' scale (the solution is the same when Mzz is invertible).
+    diag = np.diagonal(Mzz, axis1=1, axis2=2)
+    unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
+    Mzz = Mzz * unit[:, :, None] * unit[:, None, :]
+    return unit[:, :, None] * _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
+
+
+def _solve_scaled_moments(Mzz, Mzx):
     try:
         chol = np.linalg.cholesky(Mzz)
         pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
@@ -493,8 +503,11 @@ def sufficient_stats(data, resp, latent_mean, covariance_type):
 
 def m_step_from_stats(stats, latent_cov, n_samples, covariance_type, target_covariance_type,
                       reg_covar, *, weight_mass=None, feature_gram=None, var_floor=None,
-                      return_raw=False):
+                      return_raw=False, target_reg_covar=None):
     """M-step of (hybrid) GLLiM from :class:`SufficientStats`.
+
+    ``reg_covar`` is added to the noise covariances, ``target_reg_covar`` (default:
+    ``reg_covar``) to the target covariances.
 
     ``weight_mass`` (K,), the total responsibilities that set the mixture weights,
     defaults to ``stats.mass``; :func:`m_step` passes the real ones when it gave empty
@@ -542,7 +555,8 @@ def m_step_from_stats(stats, latent_cov, n_samples, covariance_type, target_cova
     b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0]
     explained = np.einsum("kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
 
-    gamma = _finalize_gamma(Mzz[:, :L, :L].copy(), pis, target_covariance_type, reg_covar)
+    gamma = _finalize_gamma(Mzz[:, :L, :L].copy(), pis, target_covariance_type,
+                            reg_covar if target_reg_covar is None else target_reg_covar)
 
     if covariance_type in DIAG_FAMILY:
         second = stats.moments[:, :n_sq] / mass[:, None]  # (K, D) or (K, 1)
@@ -581,7 +595,7 @@ def _with_empty_filled(resp, empty):
 
 
 def m_step(data, resp, latent_mean, latent_cov, covariance_type, target_covariance_type,
-           reg_covar, *, var_floor=None, return_raw=False):
+           reg_covar, *, var_floor=None, return_raw=False, target_reg_covar=None):
     """M-step of (hybrid) GLLiM from responsibilities and latent posteriors.
 
     ``resp`` is (K, n); ``latent_mean`` (Lw, K, n) and ``latent_cov`` (K, Lw, Lw) may have
@@ -595,7 +609,7 @@ def m_step(data, resp, latent_mean, latent_cov, covariance_type, target_covarian
         stats, latent_cov, data.Xc.shape[0], covariance_type, target_covariance_type,
         reg_covar, weight_mass=mass,
         feature_gram=data.feature_gram if covariance_type == "tied" else None,
-        var_floor=var_floor, return_raw=return_raw,
+        var_floor=var_floor, return_raw=return_raw, target_reg_covar=target_reg_covar,
     )
 
 
@@ -818,7 +832,8 @@ def state_from_resp(chunks, resp, covariance_type, pool=None):
 
 
 def m_step_from_state(chunks, state, covariance_type, target_covariance_type, reg_covar, *,
-                      pool=None, feature_gram=None, var_floor=None, return_raw=False):
+                      pool=None, feature_gram=None, var_floor=None, return_raw=False,
+                      target_reg_covar=None):
     """The M-step after :func:`e_step_with_stats`; the same as :func:`m_step` on all samples."""
     stats = state.stats
     mass = stats.mass
@@ -833,5 +848,5 @@ def m_step_from_state(chunks, state, covariance_type, target_covariance_type, re
     return m_step_from_stats(
         stats, state.latent_cov, sum(r.shape[1] for r in state.resp), covariance_type,
         target_covariance_type, reg_covar, weight_mass=mass, feature_gram=feature_gram,
-        var_floor=var_floor, return_raw=return_raw,
+        var_floor=var_floor, return_raw=return_raw, target_reg_covar=target_reg_covar,
     )
