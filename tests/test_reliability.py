@@ -269,3 +269,34 @@ def test_atomic_write(tmp_path):
             raise RuntimeError("interrupted")
     assert path.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_one_image_without_batch_axis_is_named():
+    from gllim_sk._images import check_images
+    from gllim_sk.features import HOGPyramid
+
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"one \(height, width, channels\) image without a "
+                                         r"batch axis.*image\[None\]"):
+        check_images(image, min_size=8)
+    # Without a size floor the image was silently read as 32 grayscale 32x3 images.
+    with pytest.raises(ValueError, match="without a batch axis"):
+        HOGPyramid().fit(image)
+    hog = HOGPyramid().fit(image[None])
+    with pytest.raises(ValueError, match="without a batch axis"):
+        hog.transform(image)
+    assert check_images(np.zeros((5, 32, 32))).shape == (5, 32, 32, 1)  # grayscale batch
+
+
+def test_hog_parameters_changed_after_fit_are_reported():
+    from gllim_sk.features import HOGPyramid
+
+    images = np.zeros((2, 32, 32), dtype=np.uint8)
+    hog = HOGPyramid(scales=(32, 16)).fit(images)
+    hog.set_params(orientations=9)
+    with pytest.raises(ValueError, match="changed since fit.*Call fit again"):
+        hog.transform(images)
+    assert hog.fit(images).transform(images).shape == (2, hog.n_output_features_)
