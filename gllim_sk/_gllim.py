@@ -72,7 +72,7 @@ def _em_parallelism(n_samples, work):
     return n_chunks, 1
 
 
-def _variance_scale(values):
+def variance_scale(values):
     """Mean column variance of ``values``, the unit of the relative ``reg_covar`` (1 when
     every column is constant)."""
     scale = float(np.mean(np.var(values, axis=0))) if values.size else 0.0
@@ -488,7 +488,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init)."""
         return refine_by_target_mixture(
             data.y, resp, self.target_covariance_type,
-            max(self.reg_covar, 1e-6) * _variance_scale(data.y), GMM_INIT_MAX_ITER,
+            max(self.reg_covar, 1e-6) * variance_scale(data.y), GMM_INIT_MAX_ITER,
             GMM_INIT_TOL,
         )
 
@@ -536,7 +536,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
         # reg_covar is relative to the data's scale (see its documentation).
-        regs = (self.reg_covar * _variance_scale(X), self.reg_covar * _variance_scale(y))
+        regs = (self.reg_covar * variance_scale(X), self.reg_covar * variance_scale(y))
         offset = self.feature_mean_ if do_warm else X.mean(axis=0)
         y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
         # Centring both variables keeps the expanded quadratic forms free of cancellation.

@@ -227,3 +227,11 @@ def test_damaged_checkpoint_is_ignored_with_a_warning(blobs, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint.name]  # rewritten whole
     torch.load(checkpoint, weights_only=True)
     assert isinstance(DeepGLLiMRegressor().get_params()["embedding_dim"], type(None))
+
+
+def test_initial_responsibilities_do_not_depend_on_the_targets_units(blobs):
+    # The Gaussian mixture on y that starts the deep fit had an absolute variance floor.
+    y = blobs[1]
+    reg = tiny_gllim(n_components=3)
+    np.testing.assert_allclose(reg._initial_resp(y * 1e-8, 0), reg._initial_resp(y, 0),
+                               atol=1e-8)

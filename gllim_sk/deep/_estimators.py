@@ -837,7 +837,8 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     gllim_tol : float, default=1e-3
         EM tolerance per GLLiM fit.
     reg_covar : float, default=1e-6
-        Variance floor of the GLLiM layer.
+        Variance floor of the GLLiM layer, relative to the variance of the features and
+        targets (see :class:`~gllim_sk.GLLiMRegressor`).
     cache : "auto" or bool, default="auto"
         Cache the output of the frozen backbone stages ("auto": when the convolutional
         trunk is frozen).
@@ -999,7 +1000,9 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         linear, norm = self.network_.head
         # Eigenvectors scaled to unit output variance (whitening): the BatchNorm would
         # rescale them anyway, and small fc7 variances would otherwise drown in its eps.
-        scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+        variance = pca.explained_variance_
+        floor = max(1e-12 * float(variance.max(initial=0.0)), np.finfo(np.float64).tiny)
+        scale = np.sqrt(np.maximum(variance, floor))  # relative: fc7 may be of any scale
         components = torch.as_tensor(pca.components_ / scale[:, None], dtype=torch.float32)
         projected_mean = components @ torch.as_tensor(pca.mean_, dtype=torch.float32)
         with torch.no_grad():
@@ -1029,13 +1032,14 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     def _initial_resp(self, y, seed):
         if self.n_components == 1:
             return np.ones((len(y), 1))
-        from .._gllim import kmeans_responsibilities, refine_by_target_mixture
+        from .._gllim import kmeans_responsibilities, refine_by_target_mixture, variance_scale
 
-        # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init).
+        # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init);
+        # its variance floor follows the targets' units, as GLLiMRegressor's.
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         resp = refine_by_target_mixture(
             y, kmeans_responsibilities(y, self.n_components, seed),
-            self.target_covariance_type, 1e-6, max_iter=100, tol=1e-3,
+            self.target_covariance_type, 1e-6 * variance_scale(y), max_iter=100, tol=1e-3,
         )
         return np.ascontiguousarray(resp.T)
 
