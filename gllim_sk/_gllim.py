@@ -756,15 +756,16 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         resp = self.component_posterior(y=y)
         y = self._check_y(y)
         n, L = y.shape
-        K = self.n_components
+        K = self.weights_.shape[0]  # fitted, whatever set_params did since
         ry = (resp[:, :, None] * y[:, None, :]).reshape(n, K * L)
         A_stack = np.transpose(self.inverse_coef_, (0, 2, 1)).reshape(K * L, -1)
         return ry @ A_stack + resp @ (self._params.b + self.feature_mean_)  # y is centred
 
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):
-        return self._em_model().n_parameters(self.n_components, self.n_features_in_,
-                                             self.n_targets_, self.n_latent)
+        # The fitted shapes, not the parameters: set_params after fit must not change them.
+        K, D, Lw = self.latent_coef_.shape
+        return self._em_model().n_parameters(K, D, self.n_targets_, Lw)
 
     def bic(self, X, y):
         """Bayesian information criterion of the joint model on (X, y); lower is better.

@@ -300,3 +300,13 @@ def test_hog_parameters_changed_after_fit_are_reported():
     with pytest.raises(ValueError, match="changed since fit.*Call fit again"):
         hog.transform(images)
     assert hog.fit(images).transform(images).shape == (2, hog.n_output_features_)
+
+
+def test_set_params_after_fit_does_not_change_the_fitted_model():
+    # bic counted the new n_components and inverse_predict crashed after set_params.
+    X, y = _issue_data()
+    model = GLLiMRegressor(n_components=3, n_latent=1, random_state=0).fit(X, y)
+    bic, inverse = model.bic(X, y), model.inverse_predict(y)
+    model.set_params(n_components=5, n_latent=2)
+    assert model.bic(X, y) == bic
+    assert_array_equal(model.inverse_predict(y), inverse)

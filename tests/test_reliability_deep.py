@@ -235,3 +235,16 @@ def test_initial_responsibilities_do_not_depend_on_the_targets_units(blobs):
     reg = tiny_gllim(n_components=3)
     np.testing.assert_allclose(reg._initial_resp(y * 1e-8, 0), reg._initial_resp(y, 0),
                                atol=1e-8)
+
+
+def test_deep_regressor_phase_with_too_many_stages_is_named_before_training(blobs,
+                                                                            monkeypatch):
+    import gllim_sk.deep._estimators as estimators
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the phases are checked before any training")
+
+    monkeypatch.setattr(estimators, "train_epochs", no_training)
+    images, y = blobs
+    with pytest.raises(ValueError, match=r"phases\[1\] = \(1, 9\) trains 9 backbone stages"):
+        tiny_regressor(phases=((1, 0), (1, 9))).fit(images, y)

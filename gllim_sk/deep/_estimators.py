@@ -546,6 +546,14 @@ class DeepRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
             self._build(self.weights, self.n_targets_)
             network = self.network_.to(device)
             network.backbone.check_input_size(settings["input_size"])
+            for index, (n_epochs, trainable_layers) in enumerate(phases):
+                # Checked before any training, in the terms of the phases parameter.
+                if trainable_layers > len(network.backbone.stages):
+                    raise ValueError(
+                        f"phases[{index}] = ({n_epochs}, {trainable_layers}) trains "
+                        f"{trainable_layers} backbone stages, but the backbone has "
+                        f"{len(network.backbone.stages)}: {network.backbone.stage_names}."
+                    )
             self.history_, best = [], (np.inf, None)
             epoch = 0
             for phase, (n_epochs, trainable_layers) in enumerate(phases):
