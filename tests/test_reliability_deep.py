@@ -202,9 +202,7 @@ def test_save_params_is_atomic_and_damaged_files_are_named(blobs, tmp_path, monk
         file.write(b"PK half a file")
         raise OSError("No space left on device")
 
-    import gllim_sk.deep._torch as torch_module
-
-    monkeypatch.setattr(torch_module.torch, "save", save_then_fail)
+    monkeypatch.setattr(torch, "save", save_then_fail)
     with pytest.raises(OSError, match="No space"):
         reg.save_params(path)
     monkeypatch.undo()
@@ -239,12 +237,10 @@ def test_initial_responsibilities_do_not_depend_on_the_targets_units(blobs):
 
 def test_deep_regressor_phase_with_too_many_stages_is_named_before_training(blobs,
                                                                             monkeypatch):
-    import gllim_sk.deep._estimators as estimators
-
     def no_training(*args, **kwargs):
         raise AssertionError("the phases are checked before any training")
 
-    monkeypatch.setattr(estimators, "train_epochs", no_training)
+    monkeypatch.setattr(torch.optim.SGD, "step", no_training)
     images, y = blobs
     with pytest.raises(ValueError, match=r"phases\[1\] = \(1, 9\) trains 9 backbone stages"):
         tiny_regressor(phases=((1, 0), (1, 9))).fit(images, y)
