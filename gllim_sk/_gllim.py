@@ -237,9 +237,17 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
 
     Notes
     -----
-    Fitting always runs in float64. Predictions, standard deviations, covariances and
-    samples come back in the dtype of ``X`` (float32 in, float32 out), which keeps the
-    precision of the float32 input itself.
+    Numpy fits run in float64. Predictions, standard deviations, covariances and samples
+    come back in the dtype of ``X`` (float32 in, float32 out), which keeps the precision of
+    the float32 input itself.
+
+    With scikit-learn's Array API dispatch on (``sklearn.set_config(
+    array_api_dispatch=True)`` and ``SCIPY_ARRAY_API=1``), torch tensors, CuPy arrays and
+    other Array API arrays are fitted and predicted in their library and on their device,
+    and the fitted attributes live there (in float64); float32 data keep float32 for the
+    products over samples and float64 for their sums and the parameters. Move a fitted
+    model to another namespace or device with
+    ``sklearn.utils._array_api.move_estimator_to(model, xp, device)``. See the user guide.
 
     With ``n_latent > 0``, every noise variance is kept above 1e-5 times the variance of
     its feature (eigenvalues of full noise: above 1e-5 times the mean feature variance).
