@@ -267,3 +267,30 @@ def em_threading(request, monkeypatch):
 
         monkeypatch.setattr(_gllim, "_em_parallelism", lambda n_samples, work: (3, 1))
     return request.param
+
+
+def _local_cluster_client(processes):
+    distributed = pytest.importorskip("distributed")
+    # Two single-threaded workers; silence_logs keeps a closing cluster's chatter out.
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=":0",
+        silence_logs=40,
+    )
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A distributed Client on a real LocalCluster of two threaded workers, closed after."""
+    yield from _local_cluster_client(processes=False)
+
+
+@pytest.fixture(scope="module")
+def dask_process_client():
+    """A distributed Client on a real LocalCluster of two worker processes, closed after."""
+    yield from _local_cluster_client(processes=True)
