@@ -15,6 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
 
+from . import _dask
 from . import _gllim_math as gm
 
 __all__ = ["GLLiMRegressor"]
@@ -456,6 +457,8 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         self : GLLiMRegressor
             The fitted estimator.
         """
+        if _dask.any_dask_array(X, y):
+            return _dask.fit(self, X, y)
         X, y = self._validate_training_data(X, y)
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
@@ -594,6 +597,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         """Drop the target axis for models fitted on 1-D y."""
         return a[:, 0] if self._y_ndim == 1 else a
 
+    @_dask.blockwise()
     def predict(self, X, return_std=False, return_cov=False):
         """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
 
@@ -631,6 +635,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
                 out.append(cov.astype(dtype, copy=False))
         return out[0] if len(out) == 1 else tuple(out)
 
+    @_dask.blockwise(constant_outputs=(2,))
     def predict_mixture(self, X):
         """Return the predictive mixture p(y | x) for each sample.
 
@@ -655,6 +660,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             self._forward.cov.astype(dtype, copy=False),
         )
 
+    @_dask.blockwise()
     def component_posterior(self, X=None, y=None):
         """Posterior probabilities of the components.
 
@@ -693,6 +699,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         Xc = X.astype(np.float64) - self.feature_mean_
         return gm.e_step(gm.prepare_data(Xc, y, self.covariance_type), self._params)
 
+    @_dask.blockwise()
     def joint_log_density(self, X, y):
         """Log-density log p(x, y) of each pair under the fitted joint model.
 
@@ -702,6 +709,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         """
         return self._joint_estep(X, y)[0]
 
+    @_dask.blockwise()
     def conditional_log_density(self, X, y):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.
 
