@@ -140,6 +140,56 @@ def _block_pass(data, block_arg, source, covariance_type, targets_only, empty):
     return total, stats
 
 
+@dataclass
+class LatentPCAStats:
+    """What the latent initialisation needs of the samples, summed over blocks.
+
+    Each sample enters the weighted PCA of the residuals x - A_k y - b_k of its most
+    responsible component: ``gram`` (K, D, D) sums r e e' over those samples, ``weight``
+    (K,) sums r, ``count`` (K,) counts them. A component with fewer than ``min_rows``
+    samples uses its ``min_rows`` most responsible samples instead: ``top_resp`` (K, m)
+    and ``top_resid`` (K, m, D) keep them (merged by keeping the largest).
+    """
+
+    gram: np.ndarray
+    weight: np.ndarray
+    count: np.ndarray
+    top_resp: np.ndarray
+    top_resid: np.ndarray
+
+    def __add__(self, other):
+        resp = np.concatenate([self.top_resp, other.top_resp], axis=1)
+        resid = np.concatenate([self.top_resid, other.top_resid], axis=1)
+        keep = np.sort(np.argsort(resp, axis=1, kind="stable")[:, -self.top_resp.shape[1]:],
+                       axis=1)
+        return LatentPCAStats(
+            self.gram + other.gram, self.weight + other.weight, self.count + other.count,
+            np.take_along_axis(resp, keep, axis=1),
+            np.take_along_axis(resid, keep[:, :, None], axis=1),
+        )
+
+
+def _latent_pca_block(data, block_arg, source, A, b, min_rows):
+    _, resp, _ = source.resp(data, block_arg)
+    K, n = resp.shape
+    D = data.Xc.shape[1]
+    owner = resp.argmax(axis=0)
+    gram = np.zeros((K, D, D))
+    weight, count = np.zeros(K), np.zeros(K)
+    m = min(min_rows, n)
+    top_resp, top_resid = np.zeros((K, m)), np.zeros((K, m, D))
+    for k in range(K):
+        rows = np.flatnonzero(owner == k)
+        r = np.maximum(resp[k, rows], np.finfo(float).tiny)
+        resid = data.Xc[rows] - data.y[rows] @ A[k].T - b[k]
+        gram[k] = (resid.T * r) @ resid
+        weight[k], count[k] = r.sum(), rows.size
+        top = np.sort(np.argsort(resp[k], kind="stable")[-m:])
+        top_resp[k] = resp[k, top]
+        top_resid[k] = data.Xc[top] - data.y[top] @ A[k].T - b[k]
+    return LatentPCAStats(gram, weight, count, top_resp, top_resid)
+
+
 def _validate_resp_block(block):
     if (block < 0).any():
         raise ValueError("resp_init has negative entries; responsibilities are >= 0.")
@@ -297,6 +347,32 @@ class DaskBlocks:
             warnings.simplefilter("ignore", ConvergenceWarning)
             kmeans.fit(points)
         return RespSource("labels", kmeans, n_components, joint_scale=scale)
+
+    def init_latent(self, source, params, raw, n_latent, covariance_type, reg_covar,
+                    random_state, var_floor, block_args=None):
+        """The latent initialisation of the in-memory fit (a weighted PCA of residuals per
+        component), from statistics summed over the blocks."""
+        K, D, _ = params.A.shape
+        min_rows = max(2 * n_latent + 2, 10)
+        pca = self.map_reduce(_latent_pca_block, source, params.A, params.b, min_rows,
+                              block_args=block_args)
+        W = np.zeros((K, D, n_latent))
+        for k in range(K):
+            if pca.count[k] >= min_rows:
+                n_dirs = min(n_latent, int(pca.count[k]), D)
+                gram = pca.gram[k] / pca.weight[k]
+                lam, vecs = np.linalg.eigh(gram)
+                lam = np.maximum(lam[::-1][:n_dirs], 0.0)
+                W[k, :, :n_dirs] = gm.ppca_loadings(lam, vecs[:, ::-1][:, :n_dirs].T,
+                                                    np.trace(gram))
+            else:
+                w = np.maximum(pca.top_resp[k], np.finfo(float).tiny)
+                resid = pca.top_resid[k] * np.sqrt(w / w.sum())[:, None]
+                n_dirs = min(n_latent, *resid.shape)
+                s, vt = gm._leading_right_singular(resid, n_dirs, random_state)
+                W[k, :, :n_dirs] = gm.ppca_loadings(s[:n_dirs] ** 2, vt[:n_dirs],
+                                                    np.einsum("nd,nd->", resid, resid))
+        return gm.with_latent_loadings(params, raw, W, covariance_type, reg_covar, var_floor)
 
     def refine_by_target_mixture(self, source, n_components, target_covariance_type,
                                  reg_covar, max_iter, tol):
@@ -460,8 +536,6 @@ def fit(estimator, X, y):
     cov = est.covariance_type
     var_floor = _gllim.LATENT_NOISE_FLOOR * blocks.feature_variance() if Lw else None
     feature_gram = blocks.feature_gram() if cov == "tied" else None
-    if Lw:
-        raise NotImplementedError("n_latent > 0 on dask arrays: not yet")
 
     def m_step(stats, mass, latent_cov, **kw):
         return gm.m_step_from_stats(stats, latent_cov, n, cov, est.target_covariance_type,
@@ -481,7 +555,11 @@ def fit(estimator, X, y):
                 source, block_args = _initial_source(est, blocks, random_state)
                 _, stats, mass = blocks.pass_over(source, block_args=block_args)
                 params, raw = m_step(stats, mass, np.zeros((K, 0, 0)), return_raw=True)
-                params.noise = gm.finalize_noise(raw, params.weights, cov, est.reg_covar)
+                if Lw:
+                    params = blocks.init_latent(source, params, raw, Lw, cov, est.reg_covar,
+                                                random_state, var_floor, block_args)
+                else:
+                    params.noise = gm.finalize_noise(raw, params.weights, cov, est.reg_covar)
             bound, stats, mass = blocks.pass_over(
                 RespSource("plan", plan := gm.plan_e_step(params, blocks.n_sq), K))
             bounds = [bound]

@@ -643,7 +643,6 @@ def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, 
     """
     K, D, _ = params.A.shape
     W = np.zeros((K, D, n_latent))
-    raw = raw.copy()
     # Each sample enters the PCA of its most responsible component only, which keeps the
     # initialisation at O(n D Lw) whatever K is; tiny components use their top samples.
     owner = resp.argmax(axis=0)
@@ -658,11 +657,25 @@ def init_latent(Xc, y, resp, params, raw, n_latent, covariance_type, reg_covar, 
         resid = (Xc[rows] - y[rows] @ params.A[k].T - params.b[k]) * sw
         n_dirs = min(n_latent, *resid.shape)
         s, vt = _leading_right_singular(resid, n_dirs, random_state)
-        s, vt = s[:n_dirs], vt[:n_dirs]
-        lam = s**2
-        total = np.einsum("nd,nd->", resid, resid)
-        s2 = max(total - lam.sum(), 0.0) / max(D - n_dirs, 1)
-        W[k, :, :n_dirs] = vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+        W[k, :, :n_dirs] = ppca_loadings(s[:n_dirs] ** 2, vt[:n_dirs],
+                                         np.einsum("nd,nd->", resid, resid))
+    return with_latent_loadings(params, raw, W, covariance_type, reg_covar, var_floor)
+
+
+def ppca_loadings(lam, vt, total):
+    """Probabilistic-PCA loadings (D, n_dirs) from the leading variances ``lam`` and
+    directions ``vt`` (n_dirs, D) of data with total variance ``total``."""
+    D = vt.shape[1]
+    s2 = max(total - lam.sum(), 0.0) / max(D - lam.size, 1)
+    return vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+
+
+def with_latent_loadings(params, raw, W, covariance_type, reg_covar, var_floor):
+    """``params`` with latent loadings ``W`` (K, D, Lw) and the noise from the raw moments
+    ``raw`` less W_k W_k', so that Sigma_k + W_k W_k' keeps the residual variance."""
+    K = W.shape[0]
+    raw = raw.copy()
+    for k in range(K):
         if covariance_type in DIAG_FAMILY:
             raw[k] -= np.einsum("dl,dl->d", W[k], W[k])
         elif covariance_type == "full":

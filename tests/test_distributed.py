@@ -1,7 +1,9 @@
-"""GLLiM beyond one machine: model selection on a real dask cluster.
+"""GLLiM beyond one machine: exact EM and lazy prediction over dask arrays, and model
+selection on a cluster.
 
-Every test starts a real ``distributed.LocalCluster`` (fixtures in ``conftest.py``) and
-shuts it down; the results are compared with the same computation run serially.
+The tests start a real ``distributed.LocalCluster`` (fixtures in ``conftest.py``, threads
+or worker processes) and shut it down; every result is compared with the same
+computation in memory with numpy.
 """
 
 import numpy as np
@@ -12,7 +14,8 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from gllim_sk import GLLiMRegressor
 
-pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -23,6 +26,128 @@ def make_data(ref, seed=0, n_samples=300, n_features=8, n_targets=2, n_component
     params = ref.random_params(rng, n_components, n_features, n_targets, n_latent=n_latent)
     X, y, _ = ref.sample(params, n_samples, rng)
     return X, y
+
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
+
+
+def as_dask(X, y, x_chunks=(170, 4), y_chunks=(250, -1)):
+    """Row blocks of unequal sizes, and X split across columns too (fit realigns them)."""
+    return da.from_array(X, chunks=x_chunks), da.from_array(y, chunks=y_chunks)
+
+
+def assert_same_fit(numpy_fit, dask_fit, X):
+    a, b = np.asarray(numpy_fit.lower_bounds_), np.asarray(dask_fit.lower_bounds_)
+    assert a.shape == b.shape
+    assert_allclose(b, a, rtol=1e-10, atol=0)
+    assert_allclose(dask_fit.predict(X), numpy_fit.predict(X), rtol=0, atol=1e-8)
+    assert dask_fit.n_iter_ == numpy_fit.n_iter_
+    assert dask_fit.converged_ == numpy_fit.converged_
+
+
+def test_dask_fit_without_a_client_uses_the_default_scheduler(gllim_ref):
+    # First in this module: no module-scoped cluster of the tests below is running yet.
+    assert distributed.client._get_global_client() is None
+    X, y = make_data(gllim_ref)
+    Xd, yd = as_dask(X, y)
+    kw = dict(n_components=3, random_state=0, max_iter=20, tol=0)
+    assert_same_fit(GLLiMRegressor(**kw).fit(X, y), GLLiMRegressor(**kw).fit(Xd, yd), X)
+
+
+@pytest.mark.parametrize("n_latent", [0, 2])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_dask_em_trajectory_equals_numpy(gllim_ref, dask_client, covariance_type, n_latent):
+    X, y = make_data(gllim_ref, n_latent=n_latent)
+    resp = np.random.default_rng(1).dirichlet(np.ones(3), size=len(X))
+    resp[:, 2] *= 1e-3  # component 2 owns (almost) no sample: the latent init's top rows
+    kw = dict(n_components=3, covariance_type=covariance_type, n_latent=n_latent,
+              resp_init=resp, max_iter=12, tol=0)
+    numpy_fit = GLLiMRegressor(**kw).fit(X, y)
+    before = _tasks_executed(dask_client)
+    dask_fit = GLLiMRegressor(**kw).fit(*as_dask(X, y))
+    assert _tasks_executed(dask_client) > before, "EM did not run on the workers"
+    assert_same_fit(numpy_fit, dask_fit, X)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "kmeans_joint"])
+def test_dask_kmeans_init_equals_numpy(gllim_ref, dask_client, init_params):
+    # Up to dask's KMEANS_MAX_SAMPLES rows, k-means runs on all the targets as in memory.
+    X, y = make_data(gllim_ref)
+    kw = dict(n_components=3, init_params=init_params, random_state=0, n_init=2)
+    assert_same_fit(GLLiMRegressor(**kw).fit(X, y), GLLiMRegressor(**kw).fit(*as_dask(X, y)),
+                    X)
+
+
+def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
+                                                             monkeypatch):
+    X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
+    y = y[:, 0]  # 1-D targets
+    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(500,))
+    gathered = []
+    gather = dask_process_client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        result = gather(futures, *args, **kwargs)
+        gathered.append(dask.sizeof.sizeof(result))
+        return result
+
+    import dask.sizeof
+
+    monkeypatch.setattr(dask_process_client, "gather", recording_gather)
+    kw = dict(n_components=3, n_latent=1, random_state=0, max_iter=15)
+    dask_fit = GLLiMRegressor(**kw).fit(Xd, yd)
+    monkeypatch.undo()
+    assert len(gathered) >= dask_fit.n_iter_
+    # Statistics and targets come back; no block of features does.
+    assert max(gathered) < X[:400].nbytes / 4
+    assert_same_fit(GLLiMRegressor(**kw).fit(X, y), dask_fit, X)
+
+
+def test_dask_predictions_are_lazy_and_exact(gllim_ref, dask_client):
+    X, y = make_data(gllim_ref, n_latent=1)
+    model = GLLiMRegressor(n_components=3, n_latent=1, random_state=0).fit(X, y)
+    Xd, yd = as_dask(X, y)
+    before = _tasks_executed(dask_client)
+    mean, std, cov = model.predict(Xd, return_std=True, return_cov=True)
+    weights, means, covariances = model.predict_mixture(Xd.astype(np.float32))
+    joint = model.joint_log_density(Xd, yd)
+    conditional = model.conditional_log_density(Xd, y)  # numpy y is aligned on X's blocks
+    posterior = model.component_posterior(Xd, yd)
+    bic = model.bic(Xd, yd)
+    assert _tasks_executed(dask_client) == before, "something was computed eagerly"
+    for lazy in (mean, std, cov, weights, means, joint, conditional, posterior):
+        assert isinstance(lazy, da.Array)
+        assert lazy.chunks[0] == Xd.chunks[0]
+    expected = model.predict(X, return_std=True, return_cov=True)
+    for lazy, exact in zip((mean, std, cov), expected, strict=True):
+        assert_allclose(lazy.compute(), exact, rtol=1e-12, atol=1e-12)
+    expected = model.predict_mixture(X.astype(np.float32))
+    assert weights.dtype == np.float32 and means.dtype == np.float32
+    assert_allclose(weights.compute(), expected[0])
+    assert_allclose(means.compute(), expected[1])
+    assert_allclose(covariances, expected[2])
+    assert_allclose(joint.compute(), model.joint_log_density(X, y), rtol=1e-12)
+    assert_allclose(conditional.compute(), model.conditional_log_density(X, y), rtol=1e-12)
+    assert_allclose(posterior.compute(), model.component_posterior(X, y), atol=1e-12)
+    assert_allclose(float(bic), model.bic(X, y), rtol=1e-12)
+
+
+def test_dask_inputs_are_checked(gllim_ref, dask_client):
+    X, y = make_data(gllim_ref)
+    Xd, yd = as_dask(X, y)
+    bad = X.copy()
+    bad[123, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GLLiMRegressor(2).fit(da.from_array(bad, chunks=100), yd)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        GLLiMRegressor(2).fit(Xd[:-1], yd)
+    with pytest.raises(ValueError, match="resp_init has shape"):
+        GLLiMRegressor(2, resp_init=np.ones((len(X), 3))).fit(Xd, yd)
+    with pytest.raises(ValueError, match="negative"):
+        GLLiMRegressor(2, resp_init=-np.ones((len(X), 2))).fit(Xd, yd)
+    model = GLLiMRegressor(2, random_state=0).fit(Xd, yd)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(Xd[:, :-1])
 
 
 def _tasks_executed(client):
