@@ -11,6 +11,7 @@ active ``distributed`` client is used when there is one (``dask.compute`` picks 
 otherwise dask's default scheduler.
 """
 
+import contextlib
 import functools
 import sys
 from dataclasses import dataclass
@@ -57,6 +58,58 @@ def _tree_sum(delayed_parts):
         parts = [delayed(_sum, pure=True)(*parts[i : i + REDUCTION_FAN_IN])
                  for i in range(0, len(parts), REDUCTION_FAN_IN)]
     return parts[0]
+
+
+def _active_client():
+    """The active distributed client, or None (without importing distributed)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _spread(n_blocks):
+    """Workers for ``n_blocks`` blocks, in contiguous runs of equal length (``None`` each
+    without a distributed client)."""
+    client = _active_client()
+    if client is None:
+        return [None] * n_blocks
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return [[workers[i * len(workers) // n_blocks]] for i in range(n_blocks)]
+
+
+def _on_workers(workers):
+    """Tasks made in this context run on ``workers`` only (``None``: anywhere)."""
+    if workers is None:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(workers=workers, allow_other_workers=False)
+
+
+def _wait(persisted):
+    """Wait until persisted blocks are in the workers' memory (with a distributed client)."""
+    if _active_client() is not None:
+        from distributed import futures_of, wait
+
+        wait([future for block in persisted for future in futures_of(block)])
+
+
+def _holders(persisted):
+    """The workers holding each persisted block now (``None`` where unknown: a block
+    being recomputed after a worker was lost, or no distributed client)."""
+    client = _active_client()
+    if client is None:
+        return [None] * len(persisted)
+    from distributed import futures_of
+
+    futures = [futures_of(block)[0] for block in persisted]
+    who_has = client.who_has(futures)
+    return [list(who_has[future.key]) or None for future in futures]
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -243,10 +296,14 @@ class DaskBlocks:
                                     covariance_type).n_sq
         prepare = dask.delayed(_prepare_block, pure=True)
         offsets = dask.delayed(self.feature_mean), dask.delayed(self.target_mean)
-        blocks = [prepare(xb, yb, *offsets, covariance_type)
-                  for xb, yb in zip(X.to_delayed().ravel(), y.to_delayed().ravel(),
-                                    strict=True)]
+        blocks = []
+        X_blocks, y_blocks = X.to_delayed().ravel(), y.to_delayed().ravel()
+        # The blocks are spread evenly over the workers, where they then stay.
+        for xb, yb, workers in zip(X_blocks, y_blocks, _spread(len(X_blocks)), strict=True):
+            with _on_workers(workers):
+                blocks.append(prepare(xb, yb, *offsets, covariance_type))
         self.blocks = dask.persist(*blocks)
+        _wait(self.blocks)
 
     def map_reduce(self, func, *args, block_args=None):
         """``sum(func(block, block_arg, *args))`` over the blocks, computed where they live.
@@ -260,8 +317,13 @@ class DaskBlocks:
         if block_args is None:
             block_args = [None] * len(self.blocks)
         call = dask.delayed(func, pure=True)
-        parts = [call(block, arg, *shared)
-                 for block, arg in zip(self.blocks, block_args, strict=True)]
+        parts = []
+        holders = _holders(self.blocks)
+        for block, arg, workers in zip(self.blocks, block_args, holders, strict=True):
+            # Each block's task runs where the block lives: a scheduler that balances
+            # load (work stealing) would otherwise move whole blocks between workers.
+            with _on_workers(workers):
+                parts.append(call(block, arg, *shared))
         return dask.compute(_tree_sum(parts))[0]
 
     def feature_gram(self):
