@@ -48,7 +48,15 @@ def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_ite
     executor = _engine.SerialExecutor()
     blocks = executor.blocks(model, np.empty((y.shape[0], 0)), y - y.mean(axis=0))
     esteps = _engine.responsibilities_as_esteps(executor, blocks, resp)
-    latent_cov = np.zeros((resp.shape[0], 0, 0))
+    return refine_target_mixture_esteps(model, executor, blocks, esteps, resp.shape[0],
+                                        max_iter, tol)[0].resp
+
+
+def refine_target_mixture_esteps(model, executor, blocks, esteps, n_components, max_iter,
+                                 tol):
+    """:func:`refine_by_target_mixture` on any executor's blocks of targets alone, from
+    per-block E-steps; returns the last E-step's per-block E-steps."""
+    latent_cov = np.zeros((n_components, 0, 0))
     stats = _engine.stats_of(model, executor, blocks, esteps, latent_cov)
     previous = -np.inf
     for _ in range(max_iter):
@@ -57,7 +65,7 @@ def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_ite
         if abs(current - previous) < tol:
             break
         previous = current
-    return esteps[0].resp
+    return esteps
 
 
 class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
@@ -379,6 +387,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
 
     def _em_initial_params(self, problem, random_state, resp=None):
         """The first M-step, from the initial responsibilities (or ``resp`` (K, n))."""
+        if _dask.any_dask_array(problem.Xc):  # made block by block, where the blocks live
+            return _dask.initial_params(self, problem, random_state)
         if resp is None:
             # k-means and the GMM on y are tiny: their OpenMP threads only spin.
             with problem.executor.serial():
@@ -408,8 +418,6 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         self : GLLiMRegressor
             The fitted estimator.
         """
-        if _dask.any_dask_array(X, y):
-            return _dask.fit(self, X, y)
         return self._fit(X, y)
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -422,6 +430,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         return self._fit(X, y, frozen_resp=resp)
 
     def _fit(self, X, y, frozen_resp=None):
+        if _dask.any_dask_array(X, y) and frozen_resp is None:
+            return self._fit_dask(X, y)
         X, y = self._validate_training_data(X, y)
         if frozen_resp is not None:
             frozen_resp = np.ascontiguousarray(
@@ -453,6 +463,34 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
                                       warm_params=self._params if do_warm else None)
         self.feature_mean_ = offset
         self.target_mean_ = y_offset
+        self._set_params_from(params)
+        return self
+
+    def _fit_dask(self, X, y):
+        """EM over dask arrays: the blocks stay on dask's workers (see ``_fit``)."""
+        import dask
+
+        X, y, self._y_ndim = _dask.check_training_arrays(self, X, y)
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.n_features_in_ = X.shape[1]
+        self.n_targets_ = y.shape[1]
+        random_state = check_random_state(self.random_state)
+        do_warm = (self.warm_start and hasattr(self, "_params")
+                   and self._params.A.shape[1] == X.shape[1])
+        offsets = ((self.feature_mean_, self.target_mean_) if do_warm
+                   else dask.compute(X.mean(axis=0), y.mean(axis=0)))
+        with _engine.DaskExecutor() as executor:
+            blocks = executor.blocks(self._em_model(), X - offsets[0], y - offsets[1])
+            var_floor = None
+            if self.n_latent > 0:
+                var_floor = LATENT_NOISE_FLOOR * _dask.column_means(
+                    executor, blocks, lambda block: block.Xc**2)
+            model = self._em_model(var_floor)
+            problem = _engine.EMProblem(model, executor, blocks, X - offsets[0], y - offsets[1])
+            params = self._fit_em(problem, random_state,
+                                  warm_params=self._params if do_warm else None)
+        self.feature_mean_, self.target_mean_ = offsets
         self._set_params_from(params)
         return self
 

@@ -624,6 +624,15 @@ def _leading_right_singular(M, n_dirs, random_state):
     return np.sqrt(np.maximum(vals[::-1][:n_dirs], 0.0)), v[:, ::-1][:, :n_dirs].T
 
 
+def ppca_loadings(lam, vt, total):
+    """Probabilistic-PCA loadings (D, m) from the leading variances ``lam`` (m,) and
+    directions ``vt`` (m, D) of data of total variance ``total``: U (Lambda - s2)^(1/2),
+    with s2 the mean discarded variance."""
+    D = vt.shape[1]
+    s2 = max(total - lam.sum(), 0.0) / max(D - lam.size, 1)
+    return vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+
+
 # ------------------------------------------------------------------------------ the model
 class GLLiMModel:
     """The EM steps of (hybrid) GLLiM for one choice of structures and settings.
@@ -932,11 +941,8 @@ class GLLiMModel:
             resid = (Xc[rows] - y[rows] @ params.A[k].T - params.b[k]) * sw
             n_dirs = min(n_latent, *resid.shape)
             s, vt = _leading_right_singular(resid, n_dirs, random_state)
-            s, vt = s[:n_dirs], vt[:n_dirs]
-            lam = s**2
-            total = np.einsum("nd,nd->", resid, resid)
-            s2 = max(total - lam.sum(), 0.0) / max(D - n_dirs, 1)
-            W[k, :, :n_dirs] = vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+            W[k, :, :n_dirs] = ppca_loadings(s[:n_dirs] ** 2, vt[:n_dirs],
+                                             np.einsum("nd,nd->", resid, resid))
         params.W = W
         params.noise = self.finalize_noise(self.noise.remove_latent(raw, W, params.weights),
                                            params.weights)

@@ -285,12 +285,26 @@ def _local_cluster_client(processes):
 
 
 @pytest.fixture(scope="module")
-def dask_client():
-    """A distributed Client on a real LocalCluster of two threaded workers, closed after."""
+def _dask_threads_cluster():
     yield from _local_cluster_client(processes=False)
 
 
 @pytest.fixture(scope="module")
-def dask_process_client():
-    """A distributed Client on a real LocalCluster of two worker processes, closed after."""
+def _dask_processes_cluster():
     yield from _local_cluster_client(processes=True)
+
+
+@pytest.fixture
+def dask_client(_dask_threads_cluster):
+    """A distributed Client on a real LocalCluster of two threaded workers, the current
+    client during the test (closed after the module)."""
+    with _dask_threads_cluster.as_current():
+        yield _dask_threads_cluster
+
+
+@pytest.fixture
+def dask_process_client(_dask_processes_cluster):
+    """A distributed Client on a real LocalCluster of two worker processes, the current
+    client during the test (closed after the module)."""
+    with _dask_processes_cluster.as_current():
+        yield _dask_processes_cluster
