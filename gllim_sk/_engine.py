@@ -372,18 +372,15 @@ def e_step(model, executor, blocks, params, with_stats=True):
     """E-step on every block, each fused with its statistics.
 
     Returns the per-block :class:`BlockEStep` list, the summed statistics (``None`` when
-    ``with_stats`` is false) and the mean log-likelihood per sample.
+    ``with_stats`` is false), the mean log-likelihood per sample (from the reduced sums
+    only) and the latent posterior covariances (K, Lw, Lw).
     """
     plan = model.plan(params, executor.n_squared(blocks))
-
-    def run(block):
-        # The log-likelihood is summed with the statistics: kept E-steps may live
-        # elsewhere (on dask's workers).
-        estep, stats = model.e_step_with_stats(block, plan, with_stats)
-        return estep, (float(estep.log_prob.sum()), stats)
-
-    kept, (log_prob, stats) = executor.map_reduce(run, blocks)
-    return kept, stats, log_prob / sum(executor.sizes(blocks)), plan.latent_cov
+    kept, total = executor.map_reduce(
+        lambda block: model.e_step_with_stats(block, plan, with_stats), blocks
+    )
+    return (kept, total if with_stats else None, total.log_prob / total.n_samples,
+            plan.latent_cov)
 
 
 def stats_of(model, executor, blocks, esteps, latent_cov, fill=None):

@@ -61,7 +61,7 @@ class _DiagonalNoise:
             return out
         return np.multiply(Xc, Xc, out=out)
 
-    def block_moments(self, block, resp):
+    def block_moments(self, block, resp, weighted=False):
         """Extra statistics of the M-step: none (the squared features cover it)."""
         return None
 
@@ -232,7 +232,7 @@ class _CholeskyNoise:
 class FullNoise(_CholeskyNoise):
     name = "full"
 
-    def block_moments(self, block, resp):
+    def block_moments(self, block, resp, weighted=False):
         """Sums of r_nk x_n x_n', (K, D, D)."""
         Xc = block.Xc
         return np.stack([(Xc.T * resp[k]) @ Xc for k in range(resp.shape[0])])
@@ -256,8 +256,13 @@ class FullNoise(_CholeskyNoise):
 class TiedNoise(_CholeskyNoise):
     name = "tied"
 
-    def block_moments(self, block, resp):
-        """Sums of x_n x_n' over the block (D, D), the same every iteration: kept."""
+    def block_moments(self, block, resp, weighted=False):
+        """Sums of x_n x_n' over the block (D, D), the same every iteration: kept.
+
+        With per-sample weights (``weighted``), the sums of (sum_k r_nk) x_n x_n'.
+        """
+        if weighted:
+            return (block.Xc.T * resp.sum(axis=0)) @ block.Xc
         return block.feature_gram
 
     def raw(self, stats, xbar, loadings_t, Mzx, explained, pis):
@@ -460,6 +465,18 @@ class SufficientStats:
 
 
 @dataclass
+class BlockLikelihood:
+    """The log-likelihood summed over a block of samples (summable, like the statistics)."""
+
+    n_samples: float
+    log_prob: float
+
+    def __add__(self, other):
+        return BlockLikelihood(self.n_samples + other.n_samples,
+                               self.log_prob + other.log_prob)
+
+
+@dataclass
 class EStepPlan:
     """The parameter side of an E-step: computed once, shared by every block of samples."""
 
@@ -492,6 +509,7 @@ class Forward:
     cov: np.ndarray  # (K, L, L) Sigma*_k
     gemm: np.ndarray  # (D, (1 + Lw + L) * K): [Sigma^-1 c*, Sigma^-1 W, P], component last
     const: np.ndarray  # (K,) log pi - (D log 2pi + log|Gamma*_k| + c*' Sigma^-1 c*) / 2
+    logdet_x: np.ndarray  # (K,) log|Gamma*_k|, Gamma*_k = Sigma_k + W_k W_k' + A_k Gamma_k A_k'
     t0: np.ndarray  # (K, Lw) W' Sigma^-1 c*
     u0: np.ndarray  # (K, L) P' c*
     latent_cov: np.ndarray  # (K, Lw, Lw)
@@ -791,12 +809,15 @@ class GLLiMModel:
         """E-step of a block fused with the statistics of the next M-step.
 
         Returns the :class:`BlockEStep` (kept with the block) and the block's
-        :class:`SufficientStats` (``None`` when ``with_stats`` is false).
+        :class:`SufficientStats`, or only its :class:`BlockLikelihood` when ``with_stats``
+        is false; either carries ``n_samples`` and the summed ``log_prob``.
         """
         estep = self.e_step(block, plan)
-        stats = self.block_stats(block, estep, plan.latent_cov) if with_stats else None
-        if stats is not None:
-            stats.log_prob = float(estep.log_prob.sum())
+        log_prob = float(estep.log_prob.sum())
+        if not with_stats:
+            return estep, BlockLikelihood(float(block.n_samples), log_prob)
+        stats = self.block_stats(block, estep, plan.latent_cov)
+        stats.log_prob = log_prob
         return estep, stats
 
     # -- statistics ------------------------------------------------------------------------
@@ -809,18 +830,22 @@ class GLLiMModel:
         """
         resp = estep.resp
         resp_mass = resp.sum(axis=1)
+        filled_mass = resp_mass
         if fill is not None and fill.any():
             resp = resp.copy()
             resp[fill] = 1.0
-        if estep.sample_weight is not None:
+            filled_mass = resp.sum(axis=1)
+        mass = filled_mass
+        weighted = estep.sample_weight is not None
+        if weighted:
             resp = resp * estep.sample_weight
+            mass = resp.sum(axis=1)
         latent_mean = estep.latent_mean
         Xc, y1 = block.Xc, block.y1
         n, D = Xc.shape
         L1 = y1.shape[0]
         K = resp.shape[0]
         Lw = latent_mean.shape[0]
-        mass = resp_mass if resp is estep.resp else resp.sum(axis=1)
         # One product gives the second moments of the squared features and of y1 = [y, 1].
         moments = block.sample_sums(resp, block.quad_feats)
         # rz[j, k, n] = r_nk [y1_n, E[w_n | k]]_j; one (m K, n) x (n, D) product gives all
@@ -835,8 +860,9 @@ class GLLiMModel:
             latent_y = (y1[:-1] @ ryw.reshape(Lw * K, n).T).reshape(L1 - 1, Lw, K)
             latent_y = latent_y.transpose(2, 0, 1)
             latent_second = np.matmul(ryw.transpose(1, 0, 2), latent_mean.transpose(1, 2, 0))
-            # E[w w' | k] adds the posterior covariance to the outer product of the means.
-            latent_second += mass[:, None, None] * latent_cov
+            # E[w w' | k] adds the posterior covariance to the outer product of the means
+            # (with the responsibilities alone: a variant's weights scale the means only).
+            latent_second += filled_mass[:, None, None] * latent_cov
         else:
             latent_sum, latent_y, latent_second = (
                 np.zeros((K, 0)), np.zeros((K, L1 - 1, 0)), np.zeros((K, 0, 0))
@@ -849,7 +875,7 @@ class GLLiMModel:
             n_samples=float(n), log_prob=np.nan, resp_mass=resp_mass, mass=mass,
             moments=moments, cross=cross, latent_sum=latent_sum, latent_y=latent_y,
             latent_second=latent_second,
-            noise_moments=self.noise.block_moments(block, resp) if D else None,
+            noise_moments=self.noise.block_moments(block, resp, weighted) if D else None,
         )
 
     # -- M-step ----------------------------------------------------------------------------
@@ -982,12 +1008,20 @@ class GLLiMModel:
         return Forward(
             weights=params.weights, means_x=means_x, coef=coef, intercept=intercept, cov=cov,
             gemm=np.ascontiguousarray(stack.transpose(1, 2, 0).reshape(D, -1)), const=const,
+            logdet_x=logdet_gamma_star,
             t0=np.einsum("kdl,kd->kl", SW, means_x), u0=np.einsum("kdl,kd->kl", P, means_x),
             latent_cov=latent_cov, noise=noise,
         )
 
     def forward_mixture(self, Xc, fwd):
         """Posterior log-weights log nu_k(x) (n, K) and means A*_k x + b*_k (n, K, L)."""
+        log_nu, means = self.forward_terms(Xc, fwd)
+        log_nu -= logsumexp(log_nu, axis=0, keepdims=True)
+        return log_nu.T, means.transpose(2, 1, 0)
+
+    def forward_terms(self, Xc, fwd):
+        """Unnormalised log nu_k(x) = log pi_k + log N(x; c*_k, Gamma*_k) (K, n), and the
+        means A*_k x + b*_k as (L, K, n)."""
         n, D = Xc.shape
         K, L, _ = fwd.coef.shape
         Lw = fwd.t0.shape[1]
@@ -1004,9 +1038,8 @@ class GLLiMModel:
         quad -= np.einsum("lkn,lkn->kn", u, np.einsum("klm,mkn->lkn", fwd.cov, u))
         # quad lacks the constant c*' Sigma^-1 c*, which sits in fwd.const.
         log_nu = fwd.const[:, None] - 0.5 * quad
-        log_nu -= logsumexp(log_nu, axis=0, keepdims=True)
         means = np.einsum("klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
-        return log_nu.T, means.transpose(2, 1, 0)
+        return log_nu, means
 
     def n_parameters(self, n_components, n_features, n_targets, n_latent):
         """Free parameters: weights, c, Gamma, A, b, Sigma, and W up to rotation."""
