@@ -131,6 +131,14 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         every ``verbose_interval`` iterations with timings.
     verbose_interval : int, default=10
         Iterations between two progress lines at ``verbose=2``.
+    learning_offset : float, default=10.0
+        Online EM (:meth:`partial_fit`): a positive value that downweights the first
+        batches; the step size of the t-th update is
+        ``(learning_offset + t) ** -learning_decay`` (the names of scikit-learn's online
+        :class:`~sklearn.decomposition.LatentDirichletAllocation`).
+    learning_decay : float, default=0.7
+        Online EM: the rate at which the step size decreases, in (0.5, 1] (stochastic
+        approximation converges there).
 
     Attributes
     ----------
@@ -179,6 +187,9 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         Feature names, when X has string column names.
     n_targets_ : int
         Number of targets L.
+    n_batch_iter_ : int
+        Number of online EM updates made by :meth:`partial_fit` (its first call, which
+        initialises, counts as 1).
 
     Notes
     -----
@@ -196,6 +207,13 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
     the matrix products, and large ones (from about n=2000, D=100, K=10) split the samples
     into chunks that run in parallel Python threads, each on one BLAS thread. Every way
     gives the same result up to rounding.
+
+    ``fit`` accepts dask arrays: EM then runs exactly (the same iterations as in memory,
+    to rounding) with the samples left in blocks where dask's workers hold them; only the
+    sufficient statistics reach the client. k-means initialises on the targets (on all
+    of them up to 100,000 rows, else on a uniform random sample of 100,000). ``predict``,
+    ``predict_mixture``, ``component_posterior`` and the densities return lazy dask
+    arrays for dask inputs. :meth:`partial_fit` runs online EM on a stream of batches.
 
     A component whose total responsibility falls below 1e-8 samples during EM keeps a
     negligible weight and receives the moments of the whole training set, so that it
@@ -243,6 +261,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "learning_offset": [Interval(Real, 0.0, None, closed="neither")],
+        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
     }
 
     def __init__(
@@ -262,6 +282,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        learning_offset=10.0,
+        learning_decay=0.7,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -277,6 +299,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.learning_offset = learning_offset
+        self.learning_decay = learning_decay
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -430,6 +454,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         return self._fit(X, y, frozen_resp=resp)
 
     def _fit(self, X, y, frozen_resp=None):
+        self.__dict__.pop("_online_stats", None)  # fit starts over; partial_fit continues
         if _dask.any_dask_array(X, y) and frozen_resp is None:
             return self._fit_dask(X, y)
         X, y = self._validate_training_data(X, y)
@@ -463,6 +488,86 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
                                       warm_params=self._params if do_warm else None)
         self.feature_mean_ = offset
         self.target_mean_ = y_offset
+        self._set_params_from(params)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y):
+        """Update the model with one batch of samples by online (stepwise) EM.
+
+        Online EM (Cappé and Moulines, 2009) keeps a running average of the sufficient
+        statistics per sample: each call runs the E-step of its batch under the current
+        parameters, blends the batch's statistics in with step size
+        ``(learning_offset + t) ** -learning_decay`` at the t-th update, and runs the
+        M-step of the blend. The first call on an unfitted model initialises from its
+        batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
+        the data by the batch's means and makes the first statistics; on a model fitted by
+        ``fit`` it starts from the fitted parameters. ``max_iter``, ``tol``, ``n_init`` and
+        ``warm_start`` do not apply.
+
+        Prefer :meth:`fit` (exact EM, on numpy or dask arrays) when the samples can be
+        passed over repeatedly: it reaches the maximum-likelihood fit. Prefer
+        ``partial_fit`` for a stream, for data read once, or when one pass must do: every
+        sample is seen once, each batch costs one E-step, and one pass comes close to the
+        batch fit (see the "Scaling up" page of the documentation for measured numbers).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A batch of features.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Its targets.
+
+        Returns
+        -------
+        self : GLLiMRegressor
+            The updated estimator.
+        """
+        first = not hasattr(self, "_online_stats")
+        if first and not hasattr(self, "_params"):
+            X, y = self._validate_training_data(X, y)
+            self.n_targets_ = y.shape[1]
+            self.feature_mean_, self.target_mean_ = X.mean(axis=0), y.mean(axis=0)
+        else:
+            X, _ = self._check_X(X)
+            y = self._check_y(y, X.shape[0]) + self.target_mean_
+        Xc = X.astype(np.float64) - self.feature_mean_
+        yc = y - self.target_mean_
+        if first:
+            self._online_var_floor = (LATENT_NOISE_FLOOR * Xc.var(axis=0)
+                                      if self.n_latent > 0 else None)
+        model = self._em_model(self._online_var_floor)
+        work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
+        with _engine.make_executor(X.shape[0], work) as executor:
+            problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc), Xc, yc)
+            if first and not hasattr(self, "_params"):
+                self._params = self._em_initial_params(problem, check_random_state(
+                    self.random_state))
+            esteps, stats, bound, latent_cov = _engine.e_step(
+                model, executor, problem.blocks, self._params)
+            n_batch = X.shape[0]
+            step = 1.0 if first else (self.learning_offset + self.n_batch_iter_) ** (
+                -self.learning_decay)
+            batch = stats * (1.0 / n_batch)  # statistics per sample
+            blend = batch if first else self._online_stats * (1.0 - step) + batch * step
+            # The M-step of the blend at the batch's scale; components that emptied get
+            # the batch's moments of all samples, as in EM.
+            empty = blend.mass * n_batch < gm.EMPTY_COMPONENT_MASS
+            m_step_stats = blend
+            if empty.any():
+                filled = _engine.stats_of(model, executor, problem.blocks, esteps, latent_cov,
+                                          fill=empty) * (1.0 / n_batch)
+                m_step_stats = filled if first else (self._online_stats * (1.0 - step)
+                                                     + filled * step)
+            params = model.m_step(m_step_stats * n_batch)
+        if not np.all(np.isfinite(params.weights)) or not np.isfinite(bound):
+            raise ValueError(
+                "Online EM produced non-finite parameters; the batch may contain extreme "
+                "values. Standardise X and y, or increase reg_covar."
+            )
+        self._online_stats = blend
+        self.n_batch_iter_ = 1 if first else self.n_batch_iter_ + 1
+        self.lower_bound_ = bound  # the batch's mean log-likelihood before its update
         self._set_params_from(params)
         return self
 
@@ -518,7 +623,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         # Plain dicts of arrays only, so that a pickle (or the deep model's checkpoint)
         # holds none of the core's private classes.
         state = dict(super().__getstate__())
-        for name in ("_params", "_forward"):
+        for name in ("_params", "_forward", "_online_stats"):
             if name in state:
                 state[name] = dataclasses.asdict(state[name])
         return state
@@ -529,6 +634,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             if isinstance(state.get(name), dict):
                 state[name] = cls(**state[name])
         super().__setstate__(state)
+        if isinstance(state.get("_online_stats"), dict):
+            self._online_stats = self._em_model().stats_type(**state["_online_stats"])
 
     # ------------------------------------------------------------------ prediction
     def _mixture(self, X):
