@@ -224,6 +224,14 @@ def random_params(rng, n_components, n_features, n_targets, n_latent=0, separati
     }
 
 
+def draw(seed=0, n_samples=300, n_features=8, n_targets=2, n_components=3, n_latent=0):
+    """(X, y) drawn from random true parameters (:func:`random_params`) with ``seed``."""
+    rng = np.random.default_rng(seed)
+    p = random_params(rng, n_components, n_features, n_targets, n_latent=n_latent)
+    X, y, _ = sample(p, n_samples, rng)
+    return X, y
+
+
 def sample(p, n_samples, rng):
     """Draw (X, y, z) from the generative model: y ~ N(c_z, Gamma_z), w ~ N(0, I),
     x = A_z y + Aw_z w + b_z + e, e ~ N(0, Sigma_z)."""
@@ -250,7 +258,7 @@ def gllim_ref():
         joint_gaussians=joint_gaussians, joint_log_density=joint_log_density,
         responsibilities=responsibilities, target_posterior=target_posterior,
         condition_on_x=condition_on_x, m_step=m_step, random_params=random_params,
-        sample=sample,
+        sample=sample, draw=draw,
     )
 
 

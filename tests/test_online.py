@@ -21,12 +21,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
 
 
-def make_data(ref, seed=0, n_samples=1200, n_features=6, n_targets=2, n_components=3,
-              n_latent=0):
-    rng = np.random.default_rng(seed)
-    params = ref.random_params(rng, n_components, n_features, n_targets, n_latent=n_latent)
-    X, y, _ = ref.sample(params, n_samples, rng)
-    return X, y
+def make_data(ref, seed=0, n_samples=1200, n_features=6, **kwargs):
+    return ref.draw(seed, n_samples=n_samples, n_features=n_features, **kwargs)
 
 
 def batches(X, y, size):
