@@ -83,6 +83,28 @@ def column_means(executor, blocks, func):
     return total / sum(executor.sizes(blocks))
 
 
+def column_variances(executor, blocks, attribute):
+    """Variance of each column of the blocks' ``attribute`` arrays over all samples (two
+    passes, as numpy's ``var``)."""
+    mean = column_means(executor, blocks, lambda block: getattr(block, attribute))
+    return column_means(executor, blocks, lambda block: (getattr(block, attribute) - mean) ** 2)
+
+
+def check_no_constant_column(X, y):
+    """With ``reg_covar=0`` a constant column makes the likelihood infinite (as in memory)."""
+    import dask
+
+    for name, values in (("X", X), ("y", y)):
+        spread = dask.compute(values.max(axis=0) - values.min(axis=0))[0]
+        constant = np.flatnonzero(spread == 0)
+        if constant.size:
+            raise ValueError(
+                f"{name} has constant column(s) {constant[:10].tolist()}: with reg_covar=0 "
+                "their variance is zero and the likelihood infinite. Set reg_covar > 0 "
+                "(the default is 1e-6) or drop those columns."
+            )
+
+
 def initial_params(estimator, problem, random_state):
     """The first M-step of a fit on dask arrays, from responsibilities made block by
     block (as :meth:`GLLiMRegressor._em_initial_params` makes them from whole arrays)."""
@@ -188,7 +210,9 @@ def _initial_esteps(est, executor, blocks, random_state):
     if joint:
         return esteps
     # The Gaussian mixture on y that refines k-means, over blocks of targets alone.
-    y_model = gm.GLLiMModel("diag", est.target_covariance_type, max(est.reg_covar, 1e-6))
+    y_scale = _gllim.scale_of_variances(column_variances(executor, blocks, "y"))
+    y_model = gm.GLLiMModel("diag", est.target_covariance_type,
+                            max(est.reg_covar, 1e-6) * y_scale)
     y_shift = column_means(executor, blocks, lambda block: block.y)
     y_blocks = executor.derived_blocks(
         lambda block: y_model.prepare_block(np.empty((block.n_samples, 0)), block.y - y_shift),
