@@ -4,13 +4,14 @@ Prints numbers; asserts nothing.
 
 Part ``dask``: samples drawn from known GLLiM parameters (diagonal noise) are generated
 on the workers of a ``distributed.LocalCluster`` of worker processes, never on the
-client, and ``GLLiMRegressor.fit`` runs on the dask arrays. Then, in the same run, the
-same samples are generated in this process and fitted with numpy in memory (when the
-machine's available memory allows it). Printed: the time of one EM iteration (median
-over the iterations, from the ``verbose=2`` timings; the initialisation is timed apart),
-the peak resident memory of the client process and of each worker, and the ratio of
-the two iteration times. Both fits start from random responsibilities (the iterations
-do not depend on how EM starts).
+client, and ``GLLiMRegressor.fit`` runs on the dask arrays. Printed: the time of one EM
+iteration (median over the iterations, from the ``verbose=2`` timings), the peak
+resident memory of the client process and of each worker. Then, in the same run, the
+same samples (``--numpy-samples`` of them: at most 1,000,000 by default, as the
+in-memory fit of 4,000,000 needs about 13 GB at its peak) are fitted with numpy in
+memory, and by dask again when that is fewer samples, for the ratio of the iteration
+times. All fits start from random responsibilities (an iteration's cost does not depend
+on how EM starts).
 
 Part ``online``: ``partial_fit`` on one pass over a stream of batches, against ``fit``
 (batch EM) on all the samples. L0 is the held-out mean log-likelihood after the first
@@ -105,67 +106,72 @@ def timed_fit(model, X, y):
 
 
 # ---------------------------------------------------------------------------- dask part
-def part_dask(args):
+def dask_fit(args, n, params, seed):
+    """The dask fit of ``n`` generated samples on a fresh LocalCluster: (per-iteration
+    time, time to the first reported iteration, total time, worker peaks in MB)."""
     import dask.array as da
-    import psutil
     from dask import delayed
     from distributed import Client, LocalCluster
 
-    D, L, K = args.n_features, args.n_targets, args.n_components
-    n = args.n_samples
-    params = true_parameters(K, D, L, args.seed)
-    sizes, seeds = block_seeds(n, args.block_rows, args.seed)
-    gib = n * D * 8 / 2**30
-    print(f"== dask: {n:,} samples, D={D}, L={L}, K={K}, diag noise: {gib:.2f} GiB of float64 "
-          f"features in {len(sizes)} blocks, generated on the workers")
-    print(f"   LocalCluster: {args.workers} worker processes x 1 thread; EM of "
-          f"{args.iterations} iterations from random responsibilities (seed {args.seed})")
-    model_kw = dict(n_components=K, covariance_type="diag", init_params="random",
-                    max_iter=args.iterations, tol=0, random_state=args.seed, verbose=2,
-                    verbose_interval=1)
-    rss_start = current_rss_mb()
+    D, L = args.n_features, args.n_targets
+    sizes, seeds = block_seeds(n, args.block_rows, seed)
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0", silence_logs=40,
                       memory_limit=f"{args.worker_memory_gb}GB") as cluster, \
             Client(cluster) as client:
-        blocks = [da.from_delayed(delayed(generate, pure=True)(params, size, seed),
+        # Each block is generated on a worker; X and y are lazy views of the blocks.
+        blocks = [da.from_delayed(delayed(generate, pure=True)(params, size, block_seed),
                                   shape=(size, D + L), dtype=np.float64)
-                  for size, seed in zip(sizes, seeds, strict=True)]
+                  for size, block_seed in zip(sizes, seeds, strict=True)]
         Z = da.concatenate(blocks)
-        X, y = Z[:, :D], Z[:, D:]
-        dask_model = GLLiMRegressor(**model_kw)
-        per_iter_dask, first, total = timed_fit(dask_model, X, y)
-        workers = client.run(peak_rss_mb)
-        worker_peaks = sorted(workers.values())
-        start = time.perf_counter()
-        y_hat = dask_model.predict(X).mean(axis=0).compute()
-        predict_time = time.perf_counter() - start
-    client_peak = peak_rss_mb()
-    print(f"   dask:  {per_iter_dask:.2f} s per EM iteration (median); "
-          f"{first:.1f} s to the end of the second iteration, {total:.1f} s in all "
-          f"(generation, means, blocks, init, {args.iterations} iterations)")
-    print(f"   dask:  predict on all samples, lazily, mean computed: {predict_time:.1f} s "
-          f"(mean prediction {np.round(y_hat, 3)})")
-    print(f"   peak memory: client process {client_peak:.0f} MB (of which {rss_start:.0f} MB "
-          f"before the cluster started: Python, numpy, scikit-learn, dask); workers "
-          + ", ".join(f"{w:.0f} MB" for w in worker_peaks))
+        timing = timed_fit(GLLiMRegressor(**model_settings(args)), Z[:, :D], Z[:, D:])
+        worker_peaks = sorted(client.run(peak_rss_mb).values())
+    return (*timing, worker_peaks, len(sizes))
 
-    # The same data in memory, with numpy, when it fits.
-    need_gb = n * (3 * D + 2 * (D + 10) + 12 * K) * 8 / 1e9
-    avail_gb = psutil.virtual_memory().available / 1e9
-    if need_gb > 0.8 * avail_gb:
-        print(f"   numpy: skipped: about {need_gb:.0f} GB needed, {avail_gb:.0f} GB available")
-        return
-    Z = np.concatenate([generate(params, size, seed)
-                        for size, seed in zip(sizes, seeds, strict=True)])
-    X, y = Z[:, :D], Z[:, D:]
-    numpy_model = GLLiMRegressor(**model_kw)
-    per_iter_numpy, first_np, total_np = timed_fit(numpy_model, X, y)
-    print(f"   numpy: {per_iter_numpy:.2f} s per EM iteration (median), in memory, the chunked "
-          f"threads of the in-memory fit; {total_np:.1f} s in all")
-    print(f"   ratio dask / numpy per iteration: {per_iter_dask / per_iter_numpy:.2f}; "
-          f"process peak with numpy data {peak_rss_mb():.0f} MB")
-    del Z, X, y
+
+def numpy_fit(args, n, params, seed):
+    sizes, seeds = block_seeds(n, args.block_rows, seed)
+    Z = np.concatenate([generate(params, size, block_seed)
+                        for size, block_seed in zip(sizes, seeds, strict=True)])
+    D = args.n_features
+    return timed_fit(GLLiMRegressor(**model_settings(args)), Z[:, :D], Z[:, D:])
+
+
+def model_settings(args):
+    return dict(n_components=args.n_components, covariance_type="diag", init_params="random",
+                max_iter=args.iterations, tol=0, random_state=args.seed, verbose=2,
+                verbose_interval=1)
+
+
+def part_dask(args):
+    D, L, K, n = args.n_features, args.n_targets, args.n_components, args.n_samples
+    params = true_parameters(K, D, L, args.seed)
+    print(f"== dask: {n:,} samples, D={D}, L={L}, K={K}, diag noise: "
+          f"{n * D * 8 / 2**30:.2f} GiB of float64 features in blocks of "
+          f"{args.block_rows:,} rows, generated on the workers")
+    print(f"   LocalCluster of {args.workers} worker processes x 1 thread; EM of "
+          f"{args.iterations} iterations from random responsibilities (seed {args.seed})")
+    rss_start = current_rss_mb()
+    per_iter, first, total, workers, n_blocks = dask_fit(args, n, params, args.seed)
+    client_peak = peak_rss_mb()
+    print(f"   dask, {n:,} samples ({n_blocks} blocks): {per_iter:.2f} s per EM iteration "
+          f"(median of {args.iterations - 2}); {total:.1f} s in all (generation, means, "
+          f"variances, blocks, init, {args.iterations} iterations)")
+    print(f"   peak memory: client process {client_peak:.0f} MB ({rss_start:.0f} MB before "
+          f"the cluster started: Python, numpy, scikit-learn, dask); workers "
+          + ", ".join(f"{w:.0f} MB" for w in workers))
+    # The in-memory comparison, where memory allows, in the same run; when it is run on
+    # fewer samples, the dask fit is timed again on that many for a like-for-like ratio.
+    n_numpy = min(n, args.numpy_samples)
+    if n_numpy < n:
+        per_iter, _, _, _, n_blocks = dask_fit(args, n_numpy, params, args.seed)
+        print(f"   dask, {n_numpy:,} samples ({n_blocks} blocks): {per_iter:.2f} s per EM "
+              "iteration (median)")
+    per_iter_numpy, _, total_numpy = numpy_fit(args, n_numpy, params, args.seed)
+    print(f"   numpy, {n_numpy:,} samples in memory (the in-memory fit's threaded chunks): "
+          f"{per_iter_numpy:.2f} s per EM iteration (median); {total_numpy:.1f} s in all")
+    print(f"   ratio dask / numpy per iteration at {n_numpy:,} samples: "
+          f"{per_iter / per_iter_numpy:.2f}")
 
 
 # ---------------------------------------------------------------------------- online part
@@ -228,6 +234,8 @@ def main():
     parser.add_argument("--block-rows", type=int, default=250_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-memory-gb", type=float, default=8.0)
+    parser.add_argument("--numpy-samples", type=int, default=1_000_000,
+                        help="size of the in-memory comparison (at most --n-samples)")
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--online-samples", type=int, default=200_000)
