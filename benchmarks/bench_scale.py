@@ -176,8 +176,6 @@ def part_dask(args):
 
 # ---------------------------------------------------------------------------- online part
 def part_online(args):
-    from sklearn.model_selection import train_test_split  # noqa: F401
-
     D, L, K = args.online_features, args.n_targets, args.online_components
     print(f"\n== online EM: {args.online_samples:,} samples in batches of {args.batch_size:,} "
           f"(one pass), D={D}, L={L}, K={K}, diag noise; held-out set of "
@@ -192,7 +190,6 @@ def part_online(args):
         model = GLLiMRegressor(K, random_state=seed, learning_offset=args.learning_offset,
                                learning_decay=args.learning_decay)
         curve = []
-        start = time.perf_counter()
         online_time = 0.0
         for i, first in enumerate(range(0, len(X), args.batch_size)):
             t = time.perf_counter()
@@ -202,7 +199,6 @@ def part_online(args):
             if i == 0 or (i + 1) % args.curve_every == 0 or first + args.batch_size >= len(X):
                 curve.append((min(first + args.batch_size, len(X)),
                               model.joint_log_density(X_test, y_test).mean()))
-        del start
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -246,7 +242,7 @@ def main():
     parser.add_argument("--curve-every", type=int, default=10)
     parser.add_argument("--learning-offset", type=float, default=10.0)
     parser.add_argument("--learning-decay", type=float, default=0.7)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args()
     if args.part in ("dask", "all"):
         part_dask(args)

@@ -167,19 +167,11 @@ class ThreadedExecutor(SerialExecutor):
         return _split_and_sum(results)
 
 
-def _add(*parts):
-    """Sum of summable parts: numbers, statistics, tuples of them (added entry by entry)
-    and ``None`` (absent everywhere)."""
-    if parts[0] is None:
-        return None
-    if isinstance(parts[0], tuple):
-        return tuple(_add(*entries) for entries in zip(*parts, strict=True))
-    return functools.reduce(operator.add, parts)
-
-
 def _split_and_sum(results):
     kept = [result[0] for result in results]
-    return kept, _add(*[result[1] for result in results])
+    parts = [result[1] for result in results]
+    total = None if parts[0] is None else sum(parts[1:], parts[0])
+    return kept, total
 
 
 def make_executor(n_samples, work):
@@ -286,6 +278,11 @@ class DaskExecutor:
 
 def _call(func, *args):
     return func(*args)
+
+
+def _add(*parts):
+    """Sum of summable parts (``None`` when they are ``None``)."""
+    return None if parts[0] is None else functools.reduce(operator.add, parts)
 
 
 def _prepare_dask_block(model, X_block, y_block):
