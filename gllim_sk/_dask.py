@@ -112,7 +112,8 @@ def initial_params(estimator, problem, random_state):
     model, executor, blocks = problem.model, problem.executor, problem.blocks
     K = est.n_components
     esteps = _initial_esteps(est, executor, blocks, random_state)
-    params, raw, _ = _engine.m_step_from_esteps(model, executor, blocks, esteps, K)
+    params, raw, _ = _engine.m_step_from_esteps(model, executor, blocks, esteps,
+                                                np.zeros((K, 0, 0)))
     if est.n_latent == 0:
         params.noise = model.finalize_noise(raw, params.weights)
         return params
@@ -271,6 +272,15 @@ def _latent_pca_block(block, estep, A, b, min_rows):
     return None, LatentPCAStats(gram, weight, count, top_resp, top_resid)
 
 
+def ppca_loadings(lam, vt, total):
+    """Probabilistic-PCA loadings (D, m) from the leading variances ``lam`` (m,) and
+    directions ``vt`` (m, D) of data of total variance ``total``: U (Lambda - s2)^(1/2),
+    with s2 the mean discarded variance (as :meth:`GLLiMModel.init_latent`)."""
+    D = vt.shape[1]
+    s2 = max(total - lam.sum(), 0.0) / max(D - lam.size, 1)
+    return vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+
+
 def _init_latent(model, executor, blocks, esteps, params, raw, n_latent, random_state):
     """:meth:`GLLiMModel.init_latent` from statistics summed over blocks: each component's
     weighted residual Gram matrix (D x D) instead of its residual rows. The same PCA; its
@@ -286,14 +296,14 @@ def _init_latent(model, executor, blocks, esteps, params, raw, n_latent, random_
             n_dirs = min(n_latent, int(pca.count[k]), D)
             gram = pca.gram[k] / pca.weight[k]
             lam, vecs = np.linalg.eigh(gram)
-            W[k, :, :n_dirs] = gm.ppca_loadings(np.maximum(lam[::-1][:n_dirs], 0.0),
+            W[k, :, :n_dirs] = ppca_loadings(np.maximum(lam[::-1][:n_dirs], 0.0),
                                                 vecs[:, ::-1][:, :n_dirs].T, np.trace(gram))
         else:
             w = np.maximum(pca.top_resp[k], np.finfo(float).tiny)
             resid = pca.top_resid[k] * np.sqrt(w / w.sum())[:, None]
             n_dirs = min(n_latent, *resid.shape)
             s, vt = gm._leading_right_singular(resid, n_dirs, random_state)
-            W[k, :, :n_dirs] = gm.ppca_loadings(s[:n_dirs] ** 2, vt[:n_dirs],
+            W[k, :, :n_dirs] = ppca_loadings(s[:n_dirs] ** 2, vt[:n_dirs],
                                                 np.einsum("nd,nd->", resid, resid))
     params.W = W
     params.noise = model.finalize_noise(model.noise.remove_latent(raw, W, params.weights),

@@ -128,8 +128,8 @@ def test_dask_predictions_are_lazy_and_exact(gllim_ref, dask_client):
     joint = model.joint_log_density(Xd, yd)
     conditional = model.conditional_log_density(Xd, y)  # numpy y is aligned on X's blocks
     posterior = model.component_posterior(Xd, yd)
-    bic = model.bic(Xd, yd)
     assert _tasks_executed(dask_client) == before, "something was computed eagerly"
+    bic = model.bic(Xd, yd)  # a number: the sum of the lazy densities, computed
     for lazy in (mean, std, cov, weights, means, joint, conditional, posterior):
         assert isinstance(lazy, da.Array)
         assert lazy.chunks[0] == Xd.chunks[0]
