@@ -73,6 +73,8 @@ def check_training_arrays(estimator, X, y):
     if estimator.n_components > n:
         raise ValueError(f"n_components={estimator.n_components} must be <= n_samples={n}.")
     X = X.astype(np.float64).rechunk({1: -1})
+    if 0 in X.chunks[0]:  # empty blocks (left by filtering, say) hold nothing to fit
+        X = X.rechunk({0: tuple(size for size in X.chunks[0] if size)})
     y2 = y2.astype(np.float64).rechunk((X.chunks[0], -1))
     return X, y2, y.ndim
 

@@ -93,6 +93,16 @@ def test_dask_kmeans_init_equals_numpy(gllim_ref, dask_client, init_params):
                     X)
 
 
+def test_dask_warm_start_continues_as_in_memory(gllim_ref, dask_client):
+    X, y = make_data(gllim_ref)
+    kw = dict(n_components=3, random_state=0, max_iter=4, tol=0, warm_start=True)
+    numpy_fit, dask_fit = GLLiMRegressor(**kw), GLLiMRegressor(**kw)
+    for _ in range(2):
+        numpy_fit.fit(X, y)
+        dask_fit.fit(*as_dask(X, y))
+    assert_same_fit(numpy_fit, dask_fit, X)
+
+
 def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
                                                              monkeypatch):
     X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
