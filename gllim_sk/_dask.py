@@ -58,20 +58,9 @@ def check_training_arrays(estimator, X, y):
     if n != y.shape[0]:
         raise ValueError(f"X and y have inconsistent numbers of samples: {n} and {y.shape[0]}.")
     y2 = y.reshape(n, 1) if y.ndim == 1 else y
-    L = y2.shape[1]
     if n < 2:
         raise ValueError(f"Found array with {n} sample(s) while a minimum of 2 is required.")
-    if L > D:
-        raise ValueError(
-            f"y has {L} columns but X has only {D} features: GLLiM regresses a "
-            "low-dimensional target from high-dimensional features (n_targets <= n_features)."
-        )
-    if L + estimator.n_latent > D:
-        raise ValueError(
-            f"n_targets + n_latent = {L} + {estimator.n_latent} exceeds n_features = {D}."
-        )
-    if estimator.n_components > n:
-        raise ValueError(f"n_components={estimator.n_components} must be <= n_samples={n}.")
+    estimator._check_sizes(n, D, y2.shape[1])
     X = X.astype(np.float64).rechunk({1: -1})
     if 0 in X.chunks[0]:  # empty blocks (left by filtering, say) hold nothing to fit
         X = X.rechunk({0: tuple(size for size in X.chunks[0] if size)})
@@ -92,19 +81,12 @@ def column_variances(executor, blocks, attribute):
     return column_means(executor, blocks, lambda block: (getattr(block, attribute) - mean) ** 2)
 
 
-def check_no_constant_column(X, y):
-    """With ``reg_covar=0`` a constant column makes the likelihood infinite (as in memory)."""
+def column_spreads(X, y):
+    """(name, max - min of each column) of the dask arrays X and y."""
     import dask
 
-    for name, values in (("X", X), ("y", y)):
-        spread = dask.compute(values.max(axis=0) - values.min(axis=0))[0]
-        constant = np.flatnonzero(spread == 0)
-        if constant.size:
-            raise ValueError(
-                f"{name} has constant column(s) {constant[:10].tolist()}: with reg_covar=0 "
-                "their variance is zero and the likelihood infinite. Set reg_covar > 0 "
-                "(the default is 1e-6) or drop those columns."
-            )
+    spreads = dask.compute(*(a.max(axis=0) - a.min(axis=0) for a in (X, y)))
+    return list(zip(("X", "y"), spreads, strict=True))
 
 
 def initial_params(estimator, problem, random_state):

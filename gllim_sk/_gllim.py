@@ -382,6 +382,35 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------ validation
+    def _check_sizes(self, n_samples, n_features, n_targets):
+        """The checks of the training data's shape (numpy or dask arrays)."""
+        n, D, L = n_samples, n_features, n_targets
+        if L > D:
+            raise ValueError(
+                f"y has {L} columns but X has only {D} features: GLLiM regresses a "
+                "low-dimensional target from high-dimensional features (n_targets <= "
+                "n_features)."
+            )
+        if L + self.n_latent > D:
+            raise ValueError(
+                f"n_targets + n_latent = {L} + {self.n_latent} exceeds n_features = {D}."
+            )
+        if self.n_components > n:
+            raise ValueError(
+                f"n_components={self.n_components} must be <= n_samples={n}."
+            )
+
+    @staticmethod
+    def _check_spread(name, spread):
+        """With ``reg_covar=0``, refuse constant columns (``spread``: max - min per column)."""
+        constant = np.flatnonzero(spread == 0)
+        if constant.size:
+            raise ValueError(
+                f"{name} has constant column(s) {constant[:10].tolist()}: with "
+                "reg_covar=0 their variance is zero and the likelihood infinite. "
+                "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
+            )
+
     def _validate_training_data(self, X, y):
         if y is not None:
             # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
@@ -398,32 +427,11 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         y = np.asarray(y) if xp is np else y
         self._y_ndim = y.ndim
         y2 = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
-        n, D = X.shape
-        L = y2.shape[1]
-        if L > D:
-            raise ValueError(
-                f"y has {L} columns but X has only {D} features: GLLiM regresses a "
-                "low-dimensional target from high-dimensional features (n_targets <= "
-                "n_features)."
-            )
-        if L + self.n_latent > D:
-            raise ValueError(
-                f"n_targets + n_latent = {L} + {self.n_latent} exceeds n_features = {D}."
-            )
-        if self.n_components > n:
-            raise ValueError(
-                f"n_components={self.n_components} must be <= n_samples={n}."
-            )
+        self._check_sizes(*X.shape, y2.shape[1])
         if self.reg_covar == 0:
             for name, values in (("X", X), ("y", y2)):
-                spread = xp.max(values, axis=0) - xp.min(values, axis=0)
-                constant = np.flatnonzero(to_numpy(spread) == 0)
-                if constant.size:
-                    raise ValueError(
-                        f"{name} has constant column(s) {constant[:10].tolist()}: with "
-                        "reg_covar=0 their variance is zero and the likelihood infinite. "
-                        "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
-                    )
+                self._check_spread(name, to_numpy(xp.max(values, axis=0)
+                                                  - xp.min(values, axis=0)))
         if xp is np:  # numpy fits run in float64
             return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
         return X, xp.astype(y2, X.dtype)
@@ -749,7 +757,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
 
         X, y, self._y_ndim = _dask.check_training_arrays(self, X, y)
         if self.reg_covar == 0:
-            _dask.check_no_constant_column(X, y)
+            for name, spread in _dask.column_spreads(X, y):
+                self._check_spread(name, spread)
         if hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
         do_warm = self._can_warm_start(X.shape[1], y.shape[1])
