@@ -25,6 +25,12 @@ from . import _gllim_math as gm
 # k-means initialisation: on all target rows up to this many, above that on a uniform
 # random sample of this many rows (the labels of all rows then come from the centres).
 KMEANS_MAX_SAMPLES = 100_000
+# Latent initialisation: per-component D x D Gram matrices up to this many floats in all
+# (256 MiB), above that a subspace iteration of this many passes, with this many extra
+# directions, over the blocks.
+LATENT_GRAM_MAX_FLOATS = 2**25
+LATENT_POWER_ITERATIONS = 6
+LATENT_OVERSAMPLING = 8
 
 
 def is_dask_array(a):
@@ -210,14 +216,18 @@ def _initial_esteps(est, executor, blocks, random_state):
 class LatentPCAStats:
     """What the latent initialisation needs of the samples, summed over blocks.
 
-    Each sample enters the weighted PCA of the residuals x - A_k y - b_k of its most
-    responsible component: ``gram`` (K, D, D) sums r e e' over those samples, ``weight``
-    (K,) sums r, ``count`` (K,) counts them. A component with fewer samples than the PCA
-    needs uses its most responsible samples instead: ``top_resp`` (K, m) and
-    ``top_resid`` (K, m, D) keep them (merged by keeping the largest).
+    Each sample enters the weighted PCA of the residuals e = x - A_k y - b_k of its most
+    responsible component: ``gram`` (K, D, D) sums r e e' over those samples (``None``
+    when too large: then ``product`` (K, D, m) sums r e e' Q_k for given directions Q_k),
+    ``total`` (K,) sums r e'e, ``weight`` (K,) sums r, ``count`` (K,) counts them. A
+    component with fewer samples than the PCA needs uses its most responsible samples
+    instead: ``top_resp`` (K, m) and ``top_resid`` (K, m, D) keep them (merged by keeping
+    the largest).
     """
 
-    gram: np.ndarray
+    gram: np.ndarray | None
+    product: np.ndarray | None
+    total: np.ndarray
     weight: np.ndarray
     count: np.ndarray
     top_resp: np.ndarray
@@ -229,31 +239,40 @@ class LatentPCAStats:
         resid = np.concatenate([self.top_resid, other.top_resid], axis=1)
         keep = np.sort(np.argsort(resp, axis=1, kind="stable")[:, -m:], axis=1)
         return LatentPCAStats(
-            self.gram + other.gram, self.weight + other.weight, self.count + other.count,
+            None if self.gram is None else self.gram + other.gram,
+            None if self.product is None else self.product + other.product,
+            self.total + other.total, self.weight + other.weight, self.count + other.count,
             np.take_along_axis(resp, keep, axis=1),
             np.take_along_axis(resid, keep[:, :, None], axis=1),
         )
 
 
-def _latent_pca_block(block, estep, A, b, min_rows):
+def _latent_pca_block(block, estep, A, b, min_rows, directions=None):
+    """A block's :class:`LatentPCAStats`: with the Gram matrices, or with their products
+    with ``directions`` (K, D, m) when given."""
     resp = estep.resp
     K, n = resp.shape
     D = block.Xc.shape[1]
     owner = resp.argmax(axis=0)
-    gram = np.zeros((K, D, D))
-    weight, count = np.zeros(K), np.zeros(K)
+    gram = np.zeros((K, D, D)) if directions is None else None
+    product = None if directions is None else np.zeros(directions.shape)
+    total, weight, count = np.zeros(K), np.zeros(K), np.zeros(K)
     m = min(min_rows, n)
     top_resp, top_resid = np.zeros((K, m)), np.zeros((K, m, D))
     for k in range(K):
         rows = np.flatnonzero(owner == k)
         r = np.maximum(resp[k, rows], np.finfo(float).tiny)
         resid = block.Xc[rows] - block.y[rows] @ A[k].T - b[k]
-        gram[k] = (resid.T * r) @ resid
+        if directions is None:
+            gram[k] = (resid.T * r) @ resid
+        else:
+            product[k] = resid.T @ ((resid @ directions[k]) * r[:, None])
+        total[k] = np.einsum("n,nd,nd->", r, resid, resid)
         weight[k], count[k] = r.sum(), rows.size
         top = np.sort(np.argsort(resp[k], kind="stable")[-m:])
         top_resp[k] = resp[k, top]
         top_resid[k] = block.Xc[top] - block.y[top] @ A[k].T - b[k]
-    return None, LatentPCAStats(gram, weight, count, top_resp, top_resid)
+    return None, LatentPCAStats(gram, product, total, weight, count, top_resp, top_resid)
 
 
 def ppca_loadings(lam, vt, total):
@@ -267,28 +286,51 @@ def ppca_loadings(lam, vt, total):
 
 def _init_latent(model, executor, blocks, esteps, params, raw, n_latent, random_state):
     """:meth:`GLLiMModel.init_latent` from statistics summed over blocks: each component's
-    weighted residual Gram matrix (D x D) instead of its residual rows. The same PCA; its
-    leading directions come from an exact eigendecomposition at any D."""
+    weighted residual Gram matrix (D x D) instead of its residual rows, the same PCA with
+    an exact eigendecomposition. When the K Gram matrices would exceed LATENT_GRAM_MAX_FLOATS
+    their leading directions come from a subspace iteration over the blocks instead (as the
+    in-memory fit uses a randomised SVD at large D): no D x D matrix is formed."""
     K, D, _ = params.A.shape
     min_rows = max(2 * n_latent + 2, 10)
-    _, pca = executor.map_reduce(
-        lambda block, estep: _latent_pca_block(block, estep, params.A, params.b, min_rows),
-        blocks, esteps)
+
+    def pass_over(directions=None):
+        return executor.map_reduce(
+            lambda block, estep: _latent_pca_block(block, estep, params.A, params.b, min_rows,
+                                                   directions),
+            blocks, esteps)[1]
+
+    leading = {}  # component -> (variances, directions (m, D)) of the weighted residuals
+    if K * D * D <= LATENT_GRAM_MAX_FLOATS:
+        pca = pass_over()
+        for k in np.flatnonzero(pca.count >= min_rows):
+            lam, vecs = np.linalg.eigh(pca.gram[k] / pca.weight[k])
+            leading[k] = lam[::-1], vecs[:, ::-1].T
+    else:
+        m = min(n_latent + LATENT_OVERSAMPLING, D)
+        Q = random_state.standard_normal((K, D, m))
+        for _ in range(LATENT_POWER_ITERATIONS):
+            Q = np.linalg.qr(Q)[0]
+            pca = pass_over(Q)
+            Q = pca.product / np.maximum(pca.weight, np.finfo(float).tiny)[:, None, None]
+        Q = np.linalg.qr(Q)[0]
+        pca = pass_over(Q)
+        for k in np.flatnonzero(pca.count >= min_rows):  # Rayleigh-Ritz on span(Q_k)
+            lam, vecs = np.linalg.eigh(Q[k].T @ pca.product[k] / pca.weight[k])
+            leading[k] = lam[::-1], (Q[k] @ vecs[:, ::-1]).T
     W = np.zeros((K, D, n_latent))
     for k in range(K):
-        if pca.count[k] >= min_rows:
+        if k in leading:
             n_dirs = min(n_latent, int(pca.count[k]), D)
-            gram = pca.gram[k] / pca.weight[k]
-            lam, vecs = np.linalg.eigh(gram)
-            W[k, :, :n_dirs] = ppca_loadings(np.maximum(lam[::-1][:n_dirs], 0.0),
-                                                vecs[:, ::-1][:, :n_dirs].T, np.trace(gram))
+            lam, vt = leading[k]
+            W[k, :, :n_dirs] = ppca_loadings(np.maximum(lam[:n_dirs], 0.0), vt[:n_dirs],
+                                             pca.total[k] / pca.weight[k])
         else:
             w = np.maximum(pca.top_resp[k], np.finfo(float).tiny)
             resid = pca.top_resid[k] * np.sqrt(w / w.sum())[:, None]
             n_dirs = min(n_latent, *resid.shape)
             s, vt = gm._leading_right_singular(resid, n_dirs, random_state)
             W[k, :, :n_dirs] = ppca_loadings(s[:n_dirs] ** 2, vt[:n_dirs],
-                                                np.einsum("nd,nd->", resid, resid))
+                                             np.einsum("nd,nd->", resid, resid))
     params.W = W
     params.noise = model.finalize_noise(model.noise.remove_latent(raw, W, params.weights),
                                         params.weights)

@@ -84,6 +84,27 @@ def test_dask_latent_init_of_a_nearly_empty_component(gllim_ref, dask_client,
     assert_allclose(dask_fit.lower_bound_, numpy_fit.lower_bound_, rtol=1e-10)
 
 
+def test_dask_latent_init_without_gram_matrices(gllim_ref, dask_client, monkeypatch):
+    # Above a memory budget the latent PCA's leading directions come from a subspace
+    # iteration over the blocks instead of D x D Gram matrices: the same loadings, to the
+    # iteration's accuracy.
+    from gllim_sk import _dask
+
+    X, y = make_data(gllim_ref, n_samples=600, n_features=30, n_latent=2)
+    resp = np.random.default_rng(1).dirichlet(np.ones(3), size=len(X))
+    kw = dict(n_components=3, n_latent=2, resp_init=resp, max_iter=1, tol=0, random_state=0)
+    numpy_fit = GLLiMRegressor(**kw).fit(X, y)
+    monkeypatch.setattr(_dask, "LATENT_GRAM_MAX_FLOATS", 0)
+    dask_fit = GLLiMRegressor(**kw).fit(*as_dask(X, y, x_chunks=(170, -1)))
+
+    def outer(model):  # W W' does not depend on the loadings' signs and rotation
+        return np.einsum("kdl,kel->kde", model.latent_coef_, model.latent_coef_)
+
+    assert_allclose(outer(dask_fit), outer(numpy_fit), rtol=0,
+                    atol=1e-6 * np.abs(outer(numpy_fit)).max())
+    assert_allclose(dask_fit.lower_bound_, numpy_fit.lower_bound_, rtol=1e-8)
+
+
 @pytest.mark.parametrize("init_params", ["kmeans", "kmeans_joint"])
 def test_dask_kmeans_init_equals_numpy(gllim_ref, dask_client, init_params):
     # Up to dask's KMEANS_MAX_SAMPLES rows, k-means runs on all the targets as in memory.
