@@ -234,7 +234,10 @@ def test_grid_search_on_ray_matches_serial(gllim_ref):
 
     X, y = make_data(gllim_ref, n_latent=1)
     serial = _grid_search(n_jobs=1).fit(X, y)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as error:  # an environment that cannot run Ray's processes
+        pytest.skip(f"a local Ray instance cannot start here: {error}")
     try:
         register_ray()
         with parallel_backend("ray"):
