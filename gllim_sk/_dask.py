@@ -118,6 +118,8 @@ def _estep_of_resp(resp):
 
 
 def _given_estep(resp_block):
+    if not np.isfinite(resp_block).all():
+        raise ValueError("Input resp_init contains NaN or infinity.")
     if (resp_block < 0).any():
         raise ValueError("resp_init has negative entries; responsibilities are >= 0.")
     totals = resp_block.sum(axis=1, keepdims=True)

@@ -255,7 +255,7 @@ class DaskExecutor:
         columns (computed where the block lives, when used)."""
         import dask
 
-        call = dask.delayed(func, pure=True)
+        call = dask.delayed(func, pure=False)  # closures: unique keys, never shared
         derived = [call(block) for block in blocks]
         self._n_sq[derived[0].key] = n_squared
         return derived

@@ -191,6 +191,8 @@ def test_dask_inputs_are_checked(gllim_ref, dask_client):
         GLLiMRegressor(2, resp_init=np.ones((len(X), 3))).fit(Xd, yd)
     with pytest.raises(ValueError, match="negative"):
         GLLiMRegressor(2, resp_init=-np.ones((len(X), 2))).fit(Xd, yd)
+    with pytest.raises(ValueError, match="resp_init contains NaN"):
+        GLLiMRegressor(2, resp_init=np.full((len(X), 2), np.nan)).fit(Xd, yd)
     model = GLLiMRegressor(2, random_state=0).fit(Xd, yd)
     with pytest.raises(ValueError, match="features"):
         model.predict(Xd[:, :-1])
