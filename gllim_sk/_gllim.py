@@ -2,7 +2,7 @@
 
 import dataclasses
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 
 import numpy as np
@@ -579,8 +579,11 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         if self.n_latent == 0:
             params.noise = model.finalize_noise(raw, params.weights)
             return params
-        return model.init_latent(problem.Xc, problem.y, resp, params, raw, self.n_latent,
-                                 random_state)
+        # Off numpy the latent PCA runs on the host, beside the array library's own
+        # threads: BLAS on one thread there avoids oversubscribing the cores.
+        with problem.executor.serial() if xp is not np else nullcontext():
+            return model.init_latent(problem.Xc, problem.y, resp, params, raw,
+                                     self.n_latent, random_state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
