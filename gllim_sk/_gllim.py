@@ -540,7 +540,9 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
                              noise_reg, var_floor, target_reg_covar=target_reg)
 
     def _initial_resp(self, Xc, y, random_state):
-        """Initial responsibilities, (n_components, n_samples)."""
+        """Initial responsibilities, (n_components, n_samples), as a numpy array (computed
+        on the host: features of another namespace are copied there only for
+        ``init_params="kmeans_joint"``)."""
         n = Xc.shape[0]
         K = self.n_components
         if self.resp_init is not None:
@@ -550,10 +552,11 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         if self.init_params == "random":
             resp = random_state.uniform(size=(K, n))
             return resp / resp.sum(axis=0)
+        y = np.asarray(to_numpy(y), dtype=np.float64)
         if self.init_params == "kmeans":
             points = y
         else:  # kmeans_joint: k-means on standardised [y, X]
-            points = np.hstack([y, Xc])
+            points = np.hstack([y, np.asarray(to_numpy(Xc), dtype=np.float64)])
             scale = points.std(axis=0)
             points = points / np.where(scale > 0, scale, 1.0)
         resp = kmeans_responsibilities(points, K, random_state)
@@ -577,8 +580,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
             # with numpy, whatever the namespace of the data.
             with problem.executor.serial():
-                resp = self._initial_resp(to_numpy(problem.Xc), to_numpy(problem.y),
-                                          random_state)
+                resp = self._initial_resp(problem.Xc, problem.y, random_state)
         if xp is not np:
             resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model
