@@ -215,12 +215,13 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation (k-means, GMM, random responsibilities, latent PCA).
     warm_start : bool, default=False
-        If True, ``fit`` continues EM from the previous fit's parameters (with its
-        feature and target means as the centres), ignoring ``n_init``, ``init_params``
-        and ``resp_init``, as :class:`~sklearn.mixture.GaussianMixture` does. It does so
-        only when those parameters fit the new call: the same ``n_components``,
-        ``n_latent``, ``covariance_type``, ``target_covariance_type``, number of features
-        and number of targets (a 1-D y and a one-column y count as the same). When any of
+        If True, ``fit`` continues EM from the previous fit's (or :meth:`partial_fit`'s)
+        parameters (with their feature and target means as the centres), ignoring
+        ``n_init``, ``init_params`` and ``resp_init``, as
+        :class:`~sklearn.mixture.GaussianMixture` does. It does so only when those
+        parameters fit the new call: the same ``n_components``, ``n_latent``,
+        ``covariance_type``, ``target_covariance_type``, number of features and number of
+        targets (a 1-D y and a one-column y count as the same). When any of
         these changed, ``fit`` starts afresh, exactly as with ``warm_start=False``.
     verbose : int, default=0
         1 prints initialisation and convergence messages; 2 also prints the log-likelihood
@@ -701,8 +702,12 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         statistics per sample: each call runs the E-step of its batch under the current
         parameters, blends the batch's statistics in with step size
         ``(learning_offset + t) ** -learning_decay`` at the t-th update, and runs the
-        M-step of the blend. The first call on an unfitted model initialises from its
-        batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
+        M-step of the blend. A component whose weight has fallen below a tenth of the
+        uniform ``1 / n_components`` is re-seeded (one per call): in that batch it takes
+        the ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the
+        sample of least likelihood, which stops a vanished component from staying wasted
+        while two clusters share another. The first call on an unfitted model initialises
+        from its batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
         the data by the batch's means, takes the unit of the relative ``reg_covar`` from
         the batch's variances and makes the first statistics; on a model fitted by ``fit``
         it starts from the fitted parameters (and keeps the fit's centring and floors).
