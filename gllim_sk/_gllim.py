@@ -16,6 +16,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
 
 from . import _gllim_math as gm
+from .posterior import PosteriorMixin
 
 __all__ = ["GLLiMRegressor"]
 
@@ -107,7 +108,7 @@ def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_ite
     return resp
 
 
-class GLLiMRegressor(RegressorMixin, BaseEstimator):
+class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
     GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
