@@ -209,12 +209,12 @@ def merge_mixture(weights, means, covariances, n_components=2):
     --------
     >>> import numpy as np
     >>> from gllim_sk.posterior import merge_mixture
-    >>> w = np.array([[0.3, 0.2, 0.5]])
+    >>> w = np.array([[0.3, 0.25, 0.45]])
     >>> mu = np.array([[[-1.0], [-1.1], [2.0]]])
     >>> cov = np.full((3, 1, 1), 0.01)
     >>> w2, mu2, cov2 = merge_mixture(w, mu, cov, n_components=2)
     >>> w2.round(2), mu2[..., 0].round(2)
-    (array([[0.5, 0.5]]), array([[ 2.  , -1.04]]))
+    (array([[0.55, 0.45]]), array([[-1.05,  2.  ]]))
     """
     weights = np.asarray(weights, dtype=float)
     means = np.asarray(means, dtype=float)
