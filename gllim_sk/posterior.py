@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import gammaln, logsumexp
+from scipy.special import betaln, gammaln, logsumexp
 from sklearn.utils import check_random_state
 
 __all__ = ["ImportanceSamplingResult", "importance_sampling", "merge_mixture"]
@@ -58,8 +58,9 @@ def gaussian_or_t_log_density(delta, logdet, dim, dof=None):
     if dof is None:
         return -0.5 * (dim * LOG_2PI + logdet + delta)
     dof = np.asarray(dof, dtype=float)
+    # log Gamma((dof + dim)/2) - log Gamma(dof/2) through betaln: exact for large dof.
     return (
-        gammaln(0.5 * (dof + dim)) - gammaln(0.5 * dof)
+        gammaln(0.5 * dim) - betaln(0.5 * dof, 0.5 * dim)
         - 0.5 * dim * np.log(dof * np.pi) - 0.5 * logdet
         - 0.5 * (dof + dim) * np.log1p(delta / dof)
     )
@@ -560,7 +561,7 @@ class PosteriorMixin:
             log_w = np.log(np.asarray(weights, dtype=float))
         return log_w, np.asarray(means, dtype=float), np.asarray(covariances, dtype=float), None
 
-    def predict_modes(self, X, n_modes=2):
+    def predict_modes(self, X, n_modes=2, *, feature_noise_var=None, feature_noise_cov=None):
         """Posterior modes: the predictive mixture of each sample merged into ``n_modes``.
 
         Components are merged greedily by Runnalls' Kullback-Leibler bound, preserving
@@ -575,6 +576,8 @@ class PosteriorMixin:
             Features.
         n_modes : int, default=2
             Largest number of modes M to return.
+        feature_noise_var, feature_noise_cov : array-like, default=None
+            Known observation noise, as in :meth:`predict_mixture`.
 
         Returns
         -------
@@ -585,7 +588,9 @@ class PosteriorMixin:
         covariances : ndarray of shape (n_samples, M', n_targets, n_targets)
             Spread of each mode.
         """
-        weights, means, covariances = self.predict_mixture(X)
+        weights, means, covariances = self.predict_mixture(
+            X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov
+        )
         dtype = np.asarray(means).dtype
         out = merge_mixture(weights, means, covariances, n_modes)
         return tuple(a.astype(dtype, copy=False) for a in out)

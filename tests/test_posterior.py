@@ -279,3 +279,94 @@ def test_importance_sampling_validates_its_inputs(coarse_problem):
         importance_sampling(model, X_test, forward, uniform_log_prior, noise_covariance=1.0,
                             n_draws=20, random_state=0)
     np.testing.assert_array_equal(X_test, X_copy)  # inputs are not modified
+
+
+# --------------------------------------------------------------------------- observation noise
+NOISE_COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
+
+
+def noisy_reference(ref, p, X, noise):
+    """Dense conditioning with Sigma_k + S, S given per sample (n, D, D)."""
+    out = []
+    for i in range(X.shape[0]):
+        q = dict(p, Sigma=p["Sigma"] + noise[i])
+        out.append(ref.condition_on_x(q, X[i : i + 1]))
+    weights = np.concatenate([o.weights for o in out])
+    means = np.concatenate([o.means for o in out])
+    covs = np.stack([o.covs for o in out])
+    mean = np.concatenate([o.mean for o in out])
+    cov = np.concatenate([o.cov for o in out])
+    return weights, means, covs, mean, cov
+
+
+@pytest.mark.parametrize("n_latent", [0, 2])
+@pytest.mark.parametrize("kind", ["shared_var", "per_sample_var", "shared_cov"])
+@pytest.mark.parametrize("covariance_type", NOISE_COVARIANCE_TYPES)
+def test_observation_noise_matches_dense_conditioning(gllim_ref, covariance_type, kind,
+                                                      n_latent):
+    rng = np.random.default_rng(0)
+    p = gllim_ref.random_params(rng, 3, 6, 2, n_latent=n_latent)
+    X, y, _ = gllim_ref.sample(p, 300, rng)
+    model = GLLiMRegressor(3, covariance_type=covariance_type, n_latent=n_latent,
+                           max_iter=10, random_state=0).fit(X, y)
+    dense = gllim_ref.dense_params(model)
+    Xq = X[:12]
+    if kind == "shared_var":
+        var = rng.uniform(0.01, 0.5, 6)
+        kwargs = dict(feature_noise_var=var)
+        S = np.broadcast_to(np.diag(var), (12, 6, 6))
+    elif kind == "per_sample_var":
+        var = rng.uniform(0.01, 0.5, (12, 6))
+        kwargs = dict(feature_noise_var=var)
+        S = var[:, :, None] * np.eye(6)
+    else:
+        B = rng.normal(scale=0.3, size=(6, 6))
+        kwargs = dict(feature_noise_cov=B @ B.T)
+        S = np.broadcast_to(B @ B.T, (12, 6, 6))
+    weights, means, covs, mean, cov = noisy_reference(gllim_ref, dense, Xq, S)
+    w, m, c = model.predict_mixture(Xq, **kwargs)
+    assert c.shape == (12, 3, 2, 2)
+    assert_allclose(w, weights, atol=1e-9)
+    assert_allclose(m, means, rtol=1e-8, atol=1e-9)
+    assert_allclose(c, covs, rtol=1e-8, atol=1e-12)
+    y_hat, y_cov = model.predict(Xq, return_cov=True, **kwargs)
+    assert_allclose(y_hat, mean, rtol=1e-8, atol=1e-9)
+    assert_allclose(y_cov, cov, rtol=1e-7, atol=1e-10)
+    # log p(y | x) of the noisy mixture, from the dense components.
+    ref_logp = np.log(np.einsum("nk,nk->n", weights, np.array([
+        [multivariate_normal(means[i, k], covs[i, k]).pdf(y[i]) for k in range(3)]
+        for i in range(12)])))
+    assert_allclose(model.conditional_log_density(Xq, y[:12], **kwargs), ref_logp, rtol=1e-8)
+    # Zero noise is the noiseless model.
+    w0, m0, c0 = model.predict_mixture(Xq, feature_noise_var=0.0)
+    w1, m1, c1 = model.predict_mixture(Xq)
+    assert_allclose(w0, w1, atol=1e-10)
+    assert_allclose(m0, m1, rtol=1e-9, atol=1e-10)
+    assert_allclose(c0, np.broadcast_to(c1, c0.shape), rtol=1e-9)
+
+
+def test_observation_noise_widens_the_posterior_and_is_validated(gllim_ref):
+    rng = np.random.default_rng(1)
+    p = gllim_ref.random_params(rng, 2, 5, 1)
+    X, y, _ = gllim_ref.sample(p, 200, rng)
+    model = GLLiMRegressor(2, random_state=0).fit(X, y[:, 0])
+    _, std0 = model.predict(X[:20], return_std=True)
+    _, std1 = model.predict(X[:20], return_std=True, feature_noise_var=1.0)
+    assert std0.shape == std1.shape == (20,)
+    assert np.median(std1) > np.median(std0)
+    draws = model.sample_y(X[:2], n_samples=50_000, random_state=0, feature_noise_var=1.0)
+    mean, std = model.predict(X[:2], return_std=True, feature_noise_var=1.0)
+    assert_allclose(draws.mean(axis=1), mean, atol=0.03 * std.max())
+    modes = model.predict_modes(X[:2], n_modes=1, feature_noise_var=1.0)[1][:, 0, 0]
+    assert_allclose(modes, mean, rtol=1e-8, atol=1e-10)  # one mode: the mean
+    with pytest.raises(ValueError, match="not both"):
+        model.predict(X, feature_noise_var=1.0, feature_noise_cov=np.eye(5))
+    with pytest.raises(ValueError, match="feature_noise_var must be"):
+        model.predict(X[:3], feature_noise_var=np.ones((4, 5)))
+    with pytest.raises(ValueError, match="non-negative"):
+        model.predict(X[:3], feature_noise_var=-1.0)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        model.predict(X[:3], feature_noise_cov=-np.eye(5))
+    var = np.ones((3, 5))
+    model.predict(X[:3], feature_noise_var=var)
+    assert_allclose(var, 1.0)  # not modified
