@@ -1,76 +1,29 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
+import dataclasses
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from numbers import Integral, Real
-from time import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from threadpoolctl import ThreadpoolController
 
+from . import _engine
 from . import _gllim_math as gm
-from .posterior import PosteriorMixin
+from ._compat import Interval, StrOptions, _fit_context
+from .posterior import PosteriorMixin, mixture_log_density, sample_mixture
 
 __all__ = ["GLLiMRegressor"]
 
-_NOISE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
-_TARGET_TYPES = ("full", "diag", "spherical", "tied")
 # Smallest noise variance of the latent model, relative to the feature's variance.
 LATENT_NOISE_FLOOR = 1e-5
-# EM's threading by the size n * D * K * (L + 2 + Lw) (see _em_parallelism): one thread
-# below SMALL_PROBLEM_WORK, BLAS threads up to CHUNKED_PROBLEM_WORK, sample chunks above.
-SMALL_PROBLEM_WORK = 2e6
-CHUNKED_PROBLEM_WORK = 1e7
-MIN_CHUNK_SAMPLES = 500
 # EM iterations of the Gaussian mixture on y that refines k-means at initialisation: the
 # GLLiM EM that follows refines the responsibilities anyway.
 GMM_INIT_MAX_ITER = 20
 GMM_INIT_TOL = 1e-3
-_threadpool_controller = None
-
-
-def _controller():
-    """One ThreadpoolController, kept: scanning the loaded libraries costs milliseconds."""
-    global _threadpool_controller
-    if _threadpool_controller is None:
-        _threadpool_controller = ThreadpoolController()
-    return _threadpool_controller
-
-
-def _blas_threads(limit):
-    """Context manager limiting BLAS/OpenMP threads (``None``: no limit)."""
-    return _controller().limit(limits=limit)
-
-
-def _em_parallelism(n_samples, work):
-    """How EM runs: (number of sample chunks run in parallel threads, BLAS thread limit).
-
-    Measured on 2 cores: small problems run fastest on one thread (thread hand-offs cost
-    more than the products); middle-sized ones with BLAS's own threads in the products;
-    large ones (from about n=2000, D=100, K=10) by splitting the samples into chunks, one
-    Python thread and one BLAS thread each. That keeps every core busy through the array
-    arithmetic between the products too (products and array arithmetic release the GIL);
-    at n=12000, D=1888, K=50 an iteration takes 15% less time than with BLAS threads.
-    The threads are those BLAS may use: threadpoolctl limits and ``OMP_NUM_THREADS`` or
-    ``OPENBLAS_NUM_THREADS`` are honoured.
-    """
-    if work < SMALL_PROBLEM_WORK:
-        return 1, 1
-    n_threads = max(
-        (lib.num_threads for lib in _controller().select(user_api="blas").lib_controllers),
-        default=1,
-    )
-    n_chunks = min(n_threads, n_samples // MIN_CHUNK_SAMPLES)
-    if n_chunks < 2 or work < CHUNKED_PROBLEM_WORK:
-        return 1, None
-    return n_chunks, 1
 
 
 def kmeans_responsibilities(points, n_clusters, random_state):
@@ -88,27 +41,27 @@ def kmeans_responsibilities(points, n_clusters, random_state):
 def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_iter, tol):
     """EM on a Gaussian mixture of the targets alone, from responsibilities ``resp`` (K, n).
 
-    The mixture of y is GLLiM without features, so the same EM steps run it. Stops when
-    the mean log-likelihood gains less than ``tol``; returns the last E-step's (K, n)
-    responsibilities.
+    The mixture of y is GLLiM without features, so the same model and engine run it.
+    Stops when the mean log-likelihood gains less than ``tol``; returns the last E-step's
+    (K, n) responsibilities.
     """
-    y_only = gm.prepare_data(np.empty((y.shape[0], 0)), y - y.mean(axis=0), "diag")
-    no_latent = np.zeros((0,) + resp.shape)
+    model = gm.GLLiMModel("diag", target_covariance_type, reg_covar)
+    executor = _engine.SerialExecutor()
+    blocks = executor.blocks(model, np.empty((y.shape[0], 0)), y - y.mean(axis=0))
+    esteps = _engine.responsibilities_as_esteps(executor, blocks, resp)
+    latent_cov = np.zeros((resp.shape[0], 0, 0))
+    stats = _engine.stats_of(model, executor, blocks, esteps, latent_cov)
     previous = -np.inf
     for _ in range(max_iter):
-        params = gm.m_step(
-            y_only, resp, no_latent, np.zeros((resp.shape[0], 0, 0)), "diag",
-            target_covariance_type, reg_covar,
-        )
-        log_prob, resp, _, _ = gm.e_step(y_only, params)
-        current = float(log_prob.mean())
+        params = _engine.m_step(model, executor, blocks, esteps, stats, latent_cov)
+        esteps, stats, current, latent_cov = _engine.e_step(model, executor, blocks, params)
         if abs(current - previous) < tol:
             break
         previous = current
-    return resp
+    return esteps[0].resp
 
 
-class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
+class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
     GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
@@ -270,8 +223,8 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions(set(_NOISE_TYPES))],
-        "target_covariance_type": [StrOptions(set(_TARGET_TYPES))],
+        "covariance_type": [StrOptions(set(gm.NOISE_STRUCTURES))],
+        "target_covariance_type": [StrOptions(set(gm.TARGET_STRUCTURES))],
         "n_latent": [Interval(Integral, 0, None, closed="left")],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -351,23 +304,24 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
             )
         return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
 
-    def _check_resp_init(self, n_samples):
-        if np.ndim(self.resp_init) != 2:
+    def _check_resp(self, resp, n_samples, name="resp_init"):
+        """Validated responsibilities (n_samples, n_components), rows normalised."""
+        if np.ndim(resp) != 2:
             raise ValueError(
-                f"resp_init must be a 2-D array of shape (n_samples, n_components), got "
-                f"an array with {np.ndim(self.resp_init)} dimension(s)."
+                f"{name} must be a 2-D array of shape (n_samples, n_components), got "
+                f"an array with {np.ndim(resp)} dimension(s)."
             )
-        resp = check_array(self.resp_init, dtype=np.float64, input_name="resp_init")
+        resp = check_array(resp, dtype=np.float64, input_name=name)
         if resp.shape != (n_samples, self.n_components):
             raise ValueError(
-                f"resp_init has shape {resp.shape}; expected (n_samples, n_components) = "
+                f"{name} has shape {resp.shape}; expected (n_samples, n_components) = "
                 f"({n_samples}, {self.n_components})."
             )
         if (resp < 0).any():
-            raise ValueError("resp_init has negative entries; responsibilities are >= 0.")
+            raise ValueError(f"{name} has negative entries; responsibilities are >= 0.")
         totals = resp.sum(axis=1, keepdims=True)
         if (totals <= 0).any():
-            raise ValueError("resp_init has rows that sum to 0; each row needs mass.")
+            raise ValueError(f"{name} has rows that sum to 0; each row needs mass.")
         return resp / totals
 
     def _check_X(self, X):
@@ -390,56 +344,54 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
         return y - self.target_mean_
 
     # ------------------------------------------------------------------ fitting
-    def _initial_resp(self, data, random_state):
+    def _em_model(self, var_floor=None):
+        """The :class:`~gllim_sk._gllim_math.GLLiMModel` of this estimator's settings."""
+        return gm.GLLiMModel(self.covariance_type, self.target_covariance_type,
+                             self.reg_covar, var_floor)
+
+    def _initial_resp(self, Xc, y, random_state):
         """Initial responsibilities, (n_components, n_samples)."""
-        n = data.Xc.shape[0]
+        n = Xc.shape[0]
         K = self.n_components
         if self.resp_init is not None:
-            return np.ascontiguousarray(self._check_resp_init(n).T)
+            return np.ascontiguousarray(self._check_resp(self.resp_init, n).T)
         if K == 1:
             return np.ones((1, n))
         if self.init_params == "random":
             resp = random_state.uniform(size=(K, n))
             return resp / resp.sum(axis=0)
         if self.init_params == "kmeans":
-            points = data.y
+            points = y
         else:  # kmeans_joint: k-means on standardised [y, X]
-            points = np.hstack([data.y, data.Xc])
+            points = np.hstack([y, Xc])
             scale = points.std(axis=0)
             points = points / np.where(scale > 0, scale, 1.0)
         resp = kmeans_responsibilities(points, K, random_state)
         if self.init_params == "kmeans":
-            resp = self._target_mixture_resp(data, resp)
+            resp = self._target_mixture_resp(y, resp)
         return resp
 
-    def _target_mixture_resp(self, data, resp):
+    def _target_mixture_resp(self, y, resp):
         """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init)."""
         return refine_by_target_mixture(
-            data.y, resp, self.target_covariance_type, max(self.reg_covar, 1e-6),
+            y, resp, self.target_covariance_type, max(self.reg_covar, 1e-6),
             GMM_INIT_MAX_ITER, GMM_INIT_TOL,
         )
 
-    def _initial_params(self, data, chunks, resp, pool, feature_gram, random_state,
-                        var_floor):
-        """The first M-step, from the initial responsibilities ``resp`` (K, n)."""
-        params, raw = gm.m_step_from_state(
-            chunks, gm.state_from_resp(chunks, resp, self.covariance_type, pool),
-            self.covariance_type, self.target_covariance_type, self.reg_covar, pool=pool,
-            feature_gram=feature_gram, return_raw=True,
-        )
+    def _em_initial_params(self, problem, random_state, resp=None):
+        """The first M-step, from the initial responsibilities (or ``resp`` (K, n))."""
+        if resp is None:
+            # k-means and the GMM on y are tiny: their OpenMP threads only spin.
+            with problem.executor.serial():
+                resp = self._initial_resp(problem.Xc, problem.y, random_state)
+        model = problem.model
+        params, raw, _ = _engine.m_step_from_resp(model, problem.executor, problem.blocks,
+                                                  resp)
         if self.n_latent == 0:
-            params.noise = gm.finalize_noise(
-                raw, params.weights, self.covariance_type, self.reg_covar
-            )
+            params.noise = model.finalize_noise(raw, params.weights)
             return params
-        return gm.init_latent(
-            data.Xc, data.y, resp, params, raw, self.n_latent, self.covariance_type,
-            self.reg_covar, random_state, var_floor,
-        )
-
-    def _print(self, level, message):
-        if self.verbose >= level:
-            print(message)
+        return model.init_latent(problem.Xc, problem.y, resp, params, raw, self.n_latent,
+                                 random_state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -457,93 +409,47 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
         self : GLLiMRegressor
             The fitted estimator.
         """
+        return self._fit(X, y)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def _fit_frozen_estep(self, X, y, resp):
+        """Fit with the E-step frozen at the responsibilities ``resp`` (n_samples, K).
+
+        The parameters are one M-step from ``resp`` (no EM iterations); ``lower_bound_``
+        is their log-likelihood. The deep model's first fits use it.
+        """
+        return self._fit(X, y, frozen_resp=resp)
+
+    def _fit(self, X, y, frozen_resp=None):
         X, y = self._validate_training_data(X, y)
+        if frozen_resp is not None:
+            frozen_resp = np.ascontiguousarray(
+                self._check_resp(frozen_resp, X.shape[0], name="resp").T
+            )
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
-        do_warm = self.warm_start and hasattr(self, "_params")
-        if do_warm and self._params.A.shape[1] != X.shape[1]:
-            do_warm = False
+        do_warm = (frozen_resp is None and self.warm_start and hasattr(self, "_params")
+                   and self._params.A.shape[1] == X.shape[1])
         offset = self.feature_mean_ if do_warm else X.mean(axis=0)
         y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
         # Centring both variables keeps the expanded quadratic forms free of cancellation.
         Xc = X - offset
-        data = gm.prepare_data(Xc, y - y_offset, self.covariance_type)
-        n_init = 1 if do_warm else self.n_init
+        yc = y - y_offset
         # The latent model's likelihood goes through (I + W' Sigma^-1 W)^-1, whose
         # conditioning degrades as a noise variance approaches zero (a Heywood case, which
         # factor analysis can reach): a floor relative to each feature's variance keeps it
         # well conditioned.
         var_floor = LATENT_NOISE_FLOOR * Xc.var(axis=0) if self.n_latent > 0 else None
-
+        model = self._em_model(var_floor)
         work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        n_chunks, blas_limit = _em_parallelism(X.shape[0], work)
-        data.single_threaded = blas_limit == 1
-        chunks = data.split(n_chunks)
-        feature_gram = data.feature_gram if self.covariance_type == "tied" else None
-        threads = ThreadPoolExecutor(n_chunks - 1) if n_chunks > 1 else nullcontext()
-        with _blas_threads(blas_limit), threads as pool:
-            best = None
-            for init in range(n_init):
-                self._print(1, f"Initialization {init}")
-                start = time()
-                if do_warm:
-                    params = self._params
-                else:
-                    # k-means and the GMM on y are tiny: their OpenMP threads only spin.
-                    with _blas_threads(1):
-                        resp = self._initial_resp(data, random_state)
-                    params = self._initial_params(
-                        data, chunks, resp, pool, feature_gram, random_state, var_floor
-                    )
-                state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
-                                             with_stats=self.max_iter > 1)
-                bounds = [state.mean_log_prob]
-                converged = False
-                n_iter = 1
-                for n_iter in range(2, self.max_iter + 1):
-                    params = gm.m_step_from_state(
-                        chunks, state, self.covariance_type, self.target_covariance_type,
-                        self.reg_covar, pool=pool, feature_gram=feature_gram,
-                        var_floor=var_floor,
-                    )
-                    state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
-                                                 with_stats=n_iter < self.max_iter)
-                    bounds.append(state.mean_log_prob)
-                    change = bounds[-1] - bounds[-2]
-                    if n_iter % self.verbose_interval == 0:
-                        self._print(
-                            2, f"  Iteration {n_iter}\t time lapse {time() - start:.5f}s\t "
-                            f"ll change {change:.5f}"
-                        )
-                    if abs(change) < self.tol:
-                        converged = True
-                        break
-                if self.max_iter == 1 and self.tol > 0:
-                    converged = False
-                self._print(
-                    1, f"Initialization {'converged' if converged else 'did not converge'}. "
-                    f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
-                )
-                if not np.isfinite(bounds[-1]):
-                    raise ValueError(
-                        "EM produced a non-finite log-likelihood; the data may contain extreme "
-                        "values. Standardise X and y, or increase reg_covar."
-                    )
-                if best is None or bounds[-1] > best[0][-1]:
-                    best = (bounds, params, n_iter, converged)
-
-        bounds, params, n_iter, converged = best
-        if not converged and self.tol > 0 and self.max_iter > 1:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init "
-                "parameters, or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self.converged_ = converged
-        self.n_iter_ = n_iter
-        self.lower_bounds_ = bounds
-        self.lower_bound_ = bounds[-1]
+        with _engine.make_executor(X.shape[0], work) as executor:
+            problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc),
+                                        Xc, yc)
+            if frozen_resp is not None:
+                params = self._fit_frozen(problem, frozen_resp, random_state)
+            else:
+                params = self._fit_em(problem, random_state,
+                                      warm_params=self._params if do_warm else None)
         self.feature_mean_ = offset
         self.target_mean_ = y_offset
         self._set_params_from(params)
@@ -551,51 +457,94 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
 
     def _set_params_from(self, params):
         """Store the internal parameters and derive the public and forward attributes."""
+        model = self._em_model()
         self._params = params
-        self._forward = gm.forward_params(params)
-        K, D, L = params.A.shape
+        self._forward = model.forward(params)
         offset = self.feature_mean_
         y_offset = self.target_mean_
         self.weights_ = params.weights
         self.target_means_ = params.c + y_offset
-        g = params.gamma
-        self.target_covariances_ = {
-            "full": g,
-            "diag": np.einsum("kii->ki", g).copy(),
-            "spherical": g[:, 0, 0].copy(),
-            "tied": g[0].copy(),
-        }[self.target_covariance_type]
+        self.target_covariances_ = model.target.public(params.gamma)
         self.inverse_coef_ = np.ascontiguousarray(params.A)
         self.latent_coef_ = np.ascontiguousarray(params.W)
         self.inverse_intercept_ = params.b + offset - params.A @ y_offset
-        noise = params.noise
-        self.noise_covariances_ = {
-            "full": lambda: noise.chol @ np.swapaxes(noise.chol, 1, 2),
-            "tied": lambda: noise.chol[0] @ noise.chol[0].T,
-            "diag": lambda: noise.var.copy(),
-            "spherical": lambda: noise.var[:, 0].copy(),
-            "tied_diag": lambda: noise.var[0].copy(),
-            "tied_spherical": lambda: np.asarray(noise.var[0, 0]),
-        }[self.covariance_type]()
+        self.noise_covariances_ = model.noise.public(params.noise)
         fwd = self._forward
         self.forward_means_ = fwd.means_x + offset
         self.forward_coef_ = fwd.coef
         self.forward_intercept_ = fwd.intercept + y_offset - fwd.coef @ offset
         self.forward_covariances_ = fwd.cov
 
+    def __getstate__(self):
+        # Plain dicts of arrays only, so that a pickle (or the deep model's checkpoint)
+        # holds none of the core's private classes.
+        state = dict(super().__getstate__())
+        for name in ("_params", "_forward"):
+            if name in state:
+                state[name] = dataclasses.asdict(state[name])
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        for name, cls in (("_params", gm.Params), ("_forward", gm.Forward)):
+            if isinstance(state.get(name), dict):
+                state[name] = cls(**state[name])
+        super().__setstate__(state)
+
     # ------------------------------------------------------------------ prediction
-    def _mixture(self, X):
+    def _check_feature_noise(self, n_samples, feature_noise_var, feature_noise_cov):
+        """Validated observation noise: (variances (1 or n, D) or None, covariance or None)."""
+        if feature_noise_var is None and feature_noise_cov is None:
+            return None, None
+        if feature_noise_var is not None and feature_noise_cov is not None:
+            raise ValueError("Give feature_noise_var or feature_noise_cov, not both.")
+        D = self.n_features_in_
+        if feature_noise_var is not None:
+            var = np.asarray(feature_noise_var, dtype=np.float64)
+            if var.ndim == 0:
+                var = np.full((1, D), float(var))
+            elif var.ndim == 1 and var.shape == (D,):
+                var = var[None]
+            elif var.shape != (n_samples, D):
+                raise ValueError(
+                    f"feature_noise_var must be a scalar, ({D},) or (n_samples, {D}) = "
+                    f"({n_samples}, {D}); got shape {var.shape}."
+                )
+            if not np.all(np.isfinite(var)) or (var < 0).any():
+                raise ValueError("feature_noise_var must hold finite, non-negative variances.")
+            return var, None
+        cov = np.asarray(feature_noise_cov, dtype=np.float64)
+        if cov.shape != (D, D):
+            raise ValueError(f"feature_noise_cov must have shape ({D}, {D}); got {cov.shape}.")
+        if not np.all(np.isfinite(cov)) or not np.allclose(cov, cov.T, rtol=1e-10,
+                                                             atol=1e-12 * np.abs(cov).max()):
+            raise ValueError("feature_noise_cov must be a finite symmetric matrix.")
+        if np.linalg.eigvalsh(cov).min() < -1e-10 * max(np.abs(cov).max(), 1e-300):
+            raise ValueError("feature_noise_cov must be positive semi-definite.")
+        return None, 0.5 * (cov + cov.T)
+
+    def _mixture(self, X, feature_noise_var=None, feature_noise_cov=None):
+        """Log gating weights (n, K), component means (n, K, L) and covariances ((K, L, L),
+        or (n, K, L, L) with observation noise) of p(y | x); the dtype of X."""
         X, dtype = self._check_X(X)
         Xc = X.astype(np.float64) - self.feature_mean_
-        sq = gm.squared_features(Xc, self.covariance_type)
-        log_nu, means = gm.forward_mixture(Xc, sq, self._forward)
-        return log_nu, means + self.target_mean_, dtype
+        noise_var, noise_cov = self._check_feature_noise(Xc.shape[0], feature_noise_var,
+                                                         feature_noise_cov)
+        model = self._em_model()
+        if noise_var is None and noise_cov is None:
+            log_nu, means = model.forward_mixture(Xc, self._forward)
+            covs = self._forward.cov
+        else:
+            log_nu, means, covs = model.noisy_forward_mixture(self._params, Xc, noise_var,
+                                                              noise_cov)
+        return log_nu, means + self.target_mean_, covs, dtype
 
     def _shape_out(self, a):
         """Drop the target axis for models fitted on 1-D y."""
         return a[:, 0] if self._y_ndim == 1 else a
 
-    def predict(self, X, return_std=False, return_cov=False):
+    def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
+                feature_noise_cov=None):
         """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
 
         Parameters
@@ -606,6 +555,14 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
             Also return the standard deviation of each target under p(y | x).
         return_cov : bool, default=False
             Also return the full covariance of the predictive mixture.
+        feature_noise_var : float or array-like of shape (n_features,) or \
+(n_samples, n_features), default=None
+            Variances of known measurement noise on the features, shared or per sample:
+            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
+            guide, "Observation noise").
+        feature_noise_cov : array-like of shape (n_features, n_features), default=None
+            A full noise covariance S shared by all samples (instead of
+            ``feature_noise_var``).
 
         Returns
         -------
@@ -616,12 +573,14 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
         y_cov : ndarray of shape (n_samples, n_targets, n_targets)
             Only with ``return_cov=True``.
         """
-        log_nu, means, dtype = self._mixture(X)
+        log_nu, means, covs, dtype = self._mixture(X, feature_noise_var, feature_noise_cov)
         nu = np.exp(log_nu)
         mean = np.einsum("nk,nkl->nl", nu, means)
         out = [self._shape_out(mean).astype(dtype, copy=False)]
         if return_std or return_cov:
-            second = np.einsum("nk,klm->nlm", nu, self._forward.cov)
+            covs_nk = covs if covs.ndim == 4 else covs[None]
+            second = np.einsum("nk,nklm->nlm", nu, np.broadcast_to(covs_nk, means.shape
+                                                                   + means.shape[-1:]))
             second += np.einsum("nk,nkl,nkm->nlm", nu, means, means)
             cov = second - mean[:, :, None] * mean[:, None, :]
             cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
@@ -632,13 +591,21 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
                 out.append(cov.astype(dtype, copy=False))
         return out[0] if len(out) == 1 else tuple(out)
 
-    def predict_mixture(self, X):
+    def predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         """Return the predictive mixture p(y | x) for each sample.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             Features.
+        feature_noise_var : float or array-like of shape (n_features,) or \
+(n_samples, n_features), default=None
+            Variances of known measurement noise on the features, shared or per sample:
+            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
+            guide, "Observation noise").
+        feature_noise_cov : array-like of shape (n_features, n_features), default=None
+            A full noise covariance S shared by all samples (instead of
+            ``feature_noise_var``).
 
         Returns
         -------
@@ -647,13 +614,15 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
         means : ndarray of shape (n_samples, n_components, n_targets)
             Component means A*_k x + b*_k.
         covariances : ndarray of shape (n_components, n_targets, n_targets)
-            Component covariances Sigma*_k (they do not depend on x).
+            Component covariances Sigma*_k (they do not depend on x); with observation
+            noise they do, and the shape is (n_samples, n_components, n_targets,
+            n_targets).
         """
-        log_nu, means, dtype = self._mixture(X)
+        log_nu, means, covs, dtype = self._mixture(X, feature_noise_var, feature_noise_cov)
         return (
             np.exp(log_nu).astype(dtype, copy=False),
             means.astype(dtype, copy=False),
-            self._forward.cov.astype(dtype, copy=False),
+            covs.astype(dtype, copy=False),
         )
 
     def component_posterior(self, X=None, y=None):
@@ -682,17 +651,18 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
             y = self._check_y(y)
             with np.errstate(divide="ignore"):
                 log_w = np.log(self.weights_)
-            y_only = gm.prepare_data(np.empty((y.shape[0], 0)), y, "diag")
-            logp = log_w[:, None] + gm.target_log_density(y_only, self._params.c,
+            logp = log_w[:, None] + gm.target_log_density(y, self._params.c,
                                                           self._params.gamma)
             return np.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
-        return self._joint_estep(X, y)[1].T
+        return self._joint_estep(X, y).resp.T
 
     def _joint_estep(self, X, y):
         X, _ = self._check_X(X)
         y = self._check_y(y, X.shape[0])
         Xc = X.astype(np.float64) - self.feature_mean_
-        return gm.e_step(gm.prepare_data(Xc, y, self.covariance_type), self._params)
+        model = self._em_model()
+        block = model.prepare_block(Xc, y)
+        return model.e_step(block, model.plan(self._params, block.n_sq))
 
     def joint_log_density(self, X, y):
         """Log-density log p(x, y) of each pair under the fitted joint model.
@@ -701,25 +671,36 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
         -------
         log_density : ndarray of shape (n_samples,)
         """
-        return self._joint_estep(X, y)[0]
+        return self._joint_estep(X, y).log_prob
 
-    def conditional_log_density(self, X, y):
+    def conditional_log_density(self, X, y, *, feature_noise_var=None,
+                                feature_noise_cov=None):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.
+
+        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
+        :meth:`predict`.
 
         Returns
         -------
         log_density : ndarray of shape (n_samples,)
         """
-        log_nu, means, _ = self._mixture(X)
+        log_nu, means, covs, _ = self._mixture(X, feature_noise_var, feature_noise_cov)
         y = self._check_y(y, log_nu.shape[0])
-        cov_inv, logdet, inv_chol = gm._spd_inverse_and_logdet(self._forward.cov)
+        if covs.ndim == 4:  # per-sample covariances (observation noise)
+            return mixture_log_density(y[:, None, :] + self.target_mean_, log_nu, means,
+                                       covs)[:, 0]
+        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(covs)
         diff = y[:, None, :] - (means - self.target_mean_)  # both centred
         z = np.einsum("kij,nkj->nki", inv_chol, diff)
         log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None] + np.einsum("nki,nki->nk", z, z))
         return gm.logsumexp(log_nu + log_comp, axis=1)
 
-    def sample_y(self, X, n_samples=1, random_state=None):
+    def sample_y(self, X, n_samples=1, random_state=None, *, feature_noise_var=None,
+                 feature_noise_cov=None):
         """Draw targets from the predictive mixture p(y | x).
+
+        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
+        :meth:`predict`.
 
         Parameters
         ----------
@@ -739,15 +720,8 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         rng = check_random_state(random_state)
-        log_nu, means, dtype = self._mixture(X)
-        n, K, L = means.shape
-        nu = np.exp(log_nu)
-        cum = np.cumsum(nu, axis=1)
-        u = rng.uniform(size=(n, n_samples)) * cum[:, -1:]
-        comp = np.minimum((u[:, :, None] > cum[:, None, :]).sum(axis=2), K - 1)
-        chol = np.linalg.cholesky(self._forward.cov)
-        noise = np.einsum("nslm,nsm->nsl", chol[comp], rng.standard_normal((n, n_samples, L)))
-        draws = means[np.arange(n)[:, None], comp] + noise  # (n, s, L)
+        log_nu, means, covs, dtype = self._mixture(X, feature_noise_var, feature_noise_cov)
+        draws = sample_mixture(np.exp(log_nu), means, covs, n_samples, rng)  # (n, s, L)
         draws = np.transpose(draws, (0, 2, 1))
         if self._y_ndim == 1:
             draws = draws[:, 0, :]
@@ -775,16 +749,8 @@ class GLLiMRegressor(PosteriorMixin, RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):
-        K, D, L, Lw = self.n_components, self.n_features_in_, self.n_targets_, self.n_latent
-        gamma = {
-            "full": K * L * (L + 1) / 2, "diag": K * L, "spherical": K, "tied": L * (L + 1) / 2,
-        }[self.target_covariance_type]
-        sigma = {
-            "full": K * D * (D + 1) / 2, "diag": K * D, "spherical": K,
-            "tied": D * (D + 1) / 2, "tied_diag": D, "tied_spherical": 1,
-        }[self.covariance_type]
-        latent = K * (D * Lw - Lw * (Lw - 1) / 2)
-        return int((K - 1) + K * L + gamma + K * D * L + K * D + sigma + latent)
+        return self._em_model().n_parameters(self.n_components, self.n_features_in_,
+                                             self.n_targets_, self.n_latent)
 
     def bic(self, X, y):
         """Bayesian information criterion of the joint model on (X, y); lower is better.

@@ -185,7 +185,7 @@ class StudentGLLiMModel(gm.GLLiMModel):
         stats.log_u_sum = None if log_u is None else (resp * log_u).sum(axis=1)
         return stats
 
-    def _covariance_scale(self, stats):
+    def covariance_scale(self, stats):
         if stats.cov_mass is None:
             return None
         return stats.mass / np.maximum(stats.cov_mass, np.finfo(float).tiny)
@@ -201,18 +201,19 @@ class StudentGLLiMModel(gm.GLLiMModel):
         fields.pop("alpha", None)
         return (StudentParams(**fields, alpha=alpha), *rest)
 
-    def forward_terms(self, Xc, fwd, alpha):
+    def student_forward_terms(self, Xc, fwd, alpha):
         """Gating log-weights (n, K), means (n, K, L) and distances delta_x (n, K) of the
         Student forward mixture: nu_k(x) ∝ pi_k t(x; c*_k, Gamma*_k, alpha_k)."""
-        log_gauss, means = self.forward_log_terms(Xc, fwd)  # (K, n): Gaussian log terms
+        log_gauss, means = self.forward_terms(Xc, fwd)  # (K, n): Gaussian log terms
         D = Xc.shape[1]
         with np.errstate(divide="ignore"):
             log_w = np.log(fwd.weights)
-        delta = -2.0 * (log_gauss - log_w[:, None]) - D * gm.LOG_2PI - fwd.logdet[:, None]
+        delta = -2.0 * (log_gauss - log_w[:, None]) - D * gm.LOG_2PI - fwd.logdet_x[:, None]
         delta = np.maximum(delta, 0.0)
-        log_nu = log_w[:, None] + t_log_density(delta, fwd.logdet[:, None], alpha[:, None], D)
+        log_nu = log_w[:, None] + t_log_density(delta, fwd.logdet_x[:, None], alpha[:, None],
+                                                D)
         log_nu -= gm.logsumexp(log_nu, axis=0, keepdims=True)
-        return log_nu.T, means, delta.T
+        return log_nu.T, means.transpose(2, 1, 0), delta.T
 
 
 # ------------------------------------------------------------------------ the estimator
@@ -399,8 +400,9 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         (n, K, L, L) and degrees of freedom (K,) of p(y | x); the dtype of X."""
         X, dtype = self._check_X(X)
         Xc = X.astype(np.float64) - self.feature_mean_
-        log_nu, means, delta = self._em_model().forward_terms(Xc, self._forward,
-                                                              self._params.alpha)
+        log_nu, means, delta = self._em_model().student_forward_terms(
+            Xc, self._forward, self._params.alpha
+        )
         alpha = self._params.alpha
         D = Xc.shape[1]
         factor = (1.0 + 0.5 * delta) / (alpha + 0.5 * D)  # (n, K)

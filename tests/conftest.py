@@ -263,7 +263,7 @@ def em_threading(request, monkeypatch):
     that the exactness tests cover the parallel path on every machine.
     """
     if request.param == "chunked":
-        from gllim_sk import _gllim
+        from gllim_sk import _engine
 
-        monkeypatch.setattr(_gllim, "_em_parallelism", lambda n_samples, work: (3, 1))
+        monkeypatch.setattr(_engine, "_em_parallelism", lambda n_samples, work: (3, 1))
     return request.param

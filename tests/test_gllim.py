@@ -478,7 +478,7 @@ def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_c
     # on the mixture scikit-learn's GaussianMixture finds from the same labels.
     from sklearn.mixture import GaussianMixture
 
-    from gllim_sk import _gllim, _gllim_math
+    from gllim_sk import _gllim
 
     rng = np.random.default_rng(3)
     centres = np.array([[0.0, 0.0], [4.0, 1.0], [1.0, 5.0]])
@@ -505,9 +505,8 @@ def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_c
 
     monkeypatch.setattr(_gllim, "GMM_INIT_MAX_ITER", 1000)
     monkeypatch.setattr(_gllim, "GMM_INIT_TOL", 1e-12)
-    data = _gllim_math.prepare_data(np.empty((len(y), 0)), y, "diag")
     estimator = GLLiMRegressor(3, target_covariance_type=target_covariance_type, reg_covar=reg)
-    resp = estimator._target_mixture_resp(data, np.ascontiguousarray(one_hot.T))
+    resp = estimator._target_mixture_resp(y, np.ascontiguousarray(one_hot.T))
     assert_allclose(resp.T, reference.predict_proba(y), atol=1e-5)
 
 
@@ -516,17 +515,17 @@ def test_em_threads_follow_blas_limits():
     # threadpoolctl limit of 1 (or too few samples, or a small problem) keeps EM serial.
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from gllim_sk import _gllim
+    from gllim_sk import _engine
 
     big = 1e12
-    assert _gllim._em_parallelism(100_000, 1.0) == (1, 1)
-    assert _gllim._em_parallelism(10, big)[0] == 1
+    assert _engine._em_parallelism(100_000, 1.0) == (1, 1)
+    assert _engine._em_parallelism(10, big)[0] == 1
     with threadpool_limits(limits=1, user_api="blas"):
-        assert _gllim._em_parallelism(100_000, big) == (1, None)
+        assert _engine._em_parallelism(100_000, big) == (1, None)
     with threadpool_limits(limits=2, user_api="blas"):
         n_threads = max(lib["num_threads"] for lib in threadpool_info()
                         if lib["user_api"] == "blas")
-        assert _gllim._em_parallelism(100_000, big) == ((2, 1) if n_threads >= 2 else (1, None))
+        assert _engine._em_parallelism(100_000, big) == ((2, 1) if n_threads >= 2 else (1, None))
 
 
 def test_one_dimensional_target():

@@ -24,6 +24,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import nn
 
+from .._gllim_math import NOISE_STRUCTURES, TARGET_STRUCTURES
 from .._images import check_images
 from ._backbone import Backbone, load_model, to_input_tensor
 from ._torch import (
@@ -632,9 +633,10 @@ _RESUMABLE_PARAMS = ("n_alternations", "verbose", "device", "checkpoint_dir", "c
 
 
 def _gllim_state(gllim):
-    """Everything a fitted GLLiMRegressor holds, as a weights_only-loadable payload."""
+    """A fitted GLLiMRegressor as plain values and arrays (weights_only-loadable)."""
     params = {k: v for k, v in gllim.get_params().items() if k != "resp_init"}
-    state = {k: v for k, v in vars(gllim).items() if k not in params and k != "resp_init"}
+    state = {k: v for k, v in gllim.__getstate__().items()
+             if k not in params and k != "resp_init"}
     return {"params": params, "state": state}
 
 
@@ -642,30 +644,16 @@ def _gllim_from_state(saved):
     from .._gllim import GLLiMRegressor
 
     gllim = GLLiMRegressor(**saved["params"])
-    for key, value in saved["state"].items():
-        setattr(gllim, key, value)
+    gllim.__setstate__(saved["state"])
     return gllim
-
-
-def _gllim_dataclasses():
-    from .. import _gllim_math
-
-    return tuple(v for v in vars(_gllim_math).values()
-                 if isinstance(v, type) and hasattr(v, "__dataclass_fields__"))
 
 
 def _noise_precision(gllim, device):
     """Sigma_k^-1 as a tensor: (K, E) for the diagonal family, (K, E, E) for full/tied."""
     K, E, _ = gllim.inverse_coef_.shape
-    cov = np.asarray(gllim.noise_covariances_, dtype=np.float64)
-    kind = gllim.covariance_type
-    if kind in ("full", "tied"):
-        full = np.broadcast_to(cov, (K, E, E))
-        prec = np.linalg.inv(full)
-    else:
-        shape = {"diag": (K, E), "spherical": (K, 1), "tied_diag": (1, E),
-                 "tied_spherical": (1, 1)}[kind]
-        prec = np.broadcast_to(1.0 / cov.reshape(shape), (K, E))
+    model = gllim._em_model()
+    prec = np.broadcast_to(model.noise.precision(gllim._params.noise),
+                           (K, E) + (E,) * model.noise.dense_quadratic)
     return torch.as_tensor(np.array(prec), dtype=torch.float32, device=device)
 
 
@@ -868,9 +856,8 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     _parameter_constraints = {
         **_COMMON_CONSTRAINTS,
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions({"full", "diag", "spherical", "tied", "tied_diag",
-                                        "tied_spherical"})],
-        "target_covariance_type": [StrOptions({"full", "diag", "spherical", "tied"})],
+        "covariance_type": [StrOptions(set(NOISE_STRUCTURES))],
+        "target_covariance_type": [StrOptions(set(TARGET_STRUCTURES))],
         "preset": [StrOptions(set(_GLLIM_PRESETS))],
         "embedding_dim": [Interval(Integral, 1, None, closed="left")],
         "pca_bias": [StrOptions({"center", "zero"})],
@@ -964,14 +951,14 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     def _fit_gllim(self, X, y, resp, frozen, seed):
         from .._gllim import GLLiMRegressor
 
-        # A frozen E-step is one M-step from the given responsibilities (max_iter=1).
         gllim = GLLiMRegressor(
             self.n_components, covariance_type=self.covariance_type,
             target_covariance_type=self.target_covariance_type, reg_covar=self.reg_covar,
-            max_iter=1 if frozen else self.gllim_max_iter, tol=self.gllim_tol,
-            resp_init=resp, random_state=seed,
+            max_iter=self.gllim_max_iter, tol=self.gllim_tol, resp_init=resp,
+            random_state=seed,
         )
-        return gllim.fit(X, y)
+        # A frozen E-step: the mixture is one M-step from the given responsibilities.
+        return gllim._fit_frozen_estep(X, y, resp) if frozen else gllim.fit(X, y)
 
     def _initial_resp(self, y, seed):
         if self.n_components == 1:
@@ -1036,7 +1023,7 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         if path is None or not path.exists():
             return None
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        state = _from_torch_payload(raw, _gllim_dataclasses())
+        state = _from_torch_payload(raw)
         if state.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{path} is a checkpoint of another fit (different images, targets or "
@@ -1276,9 +1263,6 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
                 "_y_1d": self._y_1d, "history_": self.history_,
                 "best_alternation_": self.best_alternation_,
                 "gllim_": _gllim_state(self.gllim_)}
-
-    def _saved_dataclasses(self):
-        return _gllim_dataclasses()
 
     def _restore_attributes(self, attributes):
         for key, value in attributes.items():

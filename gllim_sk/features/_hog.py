@@ -4,10 +4,10 @@ from numbers import Integral
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .._compat import Interval, Options, StrOptions, _fit_context
 from .._images import check_images, images_to_float
 
 __all__ = ["HOGPyramid"]
