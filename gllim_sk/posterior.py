@@ -237,6 +237,11 @@ def merge_mixture(weights, means, covariances, n_components=2):
         raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
     if (weights < 0).any() or not np.all(np.isfinite(weights)):
         raise ValueError("weights must be finite and non-negative.")
+    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(covariances))):
+        raise ValueError(
+            "means and covariances must be finite (a Student-t component with at most 2 "
+            "degrees of freedom has no covariance and cannot be merged by moments)."
+        )
     n_keep = min(int(n_components), K)
     # Zero weights would make the merged weights 0/0; a floor far below any real weight
     # keeps the arithmetic defined without changing the moments measurably.

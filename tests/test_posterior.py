@@ -114,6 +114,8 @@ def test_merge_rejects_bad_shapes():
         merge_mixture(w, m, c, 0)
     with pytest.raises(ValueError, match="non-negative"):
         merge_mixture(-w, m, c, 2)
+    with pytest.raises(ValueError, match="must be finite"):
+        merge_mixture(w, m, np.full_like(c, np.inf), 2)
 
 
 def ambiguous_features(y, rng=None, noise=0.03):
@@ -230,6 +232,25 @@ def test_importance_sampling_is_closer_to_the_exact_posterior(coarse_problem, n_
     ess = res.effective_sample_size
     assert np.all((ess >= 1.0) & (ess <= total + 1e-9))
     assert np.median(ess) > 0.05 * total
+
+
+def test_importance_sampling_with_a_student_proposal():
+    """The Student model's t mixture is a valid proposal too: corrected means beat its own."""
+    from gllim_sk import StudentGLLiMRegressor
+
+    rng = np.random.default_rng(6)
+    y = rng.uniform(-1.0, 1.0, 1000)
+    model = StudentGLLiMRegressor(n_components=3, random_state=0).fit(
+        ambiguous_features(y, rng), y)
+    X_test = ambiguous_features(rng.uniform(-1.0, 1.0, 15), rng)
+    res = importance_sampling(model, X_test, forward, uniform_log_prior,
+                              noise_covariance=NOISE**2, n_draws=2000, random_state=0)
+    exact = np.array([exact_posterior_mean_on_grid(x)[0] for x in X_test])
+    assert_allclose(res.proposal_mean[:, 0], model.predict(X_test), rtol=1e-8, atol=1e-10)
+    assert (np.abs(res.mean[:, 0] - exact).mean()
+            < 0.5 * np.abs(model.predict(X_test) - exact).mean())
+    modes = model.predict_modes(X_test, n_modes=2)
+    assert modes[2].shape == (15, 2, 1, 1) and np.all(np.isfinite(modes[2]))
 
 
 def test_importance_sampling_with_full_noise_and_callable_likelihood(coarse_problem):
