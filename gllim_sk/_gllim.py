@@ -14,7 +14,13 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from . import _engine
 from . import _gllim_math as gm
 from ._compat import Interval, StrOptions, _fit_context
-from .posterior import PosteriorMixin, mixture_log_density, sample_mixture
+from .posterior import (
+    PosteriorMixin,
+    gaussian_or_t_log_density,
+    mahalanobis_logdet,
+    mixture_log_density,
+    sample_mixture,
+)
 
 __all__ = ["GLLiMRegressor"]
 
@@ -523,21 +529,43 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             raise ValueError("feature_noise_cov must be positive semi-definite.")
         return None, 0.5 * (cov + cov.T)
 
+    def _noisy_forward_terms(self, X, feature_noise_var, feature_noise_cov):
+        """With observation noise: unnormalised log gating terms log pi_k p(x | k) (K, n),
+        component means (n, K, L) and covariances (n, K, L, L) of p(y | x); the dtype of
+        X. ``None`` when no noise is given."""
+        X, dtype = self._check_X(X)
+        noise_var, noise_cov = self._check_feature_noise(X.shape[0], feature_noise_var,
+                                                         feature_noise_cov)
+        if noise_var is None and noise_cov is None:
+            return None
+        Xc = X.astype(np.float64) - self.feature_mean_
+        log_terms, means, covs = self._em_model().noisy_forward_terms(
+            self._params, Xc, noise_var, noise_cov
+        )
+        return log_terms, means + self.target_mean_, covs, dtype
+
     def _mixture(self, X, feature_noise_var=None, feature_noise_cov=None):
         """Log gating weights (n, K), component means (n, K, L) and covariances ((K, L, L),
         or (n, K, L, L) with observation noise) of p(y | x); the dtype of X."""
+        noisy = self._noisy_forward_terms(X, feature_noise_var, feature_noise_cov)
+        if noisy is not None:
+            log_terms, means, covs, dtype = noisy
+            log_nu = log_terms - gm.logsumexp(log_terms, axis=0, keepdims=True)
+            return log_nu.T, means, covs, dtype
         X, dtype = self._check_X(X)
         Xc = X.astype(np.float64) - self.feature_mean_
-        noise_var, noise_cov = self._check_feature_noise(Xc.shape[0], feature_noise_var,
-                                                         feature_noise_cov)
-        model = self._em_model()
-        if noise_var is None and noise_cov is None:
-            log_nu, means = model.forward_mixture(Xc, self._forward)
-            covs = self._forward.cov
-        else:
-            log_nu, means, covs = model.noisy_forward_mixture(self._params, Xc, noise_var,
-                                                              noise_cov)
-        return log_nu, means + self.target_mean_, covs, dtype
+        log_nu, means = self._em_model().forward_mixture(Xc, self._forward)
+        return log_nu, means + self.target_mean_, self._forward.cov, dtype
+
+    def _noisy_joint_terms(self, X, y, feature_noise_var, feature_noise_cov):
+        """log pi_k + log p(x + e, y | k) (n, K) with observation noise e, or None."""
+        noisy = self._noisy_forward_terms(X, feature_noise_var, feature_noise_cov)
+        if noisy is None:
+            return None
+        log_terms, means, covs, _ = noisy
+        y = self._check_y(y, means.shape[0]) + self.target_mean_
+        delta, logdet = mahalanobis_logdet(y[:, None, :] - means, covs)
+        return log_terms.T + gaussian_or_t_log_density(delta, logdet, y.shape[1])
 
     def _shape_out(self, a):
         """Drop the target axis for models fitted on 1-D y."""
@@ -625,7 +653,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             covs.astype(dtype, copy=False),
         )
 
-    def component_posterior(self, X=None, y=None):
+    def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
+                            feature_noise_cov=None):
         """Posterior probabilities of the components.
 
         Parameters
@@ -634,6 +663,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             Features.
         y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
             Targets.
+        feature_noise_var, feature_noise_cov : array-like, default=None
+            Known observation noise on X, as in :meth:`predict`.
 
         Returns
         -------
@@ -646,7 +677,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         if X is None and y is None:
             raise ValueError("component_posterior needs X, y or both.")
         if y is None:
-            return np.exp(self._mixture(X)[0])
+            return np.exp(self._mixture(X, feature_noise_var, feature_noise_cov)[0])
         if X is None:
             y = self._check_y(y)
             with np.errstate(divide="ignore"):
@@ -654,6 +685,9 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             logp = log_w[:, None] + gm.target_log_density(y, self._params.c,
                                                           self._params.gamma)
             return np.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
+        terms = self._noisy_joint_terms(X, y, feature_noise_var, feature_noise_cov)
+        if terms is not None:
+            return np.exp(terms - gm.logsumexp(terms, axis=1, keepdims=True))
         return self._joint_estep(X, y).resp.T
 
     def _joint_estep(self, X, y):
@@ -664,13 +698,19 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         block = model.prepare_block(Xc, y)
         return model.e_step(block, model.plan(self._params, block.n_sq))
 
-    def joint_log_density(self, X, y):
+    def joint_log_density(self, X, y, *, feature_noise_var=None, feature_noise_cov=None):
         """Log-density log p(x, y) of each pair under the fitted joint model.
+
+        With ``feature_noise_var`` or ``feature_noise_cov`` (as in :meth:`predict`), the
+        density of the noisy observation x + e, e ~ N(0, S), together with y.
 
         Returns
         -------
         log_density : ndarray of shape (n_samples,)
         """
+        terms = self._noisy_joint_terms(X, y, feature_noise_var, feature_noise_cov)
+        if terms is not None:
+            return gm.logsumexp(terms, axis=1)
         return self._joint_estep(X, y).log_prob
 
     def conditional_log_density(self, X, y, *, feature_noise_var=None,

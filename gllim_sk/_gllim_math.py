@@ -1057,7 +1057,7 @@ class GLLiMModel:
         means = np.einsum("klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
         return log_nu, means
 
-    def noisy_forward_mixture(self, params, Xc, noise_var=None, noise_cov=None):
+    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None):
         """The forward mixture when the observed features carry known extra noise.
 
         The observations are x + e, e ~ N(0, S), so Sigma_k becomes Sigma_k + S in
@@ -1066,8 +1066,9 @@ class GLLiMModel:
         factors join the targets, z = [y, w] with prior N([c_k, 0], diag(Gamma_k, I)),
         and y's block of the posterior of z is the answer.
 
-        Returns the log gating weights (n, K), the component means (n, K, L) and
-        covariances (n, K, L, L), in centred coordinates. A diagonal Sigma_k with
+        Returns the unnormalised log gating weights log pi_k + log N(x; c*_k, Gamma*_k + S)
+        (K, n), the component means (n, K, L) and covariances (n, K, L, L), in centred
+        coordinates. A diagonal Sigma_k with
         variances S costs O(n D K (L + Lw)^2); otherwise each Sigma_k + S is a dense
         D x D matrix, factorised once per component for a shared S and once per sample
         and component for per-sample variances.
@@ -1120,8 +1121,7 @@ class GLLiMModel:
             log_nu[k] = log_w[k] - 0.5 * (D * LOG_2PI + logdet_x + delta)
             means[:, k] = params.c[k] + shift[:, :L]
             covs[:, k] = post_cov[:, :L, :L]
-        log_nu -= logsumexp(log_nu, axis=0, keepdims=True)
-        return log_nu.T, means, covs
+        return log_nu, means, covs
 
     def n_parameters(self, n_components, n_features, n_targets, n_latent):
         """Free parameters: weights, c, Gamma, A, b, Sigma, and W up to rotation."""

@@ -418,6 +418,10 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
                 "closed form. Use GLLiMRegressor, or importance_sampling with the noise model."
             )
 
+    def _noisy_forward_terms(self, X, feature_noise_var, feature_noise_cov):
+        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
+        return None
+
     def _mixture(self, X, feature_noise_var=None, feature_noise_cov=None):
         self._reject_feature_noise(feature_noise_var, feature_noise_cov)
         log_nu, means, scales, dof, dtype = self._student_mixture(X)
@@ -564,7 +568,8 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             log_w = np.log(params.weights)
         return log_w[:, None] + t_log_density(delta, logdet, params.alpha[:, None], y.shape[1])
 
-    def component_posterior(self, X=None, y=None):
+    def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
+                            feature_noise_cov=None):
         """Posterior probabilities of the components (t densities; see GLLiMRegressor).
 
         Parameters
@@ -574,11 +579,15 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
             Targets.
 
+        feature_noise_var, feature_noise_cov : None
+            Not available for the Student model (``NotImplementedError``).
+
         Returns
         -------
         resp : ndarray of shape (n_samples, n_components)
             p(Z = k | x), p(Z = k | y) or p(Z = k | x, y), as given.
         """
+        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
         if X is None and y is not None:
             check_is_fitted(self)
             logp = self._target_log_prior(self._check_y(y))

@@ -358,12 +358,23 @@ def test_observation_noise_matches_dense_conditioning(gllim_ref, covariance_type
         [multivariate_normal(means[i, k], covs[i, k]).pdf(y[i]) for k in range(3)]
         for i in range(12)])))
     assert_allclose(model.conditional_log_density(Xq, y[:12], **kwargs), ref_logp, rtol=1e-8)
+    # The joint density of (x + e, y) and the responsibilities, from the dense joint.
+    ref_joint, ref_resp = [], []
+    for i in range(12):
+        q = dict(dense, Sigma=dense["Sigma"] + S[i])
+        ref_joint.append(gllim_ref.joint_log_density(q, Xq[i : i + 1], y[i : i + 1])[0])
+        ref_resp.append(gllim_ref.responsibilities(q, Xq[i : i + 1], y[i : i + 1])[0])
+    assert_allclose(model.joint_log_density(Xq, y[:12], **kwargs), ref_joint, rtol=1e-8)
+    assert_allclose(model.component_posterior(Xq, y[:12], **kwargs), ref_resp, atol=1e-9)
+    assert_allclose(model.component_posterior(Xq, **kwargs), weights, atol=1e-9)
     # Zero noise is the noiseless model.
     w0, m0, c0 = model.predict_mixture(Xq, feature_noise_var=0.0)
     w1, m1, c1 = model.predict_mixture(Xq)
     assert_allclose(w0, w1, atol=1e-10)
     assert_allclose(m0, m1, rtol=1e-9, atol=1e-10)
     assert_allclose(c0, np.broadcast_to(c1, c0.shape), rtol=1e-9)
+    assert_allclose(model.joint_log_density(Xq, y[:12], feature_noise_var=0.0),
+                    model.joint_log_density(Xq, y[:12]), rtol=1e-9)
 
 
 def test_observation_noise_widens_the_posterior_and_is_validated(gllim_ref):

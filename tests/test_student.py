@@ -373,6 +373,20 @@ def test_sklearn_compatible(estimator, check):
         check(estimator)
 
 
+def test_observation_noise_is_refused_clearly(dense_ref):
+    X, y, _ = heavy_tailed_data(dense_ref, 13)
+    model = StudentGLLiMRegressor(2, max_iter=3, random_state=0).fit(X, y)
+    for call in (lambda: model.predict(X, feature_noise_var=1.0),
+                 lambda: model.predict_mixture(X, feature_noise_var=1.0),
+                 lambda: model.predict_modes(X, feature_noise_var=1.0),
+                 lambda: model.sample_y(X, feature_noise_var=1.0),
+                 lambda: model.conditional_log_density(X, y, feature_noise_var=1.0),
+                 lambda: model.joint_log_density(X, y, feature_noise_var=1.0),
+                 lambda: model.component_posterior(X, y, feature_noise_cov=np.eye(5))):
+        with pytest.raises(NotImplementedError, match="not a t"):
+            call()
+
+
 def test_parameters_and_pickling(dense_ref, tmp_path):
     import pickle
 
