@@ -350,10 +350,13 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         return y - self.target_mean_
 
     # ------------------------------------------------------------------ fitting
+    # The EM model class; a variant estimator (StudentGLLiMRegressor) names its subclass.
+    _em_model_class = gm.GLLiMModel
+
     def _em_model(self, var_floor=None):
         """The :class:`~gllim_sk._gllim_math.GLLiMModel` of this estimator's settings."""
-        return gm.GLLiMModel(self.covariance_type, self.target_covariance_type,
-                             self.reg_covar, var_floor)
+        return self._em_model_class(self.covariance_type, self.target_covariance_type,
+                                    self.reg_covar, var_floor)
 
     def _initial_resp(self, Xc, y, random_state):
         """Initial responsibilities, (n_components, n_samples)."""

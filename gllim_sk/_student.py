@@ -141,9 +141,8 @@ class StudentGLLiMModel(gm.GLLiMModel):
 
     stats_type = StudentStats
 
-    def __init__(self, *args, alpha_init=20.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.alpha_init = alpha_init
+    # The Gamma shape of the first E-step; the estimator sets it from ``dof_init``.
+    alpha_init = 20.0
 
     def plan(self, params, n_sq, **kwargs):
         base = super().plan(params, n_sq, with_const=False)
@@ -347,9 +346,12 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         self.dof_init = dof_init
 
     # ------------------------------------------------------------------ fitting
+    _em_model_class = StudentGLLiMModel
+
     def _em_model(self, var_floor=None):
-        return StudentGLLiMModel(self.covariance_type, self.target_covariance_type,
-                                 self.reg_covar, var_floor, alpha_init=0.5 * self.dof_init)
+        model = super()._em_model(var_floor)
+        model.alpha_init = 0.5 * self.dof_init
+        return model
 
     def _validate_training_data(self, X, y):
         X, y = super()._validate_training_data(X, y)

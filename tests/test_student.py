@@ -387,6 +387,15 @@ def test_observation_noise_is_refused_clearly(dense_ref):
             call()
 
 
+def test_parameters_are_those_of_gllim_plus_dof_init():
+    """A parameter added to GLLiMRegressor must be added to the Student model too."""
+    gauss = GLLiMRegressor().get_params()
+    student = StudentGLLiMRegressor().get_params()
+    assert set(student) == set(gauss) | {"dof_init"}
+    assert all(student[name] == value for name, value in gauss.items())
+    assert set(StudentGLLiMRegressor._parameter_constraints) == set(student)
+
+
 def test_parameters_and_pickling(dense_ref, tmp_path):
     import pickle
 
@@ -398,3 +407,9 @@ def test_parameters_and_pickling(dense_ref, tmp_path):
     again = pickle.loads(pickle.dumps(model))
     assert_allclose(again.predict(X), model.predict(X))
     assert_allclose(again.dof_, model.dof_)
+    # float32 in, float32 out; warm start continues from the fitted degrees of freedom.
+    y32, std32 = model.predict(X.astype(np.float32), return_std=True)
+    assert y32.dtype == std32.dtype == np.float32
+    assert_allclose(y32, model.predict(X), rtol=1e-4, atol=1e-5)
+    model.set_params(warm_start=True, max_iter=5).fit(X, y)
+    assert model.lower_bounds_[0] >= again.lower_bound_ - 1e-9
