@@ -186,6 +186,58 @@ def test_em_step_matches_dense_student_em(dense_ref, covariance_type, target_cov
     assert_allclose(second.dof_ / 2, alpha, rtol=1e-8)
 
 
+def student_latent_em_step(ref, p, alpha, X, y, reg):
+    """One dense Student EM step with latent factors, full noise: given u, w | x, y, k is
+    N(m_w, S_w / u), so E[u w w'] = u m_w m_w' + S_w enters the regression of x on
+    [y, w, 1] with weights r u, and the residual covariance is divided by sum r."""
+    n, D = X.shape
+    L = y.shape[1]
+    dim = L + D
+    terms, delta = student_joint_terms(ref, p, alpha, X, y)
+    resp = np.exp(terms - logsumexp(terms, axis=1, keepdims=True))
+    u = (alpha + dim / 2) / (1 + delta / 2)
+    K, _, Lw = p["Aw"].shape
+    nk = resp.sum(axis=0)
+    out = {name: [] for name in ("c", "Gamma", "A", "Aw", "b", "Sigma")}
+    for k in range(K):
+        r, w = resp[:, k], resp[:, k] * u[:, k]
+        c = w @ y / w.sum()
+        out["c"].append(c)
+        out["Gamma"].append(((w * (y - c).T) @ (y - c)) / nk[k] + reg * np.eye(L))
+        noise_inv = np.linalg.inv(p["Sigma"][k])
+        S_w = np.linalg.inv(np.eye(Lw) + p["Aw"][k].T @ noise_inv @ p["Aw"][k])
+        m_w = (X - y @ p["A"][k].T - p["b"][k]) @ (S_w @ p["Aw"][k].T @ noise_inv).T
+        Z = np.hstack([y, m_w, np.ones((n, 1))])
+        extra = np.zeros((L + Lw + 1, L + Lw + 1))
+        extra[L : L + Lw, L : L + Lw] = r.sum() * S_w
+        coef = np.linalg.solve((w * Z.T) @ Z + extra, (w * Z.T) @ X).T
+        R = X - Z @ coef.T
+        Aw = coef[:, L : L + Lw]
+        Sigma = ((w * R.T) @ R + r.sum() * Aw @ S_w @ Aw.T) / nk[k]
+        out["A"].append(coef[:, :L])
+        out["Aw"].append(Aw)
+        out["b"].append(coef[:, -1])
+        out["Sigma"].append(Sigma + reg * np.eye(D))
+    return {name: np.array(v) for name, v in out.items()} | {"pi": nk / n}
+
+
+def test_em_step_with_latent_factors_matches_dense_student_em(dense_ref):
+    X, y, _ = heavy_tailed_data(dense_ref, 14, n=200, D=5)
+    resp0 = np.random.default_rng(1).dirichlet(np.ones(2), size=200)
+    kw = dict(covariance_type="full", n_latent=2, resp_init=resp0, reg_covar=1e-6, tol=0.0,
+              random_state=0)
+    first = StudentGLLiMRegressor(2, max_iter=1, **kw).fit(X, y)
+    second = StudentGLLiMRegressor(2, max_iter=2, **kw).fit(X, y)
+    expected = student_latent_em_step(dense_ref, dense_ref.dense_params(first),
+                                      first.dof_ / 2, X, y, 1e-6)
+    got = dense_ref.dense_params(second)
+    # W is identified up to a rotation: compare W W' (and the rest directly).
+    for name in ("pi", "c", "Gamma", "A", "b", "Sigma"):
+        assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-9, err_msg=name)
+    assert_allclose(got["Aw"] @ np.swapaxes(got["Aw"], 1, 2),
+                    expected["Aw"] @ np.swapaxes(expected["Aw"], 1, 2), rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("target_covariance_type", ["full", "spherical"])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
