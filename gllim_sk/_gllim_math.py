@@ -1095,7 +1095,9 @@ class GLLiMModel:
                 V = params.noise[k] + noise_var  # (1 or n, D)
                 inv_V = 1.0 / V
                 Vr = r * inv_V
-                VA = inv_V[:, :, None] * Az[k]  # (1 or n, D, Lz)
+                # A' V^-1 A for every sample as one product, no (n, D, Lz) temporary.
+                pairs = (Az[k][:, :, None] * Az[k][:, None, :]).reshape(D, Lz * Lz)
+                gram = (inv_V @ pairs).reshape(-1, Lz, Lz)
                 logdet_V = np.log(V).sum(axis=1)
             else:
                 sigma = self.noise.dense(params.noise, k)
@@ -1106,11 +1108,12 @@ class GLLiMModel:
                 chol = np.linalg.cholesky(V)  # (1 or n, D, D)
                 logdet_V = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
                 VA = np.linalg.solve(V, np.broadcast_to(Az[k], (V.shape[0], D, Lz)))
+                gram = np.einsum("dl,ndm->nlm", Az[k], VA)
                 if V.shape[0] == 1:
                     Vr = np.linalg.solve(V[0], r.T).T
                 else:
                     Vr = np.linalg.solve(V, r[:, :, None])[:, :, 0]
-            precision = prior_prec[k] + np.einsum("dl,ndm->nlm", Az[k], VA)
+            precision = prior_prec[k] + gram
             post_cov = np.linalg.inv(precision)  # (1 or n, Lz, Lz)
             post_cov = 0.5 * (post_cov + np.swapaxes(post_cov, 1, 2))
             u = Vr @ Az[k]  # (n, Lz)

@@ -291,7 +291,8 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
     variances at the ``reg_covar`` floor and alpha driven to a bound. Alpha is kept in
     [0.01, 10000], every covariance above the floor, so the fit stays finite; a
     ``UserWarning`` names the components that ended with fewer than L + 2 rows of
-    responsibility or with alpha at a bound.
+    responsibility or with alpha at its lower bound. (Alpha at its upper bound on a
+    well-populated component is no failure: that component's data look Gaussian.)
 
     Observation noise at prediction (``feature_noise_var`` / ``feature_noise_cov`` of
     :class:`GLLiMRegressor`) is not available here: Gaussian noise added to a t is not a
@@ -371,17 +372,18 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         alpha = self._params.alpha
         rows = self.weights_ * self._n_train_samples
         few = rows < self.n_targets_ + 2
-        at_bound = (alpha <= ALPHA_MIN * (1 + 1e-9)) | (alpha >= ALPHA_MAX * (1 - 1e-9))
-        bad = np.flatnonzero(few | at_bound)
+        # alpha at ALPHA_MAX on a well-populated component only says "Gaussian".
+        at_lower_bound = alpha <= ALPHA_MIN * (1 + 1e-9)
+        bad = np.flatnonzero(few | at_lower_bound)
         if bad.size:
             details = ", ".join(
                 f"{k} ({rows[k]:.1f} rows, dof {2 * alpha[k]:.3g})" for k in bad
             )
             warnings.warn(
                 f"StudentGLLiMRegressor: component(s) {details} collapsed onto a few rows "
-                "or reached a bound of the degrees of freedom; the fit is finite but these "
-                "components describe little data. Fewer components, a larger reg_covar or "
-                "n_init > 1 usually avoid it.",
+                "or reached the lower bound of the degrees of freedom; the fit is finite, "
+                "but these components describe little data. Fewer components, a larger "
+                "reg_covar or n_init > 1 usually avoid it.",
                 UserWarning,
                 stacklevel=3,
             )
