@@ -41,6 +41,8 @@ from .posterior import mahalanobis_logdet, mixture_log_density, sample_mixture
 # component has stopped describing data.
 ALPHA_MIN = 1e-2
 ALPHA_MAX = 1e4
+# Smallest E[u | y, x, k] used in the statistics (see StudentGLLiMModel.e_step).
+MIN_SAMPLE_WEIGHT = 1e-20
 
 
 def inverse_digamma(value, n_iter=20):
@@ -166,10 +168,16 @@ class StudentGLLiMModel(gm.GLLiMModel):
             delta, plan.logdet[:, None], alpha, plan.dim
         )
         log_prob = gm.logsumexp(log_joint, axis=0)
-        resp = np.exp(log_joint - log_prob)
+        log_resp = log_joint - log_prob
+        # Responsibilities below e^-650 are set to 0 and the weights u kept above
+        # MIN_SAMPLE_WEIGHT, so that r * u never falls into the subnormal range, where
+        # the matrix products of the statistics run many times slower. Both changes are
+        # far below what the sums can resolve.
+        resp = np.exp(np.maximum(log_resp, -650.0))
+        resp[log_resp < -650.0] = 0.0
+        weight = np.maximum(expected_weight(delta, alpha, plan.dim), MIN_SAMPLE_WEIGHT)
         return StudentBlockEStep(
-            log_prob=log_prob, resp=resp, latent_mean=latent_mean,
-            sample_weight=expected_weight(delta, alpha, plan.dim),
+            log_prob=log_prob, resp=resp, latent_mean=latent_mean, sample_weight=weight,
             log_u=digamma(alpha + 0.5 * plan.dim) - np.log1p(0.5 * delta),
         )
 
