@@ -261,6 +261,13 @@ class EMMixin:
         if self.verbose >= level:
             print(message)
 
+    def _non_finite_error(self):
+        """The error raised when EM reaches a non-finite log-likelihood (a hook)."""
+        return ValueError(
+            "EM produced a non-finite log-likelihood; the data may contain extreme values. "
+            "Standardise X and y, or increase reg_covar."
+        )
+
     def _run_em(self, problem, params, start):
         """EM from ``params``: the bounds, last parameters, iterations and convergence."""
         model, executor, blocks = problem.model, problem.executor, problem.blocks
@@ -275,6 +282,8 @@ class EMMixin:
                 model, executor, blocks, params, with_stats=n_iter < self.max_iter
             )
             bounds.append(bound)
+            if not np.isfinite(bound):
+                break
             change = bounds[-1] - bounds[-2]
             if n_iter % self.verbose_interval == 0:
                 self._print(2, f"  Iteration {n_iter}\t time lapse {time() - start:.5f}s\t "
@@ -307,10 +316,7 @@ class EMMixin:
                    f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
             )
             if not np.isfinite(bounds[-1]):
-                raise ValueError(
-                    "EM produced a non-finite log-likelihood; the data may contain extreme "
-                    "values. Standardise X and y, or increase reg_covar."
-                )
+                raise self._non_finite_error()
             if best is None or bounds[-1] > best[0][-1]:
                 best = (bounds, params, n_iter, converged)
 
@@ -335,10 +341,7 @@ class EMMixin:
         _, _, bound, _ = e_step(problem.model, problem.executor, problem.blocks, params,
                                 with_stats=False)
         if not np.isfinite(bound):
-            raise ValueError(
-                "The M-step from the given responsibilities has a non-finite "
-                "log-likelihood; standardise X and y, or increase reg_covar."
-            )
+            raise self._non_finite_error()
         self.converged_ = True
         self.n_iter_ = 1
         self.lower_bounds_ = [bound]

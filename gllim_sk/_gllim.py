@@ -2,6 +2,7 @@
 
 import dataclasses
 import warnings
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -30,6 +31,13 @@ LATENT_NOISE_FLOOR = 1e-5
 # GLLiM EM that follows refines the responsibilities anyway.
 GMM_INIT_MAX_ITER = 20
 GMM_INIT_TOL = 1e-3
+
+
+def variance_scale(values):
+    """Mean column variance of ``values``, the unit of the relative ``reg_covar`` (1 when
+    every column is constant)."""
+    scale = float(np.mean(np.var(values, axis=0))) if values.size else 0.0
+    return scale if np.isfinite(scale) and scale > 0 else 1.0
 
 
 def kmeans_responsibilities(points, n_clusters, random_state):
@@ -102,9 +110,16 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     n_latent : int, default=0
         Number of latent factors Lw of the partially-latent model (0: plain GLLiM).
     reg_covar : float, default=1e-6
-        Added to the diagonal of every Sigma_k and Gamma_k after each M-step. It sets the
-        smallest variance the model can represent, so it is in the units of the data:
-        standardise features of very small scale.
+        Regularisation of the covariances, relative to the scale of the data: after each
+        M-step, ``reg_covar`` times the mean variance of the training features is added to
+        the diagonal of every Sigma_k, and ``reg_covar`` times the mean variance of the
+        training targets to the diagonal of every Gamma_k. Being relative, the floor
+        follows the units of X and y: rescaling either rescales the fit, and features of
+        tiny or huge scale need no standardisation (features whose scales differ by many
+        orders of magnitude still do, since the floor follows their mean variance). It
+        keeps the variances of components that fall on identical samples or constant
+        columns positive; ``reg_covar=0`` is refused when X or y has a constant column,
+        and a fit whose covariances become singular raises an error that says so.
     max_iter : int, default=100
         Number of EM iterations (M-step + E-step) per initialisation.
     tol : float, default=1e-3
@@ -124,7 +139,13 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation (k-means, GMM, random responsibilities, latent PCA).
     warm_start : bool, default=False
-        If True, ``fit`` starts from the previous solution (``n_init`` is then ignored).
+        If True, ``fit`` continues EM from the previous fit's parameters (with its
+        feature and target means as the centres), ignoring ``n_init``, ``init_params``
+        and ``resp_init``, as :class:`~sklearn.mixture.GaussianMixture` does. It does so
+        only when those parameters fit the new call: the same ``n_components``,
+        ``n_latent``, ``covariance_type``, ``target_covariance_type``, number of features
+        and number of targets (a 1-D y and a one-column y count as the same). When any of
+        these changed, ``fit`` starts afresh, exactly as with ``warm_start=False``.
     verbose : int, default=0
         1 prints initialisation and convergence messages; 2 also prints the log-likelihood
         every ``verbose_interval`` iterations with timings.
@@ -285,6 +306,10 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
 
     # ------------------------------------------------------------------ validation
     def _validate_training_data(self, X, y):
+        if y is not None:
+            # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
+            check_array(y, accept_sparse=False, ensure_2d=False, dtype=None,
+                        ensure_all_finite=False, ensure_min_samples=0, input_name="y")
         X, y = validate_data(
             self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
             ensure_min_samples=2,
@@ -308,7 +333,57 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             raise ValueError(
                 f"n_components={self.n_components} must be <= n_samples={n}."
             )
+        if self.reg_covar == 0:
+            for name, values in (("X", X), ("y", y2)):
+                constant = np.flatnonzero(np.ptp(values, axis=0) == 0)
+                if constant.size:
+                    raise ValueError(
+                        f"{name} has constant column(s) {constant[:10].tolist()}: with "
+                        "reg_covar=0 their variance is zero and the likelihood infinite. "
+                        "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
+                    )
         return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
+
+    def _structure(self, n_features, n_targets):
+        """The settings that shape the parameters: a warm start needs all of them equal."""
+        return {
+            "n_components": self.n_components, "n_latent": self.n_latent,
+            "covariance_type": self.covariance_type,
+            "target_covariance_type": self.target_covariance_type,
+            "n_features": n_features, "n_targets": n_targets,
+        }
+
+    def _can_warm_start(self, n_features, n_targets):
+        """Whether ``fit`` continues from the previous parameters (see ``warm_start``)."""
+        return (
+            self.warm_start and hasattr(self, "_params")
+            and getattr(self, "_fitted_structure", None)
+            == self._structure(n_features, n_targets)
+        )
+
+    @contextmanager
+    def _singular_covariances_reported(self):
+        """Report singular covariances (reg_covar=0 on identical samples) by one clear
+        error instead of a cascade of RuntimeWarnings and a bare LinAlgError."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            try:
+                yield
+            except np.linalg.LinAlgError as error:
+                raise self._non_finite_error() from error
+
+    def _non_finite_error(self):
+        """The error for a non-finite log-likelihood or a singular covariance."""
+        if self.reg_covar == 0:
+            return ValueError(
+                "EM reached a singular covariance: with reg_covar=0, a component whose "
+                "samples are identical, or share a value of a feature or target, has zero "
+                "variance. Set reg_covar > 0 (the default is 1e-6, relative to the data's "
+                "variance)."
+            )
+        return ValueError(
+            "EM reached a singular or non-finite covariance; the data may contain extreme "
+            "values or many identical samples. Standardise X and y, or increase reg_covar."
+        )
 
     def _check_resp(self, resp, n_samples, name="resp_init"):
         """Validated responsibilities (n_samples, n_components), rows normalised."""
@@ -355,8 +430,10 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
 
     def _em_model(self, var_floor=None):
         """The :class:`~gllim_sk._gllim_math.GLLiMModel` of this estimator's settings."""
+        # The floors of the fit in progress (or the last one): reg_covar is relative.
+        noise_reg, target_reg = getattr(self, "_reg_floors", (self.reg_covar,) * 2)
         return self._em_model_class(self.covariance_type, self.target_covariance_type,
-                                    self.reg_covar, var_floor)
+                                    noise_reg, var_floor, target_reg_covar=target_reg)
 
     def _initial_resp(self, Xc, y, random_state):
         """Initial responsibilities, (n_components, n_samples)."""
@@ -383,8 +460,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     def _target_mixture_resp(self, y, resp):
         """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init)."""
         return refine_by_target_mixture(
-            y, resp, self.target_covariance_type, max(self.reg_covar, 1e-6),
-            GMM_INIT_MAX_ITER, GMM_INIT_TOL,
+            y, resp, self.target_covariance_type,
+            max(self.reg_covar, 1e-6) * variance_scale(y), GMM_INIT_MAX_ITER, GMM_INIT_TOL,
         )
 
     def _em_initial_params(self, problem, random_state, resp=None):
@@ -435,10 +512,12 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             frozen_resp = np.ascontiguousarray(
                 self._check_resp(frozen_resp, X.shape[0], name="resp").T
             )
+        do_warm = frozen_resp is None and self._can_warm_start(X.shape[1], y.shape[1])
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
-        do_warm = (frozen_resp is None and self.warm_start and hasattr(self, "_params")
-                   and self._params.A.shape[1] == X.shape[1])
+        # reg_covar is relative to the data's scale (see its documentation).
+        self._reg_floors = (self.reg_covar * variance_scale(X),
+                            self.reg_covar * variance_scale(y))
         offset = self.feature_mean_ if do_warm else X.mean(axis=0)
         y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
         # Centring both variables keeps the expanded quadratic forms free of cancellation.
@@ -451,7 +530,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         var_floor = LATENT_NOISE_FLOOR * Xc.var(axis=0) if self.n_latent > 0 else None
         model = self._em_model(var_floor)
         work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        with _engine.make_executor(X.shape[0], work) as executor:
+        with (_engine.make_executor(X.shape[0], work) as executor,
+              self._singular_covariances_reported()):
             problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc),
                                         Xc, yc)
             if frozen_resp is not None:
@@ -462,6 +542,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self.feature_mean_ = offset
         self.target_mean_ = y_offset
         self._set_params_from(params)
+        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
     def _set_params_from(self, params):
@@ -785,15 +866,16 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         resp = self.component_posterior(y=y)
         y = self._check_y(y)
         n, L = y.shape
-        K = self.n_components
+        K = self.weights_.shape[0]  # fitted, whatever set_params did since
         ry = (resp[:, :, None] * y[:, None, :]).reshape(n, K * L)
         A_stack = np.transpose(self.inverse_coef_, (0, 2, 1)).reshape(K * L, -1)
         return ry @ A_stack + resp @ (self._params.b + self.feature_mean_)  # y is centred
 
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):
-        return self._em_model().n_parameters(self.n_components, self.n_features_in_,
-                                             self.n_targets_, self.n_latent)
+        # The fitted shapes, not the parameters: set_params after fit must not change them.
+        K, D, Lw = self.latent_coef_.shape
+        return self._em_model().n_parameters(K, D, self.n_targets_, Lw)
 
     def bic(self, X, y):
         """Bayesian information criterion of the joint model on (X, y); lower is better.

@@ -620,6 +620,16 @@ def _cholesky_with_floor(S, reg, eig_floor=None):
 
 def _solve_moments(Mzz, Mzx):
     """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
+    # Mzz mixes the targets' units with the latent factors' unit variance: scaling it to
+    # unit diagonal keeps the conditioning test and the pseudo-inverse independent of
+    # the targets' scale (the solution is the same when Mzz is invertible).
+    diag = np.diagonal(Mzz, axis1=1, axis2=2)
+    unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
+    Mzz = Mzz * unit[:, :, None] * unit[:, None, :]
+    return unit[:, :, None] * _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
+
+
+def _solve_scaled_moments(Mzz, Mzx):
     try:
         chol = np.linalg.cholesky(Mzz)
         pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
@@ -669,18 +679,23 @@ class GLLiMModel:
     covariance_type, target_covariance_type : str
         Keys of ``NOISE_STRUCTURES`` and ``TARGET_STRUCTURES``.
     reg_covar : float
-        Added to the diagonal of every Sigma_k and Gamma_k after each M-step.
+        Added to the diagonal of every Sigma_k after each M-step (and of every Gamma_k
+        unless ``target_reg_covar`` is given).
     var_floor : ndarray of shape (n_features,) or None
         Lower bound of every noise variance (eigenvalue, for full kinds: its mean).
+    target_reg_covar : float or None
+        Added to the diagonal of every Gamma_k after each M-step (None: ``reg_covar``).
     """
 
     stats_type = SufficientStats
 
-    def __init__(self, covariance_type, target_covariance_type, reg_covar, var_floor=None):
+    def __init__(self, covariance_type, target_covariance_type, reg_covar, var_floor=None,
+                 target_reg_covar=None):
         self.noise = NOISE_STRUCTURES[covariance_type]
         self.target = TARGET_STRUCTURES[target_covariance_type]
         self.reg_covar = reg_covar
         self.var_floor = var_floor
+        self.target_reg_covar = reg_covar if target_reg_covar is None else target_reg_covar
 
     # -- data ----------------------------------------------------------------------------
     def prepare_block(self, Xc, y):
@@ -946,7 +961,7 @@ class GLLiMModel:
         target_moments = Mzz[:, :L, :L].copy()
         if scale is not None:
             target_moments *= scale[:, None, None]
-        gamma = _finalize_gamma(self.target, target_moments, pis, self.reg_covar)
+        gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
         params = Params(
             weights=pis / pis.sum(), c=zbar[:, :L].copy(), gamma=gamma,

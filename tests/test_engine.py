@@ -87,7 +87,9 @@ def test_frozen_e_step_is_one_m_step(gllim_ref):
     resp = rng.dirichlet(np.ones(3), size=100)
     model = GLLiMRegressor(3, covariance_type="tied_spherical", reg_covar=1e-4, max_iter=50)
     model._fit_frozen_estep(X, y, resp)
-    expected = gllim_ref.m_step(X, y, resp, "tied_spherical", "full", 1e-4)
+    noise_reg, target_reg = gllim_ref.relative_floors(X, y, 1e-4)
+    expected = gllim_ref.m_step(X, y, resp, "tied_spherical", "full", noise_reg,
+                                target_reg_covar=target_reg)
     got = gllim_ref.dense_params(model)
     for name in ("pi", "c", "Gamma", "A", "b", "Sigma"):
         assert_allclose(got[name], expected[name], rtol=1e-7, atol=1e-10, err_msg=name)

@@ -20,6 +20,12 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from gllim_sk import GLLiMRegressor, StudentGLLiMRegressor
 from gllim_sk._student import inverse_digamma
 
+
+def relative_floors(X, y, reg_covar):
+    """The floors added for ``reg_covar`` (relative): times the mean variance of the
+    features for Sigma, of the targets for Gamma."""
+    return reg_covar * np.var(X, axis=0).mean(), reg_covar * np.var(y, axis=0).mean()
+
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -39,7 +45,8 @@ def student_joint_terms(ref, p, alpha, X, y):
 
 
 def student_em_step(ref, p, alpha, X, y, covariance_type, target_covariance_type, reg):
-    """One dense Student EM step (E-step under p, alpha; then the M-step), Lw = 0."""
+    """One dense Student EM step (E-step under p, alpha; then the M-step), Lw = 0, with
+    the relative floors of ``reg``."""
     n, D = X.shape
     L = y.shape[1]
     dim = L + D
@@ -64,10 +71,11 @@ def student_em_step(ref, p, alpha, X, y, covariance_type, target_covariance_type
         target = digamma(alpha[k] + dim / 2) - resp[:, k] @ np.log1p(delta[:, k] / 2) / nk[k]
         new_alpha[k] = brentq(lambda a, t=target: digamma(a) - t, 1e-8, 1e8, xtol=1e-14)
     pi = nk / n
+    noise_floor, target_floor = relative_floors(X, y, reg)
     return {
         "pi": pi, "c": c, "A": A, "Aw": np.zeros((K, D, 0)), "b": b,
-        "Gamma": ref.reduce_covariance(Gamma, target_covariance_type, pi, reg),
-        "Sigma": ref.reduce_covariance(Sigma, covariance_type, pi, reg),
+        "Gamma": ref.reduce_covariance(Gamma, target_covariance_type, pi, target_floor),
+        "Sigma": ref.reduce_covariance(Sigma, covariance_type, pi, noise_floor),
     }, new_alpha
 
 
@@ -198,12 +206,13 @@ def student_latent_em_step(ref, p, alpha, X, y, reg):
     u = (alpha + dim / 2) / (1 + delta / 2)
     K, _, Lw = p["Aw"].shape
     nk = resp.sum(axis=0)
+    noise_floor, target_floor = relative_floors(X, y, reg)
     out = {name: [] for name in ("c", "Gamma", "A", "Aw", "b", "Sigma")}
     for k in range(K):
         r, w = resp[:, k], resp[:, k] * u[:, k]
         c = w @ y / w.sum()
         out["c"].append(c)
-        out["Gamma"].append(((w * (y - c).T) @ (y - c)) / nk[k] + reg * np.eye(L))
+        out["Gamma"].append(((w * (y - c).T) @ (y - c)) / nk[k] + target_floor * np.eye(L))
         noise_inv = np.linalg.inv(p["Sigma"][k])
         S_w = np.linalg.inv(np.eye(Lw) + p["Aw"][k].T @ noise_inv @ p["Aw"][k])
         m_w = (X - y @ p["A"][k].T - p["b"][k]) @ (S_w @ p["Aw"][k].T @ noise_inv).T
@@ -217,7 +226,7 @@ def student_latent_em_step(ref, p, alpha, X, y, reg):
         out["A"].append(coef[:, :L])
         out["Aw"].append(Aw)
         out["b"].append(coef[:, -1])
-        out["Sigma"].append(Sigma + reg * np.eye(D))
+        out["Sigma"].append(Sigma + noise_floor * np.eye(D))
     return {name: np.array(v) for name, v in out.items()} | {"pi": nk / n}
 
 

@@ -74,7 +74,13 @@ def load_model(model, weights):
         path = os.fspath(weights)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file {path!r} does not exist.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types on damaged archives
+            raise ValueError(
+                f"weights file {path!r} cannot be read as a state_dict (damaged, or not "
+                f"written by torch.save): {exc}"
+            ) from exc
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         net.load_state_dict(state)
@@ -105,7 +111,9 @@ def _split_vgg_like(net):
         raise ValueError("the model's classifier has no linear layer.")
     head = classifier[linear_at[-1]]
     before_first = classifier[: linear_at[0]]
-    pool = nn.Sequential(net.avgpool, nn.Flatten(1), *_without_dropout(before_first))
+    # What precedes the first linear layer runs before flattening: ConvNeXt's classifier
+    # starts with a LayerNorm2d of the pooled map (the final Flatten is then a no-op).
+    pool = nn.Sequential(net.avgpool, *_without_dropout(before_first), nn.Flatten(1))
     stages.append(("pool", pool))
     # One stage per hidden linear layer with what follows it (ReLU); the last linear is
     # the classification head and is dropped.
@@ -125,24 +133,31 @@ def _split_resnet_like(net):
 
 
 def _split_generic(net):
-    # Unknown layout: replace the last linear layer with an identity and keep the
-    # network as one stage (features of the penultimate layer; no partial freezing).
+    # Other layouts (vision transformers, Swin, MaxViT, RegNet, GoogLeNet...): replace
+    # the last linear layer with an identity and keep the network as one stage
+    # (features of the penultimate layer; no partial freezing).
+    if getattr(net, "aux_logits", False):
+        # GoogLeNet and Inception return auxiliary outputs in training mode.
+        net.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(net, name):
+                setattr(net, name, None)
     last_name, last = None, None
     for name, module in net.named_modules():
         if isinstance(module, nn.Linear):
             last_name, last = name, module
     if last is None:
         raise ValueError(
-            "cannot find the classification layer (an nn.Linear) of the model; pass a "
-            "model with `features`/`avgpool`/`classifier` attributes or a torchvision "
-            "classification model."
+            "cannot find the classification layer (an nn.Linear) of the model. Supported "
+            "backbones: torchvision classification models whose last layer is linear "
+            "(VGG, AlexNet, ResNet, ResNeXt, Wide ResNet, DenseNet, EfficientNet, "
+            "MobileNet, MNASNet, ShuffleNet, RegNet, ConvNeXt, ViT, Swin, MaxViT, "
+            "GoogLeNet, Inception; not SqueezeNet) or a module with the VGG layout "
+            "(`features`, `avgpool`, `classifier`)."
         )
+    # setattr also replaces a named child of an nn.Sequential (ViT's heads.head).
     parent = net.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else net
-    child = last_name.rpartition(".")[2]
-    if isinstance(parent, nn.Sequential):
-        parent[int(child)] = nn.Identity()
-    else:
-        setattr(parent, child, nn.Identity())
+    setattr(parent, last_name.rpartition(".")[2], nn.Identity())
     return [("network", net)], last.in_features
 
 
@@ -183,6 +198,24 @@ class Backbone(nn.Module):
         for stage in self.stages[start:stop]:
             x = stage(x)
         return x
+
+    def check_input_size(self, input_size):
+        """Run one blank image through the network: a clear error if it cannot take
+        ``input_size x input_size`` inputs (ViT needs its own size, Inception 75 px...)."""
+        was_training = self.training
+        device = next(self.parameters()).device
+        try:
+            self.eval()
+            with torch.inference_mode():
+                self(torch.zeros(1, 3, input_size, input_size, device=device))
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(
+                f"the backbone cannot take {input_size}x{input_size} inputs: {exc}. Choose "
+                "another input_size (e.g. the model's own, 224 for most torchvision "
+                "models, 299 for Inception)."
+            ) from exc
+        finally:
+            self.train(was_training)
 
 
 def to_input_tensor(images, input_size, device, dtype=torch.float32):

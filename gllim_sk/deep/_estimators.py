@@ -5,6 +5,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 from torch import nn
 
+from .._files import atomic_write
 from .._gllim_math import NOISE_STRUCTURES, TARGET_STRUCTURES
 from .._images import check_images
 from ._backbone import Backbone, load_model, to_input_tensor
@@ -44,6 +46,8 @@ from ._torch import (
 __all__ = ["DeepGLLiMRegressor", "DeepRegressor", "VGGFeatures", "mixture_regression_loss"]
 
 _MIN_IMAGE_SIZE = 8
+# The authors' embedding width; DeepGLLiMRegressor lowers it for small training sets.
+DEFAULT_EMBEDDING_DIM = 512
 
 # Settings that a ``preset`` fills in for parameters left at None.
 _REGRESSOR_PRESETS = {
@@ -96,6 +100,28 @@ def _check_targets(y, n_images):
             f"images and y have different numbers of samples: {n_images} and {y.shape[0]}."
         )
     return y.reshape(len(y), -1), y.ndim == 1
+
+
+def _check_phases(phases):
+    """``phases`` as a list of (n_epochs, trainable_layers); at least one epoch in all."""
+    arr = np.asarray(phases, dtype=object)
+    if arr.ndim == 1 and arr.size == 2:  # one phase given as a bare pair
+        arr = arr.reshape(1, 2)
+    no_training = (f"phases={phases!r} trains for 0 epochs: the network would keep its "
+                   "initial weights and head. Give at least one phase with n_epochs >= 1.")
+    if arr.size == 0:
+        raise ValueError(no_training)
+    message = (f"phases must be a non-empty sequence of (n_epochs, trainable_layers) pairs "
+               f"of non-negative integers, got {phases!r}.")
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(message)
+    if not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 0
+               for v in arr.ravel()):
+        raise ValueError(message)
+    checked = [(int(e), int(t)) for e, t in arr]
+    if sum(e for e, _ in checked) == 0:
+        raise ValueError(no_training)
+    return checked
 
 
 def _train_validation_split(n, validation_fraction, rng, min_train, groups=None):
@@ -309,6 +335,7 @@ class VGGFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TorchStateM
         # The random initialisation (weights=None) draws from a seeded fork of torch's RNG.
         with seeded(torch_seed(self.random_state), torch.device("cpu")):
             self._build(self.weights)
+        self.network_.check_input_size(self.input_size)
         if len(self.network_.stages) == len(self.stage_names_):
             self.n_features_out_ = self.network_.n_features_out
         else:
@@ -500,11 +527,7 @@ class DeepRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         y2, self._y_1d = _check_targets(y, len(images))
         settings = _resolve_settings(self, _REGRESSOR_PRESETS,
                                      ("input_size", "phases", "batch_size", "learning_rate"))
-        phases = [(int(e), int(t)) for e, t in np.asarray(settings["phases"]).reshape(-1, 2)]
-        if any(e < 0 or t < 0 for e, t in phases):
-            raise ValueError(
-                f"phases must hold non-negative (n_epochs, trainable_layers), got {phases}."
-            )
+        phases = _check_phases(settings["phases"])
         _check_input_size(settings["input_size"])
         self.settings_ = settings
         device = resolve_device(self.device)
@@ -522,6 +545,15 @@ class DeepRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
             generator = torch.Generator().manual_seed(seed)
             self._build(self.weights, self.n_targets_)
             network = self.network_.to(device)
+            network.backbone.check_input_size(settings["input_size"])
+            for index, (n_epochs, trainable_layers) in enumerate(phases):
+                # Checked before any training, in the terms of the phases parameter.
+                if trainable_layers > len(network.backbone.stages):
+                    raise ValueError(
+                        f"phases[{index}] = ({n_epochs}, {trainable_layers}) trains "
+                        f"{trainable_layers} backbone stages, but the backbone has "
+                        f"{len(network.backbone.stages)}: {network.backbone.stage_names}."
+                    )
             self.history_, best = [], (np.inf, None)
             epoch = 0
             for phase, (n_epochs, trainable_layers) in enumerate(phases):
@@ -764,8 +796,13 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         batch 32, learning rate 1e-2. ``"paper"`` (GPU): 224 x 224 inputs,
         ``trainable_layers=5`` (VGG blocks 1-3 frozen), 12 alternations of 3 epochs,
         2 frozen E-steps, batch 128, learning rate 0.1.
-    embedding_dim : int, default=512
-        Width of the linear layer before the BatchNorm: the dimension D of the GLLiM.
+    embedding_dim : int, default=None
+        Width of the linear layer before the BatchNorm: the dimension D of the GLLiM. A
+        PCA of the training images' backbone features initialises the layer, so it
+        can be at most the number of training images and the backbone's output width.
+        ``None``: 512 (the authors' value) where the training set is large enough,
+        else half the number of training images (at least ``n_targets``); the value
+        used is in ``settings_["embedding_dim"]``.
     pca_bias : {"center", "zero"}, default="center"
         Bias of the PCA-initialised layer: centre the projected features, or zero (as the
         authors); the BatchNorm removes the mean either way.
@@ -796,7 +833,8 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     gllim_tol : float, default=1e-3
         EM tolerance per GLLiM fit.
     reg_covar : float, default=1e-6
-        Variance floor of the GLLiM layer.
+        Variance floor of the GLLiM layer, relative to the variance of the features and
+        targets (see :class:`~gllim_sk.GLLiMRegressor`).
     cache : "auto" or bool, default="auto"
         Cache the output of the frozen backbone stages ("auto": when the convolutional
         trunk is frozen).
@@ -833,7 +871,8 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     best_alternation_ : int
         The alternation whose network and mixture were kept.
     settings_ : dict
-        The parameters in effect after applying the preset.
+        The parameters in effect after applying the preset, and the ``embedding_dim``
+        used.
     n_targets_ : int
 
     Examples
@@ -859,7 +898,7 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         "covariance_type": [StrOptions(set(NOISE_STRUCTURES))],
         "target_covariance_type": [StrOptions(set(TARGET_STRUCTURES))],
         "preset": [StrOptions(set(_GLLIM_PRESETS))],
-        "embedding_dim": [Interval(Integral, 1, None, closed="left")],
+        "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
         "pca_bias": [StrOptions({"center", "zero"})],
         "responsibilities": [StrOptions({"exact", "prior", "prior_sampled"})],
         "n_alternations": [Interval(Integral, 0, None, closed="left"), None],
@@ -880,7 +919,7 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
 
     def __init__(self, n_components=2, *, covariance_type="tied_spherical",
                  target_covariance_type="full", model="vgg16", weights=None, preset="quick",
-                 embedding_dim=512, pca_bias="center", responsibilities="exact",
+                 embedding_dim=None, pca_bias="center", responsibilities="exact",
                  n_alternations=None, n_frozen_estep=None, n_epochs=None, trainable_layers=None,
                  input_size=None, batch_size=None, learning_rate=None, momentum=0.9,
                  validation_fraction=0.2, gllim_max_iter=100, gllim_tol=1e-3, reg_covar=1e-6,
@@ -915,25 +954,50 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         self.verbose = verbose
 
     # -- construction ---------------------------------------------------------------
-    def _build(self, weights):
+    def _build(self, weights, n_train=None):
+        """Build the network; when fitting (``n_train`` given), choose embedding_dim too."""
         backbone = Backbone(load_model(self.model, weights))
         width = backbone.n_features_out
+        if n_train is not None:
+            self.settings_["embedding_dim"] = self._embedding_dim(width, n_train)
+        dim = self.settings_["embedding_dim"]
+        head = nn.Sequential(nn.Linear(width, dim), nn.BatchNorm1d(dim, affine=False))
+        self.network_ = _Network(backbone, head)
+
+    def _embedding_dim(self, width, n_train):
+        """The embedding width: ``embedding_dim`` checked, or chosen when it is None."""
+        if self.embedding_dim is None:
+            dim = min(DEFAULT_EMBEDDING_DIM, width, max(n_train // 2, self.n_targets_))
+            if dim < self.n_targets_:
+                raise ValueError(
+                    f"the backbone outputs {width} features, fewer than the {self.n_targets_} "
+                    "targets: choose a model with a wider last layer."
+                )
+            return dim
         if self.embedding_dim > width:
             raise ValueError(
-                f"embedding_dim={self.embedding_dim} exceeds the {width} features of the "
-                "backbone's last layer."
+                f"embedding_dim={self.embedding_dim} exceeds the {width} outputs of the "
+                f"backbone's last layer: choose embedding_dim <= {width}."
             )
-        head = nn.Sequential(nn.Linear(width, self.embedding_dim),
-                             nn.BatchNorm1d(self.embedding_dim, affine=False))
-        self.network_ = _Network(backbone, head)
+        if self.embedding_dim > n_train:
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} needs at least {self.embedding_dim} "
+                "training images (a PCA of their backbone features initialises the "
+                f"embedding layer), but only {n_train} are used for training (after the "
+                f"validation_fraction={self.validation_fraction} hold-out): lower "
+                "embedding_dim, or leave it at None to adapt it to the training set."
+            )
+        return self.embedding_dim
 
     def _init_embedding(self, fc7, seed):
         """Initialise the added layer from the PCA of the training fc7 features."""
-        pca = PCA(self.embedding_dim, random_state=seed).fit(fc7)
+        pca = PCA(self.settings_["embedding_dim"], random_state=seed).fit(fc7)
         linear, norm = self.network_.head
         # Eigenvectors scaled to unit output variance (whitening): the BatchNorm would
         # rescale them anyway, and small fc7 variances would otherwise drown in its eps.
-        scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+        variance = pca.explained_variance_
+        floor = max(1e-12 * float(variance.max(initial=0.0)), np.finfo(np.float64).tiny)
+        scale = np.sqrt(np.maximum(variance, floor))  # relative: fc7 may be of any scale
         components = torch.as_tensor(pca.components_ / scale[:, None], dtype=torch.float32)
         projected_mean = components @ torch.as_tensor(pca.mean_, dtype=torch.float32)
         with torch.no_grad():
@@ -963,13 +1027,14 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
     def _initial_resp(self, y, seed):
         if self.n_components == 1:
             return np.ones((len(y), 1))
-        from .._gllim import kmeans_responsibilities, refine_by_target_mixture
+        from .._gllim import kmeans_responsibilities, refine_by_target_mixture, variance_scale
 
-        # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init).
+        # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init);
+        # its variance floor follows the targets' units, as GLLiMRegressor's.
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         resp = refine_by_target_mixture(
             y, kmeans_responsibilities(y, self.n_components, seed),
-            self.target_covariance_type, 1e-6, max_iter=100, tol=1e-3,
+            self.target_covariance_type, 1e-6 * variance_scale(y), max_iter=100, tol=1e-3,
         )
         return np.ascontiguousarray(resp.T)
 
@@ -1014,16 +1079,23 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(_to_torch_payload(state), tmp)
-        os.replace(tmp, path)  # never leave a half-written checkpoint behind
+        with atomic_write(path) as handle:  # never leave a half-written checkpoint behind
+            torch.save(_to_torch_payload(state), handle)
 
     def _read_checkpoint(self, fingerprint):
         path = self._checkpoint_path()
         if path is None or not path.exists():
             return None
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        state = _from_torch_payload(raw)
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            state = _from_torch_payload(raw)
+        except Exception as exc:  # torch raises several types on damaged archives
+            warnings.warn(
+                f"The checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it "
+                "is ignored, the fit starts from the beginning and overwrites it.",
+                stacklevel=3,
+            )
+            return None
         if state.get("fingerprint") != fingerprint:
             raise ValueError(
                 f"{path} is a checkpoint of another fit (different images, targets or "
@@ -1061,7 +1133,16 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         self.n_targets_ = y2.shape[1]
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
-        min_train = max(self.embedding_dim, 2 * self.n_components, self.n_targets_ + 2, 2)
+        if self.embedding_dim is not None and self.embedding_dim < self.n_targets_:
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} is smaller than the number of targets "
+                f"({self.n_targets_}): the GLLiM layer regresses the targets from "
+                f"embedding_dim features, which must be at least as many. Raise "
+                "embedding_dim, or leave it at None."
+            )
+        # The embedding's own minimum (the PCA needs embedding_dim images) is checked
+        # once the backbone's width is known, by _build.
+        min_train = max(2 * self.n_components, self.n_targets_ + 2, 2)
         train, val = _train_validation_split(len(images), self.validation_fraction, rng,
                                              min_train, groups)
         seeds = rng.randint(np.iinfo(np.int32).max, size=5)
@@ -1073,8 +1154,9 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         with seeded(torch_seed_, device):
             generator = torch.Generator().manual_seed(torch_seed_)
             draw_rng = np.random.RandomState(draw_seed)
-            self._build(None if resumed else self.weights)
+            self._build(None if resumed else self.weights, n_train=len(train))
             network = self.network_.to(device)
+            network.backbone.check_input_size(settings["input_size"])
             split = _trainable_split(network.backbone, settings["trainable_layers"])
             kwargs = {"cache": _cache_split(network.backbone, split, self.cache),
                       "batch_size": settings["batch_size"],
@@ -1268,6 +1350,7 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         for key, value in attributes.items():
             setattr(self, key, value)
         self.gllim_ = _gllim_from_state(attributes["gllim_"])
+        self.settings_.setdefault("embedding_dim", self.embedding_dim)  # older files
         self._build(None)
 
     def __sklearn_tags__(self):
