@@ -16,8 +16,10 @@ plus that of x to A_k y + b_k under Sigma_k)::
     E[u | y, x, k] = (alpha_k + p/2) / (1 + delta / 2),
     E[log u | y, x, k] = digamma(alpha_k + p/2) - log(1 + delta / 2).
 
-The math functions below know nothing of the EM engine: they take distances and
-responsibilities.
+Three parts: the math (functions of distances and responsibilities, which know nothing
+of the EM engine); :class:`StudentGLLiMModel`, the EM steps as a variant of the Gaussian
+:class:`~gllim_sk._gllim_math.GLLiMModel` that the engine drives; and the estimator
+:class:`StudentGLLiMRegressor`.
 """
 
 import dataclasses
