@@ -1,6 +1,8 @@
 """gllim_sk: Gaussian Locally-Linear Mapping regression for scikit-learn.
 
-The numpy core (:class:`GLLiMRegressor`) imports without torch. The deep
+The numpy core (:class:`GLLiMRegressor`, its robust Student-t sibling
+:class:`StudentGLLiMRegressor`, and the posterior tools of :mod:`gllim_sk.posterior`)
+imports without torch. The deep
 estimators (:class:`DeepGLLiMRegressor`, :class:`DeepRegressor`,
 :class:`VGGFeatures`) live in :mod:`gllim_sk.deep` and are imported lazily, on
 first access, so that ``import gllim_sk`` works where torch is not installed.
