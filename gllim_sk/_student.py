@@ -34,7 +34,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _gllim_math as gm
 from ._compat import Interval
-from ._gllim import GLLiMRegressor
+from ._gllim import GLLiMRegressor, _input_namespace
 from .posterior import mahalanobis_logdet, mixture_log_density, sample_mixture
 
 # The degrees of freedom are kept in [2 ALPHA_MIN, 2 ALPHA_MAX]: beyond the upper bound
@@ -149,7 +149,7 @@ class StudentGLLiMModel(gm.GLLiMModel):
     alpha_init = 20.0
 
     def plan(self, params, n_sq, **kwargs):
-        base = super().plan(params, n_sq, with_const=False)
+        base = super().plan(params, n_sq, **{**kwargs, "with_const": False})
         K, D, Lw = params.W.shape
         L = params.c.shape[1]
         _, logdet_gamma, _ = gm.spd_inverse_and_logdet(params.gamma)
@@ -226,6 +226,15 @@ class StudentGLLiMModel(gm.GLLiMModel):
 
 
 # ------------------------------------------------------------------------ the estimator
+def _require_numpy(X):
+    """The Student model computes in numpy (scipy's special functions): say so clearly."""
+    if _input_namespace(X) is not np:
+        raise ValueError(
+            "StudentGLLiMRegressor computes with numpy arrays only; pass numpy inputs "
+            "(Array API dispatch is available for GLLiMRegressor)."
+        )
+
+
 class StudentGLLiMRegressor(GLLiMRegressor):
     r"""Student-t GLLiM (SLLiM): a mixture of linear inverse regressions robust to outliers.
 
@@ -356,6 +365,11 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         )
         self.dof_init = dof_init
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = False  # numpy only (scipy's special functions)
+        return tags
+
     # ------------------------------------------------------------------ fitting
     _em_model_class = StudentGLLiMModel
 
@@ -365,6 +379,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         return model
 
     def _validate_training_data(self, X, y):
+        _require_numpy(X)
         X, y = super()._validate_training_data(X, y)
         self._n_train_samples = X.shape[0]
         return X, y
@@ -412,6 +427,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
     def _student_mixture(self, X):
         """Gating log-weights (n, K), component means (n, K, L), t scale matrices
         (n, K, L, L) and degrees of freedom (K,) of p(y | x); the dtype of X."""
+        _require_numpy(X)
         X, dtype = self._check_X(X)
         Xc = X.astype(np.float64) - self.feature_mean_
         log_nu, means, delta = self._em_model().student_forward_terms(
@@ -432,11 +448,11 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
                 "closed form. Use GLLiMRegressor, or importance_sampling with the noise model."
             )
 
-    def _noisy_forward_terms(self, X, feature_noise_var, feature_noise_cov):
+    def _noisy_forward_terms(self, X, method, feature_noise_var, feature_noise_cov):
         self._reject_feature_noise(feature_noise_var, feature_noise_cov)
         return None
 
-    def _mixture(self, X, feature_noise_var=None, feature_noise_cov=None):
+    def _mixture(self, X, method="predict", feature_noise_var=None, feature_noise_cov=None):
         self._reject_feature_noise(feature_noise_var, feature_noise_cov)
         log_nu, means, scales, dof, dtype = self._student_mixture(X)
         return log_nu, means, self._t_covariances(scales, dof[None, :]), dtype
