@@ -474,3 +474,18 @@ def test_parameters_and_pickling(dense_ref, tmp_path):
     assert_allclose(y32, model.predict(X), rtol=1e-4, atol=1e-5)
     model.set_params(warm_start=True, max_iter=5).fit(X, y)
     assert model.lower_bounds_[0] >= again.lower_bound_ - 1e-9
+
+
+def test_array_api_inputs_are_refused_clearly(dense_ref):
+    """The Student model and observation noise compute in numpy: clear errors elsewhere."""
+    import sklearn
+
+    torch = pytest.importorskip("torch")
+    X, y, _ = heavy_tailed_data(dense_ref, 15)
+    with sklearn.config_context(array_api_dispatch=True):
+        with pytest.raises(ValueError, match="numpy arrays only"):
+            StudentGLLiMRegressor(2).fit(torch.asarray(X), torch.asarray(y))
+        gauss = GLLiMRegressor(2, max_iter=3, random_state=0).fit(torch.asarray(X),
+                                                                  torch.asarray(y))
+        with pytest.raises(ValueError, match="need numpy inputs"):
+            gauss.predict(torch.asarray(X), feature_noise_var=1.0)
