@@ -124,7 +124,7 @@ def _check_phases(phases):
     return checked
 
 
-def _train_validation_split(n, validation_fraction, rng, min_train, groups=None):
+def _train_validation_split(n, validation_fraction, rng, min_train, groups=None, why=""):
     """Indices (train, validation); validation is empty when the fraction is 0.
 
     With ``groups`` (the person of each image), the validation part holds
@@ -151,7 +151,8 @@ def _train_validation_split(n, validation_fraction, rng, min_train, groups=None)
     if len(train) < min_train:
         raise ValueError(
             f"too few images: {n} images with validation_fraction={validation_fraction} "
-            f"leave {len(train)} training images, and at least {min_train} are needed."
+            f"leave {len(train)} training images, and at least {min_train} are needed"
+            f"{why}."
         )
     return train, val
 
@@ -1143,8 +1144,11 @@ class DeepGLLiMRegressor(RegressorMixin, TorchStateMixin, BaseEstimator):
         # The embedding's own minimum (the PCA needs embedding_dim images) is checked
         # once the backbone's width is known, by _build.
         min_train = max(2 * self.n_components, self.n_targets_ + 2, 2)
+        why = (f" (two per mixture component, n_components={self.n_components})"
+               if min_train == 2 * self.n_components else
+               f" (the number of targets, {self.n_targets_}, plus 2)")
         train, val = _train_validation_split(len(images), self.validation_fraction, rng,
-                                             min_train, groups)
+                                             min_train, groups, why)
         seeds = rng.randint(np.iinfo(np.int32).max, size=5)
         torch_seed_, pca_seed, gmm_seed, gllim_seed, draw_seed = (int(s) for s in seeds)
         y_train = y2[train]
