@@ -42,6 +42,7 @@ from ._compat import (
     eye,
     permute,
     swap_last,
+    to_numpy,
     zeros,
 )
 
@@ -806,10 +807,6 @@ def _solve_scaled_moments(Mzz, Mzx):
 
 def _leading_right_singular(M, n_dirs, random_state):
     """Leading singular values and right singular vectors of M (m, D)."""
-    xp = array_namespace(M)
-    if xp is not np:
-        _, s, vt = xp.linalg.svd(M, full_matrices=False)
-        return s[:n_dirs], vt[:n_dirs, :]
     m, D = M.shape
     if min(m, D) > 1000:
         _, s, vt = randomized_svd(
@@ -825,6 +822,33 @@ def _leading_right_singular(M, n_dirs, random_state):
         return s, vt
     vals, v = np.linalg.eigh(M.T @ M)
     return np.sqrt(np.maximum(vals[::-1][:n_dirs], 0.0)), v[:, ::-1][:, :n_dirs].T
+
+
+def _latent_loadings(Xc, y, resp, A, b, n_latent, random_state):
+    """Probabilistic-PCA loadings W (K, D, Lw) of each component's weighted residuals
+    (numpy; see :meth:`GLLiMModel.init_latent`)."""
+    K, D, _ = A.shape
+    W = np.zeros((K, D, n_latent))
+    # Each sample enters the PCA of its most responsible component only, which keeps the
+    # initialisation at O(n D Lw) whatever K is; tiny components use their top samples.
+    owner = resp.argmax(axis=0)
+    min_rows = max(2 * n_latent + 2, 10)
+    for k in range(K):
+        r = resp[k]
+        rows = np.flatnonzero(owner == k)
+        if rows.size < min_rows:
+            rows = np.argsort(r)[-min_rows:]
+        weight = np.maximum(r[rows], np.finfo(float).tiny)
+        sw = np.sqrt(weight / weight.sum())[:, None]
+        resid = (Xc[rows] - y[rows] @ A[k].T - b[k]) * sw
+        n_dirs = min(n_latent, *resid.shape)
+        s, vt = _leading_right_singular(resid, n_dirs, random_state)
+        s, vt = s[:n_dirs], vt[:n_dirs]
+        lam = s**2
+        total = np.einsum("nd,nd->", resid, resid)
+        s2 = max(total - lam.sum(), 0.0) / max(D - n_dirs, 1)
+        W[k, :, :n_dirs] = vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+    return W
 
 
 # ------------------------------------------------------------------------------ the model
@@ -1247,44 +1271,17 @@ class GLLiMModel:
         variances of the weighted residuals x - A_k y - b_k and s2 the mean discarded
         variance (the probabilistic-PCA solution); the noise moments lose W_k W_k' (as the
         noise structure holds them) so that Sigma_k + W_k W_k' keeps the residual variance.
+        The PCA runs with numpy on the host whatever the namespace (an initialisation,
+        like k-means: K small eigen-problems, which some libraries solve slowly).
         """
         xp = array_namespace(params.A)
-        K, D, _ = params.A.shape
-        # Each sample enters the PCA of its most responsible component only, which keeps
-        # the initialisation at O(n D Lw) whatever K is; tiny components use their top
-        # samples.
-        owner = xp.argmax(resp, axis=0)
-        min_rows = max(2 * n_latent + 2, 10)
-        columns = []
-        for k in range(K):
-            r = resp[k, :]
-            if xp is np:
-                rows = np.flatnonzero(owner == k)
-                if rows.size < min_rows:
-                    rows = np.argsort(r)[-min_rows:]
-                weight = np.maximum(r[rows], np.finfo(float).tiny)
-                sw = np.sqrt(weight / weight.sum())[:, None]
-                resid = (Xc[rows] - y[rows] @ params.A[k].T - params.b[k]) * sw
-            else:
-                rows = xp.nonzero(owner == k)[0]
-                if rows.shape[0] < min_rows:
-                    rows = xp.argsort(r)[-min_rows:]
-                weight = xp.clip(xp.take(r, rows), min=float(np.finfo(float).tiny))
-                sw = xp.sqrt(weight / xp.sum(weight))[:, None]
-                Xk = xp.astype(xp.take(Xc, rows, axis=0), params.A.dtype)
-                yk = xp.astype(xp.take(y, rows, axis=0), params.A.dtype)
-                resid = (Xk - yk @ params.A[k, ...].T - params.b[k, :]) * sw
-            n_dirs = min(n_latent, *resid.shape)
-            s, vt = _leading_right_singular(resid, n_dirs, random_state)
-            s, vt = s[:n_dirs], vt[:n_dirs, :]
-            lam = s**2
-            total = float(einsum(xp, "nd,nd->", resid, resid))
-            s2 = max(total - float(xp.sum(lam)), 0.0) / max(D - n_dirs, 1)
-            column = vt.T * xp.sqrt(xp.maximum(lam - s2, xp.zeros_like(lam)))
-            if n_dirs < n_latent:
-                column = concat(xp, [column, zeros(xp, (D, n_latent - n_dirs), column)], axis=1)
-            columns.append(column)
-        W = xp.stack(columns) if columns else zeros(xp, (K, D, n_latent), params.A)
+        if xp is np:
+            W = _latent_loadings(Xc, y, resp, params.A, params.b, n_latent, random_state)
+        else:
+            host = [np.asarray(to_numpy(a), dtype=np.float64)
+                    for a in (Xc, y, resp, params.A, params.b)]
+            W = xp.asarray(_latent_loadings(*host, n_latent, random_state), dtype=xp.float64,
+                           device=array_device(params.A))
         params.W = W
         params.noise = self.finalize_noise(self.noise.remove_latent(raw, W, params.weights),
                                            params.weights)

@@ -259,8 +259,10 @@ class StudentGLLiMRegressor(GLLiMRegressor):
     Parameters
     ----------
     n_components, covariance_type, target_covariance_type, n_latent, reg_covar, max_iter, \
-tol, n_init, init_params, resp_init, random_state, warm_start, verbose, verbose_interval
-        As in :class:`GLLiMRegressor`.
+tol, n_init, init_params, resp_init, random_state, warm_start, verbose, verbose_interval, \
+learning_offset, learning_decay
+        As in :class:`GLLiMRegressor` (the last two are for ``partial_fit``, which the
+        Student model inherits untested).
     dof_init : float, default=40.0
         Initial degrees of freedom nu = 2 alpha of every component (xLLiM's default).
 
@@ -354,6 +356,8 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        learning_offset=10.0,
+        learning_decay=0.7,
         dof_init=40.0,
     ):
         super().__init__(
@@ -362,6 +366,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             reg_covar=reg_covar, max_iter=max_iter, tol=tol, n_init=n_init,
             init_params=init_params, resp_init=resp_init, random_state=random_state,
             warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval,
+            learning_offset=learning_offset, learning_decay=learning_decay,
         )
         self.dof_init = dof_init
 
