@@ -994,7 +994,6 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         out = [_as_dtype(a, dtype) for a in out]
         return out[0] if len(out) == 1 else tuple(out)
 
-    @_dask.blockwise(constant_outputs=(2,))
     def predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         """Return the predictive mixture p(y | x) for each sample.
 
@@ -1022,6 +1021,18 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             noise they do, and the shape is (n_samples, n_components, n_targets,
             n_targets).
         """
+        noise = feature_noise_var is not None or feature_noise_cov is not None
+        if noise and _dask.any_dask_array(X, feature_noise_var, feature_noise_cov):
+            # The blockwise path returns the covariances once, as sample-independent.
+            raise ValueError(
+                "predict_mixture with observation noise needs in-memory arrays; compute the "
+                "dask arrays first."
+            )
+        return self._predict_mixture(X, feature_noise_var=feature_noise_var,
+                                     feature_noise_cov=feature_noise_cov)
+
+    @_dask.blockwise(constant_outputs=(2,))
+    def _predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         log_nu, means, covs, dtype = self._mixture(X, "predict_mixture", feature_noise_var,
                                                    feature_noise_cov)
         xp = array_namespace(means)
