@@ -414,6 +414,7 @@ def test_observation_noise_with_dask_inputs(gllim_ref):
     var = rng.uniform(0.01, 0.3, (120, 5))
     lazy = model.predict(da.from_array(X, chunks=50), feature_noise_var=da.from_array(
         var, chunks=50))
-    assert_allclose(np.asarray(lazy), model.predict(X, feature_noise_var=var), rtol=1e-10)
+    assert_allclose(lazy.compute(scheduler="synchronous"),
+                    model.predict(X, feature_noise_var=var), rtol=1e-10)
     with pytest.raises(ValueError, match="in-memory arrays"):
         model.predict_mixture(da.from_array(X, chunks=50), feature_noise_var=1.0)
