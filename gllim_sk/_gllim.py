@@ -272,9 +272,17 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
 
     Notes
     -----
-    Fitting always runs in float64. Predictions, standard deviations, covariances and
-    samples come back in the dtype of ``X`` (float32 in, float32 out), which keeps the
-    precision of the float32 input itself.
+    Numpy fits run in float64. Predictions, standard deviations, covariances and samples
+    come back in the dtype of ``X`` (float32 in, float32 out), which keeps the precision of
+    the float32 input itself.
+
+    With scikit-learn's Array API dispatch on (``sklearn.set_config(
+    array_api_dispatch=True)`` and ``SCIPY_ARRAY_API=1``), torch tensors, CuPy arrays and
+    other Array API arrays are fitted and predicted in their library and on their device,
+    and the fitted attributes live there (in float64); float32 data keep float32 for the
+    products over samples and float64 for their sums and the parameters. Move a fitted
+    model to another namespace or device with
+    ``sklearn.utils._array_api.move_estimator_to(model, xp, device)``. See the user guide.
 
     With ``n_latent > 0``, every noise variance is kept above 1e-5 times the variance of
     its feature (eigenvalues of full noise: above 1e-5 times the mean feature variance).
@@ -542,7 +550,9 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                                     noise_reg, var_floor, target_reg_covar=target_reg)
 
     def _initial_resp(self, Xc, y, random_state):
-        """Initial responsibilities, (n_components, n_samples)."""
+        """Initial responsibilities, (n_components, n_samples), as a numpy array (computed
+        on the host: features of another namespace are copied there only for
+        ``init_params="kmeans_joint"``)."""
         n = Xc.shape[0]
         K = self.n_components
         if self.resp_init is not None:
@@ -552,10 +562,11 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         if self.init_params == "random":
             resp = random_state.uniform(size=(K, n))
             return resp / resp.sum(axis=0)
+        y = np.asarray(to_numpy(y), dtype=np.float64)
         if self.init_params == "kmeans":
             points = y
         else:  # kmeans_joint: k-means on standardised [y, X]
-            points = np.hstack([y, Xc])
+            points = np.hstack([y, np.asarray(to_numpy(Xc), dtype=np.float64)])
             scale = points.std(axis=0)
             points = points / np.where(scale > 0, scale, 1.0)
         resp = kmeans_responsibilities(points, K, random_state)
@@ -579,8 +590,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
             # with numpy, whatever the namespace of the data.
             with problem.executor.serial():
-                resp = self._initial_resp(to_numpy(problem.Xc), to_numpy(problem.y),
-                                          random_state)
+                resp = self._initial_resp(problem.Xc, problem.y, random_state)
         if xp is not np:
             resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model
