@@ -1,18 +1,21 @@
 """gllim_sk: Gaussian Locally-Linear Mapping regression for scikit-learn.
 
-The numpy core (:class:`GLLiMRegressor`) imports without torch. The deep
+The numpy core (:class:`GLLiMRegressor`, its robust Student-t sibling
+:class:`StudentGLLiMRegressor`, and the posterior tools of :mod:`gllim_sk.posterior`)
+imports without torch. The deep
 estimators (:class:`DeepGLLiMRegressor`, :class:`DeepRegressor`,
 :class:`VGGFeatures`) live in :mod:`gllim_sk.deep` and are imported lazily, on
 first access, so that ``import gllim_sk`` works where torch is not installed.
 """
 
 from ._gllim import GLLiMRegressor
+from ._student import StudentGLLiMRegressor
 
 __version__ = "0.1.0"
 
 _DEEP_NAMES = ("DeepGLLiMRegressor", "DeepRegressor", "VGGFeatures")
 
-__all__ = ["GLLiMRegressor", "__version__", *_DEEP_NAMES]
+__all__ = ["GLLiMRegressor", "StudentGLLiMRegressor", "__version__", *_DEEP_NAMES]
 
 
 def __getattr__(name):

@@ -29,6 +29,13 @@ from ._compat import (
     swap_last,
     to_numpy,
 )
+from .posterior import (
+    PosteriorMixin,
+    gaussian_or_t_log_density,
+    mahalanobis_logdet,
+    mixture_log_density,
+    sample_mixture,
+)
 
 __all__ = ["GLLiMRegressor"]
 
@@ -151,7 +158,7 @@ def refine_target_mixture_esteps(model, executor, blocks, esteps, n_components, 
     return esteps
 
 
-class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
+class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
     GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
@@ -557,12 +564,15 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         return y - xp.asarray(self.target_mean_, device=array_device(y))
 
     # ------------------------------------------------------------------ fitting
+    # The EM model class; a variant estimator (StudentGLLiMRegressor) names its subclass.
+    _em_model_class = gm.GLLiMModel
+
     def _em_model(self, var_floor=None):
         """The :class:`~gllim_sk._gllim_math.GLLiMModel` of this estimator's settings."""
         # The floors of the fit in progress (or the last one): reg_covar is relative.
         noise_reg, target_reg = getattr(self, "_reg_floors", (self.reg_covar,) * 2)
-        return gm.GLLiMModel(self.covariance_type, self.target_covariance_type,
-                             noise_reg, var_floor, target_reg_covar=target_reg)
+        return self._em_model_class(self.covariance_type, self.target_covariance_type,
+                                    noise_reg, var_floor, target_reg_covar=target_reg)
 
     def _initial_resp(self, Xc, y, random_state):
         """Initial responsibilities, (n_components, n_samples), as a numpy array (computed
@@ -895,7 +905,66 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             self._params, self._forward = params, forward
         return params, forward
 
-    def _mixture(self, X, method="predict"):
+    def _check_feature_noise(self, n_samples, feature_noise_var, feature_noise_cov):
+        """Validated observation noise: (variances (1 or n, D) or None, covariance or None)."""
+        if feature_noise_var is None and feature_noise_cov is None:
+            return None, None
+        if feature_noise_var is not None and feature_noise_cov is not None:
+            raise ValueError("Give feature_noise_var or feature_noise_cov, not both.")
+        D = self.n_features_in_
+        if feature_noise_var is not None:
+            var = np.asarray(feature_noise_var, dtype=np.float64)
+            if var.ndim == 0:
+                var = np.full((1, D), float(var))
+            elif var.ndim == 1 and var.shape == (D,):
+                var = var[None]
+            elif var.shape != (n_samples, D):
+                raise ValueError(
+                    f"feature_noise_var must be a scalar, ({D},) or (n_samples, {D}) = "
+                    f"({n_samples}, {D}); got shape {var.shape}."
+                )
+            if not np.all(np.isfinite(var)) or (var < 0).any():
+                raise ValueError("feature_noise_var must hold finite, non-negative variances.")
+            return var, None
+        cov = np.asarray(feature_noise_cov, dtype=np.float64)
+        if cov.shape != (D, D):
+            raise ValueError(f"feature_noise_cov must have shape ({D}, {D}); got {cov.shape}.")
+        if not np.all(np.isfinite(cov)) or not np.allclose(cov, cov.T, rtol=1e-10,
+                                                             atol=1e-12 * np.abs(cov).max()):
+            raise ValueError("feature_noise_cov must be a finite symmetric matrix.")
+        if np.linalg.eigvalsh(cov).min() < -1e-10 * max(np.abs(cov).max(), 1e-300):
+            raise ValueError("feature_noise_cov must be positive semi-definite.")
+        return None, 0.5 * (cov + cov.T)
+
+    def _noisy_forward_terms(self, X, method, feature_noise_var, feature_noise_cov):
+        """With observation noise: unnormalised log gating terms log pi_k p(x | k) (K, n),
+        component means (n, K, L) and covariances (n, K, L, L) of p(y | x); the dtype of
+        X. ``None`` when no noise is given. numpy inputs only."""
+        if feature_noise_var is None and feature_noise_cov is None:
+            return None
+        X, dtype = self._check_X(X, method)
+        if array_namespace(X) is not np:
+            raise ValueError(
+                "feature_noise_var and feature_noise_cov need numpy inputs; move the model "
+                "and the data to numpy (see the user guide) to use observation noise."
+            )
+        noise_var, noise_cov = self._check_feature_noise(X.shape[0], feature_noise_var,
+                                                         feature_noise_cov)
+        Xc = X.astype(np.float64) - self.feature_mean_
+        params, _ = self._core()
+        log_terms, means, covs = self._em_model().noisy_forward_terms(
+            params, Xc, noise_var, noise_cov
+        )
+        return log_terms, means + self.target_mean_, covs, dtype
+
+    def _mixture(self, X, method="predict", feature_noise_var=None, feature_noise_cov=None):
+        """Log gating weights (n, K), component means (n, K, L) and covariances ((K, L, L),
+        or (n, K, L, L) with observation noise) of p(y | x); the dtype of X."""
+        noisy = self._noisy_forward_terms(X, method, feature_noise_var, feature_noise_cov)
+        if noisy is not None:
+            log_terms, means, covs, dtype = noisy
+            log_nu = log_terms - gm.logsumexp(log_terms, axis=0, keepdims=True)
+            return log_nu.T, means, covs, dtype
         X, dtype = self._check_X(X, method)
         xp = array_namespace(X)
         _, forward = self._core()
@@ -905,14 +974,25 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             Xc = X - xp.astype(self.feature_mean_, dtype)
         log_nu, means = self._em_model().forward_mixture(Xc, forward)
         target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, dtype)
-        return log_nu, means + target_mean, dtype
+        return log_nu, means + target_mean, xp.astype(forward.cov, means.dtype), dtype
+
+    def _noisy_joint_terms(self, X, y, method, feature_noise_var, feature_noise_cov):
+        """log pi_k + log p(x + e, y | k) (n, K) with observation noise e, or None."""
+        noisy = self._noisy_forward_terms(X, method, feature_noise_var, feature_noise_cov)
+        if noisy is None:
+            return None
+        log_terms, means, covs, _ = noisy
+        y = self._check_y(y, means.shape[0]) + self.target_mean_
+        delta, logdet = mahalanobis_logdet(y[:, None, :] - means, covs)
+        return log_terms.T + gaussian_or_t_log_density(delta, logdet, y.shape[1])
 
     def _shape_out(self, a):
         """Drop the target axis for models fitted on 1-D y."""
         return a[:, 0] if self._y_ndim == 1 else a
 
     @_dask.blockwise()
-    def predict(self, X, return_std=False, return_cov=False):
+    def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
+                feature_noise_cov=None):
         """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
 
         Parameters
@@ -923,6 +1003,14 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             Also return the standard deviation of each target under p(y | x).
         return_cov : bool, default=False
             Also return the full covariance of the predictive mixture.
+        feature_noise_var : float or array-like of shape (n_features,) or \
+(n_samples, n_features), default=None
+            Variances of known measurement noise on the features, shared or per sample:
+            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
+            guide, "Observation noise").
+        feature_noise_cov : array-like of shape (n_features, n_features), default=None
+            A full noise covariance S shared by all samples (instead of
+            ``feature_noise_var``).
 
         Returns
         -------
@@ -933,14 +1021,17 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         y_cov : ndarray of shape (n_samples, n_targets, n_targets)
             Only with ``return_cov=True``.
         """
-        log_nu, means, dtype = self._mixture(X)
+        log_nu, means, covs, dtype = self._mixture(X, "predict", feature_noise_var,
+                                                   feature_noise_cov)
         xp = array_namespace(means)
         nu = xp.exp(log_nu)
         mean = einsum(xp, "nk,nkl->nl", nu, means)
         out = [self._shape_out(mean)]
         if return_std or return_cov:
-            forward_cov = xp.astype(self._core()[1].cov, means.dtype)
-            second = einsum(xp, "nk,klm->nlm", nu, forward_cov)
+            if covs.ndim == 4:  # per-sample covariances (observation noise)
+                second = einsum(xp, "nk,nklm->nlm", nu, covs)
+            else:
+                second = einsum(xp, "nk,klm->nlm", nu, covs)
             second += einsum(xp, "nk,nkl,nkm->nlm", nu, means, means)
             cov = second - mean[:, :, None] * mean[:, None, :]
             cov = 0.5 * (cov + swap_last(xp, cov))
@@ -953,14 +1044,21 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         out = [_as_dtype(a, dtype) for a in out]
         return out[0] if len(out) == 1 else tuple(out)
 
-    @_dask.blockwise(constant_outputs=(2,))
-    def predict_mixture(self, X):
+    def predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         """Return the predictive mixture p(y | x) for each sample.
 
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
             Features.
+        feature_noise_var : float or array-like of shape (n_features,) or \
+(n_samples, n_features), default=None
+            Variances of known measurement noise on the features, shared or per sample:
+            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
+            guide, "Observation noise").
+        feature_noise_cov : array-like of shape (n_features, n_features), default=None
+            A full noise covariance S shared by all samples (instead of
+            ``feature_noise_var``).
 
         Returns
         -------
@@ -969,18 +1067,34 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         means : ndarray of shape (n_samples, n_components, n_targets)
             Component means A*_k x + b*_k.
         covariances : ndarray of shape (n_components, n_targets, n_targets)
-            Component covariances Sigma*_k (they do not depend on x).
+            Component covariances Sigma*_k (they do not depend on x); with observation
+            noise they do, and the shape is (n_samples, n_components, n_targets,
+            n_targets).
         """
-        log_nu, means, dtype = self._mixture(X, "predict_mixture")
+        noise = feature_noise_var is not None or feature_noise_cov is not None
+        if noise and _dask.any_dask_array(X, feature_noise_var, feature_noise_cov):
+            # The blockwise path returns the covariances once, as sample-independent.
+            raise ValueError(
+                "predict_mixture with observation noise needs in-memory arrays; compute the "
+                "dask arrays first."
+            )
+        return self._predict_mixture(X, feature_noise_var=feature_noise_var,
+                                     feature_noise_cov=feature_noise_cov)
+
+    @_dask.blockwise(constant_outputs=(2,))
+    def _predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
+        log_nu, means, covs, dtype = self._mixture(X, "predict_mixture", feature_noise_var,
+                                                   feature_noise_cov)
         xp = array_namespace(means)
         return (
             _as_dtype(xp.exp(log_nu), dtype),
             _as_dtype(means, dtype),
-            _as_dtype(self._core()[1].cov, dtype),
+            _as_dtype(covs, dtype),
         )
 
     @_dask.blockwise()
-    def component_posterior(self, X=None, y=None):
+    def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
+                            feature_noise_cov=None):
         """Posterior probabilities of the components.
 
         Parameters
@@ -989,6 +1103,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             Features.
         y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
             Targets.
+        feature_noise_var, feature_noise_cov : array-like, default=None
+            Known observation noise on X, as in :meth:`predict`.
 
         Returns
         -------
@@ -1001,7 +1117,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         if X is None and y is None:
             raise ValueError("component_posterior needs X, y or both.")
         if y is None:
-            log_nu = self._mixture(X, "component_posterior")[0]
+            log_nu = self._mixture(X, "component_posterior", feature_noise_var,
+                                   feature_noise_cov)[0]
             return array_namespace(log_nu).exp(log_nu)
         if X is None:
             y = self._check_y(y)
@@ -1011,6 +1128,10 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
                 log_w = xp.log(params.weights)
             logp = log_w[:, None] + gm.target_log_density(y, params.c, params.gamma)
             return xp.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
+        terms = self._noisy_joint_terms(X, y, "component_posterior", feature_noise_var,
+                                        feature_noise_cov)
+        if terms is not None:
+            return np.exp(terms - gm.logsumexp(terms, axis=1, keepdims=True))
         return self._joint_estep(X, y).resp.T
 
     def _joint_estep(self, X, y):
@@ -1027,37 +1148,54 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
 
     @_dask.blockwise()
-    def joint_log_density(self, X, y):
+    def joint_log_density(self, X, y, *, feature_noise_var=None, feature_noise_cov=None):
         """Log-density log p(x, y) of each pair under the fitted joint model.
+
+        With ``feature_noise_var`` or ``feature_noise_cov`` (as in :meth:`predict`), the
+        density of the noisy observation x + e, e ~ N(0, S), together with y.
 
         Returns
         -------
         log_density : ndarray of shape (n_samples,)
         """
+        terms = self._noisy_joint_terms(X, y, "joint_log_density", feature_noise_var,
+                                        feature_noise_cov)
+        if terms is not None:
+            return gm.logsumexp(terms, axis=1)
         return self._joint_estep(X, y).log_prob
 
     @_dask.blockwise()
-    def conditional_log_density(self, X, y):
+    def conditional_log_density(self, X, y, *, feature_noise_var=None,
+                                feature_noise_cov=None):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.
+
+        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
+        :meth:`predict`.
 
         Returns
         -------
         log_density : ndarray of shape (n_samples,)
         """
-        log_nu, means, _ = self._mixture(X, "conditional_log_density")
+        log_nu, means, covs, _ = self._mixture(X, "conditional_log_density", feature_noise_var,
+                                               feature_noise_cov)
         xp = array_namespace(means)
         y = xp.astype(self._check_y(y, log_nu.shape[0]), means.dtype)
-        cov = xp.astype(self._core()[1].cov, means.dtype)
-        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(cov)
         target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, y.dtype)
+        if covs.ndim == 4:  # per-sample covariances (observation noise), numpy only
+            return mixture_log_density(y[:, None, :] + target_mean, log_nu, means, covs)[:, 0]
+        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(covs)
         diff = y[:, None, :] - (means - target_mean)  # both centred
         z = einsum(xp, "kij,nkj->nki", inv_chol, diff)
         log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None, :]
                            + einsum(xp, "nki,nki->nk", z, z))
         return gm.logsumexp(log_nu + log_comp, axis=1)
 
-    def sample_y(self, X, n_samples=1, random_state=None):
+    def sample_y(self, X, n_samples=1, random_state=None, *, feature_noise_var=None,
+                 feature_noise_cov=None):
         """Draw targets from the predictive mixture p(y | x).
+
+        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
+        :meth:`predict`.
 
         Parameters
         ----------
@@ -1078,17 +1216,11 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         rng = check_random_state(random_state)
-        log_nu, means, dtype = self._mixture(X, "sample_y")
+        log_nu, means, covs, dtype = self._mixture(X, "sample_y", feature_noise_var,
+                                                   feature_noise_cov)
         xp = array_namespace(means)
-        log_nu, means = to_numpy(log_nu), to_numpy(means)
-        n, K, L = means.shape
-        nu = np.exp(log_nu)
-        cum = np.cumsum(nu, axis=1)
-        u = rng.uniform(size=(n, n_samples)) * cum[:, -1:]
-        comp = np.minimum((u[:, :, None] > cum[:, None, :]).sum(axis=2), K - 1)
-        chol = np.linalg.cholesky(to_numpy(self._core()[1].cov))
-        noise = np.einsum("nslm,nsm->nsl", chol[comp], rng.standard_normal((n, n_samples, L)))
-        draws = means[np.arange(n)[:, None], comp] + noise  # (n, s, L)
+        draws = sample_mixture(np.exp(to_numpy(log_nu)), to_numpy(means), to_numpy(covs),
+                               n_samples, rng)  # (n, s, L)
         draws = np.transpose(draws, (0, 2, 1))
         if self._y_ndim == 1:
             draws = draws[:, 0, :]

@@ -108,8 +108,13 @@ class _DiagonalNoise:
             return (1.0 / var[:, :1]) @ sq.T
         return _matmul_transposed(sq, (1.0 / var).T)
 
-    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis):
-        """Per-component noise moments before pooling and flooring, (K, D)."""
+    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis, scale=None):
+        """Per-component noise moments before pooling and flooring, (K, D).
+
+        ``scale`` (K,), when given, multiplies each component's moments (a variant with
+        per-sample weights u divides by sum r rather than sum r u; see
+        :meth:`GLLiMModel.covariance_scale`).
+        """
         xp = array_namespace(xbar)
         n_sq = self.n_squared(xbar.shape[1])
         second = stats.moments[:, :n_sq] / stats.mass[:, None]  # (K, D) or (K, 1)
@@ -117,9 +122,12 @@ class _DiagonalNoise:
             K, D = xbar.shape
             raw = (second[:, 0] - xp.sum(xbar**2, axis=1) - xp.sum(explained, axis=1)) / D
             if xp is np:
-                return np.repeat(raw[:, None], D, axis=1)
-            return xp.broadcast_to(raw[:, None], (K, D))
-        return second - xbar**2 - explained
+                raw = np.repeat(raw[:, None], D, axis=1)
+            else:
+                raw = xp.broadcast_to(raw[:, None], (K, D))
+        else:
+            raw = second - xbar**2 - explained
+        return raw if scale is None else raw * scale[:, None]
 
     def remove_latent(self, raw, W, weights):
         """Take diag(W_k W_k') out of the noise moments (latent initialisation)."""
@@ -141,6 +149,10 @@ class _DiagonalNoise:
     def precision(self, var):
         """Sigma_k^-1: (K, D) for the diagonal family."""
         return 1.0 / var
+
+    def dense(self, var, k):
+        """Sigma_k as a dense (D, D) matrix (numpy)."""
+        return np.diag(var[k])
 
     def n_parameters(self, n_components, n_features):
         raise NotImplementedError
@@ -276,6 +288,11 @@ class _CholeskyNoise:
         inv_chol = xp.linalg.inv(chol)
         return swap_last(xp, inv_chol) @ inv_chol
 
+    def dense(self, chol, k):
+        """Sigma_k as a dense (D, D) matrix."""
+        lk = self._chol(chol, k)
+        return lk @ lk.T
+
 
 class FullNoise(_CholeskyNoise):
     name = "full"
@@ -289,12 +306,12 @@ class FullNoise(_CholeskyNoise):
             return (X64.T[None, ...] * r64[:, None, :]) @ X64
         return np.stack([(Xc.T * resp[k]) @ Xc for k in range(resp.shape[0])])
 
-    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis):
+    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis, scale=None):
         xp = array_namespace(xbar)
         raw = stats.noise_moments / stats.mass[:, None, None]
         raw -= xbar[:, :, None] * xbar[:, None, :]
         raw -= swap_last(xp, loadings_t) @ Mzx
-        return raw
+        return raw if scale is None else raw * scale[:, None, None]
 
     def remove_latent(self, raw, W, weights):
         return raw - W @ swap_last(array_namespace(W), W)
@@ -319,9 +336,11 @@ class TiedNoise(_CholeskyNoise):
             return (X64.T * array_namespace(resp).sum(_to_float64(resp), axis=0)) @ X64
         return block.feature_gram
 
-    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis):
+    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis, scale=None):
         xp = array_namespace(xbar)
         raw = stats.noise_moments / stats.n_samples
+        if scale is not None:  # the pooled per-component terms carry the scale
+            pis = pis * scale
         raw = raw - einsum(xp, "k,kd,ke->de", pis, xbar, xbar)
         raw -= einsum(xp, "k,kld,kle->de", pis, loadings_t, Mzx)
         return raw[None, ...]
@@ -1173,6 +1192,15 @@ class GLLiMModel:
     def finalize_noise(self, raw, weights):
         return self.noise.finalize(raw, weights, self.reg_covar, self.var_floor)
 
+    def covariance_scale(self, stats):
+        """Factors (K,) of the covariance moments Gamma_k and Sigma_k, or None (1).
+
+        The Gaussian M-step divides every weighted sum by the same mass. A variant with
+        per-sample weights u (robust GLLiM) weighs the sums by r u but divides the
+        covariances by sum r: it returns sum r u / sum r here.
+        """
+        return None
+
     def m_step_moments(self, stats):
         """The M-step with the noise left as raw moments.
 
@@ -1229,9 +1257,12 @@ class GLLiMModel:
         b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0, :]
         explained = einsum(xp, "kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
 
-        gamma = _finalize_gamma(self.target, copy(xp, Mzz[:, :L, :L]), pis,
-                                self.target_reg_covar)
-        raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis)
+        scale = self.covariance_scale(stats)
+        target_moments = copy(xp, Mzz[:, :L, :L])
+        if scale is not None:
+            target_moments = target_moments * scale[:, None, None]
+        gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
+        raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
         params = Params(
             weights=pis / (pis.sum() if xp is np else xp.sum(pis)), c=copy(xp, zbar[:, :L]),
             gamma=gamma,
@@ -1342,6 +1373,75 @@ class GLLiMModel:
         log_nu = fwd.const[:, None] - 0.5 * quad
         means = einsum(xp, "klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
         return log_nu, means
+
+    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None):
+        """The forward mixture when the observed features carry known extra noise.
+
+        The observations are x + e, e ~ N(0, S), so Sigma_k becomes Sigma_k + S in
+        Gamma*_k and in the star parameters. ``noise_var`` holds variances, (1, D) shared
+        or (n, D) per sample; ``noise_cov`` is a shared (D, D) covariance. The latent
+        factors join the targets, z = [y, w] with prior N([c_k, 0], diag(Gamma_k, I)),
+        and y's block of the posterior of z is the answer.
+
+        Returns the unnormalised log gating weights log pi_k + log N(x; c*_k, Gamma*_k + S)
+        (K, n), the component means (n, K, L) and covariances (n, K, L, L), in centred
+        coordinates. A diagonal Sigma_k with
+        variances S costs O(n D K (L + Lw)^2); otherwise each Sigma_k + S is a dense
+        D x D matrix, factorised once per component for a shared S and once per sample
+        and component for per-sample variances.
+        """
+        n, D = Xc.shape
+        K, _, L = params.A.shape
+        Lw = params.W.shape[2]
+        Lz = L + Lw
+        Az = np.concatenate([params.A, params.W], axis=2)  # (K, D, Lz)
+        gamma_inv, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
+        prior_prec = np.zeros((K, Lz, Lz))
+        prior_prec[:, :L, :L] = gamma_inv
+        prior_prec[:, L:, L:] = np.eye(Lw)
+        means_x = np.einsum("kdl,kl->kd", params.A, params.c) + params.b
+        diagonal = noise_cov is None and not self.noise.dense_quadratic
+        with np.errstate(divide="ignore"):
+            log_w = np.log(params.weights)
+        log_nu = np.empty((K, n))
+        means = np.empty((n, K, L))
+        covs = np.empty((n, K, L, L))
+        for k in range(K):
+            r = Xc - means_x[k]  # (n, D)
+            if diagonal:
+                V = params.noise[k] + noise_var  # (1 or n, D)
+                inv_V = 1.0 / V
+                Vr = r * inv_V
+                # A' V^-1 A for every sample as one product, no (n, D, Lz) temporary.
+                pairs = (Az[k][:, :, None] * Az[k][:, None, :]).reshape(D, Lz * Lz)
+                gram = (inv_V @ pairs).reshape(-1, Lz, Lz)
+                logdet_V = np.log(V).sum(axis=1)
+            else:
+                sigma = self.noise.dense(params.noise, k)
+                if noise_cov is not None:
+                    V = (sigma + noise_cov)[None]
+                else:
+                    V = sigma[None] + noise_var[:, :, None] * np.eye(D)
+                chol = np.linalg.cholesky(V)  # (1 or n, D, D)
+                logdet_V = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+                VA = np.linalg.solve(V, np.broadcast_to(Az[k], (V.shape[0], D, Lz)))
+                gram = np.einsum("dl,ndm->nlm", Az[k], VA)
+                if V.shape[0] == 1:
+                    Vr = np.linalg.solve(V[0], r.T).T
+                else:
+                    Vr = np.linalg.solve(V, r[:, :, None])[:, :, 0]
+            precision = prior_prec[k] + gram
+            post_cov = np.linalg.inv(precision)  # (1 or n, Lz, Lz)
+            post_cov = 0.5 * (post_cov + np.swapaxes(post_cov, 1, 2))
+            u = Vr @ Az[k]  # (n, Lz)
+            shift = np.einsum("nlm,nm->nl", np.broadcast_to(post_cov, (n, Lz, Lz)), u)
+            delta = np.einsum("nd,nd->n", r, Vr) - np.einsum("nl,nl->n", u, shift)
+            # Determinant lemma: log|Gamma*| = log|V| + log|Gamma| + log|precision|.
+            logdet_x = logdet_V + logdet_gamma[k] + np.linalg.slogdet(precision)[1]
+            log_nu[k] = log_w[k] - 0.5 * (D * LOG_2PI + logdet_x + delta)
+            means[:, k] = params.c[k] + shift[:, :L]
+            covs[:, k] = post_cov[:, :L, :L]
+        return log_nu, means, covs
 
     def n_parameters(self, n_components, n_features, n_targets, n_latent):
         """Free parameters: weights, c, Gamma, A, b, Sigma, and W up to rotation."""

@@ -1,0 +1,420 @@
+"""Tests of the posterior tools: merged modes and importance sampling.
+
+References are computed here independently: mixture moments from their definition,
+Runnalls' cost from dense determinants, scipy's multivariate normal and t densities,
+and exact posteriors on a fine grid.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from scipy.stats import multivariate_normal, multivariate_t
+
+from gllim_sk import GLLiMRegressor
+from gllim_sk.posterior import (
+    importance_sampling,
+    merge_mixture,
+    mixture_log_density,
+    sample_mixture,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def random_mixtures(rng, n, K, L, per_sample_cov=False):
+    weights = rng.dirichlet(np.ones(K), size=n)
+    means = rng.normal(scale=2.0, size=(n, K, L))
+    shape = (n, K) if per_sample_cov else (K,)
+    B = rng.normal(size=shape + (L, L))
+    covs = B @ np.swapaxes(B, -1, -2) + 0.1 * np.eye(L)
+    return weights, means, covs
+
+
+def mixture_moments(weights, means, covs):
+    """Mean and covariance of mixtures, from E[y] and E[y y'] (dense loops)."""
+    n, K, L = means.shape
+    covs = np.broadcast_to(covs, (n, K, L, L))
+    mean = np.zeros((n, L))
+    second = np.zeros((n, L, L))
+    for i in range(n):
+        for k in range(K):
+            mean[i] += weights[i, k] * means[i, k]
+            second[i] += weights[i, k] * (covs[i, k] + np.outer(means[i, k], means[i, k]))
+    return mean, second - mean[:, :, None] * mean[:, None, :]
+
+
+# --------------------------------------------------------------------------- merging
+@pytest.mark.parametrize("per_sample_cov", [False, True])
+@pytest.mark.parametrize("n_keep", [1, 2, 3, 5])
+def test_merge_preserves_mixture_mean_and_covariance(n_keep, per_sample_cov):
+    rng = np.random.default_rng(n_keep)
+    weights, means, covs = random_mixtures(rng, 30, 7, 2, per_sample_cov)
+    w2, m2, c2 = merge_mixture(weights, means, covs, n_keep)
+    assert w2.shape == (30, n_keep) and m2.shape == (30, n_keep, 2)
+    assert c2.shape == (30, n_keep, 2, 2)
+    assert_allclose(w2.sum(axis=1), 1.0, rtol=1e-12)
+    assert np.all(np.diff(w2, axis=1) <= 0)  # largest first
+    mean, cov = mixture_moments(weights, means, covs)
+    mean2, cov2 = mixture_moments(w2, m2, c2)
+    assert_allclose(mean2, mean, atol=1e-10)
+    assert_allclose(cov2, cov, atol=1e-9)
+    for c in c2.reshape(-1, 2, 2):  # merged covariances stay SPD
+        assert np.linalg.eigvalsh(c).min() > 0
+
+
+def runnalls_cost_dense(w1, m1, P1, w2, m2, P2):
+    w = w1 + w2
+    m = (w1 * m1 + w2 * m2) / w
+    P = (w1 * (P1 + np.outer(m1 - m, m1 - m)) + w2 * (P2 + np.outer(m2 - m, m2 - m))) / w
+    return 0.5 * (w * np.log(np.linalg.det(P)) - w1 * np.log(np.linalg.det(P1))
+                  - w2 * np.log(np.linalg.det(P2))), (w, m, P)
+
+
+def test_merge_follows_runnalls_greedy_order():
+    """Reference: a greedy loop over all pairs with dense determinants."""
+    rng = np.random.default_rng(3)
+    weights, means, covs = random_mixtures(rng, 5, 6, 2)
+    w2, m2, c2 = merge_mixture(weights, means, covs, 2)
+    for i in range(5):
+        comps = [(weights[i, k], means[i, k], covs[k]) for k in range(6)]
+        while len(comps) > 2:
+            best = min(
+                ((a, b) for a in range(len(comps)) for b in range(a + 1, len(comps))),
+                key=lambda ab: runnalls_cost_dense(*comps[ab[0]], *comps[ab[1]])[0],
+            )
+            merged = runnalls_cost_dense(*comps[best[0]], *comps[best[1]])[1]
+            comps = [c for j, c in enumerate(comps) if j not in best] + [merged]
+        comps.sort(key=lambda c: -c[0])
+        assert_allclose(w2[i], [c[0] for c in comps], rtol=1e-10)
+        assert_allclose(m2[i], [c[1] for c in comps], rtol=1e-10, atol=1e-12)
+        assert_allclose(c2[i], [c[2] for c in comps], rtol=1e-10, atol=1e-12)
+
+
+def test_merge_keeps_everything_when_asked_for_more_and_handles_zero_weights():
+    rng = np.random.default_rng(0)
+    weights, means, covs = random_mixtures(rng, 4, 3, 1)
+    w2, m2, c2 = merge_mixture(weights, means, covs, 10)
+    order = np.argsort(-weights, axis=1)
+    assert_allclose(w2, np.take_along_axis(weights, order, axis=1))
+    weights[:, 0] = 0.0
+    weights /= weights.sum(axis=1, keepdims=True)
+    w3, m3, c3 = merge_mixture(weights, means, covs, 2)
+    assert np.all(np.isfinite(m3)) and np.all(np.isfinite(c3))
+    mean, cov = mixture_moments(weights, means, covs)
+    assert_allclose(mixture_moments(w3, m3, c3)[1], cov, atol=1e-10)
+
+
+def test_merge_rejects_bad_shapes():
+    w, m, c = random_mixtures(np.random.default_rng(0), 3, 4, 2)
+    with pytest.raises(ValueError, match="covariances must have shape"):
+        merge_mixture(w, m, c[:, :1, :1], 2)
+    with pytest.raises(ValueError, match="n_components"):
+        merge_mixture(w, m, c, 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        merge_mixture(-w, m, c, 2)
+    with pytest.raises(ValueError, match="must be finite"):
+        merge_mixture(w, m, np.full_like(c, np.inf), 2)
+
+
+def ambiguous_features(y, rng=None, noise=0.03):
+    y = np.asarray(y, dtype=float).reshape(-1)
+    clean = np.column_stack([y**2, np.cos(2.5 * y), 2.0 * np.maximum(y - 0.5, 0.0)])
+    if rng is None:
+        return clean
+    return clean + rng.normal(scale=noise, size=clean.shape)
+
+
+@pytest.fixture(scope="module")
+def ambiguous_model():
+    rng = np.random.default_rng(0)
+    y = rng.uniform(-1.0, 1.0, 1500)
+    return GLLiMRegressor(n_components=8, random_state=0).fit(ambiguous_features(y, rng), y)
+
+
+def test_predict_modes_finds_both_answers_of_an_ambiguous_problem(ambiguous_model):
+    """In the band |y| < 0.5 the features are even in y: two modes, at y and -y."""
+    y_true = np.array([-0.4, -0.3, 0.25, 0.35, 0.45])
+    weights, means, covs = ambiguous_model.predict_modes(ambiguous_features(y_true), n_modes=2)
+    assert weights.shape == (5, 2) and means.shape == (5, 2, 1) and covs.shape == (5, 2, 1, 1)
+    modes = np.sort(means[:, :, 0], axis=1)
+    assert_allclose(modes[:, 0], -np.abs(y_true), atol=0.08)
+    assert_allclose(modes[:, 1], np.abs(y_true), atol=0.08)
+    assert np.all(weights > 0.25)  # both answers carry real mass
+    # The mean of predict sits between the modes, far from both.
+    mean = ambiguous_model.predict(ambiguous_features(y_true))
+    assert np.all(np.abs(mean) < 0.6 * np.abs(y_true))
+    # Outside the band one answer dominates: the heaviest mode is the truth.
+    y_out = np.array([-0.8, 0.8, 0.9])
+    w_out, m_out, _ = ambiguous_model.predict_modes(ambiguous_features(y_out), n_modes=2)
+    heaviest = m_out[:, 0, 0]
+    assert_allclose(heaviest, y_out, atol=0.08)
+
+
+# --------------------------------------------------------------------------- densities
+def test_mixture_log_density_matches_scipy():
+    rng = np.random.default_rng(1)
+    weights, means, covs = random_mixtures(rng, 3, 4, 2, per_sample_cov=True)
+    dof = rng.uniform(2.5, 10.0, size=(3, 4))
+    y = rng.normal(scale=2.0, size=(3, 5, 2))
+    got_t = mixture_log_density(y, np.log(weights), means, covs, dof)
+    got_n = mixture_log_density(y, np.log(weights), means, covs)
+    for i in range(3):
+        ref_t = np.log(sum(weights[i, k] * multivariate_t(means[i, k], covs[i, k], df=dof[i, k])
+                           .pdf(y[i]) for k in range(4)))
+        ref_n = np.log(sum(weights[i, k] * multivariate_normal(means[i, k], covs[i, k])
+                           .pdf(y[i]) for k in range(4)))
+        assert_allclose(got_t[i], ref_t, rtol=1e-10)
+        assert_allclose(got_n[i], ref_n, rtol=1e-10)
+
+
+def test_sample_mixture_moments():
+    rng = np.random.default_rng(2)
+    weights, means, covs = random_mixtures(rng, 2, 3, 2)
+    dof = np.array([5.0, 8.0, 30.0])
+    draws = sample_mixture(weights, means, covs, 200_000, rng, dof)
+    mean, cov = mixture_moments(weights, means, covs * (dof / (dof - 2))[:, None, None])
+    assert_allclose(draws.mean(axis=1), mean, atol=0.05)
+    emp = np.einsum("nsl,nsm->nlm", draws - mean[:, None], draws - mean[:, None]) / 200_000
+    assert_allclose(emp, cov, rtol=0.08, atol=0.05)
+
+
+# --------------------------------------------------------------------------- importance sampling
+NOISE = 0.03
+
+
+def uniform_log_prior(Y):
+    return np.where(np.all(np.abs(Y) <= 1.0, axis=1), 0.0, -np.inf)
+
+
+def forward(Y):
+    return ambiguous_features(Y[:, 0])
+
+
+def exact_posterior_mean_on_grid(x):
+    grid = np.linspace(-1.0, 1.0, 40001)
+    fx = ambiguous_features(grid)
+    log_post = -0.5 * ((fx - x) ** 2).sum(axis=1) / NOISE**2
+    w = np.exp(log_post - log_post.max())
+    w /= w.sum()
+    mean = w @ grid
+    return mean, w @ (grid - mean) ** 2
+
+
+@pytest.fixture(scope="module")
+def coarse_problem():
+    """A deliberately coarse GLLiM (K=3) of the ambiguous toy, and noisy test inputs."""
+    rng = np.random.default_rng(5)
+    y = rng.uniform(-1.0, 1.0, 1000)
+    model = GLLiMRegressor(n_components=3, random_state=0).fit(ambiguous_features(y, rng), y)
+    y_test = rng.uniform(-1.0, 1.0, 25)
+    return model, ambiguous_features(y_test, rng)
+
+
+@pytest.mark.parametrize("n_imis_steps", [0, 4])
+def test_importance_sampling_is_closer_to_the_exact_posterior(coarse_problem, n_imis_steps):
+    model, X_test = coarse_problem
+    res = importance_sampling(model, X_test, forward, uniform_log_prior,
+                              noise_covariance=NOISE**2, n_draws=2000,
+                              n_imis_steps=n_imis_steps, random_state=0)
+    exact = np.array([exact_posterior_mean_on_grid(x) for x in X_test])
+    err_gllim = np.abs(model.predict(X_test) - exact[:, 0])
+    err_is = np.abs(res.mean[:, 0] - exact[:, 0])
+    assert_allclose(res.proposal_mean[:, 0], model.predict(X_test), atol=1e-10)
+    assert err_is.mean() < 0.5 * err_gllim.mean()
+    assert np.median(err_is) < 0.02
+    # Posterior variance too.
+    assert np.median(np.abs(res.covariance[:, 0, 0] - exact[:, 1])) < 0.01
+    total = 2000 + n_imis_steps * 200
+    assert res.samples.shape == (25, total, 1) and res.weights.shape == (25, total)
+    assert_allclose(res.weights.sum(axis=1), 1.0)
+    ess = res.effective_sample_size
+    assert np.all((ess >= 1.0) & (ess <= total + 1e-9))
+    assert np.median(ess) > 0.05 * total
+
+
+def test_importance_sampling_with_a_student_proposal():
+    """The Student model's t mixture is a valid proposal too: corrected means beat its own."""
+    from gllim_sk import StudentGLLiMRegressor
+
+    rng = np.random.default_rng(6)
+    y = rng.uniform(-1.0, 1.0, 1000)
+    model = StudentGLLiMRegressor(n_components=3, random_state=0).fit(
+        ambiguous_features(y, rng), y)
+    X_test = ambiguous_features(rng.uniform(-1.0, 1.0, 15), rng)
+    res = importance_sampling(model, X_test, forward, uniform_log_prior,
+                              noise_covariance=NOISE**2, n_draws=2000, random_state=0)
+    exact = np.array([exact_posterior_mean_on_grid(x)[0] for x in X_test])
+    assert_allclose(res.proposal_mean[:, 0], model.predict(X_test), rtol=1e-8, atol=1e-10)
+    assert (np.abs(res.mean[:, 0] - exact).mean()
+            < 0.5 * np.abs(model.predict(X_test) - exact).mean())
+    modes = model.predict_modes(X_test, n_modes=2)
+    assert modes[2].shape == (15, 2, 1, 1) and np.all(np.isfinite(modes[2]))
+
+
+def test_importance_sampling_with_full_noise_and_callable_likelihood(coarse_problem):
+    model, X_test = coarse_problem
+    X_test = X_test[:5]
+    kw = dict(n_draws=500, random_state=1)
+    a = importance_sampling(model, X_test, forward, uniform_log_prior,
+                            noise_covariance=NOISE**2 * np.eye(3), **kw)
+    b = importance_sampling(model, X_test, forward, uniform_log_prior,
+                            noise_covariance=np.full(3, NOISE**2), **kw)
+
+    def loglik(x, fx):
+        return multivariate_normal(np.zeros(3), NOISE**2 * np.eye(3)).logpdf(x - fx)
+
+    c = importance_sampling(model, X_test, forward, uniform_log_prior, log_likelihood=loglik,
+                            **kw)
+    assert_allclose(a.log_weights, b.log_weights, rtol=1e-10)
+    assert_allclose(a.log_weights, c.log_weights, rtol=1e-10)
+
+
+def test_importance_sampling_rows_outside_the_prior_warn_and_stay_finite(coarse_problem):
+    model, X_test = coarse_problem
+    with pytest.warns(RuntimeWarning, match="no draw with positive posterior density"):
+        res = importance_sampling(model, X_test[:3], forward,
+                                  lambda Y: np.full(Y.shape[0], -np.inf),
+                                  noise_covariance=NOISE**2, n_draws=50, random_state=0)
+    assert np.all(np.isfinite(res.mean)) and np.all(res.effective_sample_size == 0)
+    assert_allclose(res.mean[:, 0], model.predict(X_test[:3]), atol=1e-10)
+
+
+def test_importance_sampling_validates_its_inputs(coarse_problem):
+    model, X_test = coarse_problem
+    with pytest.raises(ValueError, match="exactly one of"):
+        importance_sampling(model, X_test, forward, uniform_log_prior)
+    with pytest.raises(ValueError, match="forward_model returned an array of shape"):
+        importance_sampling(model, X_test, lambda Y: Y, uniform_log_prior,
+                            noise_covariance=1.0, n_draws=10)
+    with pytest.raises(ValueError, match="positive finite"):
+        importance_sampling(model, X_test, forward, uniform_log_prior,
+                            noise_covariance=[1.0, -1.0, 1.0], n_draws=10)
+    with pytest.raises(ValueError, match="n_draws"):
+        importance_sampling(model, X_test, forward, uniform_log_prior,
+                            noise_covariance=1.0, n_draws=1)
+    X_copy = X_test.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        importance_sampling(model, X_test, forward, uniform_log_prior, noise_covariance=1.0,
+                            n_draws=20, random_state=0)
+    np.testing.assert_array_equal(X_test, X_copy)  # inputs are not modified
+
+
+# --------------------------------------------------------------------------- observation noise
+NOISE_COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
+
+
+def noisy_reference(ref, p, X, noise):
+    """Dense conditioning with Sigma_k + S, S given per sample (n, D, D)."""
+    out = []
+    for i in range(X.shape[0]):
+        q = dict(p, Sigma=p["Sigma"] + noise[i])
+        out.append(ref.condition_on_x(q, X[i : i + 1]))
+    weights = np.concatenate([o.weights for o in out])
+    means = np.concatenate([o.means for o in out])
+    covs = np.stack([o.covs for o in out])
+    mean = np.concatenate([o.mean for o in out])
+    cov = np.concatenate([o.cov for o in out])
+    return weights, means, covs, mean, cov
+
+
+@pytest.mark.parametrize("n_latent", [0, 2])
+@pytest.mark.parametrize("kind", ["shared_var", "per_sample_var", "shared_cov"])
+@pytest.mark.parametrize("covariance_type", NOISE_COVARIANCE_TYPES)
+def test_observation_noise_matches_dense_conditioning(gllim_ref, covariance_type, kind,
+                                                      n_latent):
+    rng = np.random.default_rng(0)
+    p = gllim_ref.random_params(rng, 3, 6, 2, n_latent=n_latent)
+    X, y, _ = gllim_ref.sample(p, 300, rng)
+    model = GLLiMRegressor(3, covariance_type=covariance_type, n_latent=n_latent,
+                           max_iter=10, random_state=0).fit(X, y)
+    dense = gllim_ref.dense_params(model)
+    Xq = X[:12]
+    if kind == "shared_var":
+        var = rng.uniform(0.01, 0.5, 6)
+        kwargs = dict(feature_noise_var=var)
+        S = np.broadcast_to(np.diag(var), (12, 6, 6))
+    elif kind == "per_sample_var":
+        var = rng.uniform(0.01, 0.5, (12, 6))
+        kwargs = dict(feature_noise_var=var)
+        S = var[:, :, None] * np.eye(6)
+    else:
+        B = rng.normal(scale=0.3, size=(6, 6))
+        kwargs = dict(feature_noise_cov=B @ B.T)
+        S = np.broadcast_to(B @ B.T, (12, 6, 6))
+    weights, means, covs, mean, cov = noisy_reference(gllim_ref, dense, Xq, S)
+    w, m, c = model.predict_mixture(Xq, **kwargs)
+    assert c.shape == (12, 3, 2, 2)
+    assert_allclose(w, weights, atol=1e-9)
+    assert_allclose(m, means, rtol=1e-8, atol=1e-9)
+    assert_allclose(c, covs, rtol=1e-8, atol=1e-12)
+    y_hat, y_cov = model.predict(Xq, return_cov=True, **kwargs)
+    assert_allclose(y_hat, mean, rtol=1e-8, atol=1e-9)
+    assert_allclose(y_cov, cov, rtol=1e-7, atol=1e-10)
+    # log p(y | x) of the noisy mixture, from the dense components.
+    ref_logp = np.log(np.einsum("nk,nk->n", weights, np.array([
+        [multivariate_normal(means[i, k], covs[i, k]).pdf(y[i]) for k in range(3)]
+        for i in range(12)])))
+    assert_allclose(model.conditional_log_density(Xq, y[:12], **kwargs), ref_logp, rtol=1e-8)
+    # The joint density of (x + e, y) and the responsibilities, from the dense joint.
+    ref_joint, ref_resp = [], []
+    for i in range(12):
+        q = dict(dense, Sigma=dense["Sigma"] + S[i])
+        ref_joint.append(gllim_ref.joint_log_density(q, Xq[i : i + 1], y[i : i + 1])[0])
+        ref_resp.append(gllim_ref.responsibilities(q, Xq[i : i + 1], y[i : i + 1])[0])
+    assert_allclose(model.joint_log_density(Xq, y[:12], **kwargs), ref_joint, rtol=1e-8)
+    assert_allclose(model.component_posterior(Xq, y[:12], **kwargs), ref_resp, atol=1e-9)
+    assert_allclose(model.component_posterior(Xq, **kwargs), weights, atol=1e-9)
+    # Zero noise is the noiseless model.
+    w0, m0, c0 = model.predict_mixture(Xq, feature_noise_var=0.0)
+    w1, m1, c1 = model.predict_mixture(Xq)
+    assert_allclose(w0, w1, atol=1e-10)
+    assert_allclose(m0, m1, rtol=1e-9, atol=1e-10)
+    assert_allclose(c0, np.broadcast_to(c1, c0.shape), rtol=1e-9)
+    assert_allclose(model.joint_log_density(Xq, y[:12], feature_noise_var=0.0),
+                    model.joint_log_density(Xq, y[:12]), rtol=1e-9)
+
+
+def test_observation_noise_widens_the_posterior_and_is_validated(gllim_ref):
+    rng = np.random.default_rng(1)
+    p = gllim_ref.random_params(rng, 2, 5, 1)
+    X, y, _ = gllim_ref.sample(p, 200, rng)
+    model = GLLiMRegressor(2, random_state=0).fit(X, y[:, 0])
+    _, std0 = model.predict(X[:20], return_std=True)
+    _, std1 = model.predict(X[:20], return_std=True, feature_noise_var=1.0)
+    assert std0.shape == std1.shape == (20,)
+    assert np.median(std1) > np.median(std0)
+    draws = model.sample_y(X[:2], n_samples=50_000, random_state=0, feature_noise_var=1.0)
+    mean, std = model.predict(X[:2], return_std=True, feature_noise_var=1.0)
+    assert_allclose(draws.mean(axis=1), mean, atol=0.03 * std.max())
+    modes = model.predict_modes(X[:2], n_modes=1, feature_noise_var=1.0)[1][:, 0, 0]
+    assert_allclose(modes, mean, rtol=1e-8, atol=1e-10)  # one mode: the mean
+    with pytest.raises(ValueError, match="not both"):
+        model.predict(X, feature_noise_var=1.0, feature_noise_cov=np.eye(5))
+    with pytest.raises(ValueError, match="feature_noise_var must be"):
+        model.predict(X[:3], feature_noise_var=np.ones((4, 5)))
+    with pytest.raises(ValueError, match="non-negative"):
+        model.predict(X[:3], feature_noise_var=-1.0)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        model.predict(X[:3], feature_noise_cov=-np.eye(5))
+    var = np.ones((3, 5))
+    model.predict(X[:3], feature_noise_var=var)
+    assert_allclose(var, 1.0)  # not modified
+
+
+def test_observation_noise_with_dask_inputs(gllim_ref):
+    """Per-sample variances follow the row blocks; predict_mixture refuses lazy inputs."""
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(2)
+    p = gllim_ref.random_params(rng, 2, 5, 2)
+    X, y, _ = gllim_ref.sample(p, 120, rng)
+    model = GLLiMRegressor(2, random_state=0).fit(X, y)
+    var = rng.uniform(0.01, 0.3, (120, 5))
+    lazy = model.predict(da.from_array(X, chunks=50), feature_noise_var=da.from_array(
+        var, chunks=50))
+    assert_allclose(lazy.compute(scheduler="synchronous"),
+                    model.predict(X, feature_noise_var=var), rtol=1e-10)
+    with pytest.raises(ValueError, match="in-memory arrays"):
+        model.predict_mixture(da.from_array(X, chunks=50), feature_noise_var=1.0)
