@@ -300,7 +300,11 @@ def _local_cluster_client(processes):
         n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=":0",
         silence_logs=40,
     )
-    client = distributed.Client(cluster)
+    # Not the default client: a default client sets dask's global "scheduler" option and
+    # restores on close the value it found, so two module clusters closed in the order
+    # they were opened would leave the closed second one configured for later tests. The
+    # fixtures below make the client current only for the duration of each test.
+    client = distributed.Client(cluster, set_as_default=False)
     try:
         yield client
     finally:

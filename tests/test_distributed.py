@@ -247,3 +247,22 @@ def test_grid_search_on_ray_matches_serial(gllim_ref):
     finally:
         ray.shutdown()
     _assert_same_search(serial, parallel)
+
+
+def test_cluster_fixtures_leave_dask_config_as_they_found_it():
+    # Two module clusters closed in the order they were opened (as pytest may tear them
+    # down): neither may leave dask configured for a closed client.
+    import dask
+    from conftest import _local_cluster_client
+
+    before = dask.config.get("scheduler", None)
+    first, second = (_local_cluster_client(processes=False) for _ in range(2))
+    first_client, second_client = next(first), next(second)
+    with first_client.as_current():
+        assert da.ones(4, chunks=2).sum().compute() == 4
+    for generator in (first, second):
+        with pytest.raises(StopIteration):
+            next(generator)
+    assert first_client.status == second_client.status == "closed"
+    assert dask.config.get("scheduler", None) == before
+    assert distributed.client._get_global_client() is None
