@@ -32,6 +32,7 @@ from scipy.special import betaln, digamma, gammaln, polygamma
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from . import _dask
 from . import _gllim_math as gm
 from ._compat import Interval
 from ._gllim import GLLiMRegressor, _input_namespace
@@ -261,8 +262,9 @@ class StudentGLLiMRegressor(GLLiMRegressor):
     n_components, covariance_type, target_covariance_type, n_latent, reg_covar, max_iter, \
 tol, n_init, init_params, resp_init, random_state, warm_start, verbose, verbose_interval, \
 learning_offset, learning_decay
-        As in :class:`GLLiMRegressor` (the last two are for ``partial_fit``, which the
-        Student model inherits untested).
+        As in :class:`GLLiMRegressor`. ``fit`` also takes dask arrays (exact EM on the
+        workers), and ``partial_fit`` runs online EM: it blends the Student statistics,
+        the sums of r E[log u] that update alpha included.
     dof_init : float, default=40.0
         Initial degrees of freedom nu = 2 alpha of every component (xLLiM's default).
 
@@ -391,6 +393,8 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
 
     def _fit(self, X, y, frozen_resp=None):
         super()._fit(X, y, frozen_resp=frozen_resp)
+        if _dask.any_dask_array(X):  # the dask path checks X itself (known row counts)
+            self._n_train_samples = X.shape[0]
         self._warn_collapsed()
         return self
 

@@ -265,4 +265,18 @@ def test_cluster_fixtures_leave_dask_config_as_they_found_it():
             next(generator)
     assert first_client.status == second_client.status == "closed"
     assert dask.config.get("scheduler", None) == before
-    assert distributed.client._get_global_client() is None
+
+
+def test_dask_student_fit_equals_numpy(gllim_ref, dask_client):
+    from gllim_sk import StudentGLLiMRegressor
+
+    X, y = make_data(gllim_ref)
+    X[:10] += 20.0  # outlying rows: the weights u matter
+    resp = np.random.default_rng(1).dirichlet(np.ones(3), size=len(X))
+    kw = dict(n_components=3, covariance_type="full", resp_init=resp, max_iter=8, tol=0)
+    numpy_fit = StudentGLLiMRegressor(**kw).fit(X, y)
+    before = _tasks_executed(dask_client)
+    dask_fit = StudentGLLiMRegressor(**kw).fit(*as_dask(X, y))
+    assert _tasks_executed(dask_client) > before, "EM did not run on the workers"
+    assert_same_fit(numpy_fit, dask_fit, X)
+    assert_allclose(dask_fit.dof_, numpy_fit.dof_, rtol=1e-10)

@@ -489,3 +489,77 @@ def test_array_api_inputs_are_refused_clearly(dense_ref):
                                                                   torch.asarray(y))
         with pytest.raises(ValueError, match="need numpy inputs"):
             gauss.predict(torch.asarray(X), feature_noise_var=1.0)
+
+
+# --------------------------------------------------------------------------- online EM
+def student_e_step(ref, p, alpha, X, y):
+    """Dense E-step: responsibilities r, weights E[u | k] and E[log u | k], all (n, K)."""
+    dim = X.shape[1] + y.shape[1]
+    terms, delta = student_joint_terms(ref, p, alpha, X, y)
+    resp = np.exp(terms - logsumexp(terms, axis=1, keepdims=True))
+    u = (alpha + dim / 2) / (1 + delta / 2)
+    return resp, u, digamma(alpha + dim / 2) - np.log1p(delta / 2)
+
+
+def weighted_student_m_step(X, y, resp, u, log_u, weight, floors):
+    """Dense Student M-step (full covariances, Lw = 0) of samples weighted by ``weight``."""
+    n, D = X.shape
+    L = y.shape[1]
+    r = resp * weight[:, None]
+    nk = r.sum(axis=0)
+    out = {name: [] for name in ("c", "Gamma", "A", "b", "Sigma")}
+    alpha = []
+    Y1 = np.hstack([y, np.ones((n, 1))])
+    for k in range(resp.shape[1]):
+        w = r[:, k] * u[:, k]
+        c = w @ y / w.sum()
+        out["c"].append(c)
+        out["Gamma"].append((w * (y - c).T) @ (y - c) / nk[k] + floors[1] * np.eye(L))
+        coef = np.linalg.solve((w * Y1.T) @ Y1, (w * Y1.T) @ X).T
+        R = X - Y1 @ coef.T
+        out["A"].append(coef[:, :L])
+        out["b"].append(coef[:, L])
+        out["Sigma"].append((w * R.T) @ R / nk[k] + floors[0] * np.eye(D))
+        target = r[:, k] @ log_u[:, k] / nk[k]
+        alpha.append(brentq(lambda a, t=target: digamma(a) - t, 1e-8, 1e8,
+                            xtol=1e-14))
+    return {name: np.array(v) for name, v in out.items()} | {"pi": nk / nk.sum()}, alpha
+
+
+def test_partial_fit_first_call_is_the_fits_first_em_iteration(dense_ref):
+    X, y, _ = heavy_tailed_data(dense_ref, 3)
+    kw = dict(n_components=3, random_state=0, reg_covar=1e-6)
+    online = StudentGLLiMRegressor(**kw).partial_fit(X, y)
+    two_m_steps = StudentGLLiMRegressor(**kw, max_iter=2, tol=0).fit(X, y)
+    assert online.n_batch_iter_ == 1
+    for p, q in zip(dense_ref.dense_params(online).values(),
+                    dense_ref.dense_params(two_m_steps).values(), strict=True):
+        assert_allclose(p, q, rtol=1e-10, atol=1e-12)
+    assert_allclose(online.dof_, two_m_steps.dof_, rtol=1e-10)
+
+
+def test_partial_fit_blends_the_student_statistics(dense_ref):
+    # Two batches of different sizes: the update is the dense Student M-step of both
+    # batches' E-steps (each under the parameters of its call), each sample weighted by
+    # (1 - step) / n1 or step / n2; alpha comes from the blended r E[log u].
+    X, y, _ = heavy_tailed_data(dense_ref, 4, n=500)
+    (X1, y1), (X2, y2) = (X[:300], y[:300]), (X[300:], y[300:])
+    kw = dict(n_components=3, covariance_type="full", random_state=0, reg_covar=1e-6,
+              learning_offset=2.0, learning_decay=0.8)
+    initial = StudentGLLiMRegressor(**kw, max_iter=1, tol=0).fit(X1, y1)
+    online = StudentGLLiMRegressor(**kw).partial_fit(X1, y1)
+    first = dense_ref.dense_params(online)
+    first_alpha = online.dof_ / 2
+    online.partial_fit(X2, y2)
+    step = (2.0 + 1) ** -0.8
+    e1 = student_e_step(dense_ref, dense_ref.dense_params(initial), initial.dof_ / 2, X1, y1)
+    e2 = student_e_step(dense_ref, first, first_alpha, X2, y2)
+    weight = np.concatenate([np.full(len(X1), (1 - step) / len(X1)),
+                             np.full(len(X2), step / len(X2))])
+    expected, alpha = weighted_student_m_step(
+        X, y, *(np.vstack([a, b]) for a, b in zip(e1, e2, strict=True)), weight,
+        relative_floors(X1, y1, 1e-6))
+    got = dense_ref.dense_params(online)
+    for name in ("pi", "c", "Gamma", "A", "b", "Sigma"):
+        assert_allclose(got[name], expected[name], rtol=1e-7, atol=1e-9, err_msg=name)
+    assert_allclose(online.dof_ / 2, alpha, rtol=1e-7)
