@@ -344,7 +344,7 @@ def _is_array_argument(value):
     return is_dask_array(value) or (isinstance(value, np.ndarray | list) and np.ndim(value) >= 1)
 
 
-def blockwise(*, constant_outputs=()):
+def blockwise(*, constant_outputs=(), shared=None):
     """Method decorator: dask-array inputs give lazy dask arrays, computed block by block.
 
     The method takes per-sample arrays (rows aligned) and returns per-sample arrays, or a
@@ -354,13 +354,26 @@ def blockwise(*, constant_outputs=()):
     first dask array and the method is mapped over the blocks: its outputs are dask arrays
     with those row blocks. Shapes and dtypes come from a call on one synthetic row, which
     also raises the method's own errors (wrong number of features...) right away.
+    ``shared`` maps keyword arguments to the number of dimensions up to which they are
+    sample-independent: such a value is computed if it is a dask array and passed whole
+    to every block.
     """
+    shared = shared or {}
+
     def decorate(method):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             if not any_dask_array(*args, *kwargs.values()):
                 return method(self, *args, **kwargs)
-            return _map_over_row_blocks(method, self, args, kwargs, constant_outputs)
+            kwargs = {
+                name: (np.asarray(value) if name in shared and value is not None
+                       and np.ndim(value) <= shared[name] else value)
+                for name, value in kwargs.items()
+            }
+            if not any_dask_array(*args, *kwargs.values()):
+                return method(self, *args, **kwargs)
+            return _map_over_row_blocks(method, self, args, kwargs, constant_outputs,
+                                        shared)
         return wrapper
     return decorate
 
@@ -387,12 +400,14 @@ def _packed_block(*block_values, estimator, spec):
     )
 
 
-def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs):
+def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs, shared):
     import dask
     import dask.array as da
 
     values = dict(enumerate(args)) | kwargs
-    arrays = {name: value for name, value in values.items() if _is_array_argument(value)}
+    arrays = {name: value for name, value in values.items()
+              if _is_array_argument(value)
+              and not (name in shared and np.ndim(value) <= shared[name])}
     first = next(value for value in arrays.values() if is_dask_array(value))
     n_rows = first.shape[0]
     if np.isnan(n_rows):
@@ -431,7 +446,8 @@ def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs):
     packed = da.map_blocks(
         _packed_block, *blocks.values(), estimator=dask.delayed(estimator), spec=spec,
         chunks=(row_chunks, (sum(widths),)), dtype=dtype, meta=np.empty((0, 0), dtype=dtype),
-        name=f"gllim-{method.__name__}-{dask.base.tokenize(estimator, *blocks.values())}",
+        name=f"gllim-{method.__name__}-"
+             f"{dask.base.tokenize(estimator, spec['values'], *blocks.values())}",
     )
     outputs, start = list(probe), 0
     for i, width in zip(per_sample, widths, strict=True):

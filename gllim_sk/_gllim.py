@@ -93,6 +93,12 @@ def _unit_scale(scale):
     return scale if np.isfinite(scale) and scale > 0 else 1.0
 
 
+# Observation noise shared by all samples (a variance, per-feature variances, a
+# covariance): up to these numbers of dimensions the blockwise dask path gives it to every
+# row block whole; per-sample variances (n_samples, n_features) follow the row blocks.
+SHARED_NOISE = {"feature_noise_var": 1, "feature_noise_cov": 2}
+
+
 def _reseeded(esteps, component, Xc, yc, n_components):
     """The E-steps with ``component`` given responsibility 1 (and the others 0) on the
     ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the sample of
@@ -990,7 +996,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         """Drop the target axis for models fitted on 1-D y."""
         return a[:, 0] if self._y_ndim == 1 else a
 
-    @_dask.blockwise()
+    @_dask.blockwise(shared=SHARED_NOISE)
     def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
                 feature_noise_cov=None):
         """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
@@ -1081,7 +1087,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         return self._predict_mixture(X, feature_noise_var=feature_noise_var,
                                      feature_noise_cov=feature_noise_cov)
 
-    @_dask.blockwise(constant_outputs=(2,))
+    @_dask.blockwise(constant_outputs=(2,), shared=SHARED_NOISE)
     def _predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         log_nu, means, covs, dtype = self._mixture(X, "predict_mixture", feature_noise_var,
                                                    feature_noise_cov)
@@ -1092,7 +1098,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             _as_dtype(covs, dtype),
         )
 
-    @_dask.blockwise()
+    @_dask.blockwise(shared=SHARED_NOISE)
     def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
                             feature_noise_cov=None):
         """Posterior probabilities of the components.
@@ -1147,7 +1153,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         block = model.prepare_block(Xc, y)
         return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
 
-    @_dask.blockwise()
+    @_dask.blockwise(shared=SHARED_NOISE)
     def joint_log_density(self, X, y, *, feature_noise_var=None, feature_noise_cov=None):
         """Log-density log p(x, y) of each pair under the fitted joint model.
 
@@ -1164,7 +1170,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             return gm.logsumexp(terms, axis=1)
         return self._joint_estep(X, y).log_prob
 
-    @_dask.blockwise()
+    @_dask.blockwise(shared=SHARED_NOISE)
     def conditional_log_density(self, X, y, *, feature_noise_var=None,
                                 feature_noise_cov=None):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.

@@ -418,3 +418,34 @@ def test_observation_noise_with_dask_inputs(gllim_ref):
                     model.predict(X, feature_noise_var=var), rtol=1e-10)
     with pytest.raises(ValueError, match="in-memory arrays"):
         model.predict_mixture(da.from_array(X, chunks=50), feature_noise_var=1.0)
+
+
+@pytest.mark.parametrize("noise", ["scalar", "per_feature", "per_feature_dask", "covariance"])
+def test_shared_observation_noise_with_dask_inputs(gllim_ref, noise):
+    """A noise shared by all samples goes whole to every row block of a dask X."""
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(3)
+    p = gllim_ref.random_params(rng, 2, 5, 2)
+    X, y, _ = gllim_ref.sample(p, 120, rng)
+    model = GLLiMRegressor(2, random_state=0).fit(X, y)
+    Q = rng.normal(size=(5, 5))
+    kwargs = {
+        "scalar": {"feature_noise_var": 0.2},
+        "per_feature": {"feature_noise_var": rng.uniform(0.01, 0.3, 5)},
+        "per_feature_dask": {"feature_noise_var": da.from_array(rng.uniform(0.01, 0.3, 5))},
+        "covariance": {"feature_noise_cov": 0.05 * Q @ Q.T},
+    }[noise]
+    in_memory = {name: np.asarray(value) for name, value in kwargs.items()}
+    Xd = da.from_array(X, chunks=50)
+    mean, std = model.predict(Xd, return_std=True, **kwargs)
+    expected = model.predict(X, return_std=True, **in_memory)
+    assert_allclose(mean.compute(scheduler="synchronous"), expected[0], rtol=1e-10)
+    assert_allclose(std.compute(scheduler="synchronous"), expected[1], rtol=1e-10)
+    for method in ("joint_log_density", "conditional_log_density"):
+        assert_allclose(getattr(model, method)(Xd, y, **kwargs).compute(scheduler="synchronous"),
+                        getattr(model, method)(X, y, **in_memory), rtol=1e-10)
+    assert_allclose(model.component_posterior(Xd, y, **kwargs).compute(scheduler="synchronous"),
+                    model.component_posterior(X, y, **in_memory), rtol=1e-10, atol=1e-300)
+    # Another noise gives another graph (the shared value is part of the task names).
+    assert (model.predict(Xd, feature_noise_var=5.0).name
+            != model.predict(Xd, feature_noise_var=0.1).name)
