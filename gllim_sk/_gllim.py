@@ -506,7 +506,12 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             try:
                 yield
-            except np.linalg.LinAlgError as error:
+            except Exception as error:
+                # Each namespace has its own LinAlgError (numpy's; torch.linalg's, whose
+                # class is torch._C._LinAlgError): matched by name, importing no library.
+                if not any(cls.__name__.lstrip("_") == "LinAlgError"
+                           for cls in type(error).__mro__):
+                    raise
                 raise self._non_finite_error() from error
 
     def _non_finite_error(self):

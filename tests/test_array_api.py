@@ -165,3 +165,18 @@ def test_model_moves_back_to_numpy():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert_allclose(moved.predict(X[:20], return_std=True)[0], on_device, rtol=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_torch_singular_covariance_is_the_clear_error_of_numpy(covariance_type):
+    # As tests/test_reliability.py on numpy: reg_covar=0 with identical rows.
+    torch = pytest.importorskip("torch")
+    X, y, _ = standardised_data(n_samples=100)
+    X = np.vstack([X, np.repeat(X[:1], 100, axis=0)])
+    y = np.vstack([y, np.repeat(y[:1], 100, axis=0)])
+    model = GLLiMRegressor(3, covariance_type=covariance_type, reg_covar=0, random_state=0)
+    with pytest.raises(ValueError, match="singular covariance.*reg_covar > 0"):
+        model.fit(X, y)
+    with sklearn.config_context(array_api_dispatch=True):
+        with pytest.raises(ValueError, match="singular covariance.*reg_covar > 0"):
+            model.fit(torch.asarray(X), torch.asarray(y))
