@@ -17,6 +17,7 @@ import os
 # support, switched on before scipy is first imported.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
+import copy  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -291,6 +292,33 @@ def em_threading(request, monkeypatch):
 
         monkeypatch.setattr(_engine, "_em_parallelism", lambda n_samples, work: (3, 1))
     return request.param
+
+
+def _restoring_dask_config():
+    try:
+        import dask.config
+    except ImportError:
+        yield
+        return
+    saved = copy.deepcopy(dask.config.config)
+    yield
+    dask.config.config.clear()
+    dask.config.config.update(saved)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _dask_config_restored_per_module():
+    """Each test module, its module-scoped clusters' set-up and tear-down included,
+    leaves dask's global configuration as it found it (see the per-test fixture)."""
+    yield from _restoring_dask_config()
+
+
+@pytest.fixture(autouse=True)
+def _dask_config_restored():
+    """Every test leaves dask's global configuration as it found it: a scheduler left set
+    for a closed client (distributed's ``as_current`` and default clients set it
+    globally) would break the next test's lazy computations."""
+    yield from _restoring_dask_config()
 
 
 def _local_cluster_client(processes):
