@@ -10,7 +10,9 @@ provides
 - :class:`DeepGLLiMRegressor`, the deep mixture of linear inverse regressions of
   Lathuilière et al. (CVPR 2017), trained by alternating GLLiM EM and network
   fine-tuning;
-- :func:`mixture_regression_loss`, the network loss of eqs. (8)-(9) as a torch function.
+- :func:`mixture_regression_loss`, the network loss of eqs. (8)-(9) as a torch function;
+- :func:`pretrain_head_backbone`, a backbone pretrained here on person identification
+  of synthetic heads, for a CPU regime like the paper's ImageNet start.
 """
 
 try:
@@ -29,10 +31,12 @@ from ._estimators import (
     VGGFeatures,
     mixture_regression_loss,
 )
+from ._pretrain import pretrain_head_backbone
 
 __all__ = [
     "DeepGLLiMRegressor",
     "DeepRegressor",
     "VGGFeatures",
     "mixture_regression_loss",
+    "pretrain_head_backbone",
 ]

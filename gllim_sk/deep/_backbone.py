@@ -77,7 +77,41 @@ def load_model(model, weights):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
+        # A network trained for another number of classes (e.g. by
+        # pretrain_head_backbone) loads too: its classification layer is resized first.
+        last_name, _ = last_linear(net)
+        saved = state.get(f"{last_name}.weight") if last_name is not None else None
+        if saved is not None and tuple(saved.shape) != tuple(
+                net.get_submodule(last_name).weight.shape):
+            replace_classifier(net, saved.shape[0])
         net.load_state_dict(state)
+    return net
+
+
+def last_linear(net):
+    """``(name, module)`` of the last ``nn.Linear`` of ``net`` (``(None, None)`` if none)."""
+    found = (None, None)
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    return found
+
+
+def _set_submodule(net, name, module):
+    parent_name, _, child = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    if isinstance(parent, nn.Sequential):
+        parent[int(child)] = module
+    else:
+        setattr(parent, child, module)
+
+
+def replace_classifier(net, n_classes):
+    """Give a classification network a fresh ``n_classes``-way last linear layer (in place)."""
+    name, old = last_linear(net)
+    if name is None:
+        raise ValueError("the model has no linear classification layer.")
+    _set_submodule(net, name, nn.Linear(old.in_features, n_classes))
     return net
 
 
