@@ -25,17 +25,16 @@ except ImportError as exc:  # pragma: no cover - exercised only where torch is a
         "(see https://pytorch.org/get-started/ for CUDA builds)."
     ) from exc
 
-from ._estimators import (
-    DeepGLLiMRegressor,
-    DeepRegressor,
-    VGGFeatures,
-    mixture_regression_loss,
-)
+from ._deep_gllim import DeepGLLiMRegressor, mixture_regression_loss
+from ._features import VGGFeatures
 from ._pretrain import pretrain_head_backbone
+from ._regressor import DeepRegressor
+from ._torch import DeviceWarning
 
 __all__ = [
     "DeepGLLiMRegressor",
     "DeepRegressor",
+    "DeviceWarning",
     "VGGFeatures",
     "mixture_regression_loss",
     "pretrain_head_backbone",

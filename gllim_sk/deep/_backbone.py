@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .._images import images_to_float
 
-__all__ = ["Backbone", "load_model", "to_input_tensor"]
+__all__ = ["SUPPORTED_FAMILIES", "Backbone", "load_model", "replace_classifier", "to_input_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,6 +60,7 @@ def load_model(model, weights):
                 f"model={model!r} is not a torchvision classification model; see "
                 "torchvision.models.list_models(module=torchvision.models)."
             )
+        check_supported_name(model)
         named = None if weights is None or _is_path(weights) else weights
         try:
             net = torchvision.models.get_model(model, weights=named)
@@ -100,10 +101,7 @@ def last_linear(net):
 def _set_submodule(net, name, module):
     parent_name, _, child = name.rpartition(".")
     parent = net.get_submodule(parent_name) if parent_name else net
-    if isinstance(parent, nn.Sequential):
-        parent[int(child)] = module
-    else:
-        setattr(parent, child, module)
+    setattr(parent, child, module)  # also replaces a Sequential's numbered child
 
 
 def replace_classifier(net, n_classes):
@@ -121,26 +119,30 @@ def _without_dropout(layers):
     return [nn.Identity() if isinstance(layer, nn.Dropout) else layer for layer in layers]
 
 
-def _split_vgg_like(net):
-    """Stages of a network with ``features``, ``avgpool`` and ``classifier`` (VGG, AlexNet...)."""
+def _split_features_classifier(net):
+    """VGG, AlexNet, MobileNet, EfficientNet, ConvNeXt: ``features``, ``avgpool``, ``classifier``.
+
+    A trunk with max-poolings (VGG, AlexNet) is cut after each pooling (``block1``,
+    ``block2``...); other trunks are cut after each of their children.
+    """
     stages, block = [], []
-    n_block = 0
+    pooled = any(isinstance(layer, nn.MaxPool2d) for layer in net.features)
     for layer in net.features:
         block.append(layer)
-        if isinstance(layer, nn.MaxPool2d):
-            n_block += 1
-            stages.append((f"block{n_block}", nn.Sequential(*block)))
+        if not pooled or isinstance(layer, nn.MaxPool2d):
+            stages.append((f"block{len(stages) + 1}", nn.Sequential(*block)))
             block = []
-    if block:  # a trunk that does not end in pooling (e.g. EfficientNet)
-        stages.append((f"block{n_block + 1}", nn.Sequential(*block)))
+    if block:
+        stages.append((f"block{len(stages) + 1}", nn.Sequential(*block)))
     classifier = list(net.classifier)
     linear_at = [i for i, layer in enumerate(classifier) if isinstance(layer, nn.Linear)]
     if not linear_at:
         raise ValueError("the model's classifier has no linear layer.")
     head = classifier[linear_at[-1]]
-    before_first = classifier[: linear_at[0]]
-    pool = nn.Sequential(net.avgpool, nn.Flatten(1), *_without_dropout(before_first))
-    stages.append(("pool", pool))
+    # What precedes the first linear layer (ConvNeXt's LayerNorm2d) runs on the pooled
+    # map, as in the model's own forward.
+    before_first = _without_dropout(classifier[: linear_at[0]])
+    stages.append(("pool", nn.Sequential(net.avgpool, *before_first, nn.Flatten(1))))
     # One stage per hidden linear layer with what follows it (ReLU); the last linear is
     # the classification head and is dropped.
     hidden = linear_at[:-1]
@@ -150,7 +152,8 @@ def _split_vgg_like(net):
     return stages, head.in_features
 
 
-def _split_resnet_like(net):
+def _split_resnet(net):
+    """ResNet, ResNeXt, Wide ResNet: ``stem``, ``layer1``..``layer4``, ``pool``."""
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [("stem", stem)]
     stages += [(name, getattr(net, name)) for name in ("layer1", "layer2", "layer3", "layer4")]
@@ -158,26 +161,74 @@ def _split_resnet_like(net):
     return stages, net.fc.in_features
 
 
-def _split_generic(net):
-    # Unknown layout: replace the last linear layer with an identity and keep the
-    # network as one stage (features of the penultimate layer; no partial freezing).
-    last_name, last = None, None
-    for name, module in net.named_modules():
-        if isinstance(module, nn.Linear):
-            last_name, last = name, module
-    if last is None:
+def _split_regnet(net):
+    """RegNet: ``stem``, ``block1``..``block4``, ``pool``."""
+    stages = [("stem", net.stem)]
+    stages += [(name, block) for name, block in net.trunk_output.named_children()]
+    stages.append(("pool", nn.Sequential(net.avgpool, nn.Flatten(1))))
+    return stages, net.fc.in_features
+
+
+class _ViTEmbedding(nn.Module):
+    """Patches, class token and position embedding of a torchvision VisionTransformer."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.conv_proj = vit.conv_proj
+        self.class_token = vit.class_token
+        self.pos_embedding = vit.encoder.pos_embedding
+        self.dropout = vit.encoder.dropout
+        self.image_size = vit.image_size
+
+    def forward(self, x):
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"this vision transformer takes {self.image_size} x {self.image_size} "
+                f"inputs, got {tuple(x.shape[-2:])}; set input_size={self.image_size}."
+            )
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(len(x), -1, -1), x], dim=1)
+        return self.dropout(x + self.pos_embedding)
+
+
+class _ClassToken(nn.Module):
+    def forward(self, x):
+        return x[:, 0]
+
+
+def _split_vit(net):
+    """VisionTransformer: ``embed``, ``encoder0``.., ``pool`` (final norm, class token)."""
+    stages = [("embed", _ViTEmbedding(net))]
+    stages += [(f"encoder{i}", layer) for i, layer in enumerate(net.encoder.layers)]
+    stages.append(("pool", nn.Sequential(net.encoder.ln, _ClassToken())))
+    return stages, net.hidden_dim
+
+
+# Families of torchvision classifiers the estimators can cut into stages: name prefix,
+# test of the module's layout, splitter. No other code looks at a model's family.
+_FAMILIES = (
+    (("vgg", "alexnet", "mobilenet", "efficientnet", "convnext"),
+     lambda net: all(hasattr(net, a) for a in ("features", "avgpool", "classifier"))
+     and isinstance(net.classifier, nn.Sequential), _split_features_classifier),
+    (("resnet", "resnext", "wide_resnet"),
+     lambda net: all(hasattr(net, a) for a in ("conv1", "bn1", "layer4", "avgpool", "fc")),
+     _split_resnet),
+    (("regnet",), lambda net: all(hasattr(net, a) for a in ("stem", "trunk_output", "fc")),
+     _split_regnet),
+    (("vit",), lambda net: all(hasattr(net, a) for a in ("conv_proj", "class_token", "encoder")),
+     _split_vit),
+)
+SUPPORTED_FAMILIES = tuple(prefix for prefixes, _, _ in _FAMILIES for prefix in prefixes)
+
+
+def check_supported_name(model):
+    """Refuse a torchvision model name whose family the estimators cannot cut into stages."""
+    if not model.startswith(SUPPORTED_FAMILIES):
         raise ValueError(
-            "cannot find the classification layer (an nn.Linear) of the model; pass a "
-            "model with `features`/`avgpool`/`classifier` attributes or a torchvision "
-            "classification model."
+            f"model={model!r}: this torchvision architecture is not supported; supported "
+            f"families are {', '.join(SUPPORTED_FAMILIES)} (e.g. 'vgg16', 'resnet18', "
+            "'convnext_tiny', 'vit_b_16'), or an nn.Module with one of their layouts."
         )
-    parent = net.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else net
-    child = last_name.rpartition(".")[2]
-    if isinstance(parent, nn.Sequential):
-        parent[int(child)] = nn.Identity()
-    else:
-        setattr(parent, child, nn.Identity())
-    return [("network", net)], last.in_features
 
 
 class Backbone(nn.Module):
@@ -186,19 +237,24 @@ class Backbone(nn.Module):
     Parameters
     ----------
     net : nn.Module
-        The network (a torchvision classification model or one with the same layout).
+        A torchvision classification network of a supported family (VGG, AlexNet,
+        MobileNet, EfficientNet, ConvNeXt, ResNet/ResNeXt/Wide ResNet, RegNet, ViT), or
+        a module with the same layout.
     """
 
     def __init__(self, net):
         super().__init__()
-        if all(hasattr(net, a) for a in ("features", "avgpool", "classifier")) and isinstance(
-            net.classifier, nn.Sequential
-        ):
-            stages, n_out = _split_vgg_like(net)
-        elif all(hasattr(net, a) for a in ("conv1", "layer4", "avgpool", "fc")):
-            stages, n_out = _split_resnet_like(net)
+        for _, matches, split in _FAMILIES:
+            if matches(net):
+                stages, n_out = split(net)
+                break
         else:
-            stages, n_out = _split_generic(net)
+            raise ValueError(
+                f"cannot cut a {type(net).__name__} into stages: supported layouts are "
+                "those of torchvision's VGG/AlexNet/MobileNet/EfficientNet/ConvNeXt "
+                "(features, avgpool, classifier), ResNet (conv1, bn1, layer1-4, avgpool, "
+                "fc), RegNet (stem, trunk_output, fc) and VisionTransformer."
+            )
         self.stage_names = [name for name, _ in stages]
         self.stages = nn.ModuleList([module for _, module in stages])
         self.n_features_out = n_out
