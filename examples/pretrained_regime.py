@@ -48,12 +48,12 @@ def parse_args(argv=None):
     parser.add_argument("--part", choices=("frozen", "compare"), default="compare")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--n-samples", type=int, default=1500)
+    parser.add_argument("--n-samples", type=int, default=1000)
     parser.add_argument("--n-subjects", type=int, default=30)
     parser.add_argument("--data-seed", type=int, default=1, help="seed of the evaluated people")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--components", type=int, nargs="+", default=[1, 2, 5])
-    parser.add_argument("--alternations", type=int, default=4)
+    parser.add_argument("--alternations", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per alternation")
     parser.add_argument("--trainable-layers", type=int, default=2,
                         help="backbone stages trained, from the end (ResNet: pool, layer4)")
@@ -137,10 +137,12 @@ def compare_part(args, weights, data):
     # Tuning: each estimator gets the same learning-rate grid, judged on its
     # (person-disjoint) validation people, for K = 2 and the first seed.
     tuning = {"l2": {}, "em": {}}
+    tuning_fits = {}
     for lr in args.learning_rates:
         fits = fit_pair(args, weights, data, train, args.seeds[0], 2, lr, lr)
-        for key, (est, _) in fits.items():
+        for key, (est, seconds) in fits.items():
             tuning[key][lr] = best_val(est.history_)
+            tuning_fits[key, lr] = (est, seconds)
         print("tuning lr", lr, {k: v[lr] for k, v in tuning.items()}, flush=True)
     lr_l2 = min(tuning["l2"], key=tuning["l2"].get)
     lr_em = min(tuning["em"], key=tuning["em"].get)
@@ -148,8 +150,16 @@ def compare_part(args, weights, data):
     runs = []
     for seed in args.seeds:
         for k_index, n_components in enumerate(args.components):
+            # The tuning fits of the first seed (K = 2) are reused, not refitted.
+            reuse_l2 = seed == args.seeds[0] and k_index == 0
+            reuse_em = seed == args.seeds[0] and n_components == 2
             fits = fit_pair(args, weights, data, train, seed, n_components,
-                            lr_l2 if k_index == 0 else None, lr_em)
+                            lr_l2 if k_index == 0 and not reuse_l2 else None,
+                            None if reuse_em else lr_em)
+            if reuse_l2:
+                fits["l2"] = tuning_fits["l2", lr_l2]
+            if reuse_em:
+                fits["em"] = tuning_fits["em", lr_em]
             for key, (est, seconds) in fits.items():
                 test_mae = mae(data.target[test], est.predict(data.images[test]))
                 hist = est.history_

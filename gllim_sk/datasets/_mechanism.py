@@ -29,9 +29,10 @@ def make_affine_mixture_images(
        and each sample keeps its component ``k``;
     2. hidden features are ``z = A_k y + b_k + e`` with ``e ~ N(0, noise^2 I)``: the
        GLLiM model of eq. (1) with isotropic noise, as the paper's eq. (9) assumes;
-    3. the image shows ``x = tanh(saturation * z / s)`` (``s``: the standard deviation
-       of ``z``), an invertible elementwise nonlinearity, spread linearly over all the
-       pixels and channels by a fixed random matrix around mid-grey.
+    3. the image shows ``x = tanh(saturation * u) / saturation`` with ``u = z / s``
+       (``s``: the standard deviation of ``z``; ``x = u`` for ``saturation=0``), an
+       invertible elementwise nonlinearity, spread linearly over all the pixels and
+       channels by a fixed random matrix around mid-grey.
 
     A network that inverts step 3 recovers ``z`` up to an affine map, and on ``z`` a
     GLLiM with ``n_components`` components is exactly right.
@@ -92,10 +93,14 @@ def make_affine_mixture_images(
         target[idx] = rng.multivariate_normal(means[k], covariances[k], size=idx.sum())
     clean = np.einsum("ndl,nl->nd", coef[component], target) + intercept[component]
     latent = clean + noise * clean.std(axis=0) * rng.normal(size=clean.shape)
-    hidden = np.tanh(saturation * latent / latent.std(axis=0))
+    standard = latent / latent.std(axis=0)
+    hidden = np.tanh(saturation * standard) / saturation if saturation > 0 else standard
     n_pixels = image_size * image_size * 3
     spread = rng.normal(size=(D, n_pixels)) / np.sqrt(D)
-    images = np.clip(0.5 + 0.12 * hidden @ spread, 0.0, 1.0)
+    # Scaled so that pixels leave [0, 1] (and get clipped) only beyond 6 standard
+    # deviations: the images are an affine function of x.
+    hidden = hidden / np.abs(hidden).max()
+    images = np.clip(0.5 + 0.08 * hidden @ spread, 0.0, 1.0)
     return Bunch(
         images=images.reshape(n_samples, image_size, image_size, 3).astype(np.float32),
         target=target, component=component, latent=latent, weights=weights, means=means,
