@@ -1,75 +1,36 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
+import dataclasses
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 from numbers import Integral, Real
-from time import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
-from threadpoolctl import ThreadpoolController
 
+from . import _engine
 from . import _gllim_math as gm
+from ._compat import Interval, StrOptions, _fit_context
 
 __all__ = ["GLLiMRegressor"]
 
-_NOISE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
-_TARGET_TYPES = ("full", "diag", "spherical", "tied")
 # Smallest noise variance of the latent model, relative to the feature's variance.
 LATENT_NOISE_FLOOR = 1e-5
-# EM's threading by the size n * D * K * (L + 2 + Lw) (see _em_parallelism): one thread
-# below SMALL_PROBLEM_WORK, BLAS threads up to CHUNKED_PROBLEM_WORK, sample chunks above.
-SMALL_PROBLEM_WORK = 2e6
-CHUNKED_PROBLEM_WORK = 1e7
-MIN_CHUNK_SAMPLES = 500
 # EM iterations of the Gaussian mixture on y that refines k-means at initialisation: the
 # GLLiM EM that follows refines the responsibilities anyway.
 GMM_INIT_MAX_ITER = 20
 GMM_INIT_TOL = 1e-3
-_threadpool_controller = None
 
 
-def _controller():
-    """One ThreadpoolController, kept: scanning the loaded libraries costs milliseconds."""
-    global _threadpool_controller
-    if _threadpool_controller is None:
-        _threadpool_controller = ThreadpoolController()
-    return _threadpool_controller
-
-
-def _blas_threads(limit):
-    """Context manager limiting BLAS/OpenMP threads (``None``: no limit)."""
-    return _controller().limit(limits=limit)
-
-
-def _em_parallelism(n_samples, work):
-    """How EM runs: (number of sample chunks run in parallel threads, BLAS thread limit).
-
-    Measured on 2 cores: small problems run fastest on one thread (thread hand-offs cost
-    more than the products); middle-sized ones with BLAS's own threads in the products;
-    large ones (from about n=2000, D=100, K=10) by splitting the samples into chunks, one
-    Python thread and one BLAS thread each. That keeps every core busy through the array
-    arithmetic between the products too (products and array arithmetic release the GIL);
-    at n=12000, D=1888, K=50 an iteration takes 15% less time than with BLAS threads.
-    The threads are those BLAS may use: threadpoolctl limits and ``OMP_NUM_THREADS`` or
-    ``OPENBLAS_NUM_THREADS`` are honoured.
-    """
-    if work < SMALL_PROBLEM_WORK:
-        return 1, 1
-    n_threads = max(
-        (lib.num_threads for lib in _controller().select(user_api="blas").lib_controllers),
-        default=1,
-    )
-    n_chunks = min(n_threads, n_samples // MIN_CHUNK_SAMPLES)
-    if n_chunks < 2 or work < CHUNKED_PROBLEM_WORK:
-        return 1, None
-    return n_chunks, 1
+def variance_scale(values):
+    """Mean column variance of ``values``, the unit of the relative ``reg_covar`` (1 when
+    every column is constant)."""
+    scale = float(np.mean(np.var(values, axis=0))) if values.size else 0.0
+    return scale if np.isfinite(scale) and scale > 0 else 1.0
 
 
 def kmeans_responsibilities(points, n_clusters, random_state):
@@ -87,27 +48,27 @@ def kmeans_responsibilities(points, n_clusters, random_state):
 def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_iter, tol):
     """EM on a Gaussian mixture of the targets alone, from responsibilities ``resp`` (K, n).
 
-    The mixture of y is GLLiM without features, so the same EM steps run it. Stops when
-    the mean log-likelihood gains less than ``tol``; returns the last E-step's (K, n)
-    responsibilities.
+    The mixture of y is GLLiM without features, so the same model and engine run it.
+    Stops when the mean log-likelihood gains less than ``tol``; returns the last E-step's
+    (K, n) responsibilities.
     """
-    y_only = gm.prepare_data(np.empty((y.shape[0], 0)), y - y.mean(axis=0), "diag")
-    no_latent = np.zeros((0,) + resp.shape)
+    model = gm.GLLiMModel("diag", target_covariance_type, reg_covar)
+    executor = _engine.SerialExecutor()
+    blocks = executor.blocks(model, np.empty((y.shape[0], 0)), y - y.mean(axis=0))
+    esteps = _engine.responsibilities_as_esteps(executor, blocks, resp)
+    latent_cov = np.zeros((resp.shape[0], 0, 0))
+    stats = _engine.stats_of(model, executor, blocks, esteps, latent_cov)
     previous = -np.inf
     for _ in range(max_iter):
-        params = gm.m_step(
-            y_only, resp, no_latent, np.zeros((resp.shape[0], 0, 0)), "diag",
-            target_covariance_type, reg_covar,
-        )
-        log_prob, resp, _, _ = gm.e_step(y_only, params)
-        current = float(log_prob.mean())
+        params = _engine.m_step(model, executor, blocks, esteps, stats, latent_cov)
+        esteps, stats, current, latent_cov = _engine.e_step(model, executor, blocks, params)
         if abs(current - previous) < tol:
             break
         previous = current
-    return resp
+    return esteps[0].resp
 
 
-class GLLiMRegressor(RegressorMixin, BaseEstimator):
+class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
     GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
@@ -142,9 +103,16 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
     n_latent : int, default=0
         Number of latent factors Lw of the partially-latent model (0: plain GLLiM).
     reg_covar : float, default=1e-6
-        Added to the diagonal of every Sigma_k and Gamma_k after each M-step. It sets the
-        smallest variance the model can represent, so it is in the units of the data:
-        standardise features of very small scale.
+        Regularisation of the covariances, relative to the scale of the data: after each
+        M-step, ``reg_covar`` times the mean variance of the training features is added to
+        the diagonal of every Sigma_k, and ``reg_covar`` times the mean variance of the
+        training targets to the diagonal of every Gamma_k. Being relative, the floor
+        follows the units of X and y: rescaling either rescales the fit, and features of
+        tiny or huge scale need no standardisation (features whose scales differ by many
+        orders of magnitude still do, since the floor follows their mean variance). It
+        keeps the variances of components that fall on identical samples or constant
+        columns positive; ``reg_covar=0`` is refused when X or y has a constant column,
+        and a fit whose covariances become singular raises an error that says so.
     max_iter : int, default=100
         Number of EM iterations (M-step + E-step) per initialisation.
     tol : float, default=1e-3
@@ -164,7 +132,13 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation (k-means, GMM, random responsibilities, latent PCA).
     warm_start : bool, default=False
-        If True, ``fit`` starts from the previous solution (``n_init`` is then ignored).
+        If True, ``fit`` continues EM from the previous fit's parameters (with its
+        feature and target means as the centres), ignoring ``n_init``, ``init_params``
+        and ``resp_init``, as :class:`~sklearn.mixture.GaussianMixture` does. It does so
+        only when those parameters fit the new call: the same ``n_components``,
+        ``n_latent``, ``covariance_type``, ``target_covariance_type``, number of features
+        and number of targets (a 1-D y and a one-column y count as the same). When any of
+        these changed, ``fit`` starts afresh, exactly as with ``warm_start=False``.
     verbose : int, default=0
         1 prints initialisation and convergence messages; 2 also prints the log-likelihood
         every ``verbose_interval`` iterations with timings.
@@ -269,8 +243,8 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions(set(_NOISE_TYPES))],
-        "target_covariance_type": [StrOptions(set(_TARGET_TYPES))],
+        "covariance_type": [StrOptions(set(gm.NOISE_STRUCTURES))],
+        "target_covariance_type": [StrOptions(set(gm.TARGET_STRUCTURES))],
         "n_latent": [Interval(Integral, 0, None, closed="left")],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -325,6 +299,10 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation
     def _validate_training_data(self, X, y):
+        if y is not None:
+            # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
+            check_array(y, accept_sparse=False, ensure_2d=False, dtype=None,
+                        ensure_all_finite=False, ensure_min_samples=0, input_name="y")
         X, y = validate_data(
             self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
             ensure_min_samples=2,
@@ -348,25 +326,76 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"n_components={self.n_components} must be <= n_samples={n}."
             )
+        if self.reg_covar == 0:
+            for name, values in (("X", X), ("y", y2)):
+                constant = np.flatnonzero(np.ptp(values, axis=0) == 0)
+                if constant.size:
+                    raise ValueError(
+                        f"{name} has constant column(s) {constant[:10].tolist()}: with "
+                        "reg_covar=0 their variance is zero and the likelihood infinite. "
+                        "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
+                    )
         return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
 
-    def _check_resp_init(self, n_samples):
-        if np.ndim(self.resp_init) != 2:
-            raise ValueError(
-                f"resp_init must be a 2-D array of shape (n_samples, n_components), got "
-                f"an array with {np.ndim(self.resp_init)} dimension(s)."
+    def _structure(self, n_features, n_targets):
+        """The settings that shape the parameters: a warm start needs all of them equal."""
+        return {
+            "n_components": self.n_components, "n_latent": self.n_latent,
+            "covariance_type": self.covariance_type,
+            "target_covariance_type": self.target_covariance_type,
+            "n_features": n_features, "n_targets": n_targets,
+        }
+
+    def _can_warm_start(self, n_features, n_targets):
+        """Whether ``fit`` continues from the previous parameters (see ``warm_start``)."""
+        return (
+            self.warm_start and hasattr(self, "_params")
+            and getattr(self, "_fitted_structure", None)
+            == self._structure(n_features, n_targets)
+        )
+
+    @contextmanager
+    def _singular_covariances_reported(self):
+        """Report singular covariances (reg_covar=0 on identical samples) by one clear
+        error instead of a cascade of RuntimeWarnings and a bare LinAlgError."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            try:
+                yield
+            except np.linalg.LinAlgError as error:
+                raise self._non_finite_error() from error
+
+    def _non_finite_error(self):
+        """The error for a non-finite log-likelihood or a singular covariance."""
+        if self.reg_covar == 0:
+            return ValueError(
+                "EM reached a singular covariance: with reg_covar=0, a component whose "
+                "samples are identical, or share a value of a feature or target, has zero "
+                "variance. Set reg_covar > 0 (the default is 1e-6, relative to the data's "
+                "variance)."
             )
-        resp = check_array(self.resp_init, dtype=np.float64, input_name="resp_init")
+        return ValueError(
+            "EM reached a singular or non-finite covariance; the data may contain extreme "
+            "values or many identical samples. Standardise X and y, or increase reg_covar."
+        )
+
+    def _check_resp(self, resp, n_samples, name="resp_init"):
+        """Validated responsibilities (n_samples, n_components), rows normalised."""
+        if np.ndim(resp) != 2:
+            raise ValueError(
+                f"{name} must be a 2-D array of shape (n_samples, n_components), got "
+                f"an array with {np.ndim(resp)} dimension(s)."
+            )
+        resp = check_array(resp, dtype=np.float64, input_name=name)
         if resp.shape != (n_samples, self.n_components):
             raise ValueError(
-                f"resp_init has shape {resp.shape}; expected (n_samples, n_components) = "
+                f"{name} has shape {resp.shape}; expected (n_samples, n_components) = "
                 f"({n_samples}, {self.n_components})."
             )
         if (resp < 0).any():
-            raise ValueError("resp_init has negative entries; responsibilities are >= 0.")
+            raise ValueError(f"{name} has negative entries; responsibilities are >= 0.")
         totals = resp.sum(axis=1, keepdims=True)
         if (totals <= 0).any():
-            raise ValueError("resp_init has rows that sum to 0; each row needs mass.")
+            raise ValueError(f"{name} has rows that sum to 0; each row needs mass.")
         return resp / totals
 
     def _check_X(self, X):
@@ -389,56 +418,56 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         return y - self.target_mean_
 
     # ------------------------------------------------------------------ fitting
-    def _initial_resp(self, data, random_state):
+    def _em_model(self, var_floor=None):
+        """The :class:`~gllim_sk._gllim_math.GLLiMModel` of this estimator's settings."""
+        # The floors of the fit in progress (or the last one): reg_covar is relative.
+        noise_reg, target_reg = getattr(self, "_reg_floors", (self.reg_covar,) * 2)
+        return gm.GLLiMModel(self.covariance_type, self.target_covariance_type,
+                             noise_reg, var_floor, target_reg_covar=target_reg)
+
+    def _initial_resp(self, Xc, y, random_state):
         """Initial responsibilities, (n_components, n_samples)."""
-        n = data.Xc.shape[0]
+        n = Xc.shape[0]
         K = self.n_components
         if self.resp_init is not None:
-            return np.ascontiguousarray(self._check_resp_init(n).T)
+            return np.ascontiguousarray(self._check_resp(self.resp_init, n).T)
         if K == 1:
             return np.ones((1, n))
         if self.init_params == "random":
             resp = random_state.uniform(size=(K, n))
             return resp / resp.sum(axis=0)
         if self.init_params == "kmeans":
-            points = data.y
+            points = y
         else:  # kmeans_joint: k-means on standardised [y, X]
-            points = np.hstack([data.y, data.Xc])
+            points = np.hstack([y, Xc])
             scale = points.std(axis=0)
             points = points / np.where(scale > 0, scale, 1.0)
         resp = kmeans_responsibilities(points, K, random_state)
         if self.init_params == "kmeans":
-            resp = self._target_mixture_resp(data, resp)
+            resp = self._target_mixture_resp(y, resp)
         return resp
 
-    def _target_mixture_resp(self, data, resp):
+    def _target_mixture_resp(self, y, resp):
         """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init)."""
         return refine_by_target_mixture(
-            data.y, resp, self.target_covariance_type, max(self.reg_covar, 1e-6),
-            GMM_INIT_MAX_ITER, GMM_INIT_TOL,
+            y, resp, self.target_covariance_type,
+            max(self.reg_covar, 1e-6) * variance_scale(y), GMM_INIT_MAX_ITER, GMM_INIT_TOL,
         )
 
-    def _initial_params(self, data, chunks, resp, pool, feature_gram, random_state,
-                        var_floor):
-        """The first M-step, from the initial responsibilities ``resp`` (K, n)."""
-        params, raw = gm.m_step_from_state(
-            chunks, gm.state_from_resp(chunks, resp, self.covariance_type, pool),
-            self.covariance_type, self.target_covariance_type, self.reg_covar, pool=pool,
-            feature_gram=feature_gram, return_raw=True,
-        )
+    def _em_initial_params(self, problem, random_state, resp=None):
+        """The first M-step, from the initial responsibilities (or ``resp`` (K, n))."""
+        if resp is None:
+            # k-means and the GMM on y are tiny: their OpenMP threads only spin.
+            with problem.executor.serial():
+                resp = self._initial_resp(problem.Xc, problem.y, random_state)
+        model = problem.model
+        params, raw, _ = _engine.m_step_from_resp(model, problem.executor, problem.blocks,
+                                                  resp)
         if self.n_latent == 0:
-            params.noise = gm.finalize_noise(
-                raw, params.weights, self.covariance_type, self.reg_covar
-            )
+            params.noise = model.finalize_noise(raw, params.weights)
             return params
-        return gm.init_latent(
-            data.Xc, data.y, resp, params, raw, self.n_latent, self.covariance_type,
-            self.reg_covar, random_state, var_floor,
-        )
-
-    def _print(self, level, message):
-        if self.verbose >= level:
-            print(message)
+        return model.init_latent(problem.Xc, problem.y, resp, params, raw, self.n_latent,
+                                 random_state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -456,138 +485,97 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         self : GLLiMRegressor
             The fitted estimator.
         """
+        return self._fit(X, y)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def _fit_frozen_estep(self, X, y, resp):
+        """Fit with the E-step frozen at the responsibilities ``resp`` (n_samples, K).
+
+        The parameters are one M-step from ``resp`` (no EM iterations); ``lower_bound_``
+        is their log-likelihood. The deep model's first fits use it.
+        """
+        return self._fit(X, y, frozen_resp=resp)
+
+    def _fit(self, X, y, frozen_resp=None):
         X, y = self._validate_training_data(X, y)
+        if frozen_resp is not None:
+            frozen_resp = np.ascontiguousarray(
+                self._check_resp(frozen_resp, X.shape[0], name="resp").T
+            )
+        do_warm = frozen_resp is None and self._can_warm_start(X.shape[1], y.shape[1])
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
-        do_warm = self.warm_start and hasattr(self, "_params")
-        if do_warm and self._params.A.shape[1] != X.shape[1]:
-            do_warm = False
+        # reg_covar is relative to the data's scale (see its documentation).
+        self._reg_floors = (self.reg_covar * variance_scale(X),
+                            self.reg_covar * variance_scale(y))
         offset = self.feature_mean_ if do_warm else X.mean(axis=0)
         y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
         # Centring both variables keeps the expanded quadratic forms free of cancellation.
         Xc = X - offset
-        data = gm.prepare_data(Xc, y - y_offset, self.covariance_type)
-        n_init = 1 if do_warm else self.n_init
+        yc = y - y_offset
         # The latent model's likelihood goes through (I + W' Sigma^-1 W)^-1, whose
         # conditioning degrades as a noise variance approaches zero (a Heywood case, which
         # factor analysis can reach): a floor relative to each feature's variance keeps it
         # well conditioned.
         var_floor = LATENT_NOISE_FLOOR * Xc.var(axis=0) if self.n_latent > 0 else None
-
+        model = self._em_model(var_floor)
         work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        n_chunks, blas_limit = _em_parallelism(X.shape[0], work)
-        data.single_threaded = blas_limit == 1
-        chunks = data.split(n_chunks)
-        feature_gram = data.feature_gram if self.covariance_type == "tied" else None
-        threads = ThreadPoolExecutor(n_chunks - 1) if n_chunks > 1 else nullcontext()
-        with _blas_threads(blas_limit), threads as pool:
-            best = None
-            for init in range(n_init):
-                self._print(1, f"Initialization {init}")
-                start = time()
-                if do_warm:
-                    params = self._params
-                else:
-                    # k-means and the GMM on y are tiny: their OpenMP threads only spin.
-                    with _blas_threads(1):
-                        resp = self._initial_resp(data, random_state)
-                    params = self._initial_params(
-                        data, chunks, resp, pool, feature_gram, random_state, var_floor
-                    )
-                state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
-                                             with_stats=self.max_iter > 1)
-                bounds = [state.mean_log_prob]
-                converged = False
-                n_iter = 1
-                for n_iter in range(2, self.max_iter + 1):
-                    params = gm.m_step_from_state(
-                        chunks, state, self.covariance_type, self.target_covariance_type,
-                        self.reg_covar, pool=pool, feature_gram=feature_gram,
-                        var_floor=var_floor,
-                    )
-                    state = gm.e_step_with_stats(chunks, params, self.covariance_type, pool,
-                                                 with_stats=n_iter < self.max_iter)
-                    bounds.append(state.mean_log_prob)
-                    change = bounds[-1] - bounds[-2]
-                    if n_iter % self.verbose_interval == 0:
-                        self._print(
-                            2, f"  Iteration {n_iter}\t time lapse {time() - start:.5f}s\t "
-                            f"ll change {change:.5f}"
-                        )
-                    if abs(change) < self.tol:
-                        converged = True
-                        break
-                if self.max_iter == 1 and self.tol > 0:
-                    converged = False
-                self._print(
-                    1, f"Initialization {'converged' if converged else 'did not converge'}. "
-                    f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
-                )
-                if not np.isfinite(bounds[-1]):
-                    raise ValueError(
-                        "EM produced a non-finite log-likelihood; the data may contain extreme "
-                        "values. Standardise X and y, or increase reg_covar."
-                    )
-                if best is None or bounds[-1] > best[0][-1]:
-                    best = (bounds, params, n_iter, converged)
-
-        bounds, params, n_iter, converged = best
-        if not converged and self.tol > 0 and self.max_iter > 1:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init "
-                "parameters, or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        self.converged_ = converged
-        self.n_iter_ = n_iter
-        self.lower_bounds_ = bounds
-        self.lower_bound_ = bounds[-1]
+        with (_engine.make_executor(X.shape[0], work) as executor,
+              self._singular_covariances_reported()):
+            problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc),
+                                        Xc, yc)
+            if frozen_resp is not None:
+                params = self._fit_frozen(problem, frozen_resp, random_state)
+            else:
+                params = self._fit_em(problem, random_state,
+                                      warm_params=self._params if do_warm else None)
         self.feature_mean_ = offset
         self.target_mean_ = y_offset
         self._set_params_from(params)
+        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
     def _set_params_from(self, params):
         """Store the internal parameters and derive the public and forward attributes."""
+        model = self._em_model()
         self._params = params
-        self._forward = gm.forward_params(params)
-        K, D, L = params.A.shape
+        self._forward = model.forward(params)
         offset = self.feature_mean_
         y_offset = self.target_mean_
         self.weights_ = params.weights
         self.target_means_ = params.c + y_offset
-        g = params.gamma
-        self.target_covariances_ = {
-            "full": g,
-            "diag": np.einsum("kii->ki", g).copy(),
-            "spherical": g[:, 0, 0].copy(),
-            "tied": g[0].copy(),
-        }[self.target_covariance_type]
+        self.target_covariances_ = model.target.public(params.gamma)
         self.inverse_coef_ = np.ascontiguousarray(params.A)
         self.latent_coef_ = np.ascontiguousarray(params.W)
         self.inverse_intercept_ = params.b + offset - params.A @ y_offset
-        noise = params.noise
-        self.noise_covariances_ = {
-            "full": lambda: noise.chol @ np.swapaxes(noise.chol, 1, 2),
-            "tied": lambda: noise.chol[0] @ noise.chol[0].T,
-            "diag": lambda: noise.var.copy(),
-            "spherical": lambda: noise.var[:, 0].copy(),
-            "tied_diag": lambda: noise.var[0].copy(),
-            "tied_spherical": lambda: np.asarray(noise.var[0, 0]),
-        }[self.covariance_type]()
+        self.noise_covariances_ = model.noise.public(params.noise)
         fwd = self._forward
         self.forward_means_ = fwd.means_x + offset
         self.forward_coef_ = fwd.coef
         self.forward_intercept_ = fwd.intercept + y_offset - fwd.coef @ offset
         self.forward_covariances_ = fwd.cov
 
+    def __getstate__(self):
+        # Plain dicts of arrays only, so that a pickle (or the deep model's checkpoint)
+        # holds none of the core's private classes.
+        state = dict(super().__getstate__())
+        for name in ("_params", "_forward"):
+            if name in state:
+                state[name] = dataclasses.asdict(state[name])
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        for name, cls in (("_params", gm.Params), ("_forward", gm.Forward)):
+            if isinstance(state.get(name), dict):
+                state[name] = cls(**state[name])
+        super().__setstate__(state)
+
     # ------------------------------------------------------------------ prediction
     def _mixture(self, X):
         X, dtype = self._check_X(X)
         Xc = X.astype(np.float64) - self.feature_mean_
-        sq = gm.squared_features(Xc, self.covariance_type)
-        log_nu, means = gm.forward_mixture(Xc, sq, self._forward)
+        log_nu, means = self._em_model().forward_mixture(Xc, self._forward)
         return log_nu, means + self.target_mean_, dtype
 
     def _shape_out(self, a):
@@ -681,17 +669,18 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
             y = self._check_y(y)
             with np.errstate(divide="ignore"):
                 log_w = np.log(self.weights_)
-            y_only = gm.prepare_data(np.empty((y.shape[0], 0)), y, "diag")
-            logp = log_w[:, None] + gm.target_log_density(y_only, self._params.c,
+            logp = log_w[:, None] + gm.target_log_density(y, self._params.c,
                                                           self._params.gamma)
             return np.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
-        return self._joint_estep(X, y)[1].T
+        return self._joint_estep(X, y).resp.T
 
     def _joint_estep(self, X, y):
         X, _ = self._check_X(X)
         y = self._check_y(y, X.shape[0])
         Xc = X.astype(np.float64) - self.feature_mean_
-        return gm.e_step(gm.prepare_data(Xc, y, self.covariance_type), self._params)
+        model = self._em_model()
+        block = model.prepare_block(Xc, y)
+        return model.e_step(block, model.plan(self._params, block.n_sq))
 
     def joint_log_density(self, X, y):
         """Log-density log p(x, y) of each pair under the fitted joint model.
@@ -700,7 +689,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         -------
         log_density : ndarray of shape (n_samples,)
         """
-        return self._joint_estep(X, y)[0]
+        return self._joint_estep(X, y).log_prob
 
     def conditional_log_density(self, X, y):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.
@@ -711,7 +700,7 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         """
         log_nu, means, _ = self._mixture(X)
         y = self._check_y(y, log_nu.shape[0])
-        cov_inv, logdet, inv_chol = gm._spd_inverse_and_logdet(self._forward.cov)
+        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(self._forward.cov)
         diff = y[:, None, :] - (means - self.target_mean_)  # both centred
         z = np.einsum("kij,nkj->nki", inv_chol, diff)
         log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None] + np.einsum("nki,nki->nk", z, z))
@@ -767,23 +756,16 @@ class GLLiMRegressor(RegressorMixin, BaseEstimator):
         resp = self.component_posterior(y=y)
         y = self._check_y(y)
         n, L = y.shape
-        K = self.n_components
+        K = self.weights_.shape[0]  # fitted, whatever set_params did since
         ry = (resp[:, :, None] * y[:, None, :]).reshape(n, K * L)
         A_stack = np.transpose(self.inverse_coef_, (0, 2, 1)).reshape(K * L, -1)
         return ry @ A_stack + resp @ (self._params.b + self.feature_mean_)  # y is centred
 
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):
-        K, D, L, Lw = self.n_components, self.n_features_in_, self.n_targets_, self.n_latent
-        gamma = {
-            "full": K * L * (L + 1) / 2, "diag": K * L, "spherical": K, "tied": L * (L + 1) / 2,
-        }[self.target_covariance_type]
-        sigma = {
-            "full": K * D * (D + 1) / 2, "diag": K * D, "spherical": K,
-            "tied": D * (D + 1) / 2, "tied_diag": D, "tied_spherical": 1,
-        }[self.covariance_type]
-        latent = K * (D * Lw - Lw * (Lw - 1) / 2)
-        return int((K - 1) + K * L + gamma + K * D * L + K * D + sigma + latent)
+        # The fitted shapes, not the parameters: set_params after fit must not change them.
+        K, D, Lw = self.latent_coef_.shape
+        return self._em_model().n_parameters(K, D, self.n_targets_, Lw)
 
     def bic(self, X, y):
         """Bayesian information criterion of the joint model on (X, y); lower is better.

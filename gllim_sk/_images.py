@@ -34,9 +34,9 @@ def check_images(images, *, name="images", min_size=1, ensure_channels=True):
     Raises
     ------
     ValueError
-        For a wrong number of dimensions, a channel count other than 1 or 3, an empty
-        batch, images smaller than ``min_size``, non-finite values, or float values
-        outside [0, 1].
+        For a wrong number of dimensions, one ``(H, W, C)`` image without a batch axis,
+        a channel count other than 1 or 3, an empty batch, images smaller than
+        ``min_size``, non-finite values, or float values outside [0, 1].
     TypeError
         For a dtype that is neither unsigned 8-bit integer, another integer, bool nor
         floating point.
@@ -62,6 +62,14 @@ def check_images(images, *, name="images", min_size=1, ensure_channels=True):
             f"{name}: expected an array of shape (n_images, height, width) or "
             f"(n_images, height, width, channels), got shape {arr.shape}. "
             "A single image needs a leading batch axis (image[None])."
+        )
+    if arr.ndim == 3 and arr.shape[2] in (1, 3) and arr.shape[2] < min(arr.shape[:2]):
+        # A batch of 1- or 3-pixel-wide grayscale images is implausible; one RGB image
+        # passed without its batch axis is the likely mistake.
+        raise ValueError(
+            f"{name}: got shape {arr.shape}, which looks like one (height, width, "
+            "channels) image without a batch axis: pass a batch, e.g. image[None] of "
+            f"shape (1, {arr.shape[0]}, {arr.shape[1]}, {arr.shape[2]})."
         )
     if arr.ndim == 4 and arr.shape[-1] not in (1, 3):
         raise ValueError(

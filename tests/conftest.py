@@ -158,8 +158,17 @@ def reduce_covariance(dense, kind, weights, reg_covar):
     return dense + reg_covar * np.eye(dim)
 
 
-def m_step(X, y, resp, covariance_type, target_covariance_type, reg_covar, previous=None):
+def relative_floors(X, y, reg_covar):
+    """The floors GLLiMRegressor adds for ``reg_covar`` (documented as relative): times
+    the mean variance of the features for Sigma, of the targets for Gamma."""
+    return reg_covar * np.var(X, axis=0).mean(), reg_covar * np.var(y, axis=0).mean()
+
+
+def m_step(X, y, resp, covariance_type, target_covariance_type, reg_covar, previous=None,
+           target_reg_covar=None):
     """Exact EM M-step from responsibilities, written from the model's definition.
+
+    ``reg_covar`` is added to Sigma, ``target_reg_covar`` (default: ``reg_covar``) to Gamma.
 
     With latent variables (``previous["Aw"]`` of width Lw > 0), w | x, y, k is
     Gaussian with covariance S_k = (I + Aw^T Sigma^-1 Aw)^-1 and mean
@@ -203,7 +212,8 @@ def m_step(X, y, resp, covariance_type, target_covariance_type, reg_covar, previ
             Sigma[k] += Aw[k] @ S_w @ Aw[k].T
     return {
         "pi": pi, "c": c, "A": A, "Aw": Aw, "b": b,
-        "Gamma": reduce_covariance(Gamma, target_covariance_type, pi, reg_covar),
+        "Gamma": reduce_covariance(Gamma, target_covariance_type, pi,
+                                   reg_covar if target_reg_covar is None else target_reg_covar),
         "Sigma": reduce_covariance(Sigma, covariance_type, pi, reg_covar),
     }
 
@@ -250,7 +260,7 @@ def gllim_ref():
         joint_gaussians=joint_gaussians, joint_log_density=joint_log_density,
         responsibilities=responsibilities, target_posterior=target_posterior,
         condition_on_x=condition_on_x, m_step=m_step, random_params=random_params,
-        sample=sample,
+        sample=sample, relative_floors=relative_floors,
     )
 
 
@@ -263,7 +273,7 @@ def em_threading(request, monkeypatch):
     that the exactness tests cover the parallel path on every machine.
     """
     if request.param == "chunked":
-        from gllim_sk import _gllim
+        from gllim_sk import _engine
 
-        monkeypatch.setattr(_gllim, "_em_parallelism", lambda n_samples, work: (3, 1))
+        monkeypatch.setattr(_engine, "_em_parallelism", lambda n_samples, work: (3, 1))
     return request.param

@@ -549,7 +549,7 @@ def test_gllim_specific_errors(blobs):
     with pytest.raises(ValueError, match="embedding_dim=60 exceeds"):
         tiny_gllim(embedding_dim=60, validation_fraction=0).fit(np.vstack([images] * 2),
                                                                np.vstack([y] * 2))
-    with pytest.raises(ValueError, match="too few images"):
+    with pytest.raises(ValueError, match="embedding_dim=40 needs at least 40 training images"):
         tiny_gllim(embedding_dim=40).fit(images, y)  # 36 training images < 40
     from sklearn.exceptions import NotFittedError
 

@@ -114,7 +114,9 @@ def test_first_m_step_from_resp_init(gllim_ref, covariance_type, target_covarian
     model = GLLiMRegressor(3, covariance_type=covariance_type,
                            target_covariance_type=target_covariance_type, reg_covar=1e-3,
                            resp_init=resp, max_iter=1, tol=0).fit(X, y)
-    expected = gllim_ref.m_step(X, y, resp, covariance_type, target_covariance_type, 1e-3)
+    noise_reg, target_reg = gllim_ref.relative_floors(X, y, 1e-3)
+    expected = gllim_ref.m_step(X, y, resp, covariance_type, target_covariance_type, noise_reg,
+                                target_reg_covar=target_reg)
     assert model.n_iter_ == 1
     assert_allclose(model.lower_bounds_[0],
                     gllim_ref.joint_log_density(expected, X, y).mean(), rtol=1e-9)
@@ -133,8 +135,9 @@ def test_em_iteration_matches_reference(gllim_ref, covariance_type, target_covar
                   reg_covar=1e-4, resp_init=resp, tol=0)
     before = gllim_ref.dense_params(GLLiMRegressor(3, max_iter=3, **kwargs).fit(X, y))
     after = GLLiMRegressor(3, max_iter=4, **kwargs).fit(X, y)
+    noise_reg, target_reg = gllim_ref.relative_floors(X, y, 1e-4)
     expected = gllim_ref.m_step(X, y, gllim_ref.responsibilities(before, X, y), covariance_type,
-                                target_covariance_type, 1e-4)
+                                target_covariance_type, noise_reg, target_reg_covar=target_reg)
     assert_params_close(gllim_ref.dense_params(after), expected)
 
 
@@ -281,9 +284,10 @@ def test_single_component_is_closed_form_inverse_regression(gllim_ref):
     Y1 = np.hstack([y, np.ones((len(y), 1))])
     coef, *_ = np.linalg.lstsq(Y1, X, rcond=None)
     A, b = coef[:-1].T, coef[-1]
-    s = np.mean((X - Y1 @ coef) ** 2, axis=0) + reg
+    noise_reg, target_reg = gllim_ref.relative_floors(X, y, reg)
+    s = np.mean((X - Y1 @ coef) ** 2, axis=0) + noise_reg
     c = y.mean(axis=0)
-    G = np.cov(y.T, bias=True) + reg * np.eye(2)
+    G = np.cov(y.T, bias=True) + target_reg * np.eye(2)
     assert_allclose(model.inverse_coef_[0], A, rtol=1e-6, atol=1e-9)
     assert_allclose(model.inverse_intercept_[0], b, rtol=1e-6, atol=1e-9)
     assert_allclose(model.noise_covariances_[0], s, rtol=1e-6)
@@ -321,7 +325,9 @@ def test_far_apart_components_stay_exact(gllim_ref, covariance_type):
     model = GLLiMRegressor(3, covariance_type=covariance_type, resp_init=resp, max_iter=1,
                            reg_covar=1e-12).fit(X, y)
     p = gllim_ref.dense_params(model)
-    expected = gllim_ref.m_step(X, y, resp, covariance_type, "full", 1e-12)
+    noise_reg, target_reg = gllim_ref.relative_floors(X, y, 1e-12)
+    expected = gllim_ref.m_step(X, y, resp, covariance_type, "full", noise_reg,
+                                target_reg_covar=target_reg)
     assert_params_close(p, expected, rtol=1e-6, atol=1e-9)
     assert_allclose(model.joint_log_density(X, y), gllim_ref.joint_log_density(p, X, y),
                     rtol=1e-9)
@@ -478,13 +484,13 @@ def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_c
     # on the mixture scikit-learn's GaussianMixture finds from the same labels.
     from sklearn.mixture import GaussianMixture
 
-    from gllim_sk import _gllim, _gllim_math
+    from gllim_sk import _gllim
 
     rng = np.random.default_rng(3)
     centres = np.array([[0.0, 0.0], [4.0, 1.0], [1.0, 5.0]])
     y = np.concatenate([c + rng.normal(size=(150, 2)) * [1.0, 0.5] for c in centres])
     labels = np.repeat(np.arange(3), 150)
-    reg = 1e-6
+    reg = 1e-6 * y.var(axis=0).mean()  # the mixture's floor is relative to y's variance
     one_hot = np.eye(3)[labels]
     means = one_hot.T @ y / one_hot.sum(0)[:, None]
     covs = np.stack([np.cov(y[labels == k].T, bias=True) + reg * np.eye(2) for k in range(3)])
@@ -505,9 +511,8 @@ def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_c
 
     monkeypatch.setattr(_gllim, "GMM_INIT_MAX_ITER", 1000)
     monkeypatch.setattr(_gllim, "GMM_INIT_TOL", 1e-12)
-    data = _gllim_math.prepare_data(np.empty((len(y), 0)), y, "diag")
-    estimator = GLLiMRegressor(3, target_covariance_type=target_covariance_type, reg_covar=reg)
-    resp = estimator._target_mixture_resp(data, np.ascontiguousarray(one_hot.T))
+    estimator = GLLiMRegressor(3, target_covariance_type=target_covariance_type, reg_covar=1e-6)
+    resp = estimator._target_mixture_resp(y, np.ascontiguousarray(one_hot.T))
     assert_allclose(resp.T, reference.predict_proba(y), atol=1e-5)
 
 
@@ -516,17 +521,17 @@ def test_em_threads_follow_blas_limits():
     # threadpoolctl limit of 1 (or too few samples, or a small problem) keeps EM serial.
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from gllim_sk import _gllim
+    from gllim_sk import _engine
 
     big = 1e12
-    assert _gllim._em_parallelism(100_000, 1.0) == (1, 1)
-    assert _gllim._em_parallelism(10, big)[0] == 1
+    assert _engine._em_parallelism(100_000, 1.0) == (1, 1)
+    assert _engine._em_parallelism(10, big)[0] == 1
     with threadpool_limits(limits=1, user_api="blas"):
-        assert _gllim._em_parallelism(100_000, big) == (1, None)
+        assert _engine._em_parallelism(100_000, big) == (1, None)
     with threadpool_limits(limits=2, user_api="blas"):
         n_threads = max(lib["num_threads"] for lib in threadpool_info()
                         if lib["user_api"] == "blas")
-        assert _gllim._em_parallelism(100_000, big) == ((2, 1) if n_threads >= 2 else (1, None))
+        assert _engine._em_parallelism(100_000, big) == ((2, 1) if n_threads >= 2 else (1, None))
 
 
 def test_one_dimensional_target():

@@ -57,7 +57,9 @@ def test_em_iteration_matches_reference(gllim_ref, covariance_type, n_latent, em
     before = gllim_ref.dense_params(GLLiMRegressor(2, max_iter=3, **kwargs).fit(X, y))
     after = GLLiMRegressor(2, max_iter=4, **kwargs).fit(X, y)
     resp = gllim_ref.responsibilities(before, X, y)
-    expected = gllim_ref.m_step(X, y, resp, covariance_type, "full", 1e-4, previous=before)
+    noise_reg, target_reg = gllim_ref.relative_floors(X, y, 1e-4)
+    expected = gllim_ref.m_step(X, y, resp, covariance_type, "full", noise_reg, previous=before,
+                                target_reg_covar=target_reg)
     got = gllim_ref.dense_params(after)
     for name in ("pi", "c", "Gamma", "A", "Aw", "b", "Sigma"):
         assert_allclose(got[name], expected[name], rtol=1e-6, atol=1e-8, err_msg=name)

@@ -7,14 +7,16 @@ names, sizes and dates of the source files), so only the first load is slow.
 """
 
 import hashlib
-import os
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.utils import Bunch
 
+from .._files import atomic_write
 from ._synthetic import TARGET_NAMES
 
 __all__ = ["BIWI_PERSON_OF_SEQUENCE", "biwi_pose_to_angles", "load_aflw2000", "load_biwi"]
@@ -91,25 +93,25 @@ def _fingerprint(files, root, params):
 
 
 def _load_cache(path, fingerprint, keys):
+    """The cached arrays, or None when the cache is missing, stale or damaged."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["fingerprint"]) != fingerprint:
                 return None
             return {key: data[key] for key in keys}
-    except (OSError, KeyError, ValueError, EOFError):
+    # A truncated or corrupted archive (an interrupted write by an older version, a copy
+    # cut short) is rebuilt like a stale one.
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
 
 
 def _save_cache(path, fingerprint, arrays):
     """Write atomically; a read-only data_home only costs a warning."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+        with atomic_write(path) as fh:
             np.savez(fh, fingerprint=np.array(fingerprint), **arrays)
-        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         warnings.warn(
             f"Could not write the crop cache {path} ({exc}); the next load will decode "
             "the images again.",

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .._images import images_to_float
 
-__all__ = ["SUPPORTED_FAMILIES", "Backbone", "load_model", "replace_classifier", "to_input_tensor"]
+__all__ = ["Backbone", "load_model", "replace_classifier", "to_input_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,7 +60,6 @@ def load_model(model, weights):
                 f"model={model!r} is not a torchvision classification model; see "
                 "torchvision.models.list_models(module=torchvision.models)."
             )
-        check_supported_name(model)
         named = None if weights is None or _is_path(weights) else weights
         try:
             net = torchvision.models.get_model(model, weights=named)
@@ -75,7 +74,13 @@ def load_model(model, weights):
         path = os.fspath(weights)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weights file {path!r} does not exist.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types on damaged archives
+            raise ValueError(
+                f"weights file {path!r} cannot be read as a state_dict (damaged, or not "
+                f"written by torch.save): {exc}"
+            ) from exc
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         # A network trained for another number of classes (e.g. by
@@ -218,17 +223,29 @@ _FAMILIES = (
     (("vit",), lambda net: all(hasattr(net, a) for a in ("conv_proj", "class_token", "encoder")),
      _split_vit),
 )
-SUPPORTED_FAMILIES = tuple(prefix for prefixes, _, _ in _FAMILIES for prefix in prefixes)
 
 
-def check_supported_name(model):
-    """Refuse a torchvision model name whose family the estimators cannot cut into stages."""
-    if not model.startswith(SUPPORTED_FAMILIES):
+def _split_generic(net):
+    """Other layouts (DenseNet, Swin, MaxViT, GoogLeNet, ...): the whole network as one
+    stage, its last linear layer replaced by an identity (no partial freezing)."""
+    if getattr(net, "aux_logits", False):
+        # GoogLeNet and Inception return auxiliary outputs in training mode.
+        net.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(net, name):
+                setattr(net, name, None)
+    name, last = last_linear(net)
+    if last is None:
         raise ValueError(
-            f"model={model!r}: this torchvision architecture is not supported; supported "
-            f"families are {', '.join(SUPPORTED_FAMILIES)} (e.g. 'vgg16', 'resnet18', "
-            "'convnext_tiny', 'vit_b_16'), or an nn.Module with one of their layouts."
+            "cannot find the classification layer (an nn.Linear) of the model. Supported "
+            "backbones: torchvision classification models whose last layer is linear "
+            "(cut into stages: VGG, AlexNet, MobileNet, EfficientNet, ConvNeXt, ResNet, "
+            "ResNeXt, Wide ResNet, RegNet, ViT; as one stage: DenseNet, MNASNet, "
+            "ShuffleNet, Swin, MaxViT, GoogLeNet, Inception; not SqueezeNet) or a module "
+            "with one of these layouts."
         )
+    _set_submodule(net, name, nn.Identity())
+    return [("network", net)], last.in_features
 
 
 class Backbone(nn.Module):
@@ -237,9 +254,10 @@ class Backbone(nn.Module):
     Parameters
     ----------
     net : nn.Module
-        A torchvision classification network of a supported family (VGG, AlexNet,
-        MobileNet, EfficientNet, ConvNeXt, ResNet/ResNeXt/Wide ResNet, RegNet, ViT), or
-        a module with the same layout.
+        A torchvision classification network. Those of the families in ``_FAMILIES``
+        (VGG, AlexNet, MobileNet, EfficientNet, ConvNeXt, ResNet/ResNeXt/Wide ResNet,
+        RegNet, ViT), or modules with the same layout, are cut into stages; any other
+        network whose last layer is linear is one stage (no partial freezing).
     """
 
     def __init__(self, net):
@@ -249,12 +267,7 @@ class Backbone(nn.Module):
                 stages, n_out = split(net)
                 break
         else:
-            raise ValueError(
-                f"cannot cut a {type(net).__name__} into stages: supported layouts are "
-                "those of torchvision's VGG/AlexNet/MobileNet/EfficientNet/ConvNeXt "
-                "(features, avgpool, classifier), ResNet (conv1, bn1, layer1-4, avgpool, "
-                "fc), RegNet (stem, trunk_output, fc) and VisionTransformer."
-            )
+            stages, n_out = _split_generic(net)
         self.stage_names = [name for name, _ in stages]
         self.stages = nn.ModuleList([module for _, module in stages])
         self.n_features_out = n_out
@@ -273,6 +286,24 @@ class Backbone(nn.Module):
         for stage in self.stages[start:stop]:
             x = stage(x)
         return x
+
+    def check_input_size(self, input_size):
+        """Run one blank image through the network: a clear error if it cannot take
+        ``input_size x input_size`` inputs (ViT needs its own size, Inception 75 px...)."""
+        was_training = self.training
+        device = next(self.parameters()).device
+        try:
+            self.eval()
+            with torch.inference_mode():
+                self(torch.zeros(1, 3, input_size, input_size, device=device))
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            raise ValueError(
+                f"the backbone cannot take {input_size}x{input_size} inputs: {exc} Choose "
+                "another input_size (e.g. the model's own, 224 for most torchvision "
+                "models, 299 for Inception)."
+            ) from exc
+        finally:
+            self.train(was_training)
 
 
 def to_input_tensor(images, input_size, device, dtype=torch.float32):

@@ -11,12 +11,12 @@
   per-epoch callbacks: :class:`LRSchedule`, :class:`BatchNormRecalibration`,
   :class:`KeepBest` and :class:`Checkpoint`;
 - one history format: ``history_`` is a list of dicts, one per record, each with at
-  least ``epoch`` (fine-tuning epochs run so far), ``loss``, ``val_mae`` and ``time``.
+  least ``epoch`` (fine-tuning epochs run so far), ``loss``, ``val_mae``, ``time``
+  and ``train_time`` (seconds spent in SGD steps only, for throughput).
 """
 
 import copy
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from torch import nn
 
+from .._files import atomic_write
 from .._images import check_images
 from ._backbone import Backbone, load_model
 from ._torch import (
@@ -169,12 +170,8 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, estimator, record):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(_to_torch_payload(self.state()), tmp)
-            os.replace(tmp, self.path)  # never leave a half-written checkpoint behind
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(self.path) as handle:  # never a half-written checkpoint
+            torch.save(_to_torch_payload(self.state()), handle)
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,11 +283,15 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
             )
         self.settings_ = settings
         self.n_targets_ = y2.shape[1]
+        self._check_fit_parameters()
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         train, val = train_validation_split(len(images), self.validation_fraction, rng,
                                             min_train(y2), groups)
         return FitSetup(images, y2, settings, device, rng, train, val)
+
+    def _check_fit_parameters(self):
+        """Hook: parameter checks that need the data's shape (``n_targets_``)."""
 
     def trainable_split(self, trainable_layers):
         """Index of the first trained backbone stage (the last ``trainable_layers``)."""
@@ -373,6 +374,7 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
             self.set_trainable(split)
             order = torch.randperm(inputs.n, generator=generator).numpy()
             total, count = 0.0, 0
+            train_tic = time.perf_counter()
             for start in range(0, inputs.n, batch_size):
                 index = np.sort(order[start:start + batch_size])
                 if len(index) < 2:  # BatchNorm cannot normalise a single sample
@@ -380,7 +382,9 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
                 total += self.train_step(forward, inputs, index, loss_fn, optimizer,
                                          loss_scale) * len(index)
                 count += len(index)
-            record.update(loss=total / max(count, 1), val_mae=None)
+            _synchronize(inputs.device)
+            record.update(loss=total / max(count, 1), val_mae=None, n_trained=count,
+                          train_time=time.perf_counter() - train_tic)
             self.network_.eval()
             records.append(record)
             if history is not None:
@@ -389,6 +393,11 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
                 callback.on_epoch_end(self, record)
             record["time"] = time.perf_counter() - tic
         return records
+
+
+def _synchronize(device):
+    if device.type == "cuda":  # timings must wait for the GPU's queued work
+        torch.cuda.synchronize(device)
 
 
 def copy_state(network):

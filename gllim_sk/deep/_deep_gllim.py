@@ -3,17 +3,19 @@
 import hashlib
 import os
 import time
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import RegressorMixin, _fit_context
+from sklearn.base import RegressorMixin
 from sklearn.decomposition import PCA
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._compat import Interval, StrOptions, _fit_context
+from .._gllim_math import NOISE_STRUCTURES, TARGET_STRUCTURES
 from .._images import check_images
 from ._base import (
     MIN_IMAGE_SIZE,
@@ -21,6 +23,7 @@ from ._base import (
     Checkpoint,
     DeepEstimatorBase,
     KeepBest,
+    Network,
     Validation,
     image_tags,
 )
@@ -40,6 +43,8 @@ _PRESETS = {
     "paper": {"input_size": 224, "trainable_layers": 5, "n_alternations": 12, "n_epochs": 3,
               "n_frozen_estep": 2, "batch_size": 128, "learning_rate": 0.1},
 }
+# The authors' embedding width; DeepGLLiMRegressor lowers it for small training sets.
+DEFAULT_EMBEDDING_DIM = 512
 # Version of the checkpoint layout; a checkpoint of another layout is not resumed.
 _CHECKPOINT_FORMAT = 2
 
@@ -50,9 +55,10 @@ _RESUMABLE_PARAMS = ("n_alternations", "verbose", "device", "checkpoint_dir", "c
 
 
 def _gllim_state(gllim):
-    """Everything a fitted GLLiMRegressor holds, as a weights_only-loadable payload."""
+    """A fitted GLLiMRegressor as plain values and arrays (weights_only-loadable)."""
     params = {k: v for k, v in gllim.get_params().items() if k != "resp_init"}
-    state = {k: v for k, v in vars(gllim).items() if k not in params and k != "resp_init"}
+    state = {k: v for k, v in gllim.__getstate__().items()
+             if k not in params and k != "resp_init"}
     return {"params": params, "state": state}
 
 
@@ -60,30 +66,16 @@ def _gllim_from_state(saved):
     from .._gllim import GLLiMRegressor
 
     gllim = GLLiMRegressor(**saved["params"])
-    for key, value in saved["state"].items():
-        setattr(gllim, key, value)
+    gllim.__setstate__(saved["state"])
     return gllim
-
-
-def _gllim_dataclasses():
-    from .. import _gllim_math
-
-    return tuple(v for v in vars(_gllim_math).values()
-                 if isinstance(v, type) and hasattr(v, "__dataclass_fields__"))
 
 
 def _noise_precision(gllim, device):
     """Sigma_k^-1 as a tensor: (K, E) for the diagonal family, (K, E, E) for full/tied."""
     K, E, _ = gllim.inverse_coef_.shape
-    cov = np.asarray(gllim.noise_covariances_, dtype=np.float64)
-    kind = gllim.covariance_type
-    if kind in ("full", "tied"):
-        full = np.broadcast_to(cov, (K, E, E))
-        prec = np.linalg.inv(full)
-    else:
-        shape = {"diag": (K, E), "spherical": (K, 1), "tied_diag": (1, E),
-                 "tied_spherical": (1, 1)}[kind]
-        prec = np.broadcast_to(1.0 / cov.reshape(shape), (K, E))
+    model = gllim._em_model()
+    prec = np.broadcast_to(model.noise.precision(gllim._params.noise),
+                           (K, E) + (E,) * model.noise.dense_quadratic)
     return torch.as_tensor(np.array(prec), dtype=torch.float32, device=device)
 
 
@@ -194,8 +186,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         batch 32, learning rate 1e-2. ``"paper"`` (GPU): 224 x 224 inputs,
         ``trainable_layers=5`` (VGG blocks 1-3 frozen), 12 alternations of 3 epochs,
         2 frozen E-steps, batch 128, learning rate 0.1.
-    embedding_dim : int, default=512
-        Width of the linear layer before the BatchNorm: the dimension D of the GLLiM.
+    embedding_dim : int, default=None
+        Width of the linear layer before the BatchNorm: the dimension D of the GLLiM. A
+        PCA of the training images' backbone features initialises the layer, so it
+        can be at most the number of training images and the backbone's output width.
+        ``None``: 512 (the authors' value) where the training set is large enough,
+        else half the number of training images (at least ``n_targets``); the value
+        used is in ``settings_["embedding_dim"]``.
     pca_bias : {"center", "zero"}, default="center"
         Bias of the PCA-initialised layer: centre the projected features, or zero (as the
         authors); the BatchNorm removes the mean either way.
@@ -226,7 +223,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     gllim_tol : float, default=1e-3
         EM tolerance per GLLiM fit.
     reg_covar : float, default=1e-6
-        Variance floor of the GLLiM layer.
+        Variance floor of the GLLiM layer, relative to the variance of the features and
+        targets (see :class:`~gllim_sk.GLLiMRegressor`).
     cache : "auto" or bool, default="auto"
         Cache the output of the frozen backbone stages ("auto": when the convolutional
         trunk is frozen).
@@ -259,11 +257,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         (batch-normalised features); ``log_likelihood``: mean log p(x, y) of the
         training features under the new mixture; ``val_mae``: validation mean absolute
         error per target (None without validation); ``estep_frozen``; and timings
-        ``time``, ``finetune_time``, ``feature_time``, ``gllim_time`` (seconds).
+        ``time``, ``finetune_time``, ``train_time`` (SGD steps only), ``gllim_time``
+        (seconds).
     best_alternation_ : int
         The alternation whose network and mixture were kept.
     settings_ : dict
-        The parameters in effect after applying the preset.
+        The parameters in effect after applying the preset, and the ``embedding_dim``
+        used.
     n_targets_ : int
 
     Examples
@@ -286,11 +286,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     _parameter_constraints = {
         **COMMON_CONSTRAINTS,
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions({"full", "diag", "spherical", "tied", "tied_diag",
-                                        "tied_spherical"})],
-        "target_covariance_type": [StrOptions({"full", "diag", "spherical", "tied"})],
+        "covariance_type": [StrOptions(set(NOISE_STRUCTURES))],
+        "target_covariance_type": [StrOptions(set(TARGET_STRUCTURES))],
         "preset": [StrOptions(set(_PRESETS))],
-        "embedding_dim": [Interval(Integral, 1, None, closed="left")],
+        "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
         "pca_bias": [StrOptions({"center", "zero"})],
         "responsibilities": [StrOptions({"exact", "prior", "prior_sampled"})],
         "n_alternations": [Interval(Integral, 0, None, closed="left"), None],
@@ -315,7 +314,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
 
     def __init__(self, n_components=2, *, covariance_type="tied_spherical",
                  target_covariance_type="full", model="vgg16", weights=None, preset="quick",
-                 embedding_dim=512, pca_bias="center", responsibilities="exact",
+                 embedding_dim=None, pca_bias="center", responsibilities="exact",
                  n_alternations=None, n_frozen_estep=None, n_epochs=None, trainable_layers=None,
                  input_size=None, batch_size=None, learning_rate=None, momentum=0.9,
                  validation_fraction=0.2, gllim_max_iter=100, gllim_tol=1e-3, reg_covar=1e-6,
@@ -352,21 +351,62 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     # -- construction ---------------------------------------------------------------
     def initialize_head(self, n_features):
         """The added layer (PCA-initialised in ``fit``) and a BatchNorm without affine."""
-        if self.embedding_dim > n_features:
+        dim = self.settings_["embedding_dim"]
+        return nn.Sequential(nn.Linear(n_features, dim), nn.BatchNorm1d(dim, affine=False))
+
+    def _check_fit_parameters(self):
+        if self.embedding_dim is not None and self.embedding_dim < self.n_targets_:
             raise ValueError(
-                f"embedding_dim={self.embedding_dim} exceeds the {n_features} features of "
-                "the backbone's last layer."
+                f"embedding_dim={self.embedding_dim} is smaller than the number of targets "
+                f"({self.n_targets_}): the GLLiM layer regresses the targets from "
+                f"embedding_dim features, which must be at least as many. Raise "
+                "embedding_dim, or leave it at None."
             )
-        return nn.Sequential(nn.Linear(n_features, self.embedding_dim),
-                             nn.BatchNorm1d(self.embedding_dim, affine=False))
+
+    def _embedding_dim(self, width, n_train):
+        """The embedding width: ``embedding_dim`` checked, or chosen when it is None."""
+        if self.embedding_dim is None:
+            dim = min(DEFAULT_EMBEDDING_DIM, width, max(n_train // 2, self.n_targets_))
+            if dim < self.n_targets_:
+                raise ValueError(
+                    f"the backbone outputs {width} features, fewer than the {self.n_targets_} "
+                    "targets: choose a model with a wider last layer."
+                )
+            return dim
+        if self.embedding_dim > width:
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} exceeds the {width} outputs of the "
+                f"backbone's last layer: choose embedding_dim <= {width}."
+            )
+        if self.embedding_dim > n_train:
+            raise ValueError(
+                f"embedding_dim={self.embedding_dim} needs at least {self.embedding_dim} "
+                "training images (a PCA of their backbone features initialises the "
+                f"embedding layer), but only {n_train} are used for training (after the "
+                f"validation_fraction={self.validation_fraction} hold-out): lower "
+                "embedding_dim, or leave it at None to adapt it to the training set."
+            )
+        return self.embedding_dim
+
+    def initialize_network(self, weights, n_train=None):
+        """Build the network; when fitting (``n_train`` given), choose embedding_dim too."""
+        if n_train is not None:
+            backbone = self.initialize_backbone(weights)
+            self.settings_["embedding_dim"] = self._embedding_dim(backbone.n_features_out,
+                                                                  n_train)
+            self.network_ = Network(backbone, self.initialize_head(backbone.n_features_out))
+            return self.network_
+        return super().initialize_network(weights)
 
     def _init_embedding(self, fc7, seed):
         """Initialise the added layer from the PCA of the training fc7 features."""
-        pca = PCA(self.embedding_dim, random_state=seed).fit(fc7)
+        pca = PCA(self.settings_["embedding_dim"], random_state=seed).fit(fc7)
         linear, norm = self.network_.head
         # Eigenvectors scaled to unit output variance (whitening): the BatchNorm would
         # rescale them anyway, and small fc7 variances would otherwise drown in its eps.
-        scale = np.sqrt(np.maximum(pca.explained_variance_, 1e-12))
+        variance = pca.explained_variance_
+        floor = max(1e-12 * float(variance.max(initial=0.0)), np.finfo(np.float64).tiny)
+        scale = np.sqrt(np.maximum(variance, floor))  # relative: fc7 may be of any scale
         components = torch.as_tensor(pca.components_ / scale[:, None], dtype=torch.float32)
         projected_mean = components @ torch.as_tensor(pca.mean_, dtype=torch.float32)
         with torch.no_grad():
@@ -384,25 +424,26 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     def _fit_gllim(self, X, y, resp, frozen, seed):
         from .._gllim import GLLiMRegressor
 
-        # A frozen E-step is one M-step from the given responsibilities (max_iter=1).
         gllim = GLLiMRegressor(
             self.n_components, covariance_type=self.covariance_type,
             target_covariance_type=self.target_covariance_type, reg_covar=self.reg_covar,
-            max_iter=1 if frozen else self.gllim_max_iter, tol=self.gllim_tol,
-            resp_init=resp, random_state=seed,
+            max_iter=self.gllim_max_iter, tol=self.gllim_tol, resp_init=resp,
+            random_state=seed,
         )
-        return gllim.fit(X, y)
+        # A frozen E-step: the mixture is one M-step from the given responsibilities.
+        return gllim._fit_frozen_estep(X, y, resp) if frozen else gllim.fit(X, y)
 
     def _initial_resp(self, y, seed):
         if self.n_components == 1:
             return np.ones((len(y), 1))
-        from .._gllim import kmeans_responsibilities, refine_by_target_mixture
+        from .._gllim import kmeans_responsibilities, refine_by_target_mixture, variance_scale
 
-        # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init).
+        # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init);
+        # its variance floor follows the targets' units, as GLLiMRegressor's.
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
         resp = refine_by_target_mixture(
             y, kmeans_responsibilities(y, self.n_components, seed),
-            self.target_covariance_type, 1e-6, max_iter=100, tol=1e-3,
+            self.target_covariance_type, 1e-6 * variance_scale(y), max_iter=100, tol=1e-3,
         )
         return np.ascontiguousarray(resp.T)
 
@@ -442,8 +483,16 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         path = Path(self.checkpoint_dir) / _CHECKPOINT_NAME
         if not path.exists():
             return None
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        state = _from_torch_payload(raw, _gllim_dataclasses())
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+            state = _from_torch_payload(raw)
+        except Exception as exc:  # torch raises several types on damaged archives
+            warnings.warn(
+                f"The checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); it "
+                "is ignored, the fit starts from the beginning and overwrites it.",
+                stacklevel=3,
+            )
+            return None
         if state.get("fingerprint") != fingerprint or state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(
                 f"{path} is a checkpoint of another fit (different images, targets, "
@@ -471,8 +520,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         -------
         self
         """
+        # The embedding's own minimum (the PCA needs embedding_dim images) is checked
+        # once the backbone's width is known, by initialize_network.
         fit = self._begin_fit(X, y, groups, min_train=lambda y: max(
-            self.embedding_dim, 2 * self.n_components, y.shape[1] + 2, 2))
+            2 * self.n_components, y.shape[1] + 2, 2))
         settings, device, train, val = fit.settings, fit.device, fit.train, fit.val
         seeds = fit.rng.randint(np.iinfo(np.int32).max, size=5)
         torch_seed_, pca_seed, gmm_seed, gllim_seed, draw_seed = (int(s) for s in seeds)
@@ -484,7 +535,9 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         with seeded(torch_seed_, device):
             generator = torch.Generator().manual_seed(torch_seed_)
             draw_rng = np.random.RandomState(draw_seed)
-            network = self.initialize_network(None if resumed else self.weights).to(device)
+            network = self.initialize_network(None if resumed else self.weights,
+                                              n_train=len(train)).to(device)
+            network.backbone.check_input_size(settings["input_size"])
             split = self.trainable_split(settings["trainable_layers"])
             inputs = self.training_inputs(fit.images[train], split, device)
             # The mixture of the current alternation, read by the callbacks.
@@ -535,7 +588,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                 tic = time.perf_counter()
                 record = {"alternation": alternation, "epoch": alternation * n_epochs,
                           "loss": float("nan"), "loss_before": float("nan"),
-                          "epoch_losses": [], "finetune_time": 0.0}
+                          "epoch_losses": [], "finetune_time": 0.0, "train_time": 0.0}
                 if alternation > 0:
                     # Fine-tune the network on eq. (9), the mixture and weights fixed.
                     frozen_before = alternation - 1 < n_frozen
@@ -543,9 +596,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                                                   initial_resp if frozen_before else None,
                                                   draw_rng)
                     record["loss_before"] = _dataset_loss(gllim, X_train, y_train, resp_ft)
-                    record["epoch_losses"] = self._finetune(
-                        gllim, inputs, split, y_train, resp_ft, generator,
-                        first_epoch=(alternation - 1) * n_epochs)
+                    epochs = self._finetune(gllim, inputs, split, y_train, resp_ft,
+                                            generator, first_epoch=(alternation - 1) * n_epochs)
+                    record["epoch_losses"] = [r["loss"] for r in epochs]
+                    record["train_time"] = sum(r["train_time"] for r in epochs)
                     record["finetune_time"] = time.perf_counter() - tic
                     X_train = self._features(inputs, split)
                     record["loss"] = _dataset_loss(gllim, X_train, y_train, resp_ft)
@@ -571,7 +625,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     def _finetune(self, gllim, inputs, split, y_train, resp, generator, first_epoch):
         """Fine-tune the network for ``n_epochs`` on eq. (9) with the mixture fixed.
 
-        Returns the running training loss of each epoch.
+        Returns the record of each epoch (``loss``: running training loss).
         """
         network, device = self.network_, inputs.device
         optimizer = self.initialize_optimizer(self.set_trainable(split),
@@ -607,7 +661,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                                   n_epochs=n_epochs, split=split, generator=generator,
                                   callbacks=[recalibrate], loss_scale=scale,
                                   first_epoch=first_epoch, desc="fine-tuning")
-        return [r["loss"] for r in records]
+        return records
 
     # -- prediction -------------------------------------------------------------------
     def transform(self, X):
@@ -653,13 +707,11 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                 "best_alternation_": self.best_alternation_,
                 "gllim_": _gllim_state(self.gllim_)}
 
-    def _saved_dataclasses(self):
-        return _gllim_dataclasses()
-
     def _restore_attributes(self, attributes):
         for key, value in attributes.items():
             setattr(self, key, value)
         self.gllim_ = _gllim_from_state(attributes["gllim_"])
+        self.settings_.setdefault("embedding_dim", self.embedding_dim)  # older files
         self.initialize_network(None)
 
     def __sklearn_tags__(self):

@@ -5,16 +5,11 @@ from numbers import Integral
 
 import numpy as np
 import torch
-from sklearn.base import (
-    BaseEstimator,
-    ClassNamePrefixFeaturesOutMixin,
-    TransformerMixin,
-    _fit_context,
-)
-from sklearn.utils._param_validation import Interval
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._compat import Interval, _fit_context
 from .._images import check_images
 from ._backbone import Backbone, load_model, to_input_tensor
 from ._base import MIN_IMAGE_SIZE, image_tags
@@ -146,6 +141,7 @@ class VGGFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, TorchStateM
         # The random initialisation (weights=None) draws from a seeded fork of torch's RNG.
         with seeded(torch_seed(self.random_state), torch.device("cpu")):
             self._build(self.weights)
+        self.network_.check_input_size(self.input_size)
         if len(self.network_.stages) == len(self.stage_names_):
             self.n_features_out_ = self.network_.n_features_out
         else:

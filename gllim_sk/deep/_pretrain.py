@@ -12,12 +12,14 @@ are rewarded for *not* depending on pose.
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from ._backbone import load_model, replace_classifier, to_input_tensor
 from ._torch import progress, seeded
 
@@ -136,7 +138,12 @@ def pretrain_head_backbone(
     folder = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()
     path = folder / f"heads_{model}_{image_size}px_{key}.pt"
     if path.is_file():
-        return path
+        try:  # a damaged file (e.g. copied in part) is rebuilt, not returned
+            torch.load(path, map_location="cpu", weights_only=True)
+            return path
+        except Exception as exc:  # torch raises several types on damaged archives
+            warnings.warn(f"The cached weights {path} cannot be read ({exc}); they are "
+                          "trained again.", stacklevel=2)
 
     # Training images, then held-out images of the same people in new poses/scenes:
     # one render with 1/8 more images, split by position (each person's images are
@@ -187,15 +194,10 @@ def pretrain_head_backbone(
                 correct += int((logits.argmax(1) == target[index]).sum())
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     info = {**settings, "held_out_accuracy": correct / n_held_out,
             "n_held_out": int(n_held_out), "chance": 1.0 / n_subjects}
-    info_tmp = path.with_name(f".{path.stem}.{os.getpid()}.json.tmp")
-    info_tmp.write_text(json.dumps(info, indent=2))
-    os.replace(info_tmp, path.with_suffix(".json"))
+    with atomic_write(path.with_suffix(".json")) as handle:
+        handle.write(json.dumps(info, indent=2).encode())
+    with atomic_write(path) as handle:  # last: the weights file marks a complete entry
+        torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, handle)
     return path

@@ -4,11 +4,11 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import RegressorMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from .._compat import Interval, StrOptions, _fit_context
 from .._images import check_images
 from ._base import (
     MIN_IMAGE_SIZE,
@@ -158,13 +158,25 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
         return nn.Sequential(nn.BatchNorm1d(n_features), nn.Linear(n_features, self.n_targets_))
 
     def _phases(self):
-        phases = [(int(e), int(t))
-                  for e, t in np.asarray(self.settings_["phases"]).reshape(-1, 2)]
-        if any(e < 0 or t < 0 for e, t in phases):
-            raise ValueError(
-                f"phases must hold non-negative (n_epochs, trainable_layers), got {phases}."
-            )
-        return phases
+        """``phases`` as a list of (n_epochs, trainable_layers); at least one epoch in all."""
+        phases = self.settings_["phases"]
+        arr = np.asarray(phases, dtype=object)
+        if arr.ndim == 1 and arr.size == 2:  # one phase given as a bare pair
+            arr = arr.reshape(1, 2)
+        no_training = (f"phases={phases!r} trains for 0 epochs: the network would keep its "
+                       "initial weights and head. Give at least one phase with n_epochs >= 1.")
+        if arr.size == 0:
+            raise ValueError(no_training)
+        message = (f"phases must be a non-empty sequence of (n_epochs, trainable_layers) "
+                   f"pairs of non-negative integers, got {phases!r}.")
+        if arr.ndim != 2 or arr.shape[1] != 2 or not all(
+                isinstance(v, Integral) and not isinstance(v, bool) and v >= 0
+                for v in arr.ravel()):
+            raise ValueError(message)
+        checked = [(int(e), int(t)) for e, t in arr]
+        if sum(e for e, _ in checked) == 0:
+            raise ValueError(no_training)
+        return checked
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, groups=None):
@@ -199,6 +211,16 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
         with seeded(seed, device):
             generator = torch.Generator().manual_seed(seed)
             network = self.initialize_network(self.weights).to(device)
+            network.backbone.check_input_size(settings["input_size"])
+            n_stages = len(network.backbone.stages)
+            for index, (n_epochs, trainable_layers) in enumerate(phases):
+                # Checked before any training, in the terms of the phases parameter.
+                if trainable_layers > n_stages:
+                    raise ValueError(
+                        f"phases[{index}] = ({n_epochs}, {trainable_layers}) trains "
+                        f"{trainable_layers} backbone stages, but the backbone has "
+                        f"{n_stages}: {network.backbone.stage_names}."
+                    )
             self.history_ = []
             keep_best = KeepBest()
             epoch = 0

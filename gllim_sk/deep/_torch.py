@@ -17,6 +17,7 @@ import torch
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
+from .._files import atomic_write
 from ._backbone import to_input_tensor
 
 __all__ = [
@@ -217,7 +218,8 @@ class TorchStateMixin:
             "network": {k: v.detach().cpu() for k, v in self.network_.state_dict().items()},
             "attributes": _to_torch_payload(self._saved_attributes()),
         }
-        torch.save(payload, os.fspath(path))
+        with atomic_write(path) as handle:
+            torch.save(payload, handle)
 
     def load_params(self, path):
         """Load a state written by :meth:`save_params` into this estimator.
@@ -234,10 +236,19 @@ class TorchStateMixin:
         -------
         self
         """
-        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        if payload.get("class") != type(self).__name__:
+        try:
+            payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises several types on damaged archives
             raise ValueError(
-                f"{os.fspath(path)!r} holds a {payload.get('class')} state, not a "
+                f"{os.fspath(path)!r} cannot be read as a saved {type(self).__name__} "
+                f"(damaged or not written by save_params): {exc}"
+            ) from exc
+        saved_class = payload.get("class") if isinstance(payload, dict) else None
+        if saved_class != type(self).__name__:
+            raise ValueError(
+                f"{os.fspath(path)!r} holds a {saved_class or 'foreign'} state, not a "
                 f"{type(self).__name__} one."
             )
         attributes = _from_torch_payload(payload["attributes"], self._saved_dataclasses())

@@ -4,10 +4,10 @@ from numbers import Integral
 
 import numpy as np
 from joblib import Parallel, delayed, effective_n_jobs
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .._compat import Interval, Options, StrOptions, _fit_context
 from .._images import check_images, images_to_float
 
 __all__ = ["HOGPyramid"]
@@ -214,13 +214,13 @@ class HOGPyramid(TransformerMixin, BaseEstimator):
         """
         _skimage()  # fail early, in the caller's process, if scikit-image is missing
         check_images(X, name="X")
-        scales = self._checked_scales()
-        per_block = self.cells_per_block**2 * self.orientations
-        self.feature_sizes_ = np.array(
-            [self._blocks_per_side(size) ** 2 * per_block for size in scales]
-        )
+        self.feature_sizes_ = self._feature_sizes(self._checked_scales())
         self.n_output_features_ = int(self.feature_sizes_.sum())
         return self
+
+    def _feature_sizes(self, scales):
+        per_block = self.cells_per_block**2 * self.orientations
+        return np.array([self._blocks_per_side(size) ** 2 * per_block for size in scales])
 
     def transform(self, X):
         """Compute the p-HOG descriptor of each image.
@@ -239,6 +239,14 @@ class HOGPyramid(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         images = check_images(X, name="X")
         scales = self._checked_scales()
+        sizes = self._feature_sizes(scales)
+        if not np.array_equal(sizes, self.feature_sizes_):
+            # set_params after fit: the output would no longer match n_output_features_.
+            raise ValueError(
+                f"HOGPyramid's parameters changed since fit: they give {int(sizes.sum())} "
+                f"features per image, not the fitted n_output_features_="
+                f"{self.n_output_features_}. Call fit again."
+            )
         hog_params = {
             "orientations": self.orientations,
             "pixels_per_cell": (self.pixels_per_cell, self.pixels_per_cell),

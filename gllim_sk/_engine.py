@@ -1,0 +1,349 @@
+"""The EM engine: how EM's steps run over blocks of samples, and the EM loop, once.
+
+Two parts, both independent of what the model computes:
+
+- *executors* run a model's per-block functions over the blocks of the training samples
+  and sum what they return. :class:`SerialExecutor` runs one block;
+  :class:`ThreadedExecutor` runs sample chunks on parallel Python threads, one BLAS thread
+  each. :func:`make_executor` picks one from the problem size and the BLAS thread limits.
+  An executor has three methods: ``blocks`` (split the data into blocks), ``map_reduce``
+  (run a function on every block; keep its first result per block, sum its second) and
+  ``sizes``. Another backend (a dask cluster) plugs in by providing those.
+- the EM loop (:class:`EMMixin`): initialisations, warm start, ``tol``,
+  ``ConvergenceWarning`` and verbose messages, as in scikit-learn's mixtures. An
+  estimator supplies a model (see :class:`gllim_sk._gllim_math.GLLiMModel`) and a hook
+  for its initial parameters.
+
+One EM iteration is: the parameter side of the E-step (``model.plan``), then on every
+block an E-step fused with the statistics of the next M-step, the statistics summed
+over blocks, and the M-step from the sum.
+"""
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from time import time
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import ThreadpoolController
+
+from ._gllim_math import EMPTY_COMPONENT_MASS, BlockEStep
+
+# EM's threading by the size n * D * K * (L + 2 + Lw) (see _em_parallelism): one thread
+# below SMALL_PROBLEM_WORK, BLAS threads up to CHUNKED_PROBLEM_WORK, sample chunks above.
+SMALL_PROBLEM_WORK = 2e6
+CHUNKED_PROBLEM_WORK = 1e7
+MIN_CHUNK_SAMPLES = 500
+_threadpool_controller = None
+
+
+def _controller():
+    """One ThreadpoolController, kept: scanning the loaded libraries costs milliseconds."""
+    global _threadpool_controller
+    if _threadpool_controller is None:
+        _threadpool_controller = ThreadpoolController()
+    return _threadpool_controller
+
+
+def blas_threads(limit):
+    """Context manager limiting BLAS/OpenMP threads (``None``: no limit)."""
+    return _controller().limit(limits=limit)
+
+
+def _em_parallelism(n_samples, work):
+    """How EM runs: (number of sample chunks run in parallel threads, BLAS thread limit).
+
+    Measured on 2 cores: small problems run fastest on one thread (thread hand-offs cost
+    more than the products); middle-sized ones with BLAS's own threads in the products;
+    large ones (from about n=2000, D=100, K=10) by splitting the samples into chunks, one
+    Python thread and one BLAS thread each. That keeps every core busy through the array
+    arithmetic between the products too (products and array arithmetic release the GIL).
+    The threads are those BLAS may use: threadpoolctl limits and ``OMP_NUM_THREADS`` or
+    ``OPENBLAS_NUM_THREADS`` are honoured.
+    """
+    if work < SMALL_PROBLEM_WORK:
+        return 1, 1
+    n_threads = max(
+        (lib.num_threads for lib in _controller().select(user_api="blas").lib_controllers),
+        default=1,
+    )
+    n_chunks = min(n_threads, n_samples // MIN_CHUNK_SAMPLES)
+    if n_chunks < 2 or work < CHUNKED_PROBLEM_WORK:
+        return 1, None
+    return n_chunks, 1
+
+
+def _sums_one_thread(weights, M):
+    """weights @ M, in the orientation fastest on one BLAS thread."""
+    return weights @ M
+
+
+def _sums_many_threads(weights, M):
+    """weights @ M, in the orientation OpenBLAS splits best across threads."""
+    return (M.T @ weights.T).T
+
+
+class SerialExecutor:
+    """Run EM on one block, under a BLAS thread limit (``None``: BLAS decides)."""
+
+    def __init__(self, blas_limit=None):
+        self.blas_limit = blas_limit
+        self._limits = None
+
+    def __enter__(self):
+        self._limits = blas_threads(self.blas_limit)
+        self._limits.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._limits.__exit__(*exc)
+
+    def _sample_sums(self):
+        return _sums_one_thread if self.blas_limit == 1 else _sums_many_threads
+
+    def blocks(self, model, Xc, y):
+        """The training data as the model's blocks."""
+        block = model.prepare_block(Xc, y)
+        block.sample_sums = self._sample_sums()
+        return [block]
+
+    def sizes(self, blocks):
+        return [block.n_samples for block in blocks]
+
+    def map_reduce(self, func, *per_block):
+        """``func(*args)`` for the arguments of every block: the list of first results,
+        and the sum of the second ones (``None`` when they are ``None``)."""
+        return _split_and_sum([func(*args) for args in zip(*per_block, strict=True)])
+
+    def serial(self):
+        """A context with BLAS on one thread, for small sequential work (k-means)."""
+        return blas_threads(1)
+
+
+class ThreadedExecutor(SerialExecutor):
+    """Run EM on ``n_chunks`` consecutive sample chunks in parallel threads.
+
+    The calling thread runs the first chunk meanwhile: products and array arithmetic
+    release the GIL, so the chunks run in parallel, each on one BLAS thread.
+    """
+
+    def __init__(self, n_chunks):
+        super().__init__(blas_limit=1)
+        self.n_chunks = n_chunks
+        self._pool = None
+
+    def __enter__(self):
+        super().__enter__()
+        self._pool = ThreadPoolExecutor(self.n_chunks - 1)
+        return self
+
+    def __exit__(self, *exc):
+        self._pool.shutdown()
+        self._pool = None
+        super().__exit__(*exc)
+
+    def blocks(self, model, Xc, y):
+        whole = model.prepare_block(Xc, y)
+        whole.sample_sums = self._sample_sums()
+        bounds = np.linspace(0, Xc.shape[0], self.n_chunks + 1).round().astype(int)
+        return [whole.rows(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def map_reduce(self, func, *per_block):
+        items = list(zip(*per_block, strict=True))
+        if self._pool is None or len(items) == 1:
+            return super().map_reduce(func, *per_block)
+        futures = [self._pool.submit(func, *args) for args in items[1:]]
+        results = [func(*items[0])] + [future.result() for future in futures]
+        return _split_and_sum(results)
+
+
+def _split_and_sum(results):
+    kept = [result[0] for result in results]
+    parts = [result[1] for result in results]
+    total = None if parts[0] is None else sum(parts[1:], parts[0])
+    return kept, total
+
+
+def make_executor(n_samples, work):
+    """The executor for a problem of ``n_samples`` and size ``work`` (see _em_parallelism)."""
+    n_chunks, blas_limit = _em_parallelism(n_samples, work)
+    if n_chunks > 1:
+        return ThreadedExecutor(n_chunks)
+    return SerialExecutor(blas_limit)
+
+
+# ------------------------------------------------------------------------ engine steps
+@dataclass
+class EMProblem:
+    """What one fit's EM runs on: the model, its executor and blocks, and the whole
+    (centred) training data for the steps that need all of it at once (initialisation)."""
+
+    model: object
+    executor: object
+    blocks: list
+    Xc: object
+    y: object
+
+
+def e_step(model, executor, blocks, params, with_stats=True):
+    """E-step on every block, each fused with its statistics.
+
+    Returns the per-block :class:`BlockEStep` list, the summed statistics (``None`` when
+    ``with_stats`` is false), the mean log-likelihood per sample (from the reduced sums
+    only) and the latent posterior covariances (K, Lw, Lw).
+    """
+    plan = model.plan(params, blocks[0].n_sq)
+    kept, total = executor.map_reduce(
+        lambda block: model.e_step_with_stats(block, plan, with_stats), blocks
+    )
+    return (kept, total if with_stats else None, total.log_prob / total.n_samples,
+            plan.latent_cov)
+
+
+def stats_of(model, executor, blocks, esteps, latent_cov, fill=None):
+    """Statistics of kept E-steps, summed (``fill``: components given every sample)."""
+    _, stats = executor.map_reduce(
+        lambda block, estep: (None, model.block_stats(block, estep, latent_cov, fill)),
+        blocks, esteps,
+    )
+    return stats
+
+
+def responsibilities_as_esteps(executor, blocks, resp):
+    """Given responsibilities ``resp`` (K, n) as per-block E-steps, with no latent part:
+    a frozen E-step."""
+    bounds = np.cumsum([0] + executor.sizes(blocks))
+    K = resp.shape[0]
+    return [
+        BlockEStep(log_prob=np.full(b - a, np.nan), resp=resp[:, a:b],
+                   latent_mean=np.zeros((0, K, b - a)))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def m_step(model, executor, blocks, esteps, stats, latent_cov, *, raw=False):
+    """The M-step from summed statistics, with emptied components refilled.
+
+    A component whose responsibilities sum below ``EMPTY_COMPONENT_MASS`` gets the
+    statistics of all samples (and keeps its negligible weight), which keeps every
+    parameter finite. ``raw=True`` returns ``model.m_step_moments`` (noise unfloored).
+    """
+    empty = stats.mass < EMPTY_COMPONENT_MASS
+    if empty.any():  # rare: recompute the statistics with the empty components filled
+        stats = stats_of(model, executor, blocks, esteps, latent_cov, fill=empty)
+    return model.m_step_moments(stats) if raw else model.m_step(stats)
+
+
+def m_step_from_resp(model, executor, blocks, resp):
+    """M-step from given responsibilities ``resp`` (K, n): a frozen E-step's M-step.
+
+    Returns ``model.m_step_moments``: the noise is left as raw moments.
+    """
+    esteps = responsibilities_as_esteps(executor, blocks, resp)
+    no_latent = np.zeros((resp.shape[0], 0, 0))
+    stats = stats_of(model, executor, blocks, esteps, no_latent)
+    return m_step(model, executor, blocks, esteps, stats, no_latent, raw=True)
+
+
+# ------------------------------------------------------------------------ the EM loop
+class EMMixin:
+    """The EM loop of an estimator, once: initialisations, warm start, tolerance,
+    ``ConvergenceWarning`` and progress messages (as :class:`sklearn.mixture.BaseMixture`).
+
+    The estimator has the parameters ``max_iter``, ``tol``, ``n_init``, ``warm_start``,
+    ``verbose`` and ``verbose_interval`` and supplies the hook
+    ``_em_initial_params(problem, random_state, resp=None)`` (the parameters of the first
+    M-step, from its own initial responsibilities or from ``resp`` (K, n)).
+    """
+
+    def _print(self, level, message):
+        if self.verbose >= level:
+            print(message)
+
+    def _non_finite_error(self):
+        """The error raised when EM reaches a non-finite log-likelihood (a hook)."""
+        return ValueError(
+            "EM produced a non-finite log-likelihood; the data may contain extreme values. "
+            "Standardise X and y, or increase reg_covar."
+        )
+
+    def _run_em(self, problem, params, start):
+        """EM from ``params``: the bounds, last parameters, iterations and convergence."""
+        model, executor, blocks = problem.model, problem.executor, problem.blocks
+        esteps, stats, bound, latent_cov = e_step(model, executor, blocks, params,
+                                                  with_stats=self.max_iter > 1)
+        bounds = [bound]
+        converged = False
+        n_iter = 1
+        for n_iter in range(2, self.max_iter + 1):
+            params = m_step(model, executor, blocks, esteps, stats, latent_cov)
+            esteps, stats, bound, latent_cov = e_step(
+                model, executor, blocks, params, with_stats=n_iter < self.max_iter
+            )
+            bounds.append(bound)
+            if not np.isfinite(bound):
+                break
+            change = bounds[-1] - bounds[-2]
+            if n_iter % self.verbose_interval == 0:
+                self._print(2, f"  Iteration {n_iter}\t time lapse {time() - start:.5f}s\t "
+                               f"ll change {change:.5f}")
+            if abs(change) < self.tol:
+                converged = True
+                break
+        if self.max_iter == 1 and self.tol > 0:
+            converged = False
+        return bounds, params, n_iter, converged
+
+    def _fit_em(self, problem, random_state, warm_params=None):
+        """Run EM ``n_init`` times (once from ``warm_params`` when given); keep the best.
+
+        Sets ``converged_``, ``n_iter_``, ``lower_bounds_`` and ``lower_bound_``, warns
+        when the best run did not converge, and returns its parameters.
+        """
+        n_init = 1 if warm_params is not None else self.n_init
+        best = None
+        for init in range(n_init):
+            self._print(1, f"Initialization {init}")
+            start = time()
+            if warm_params is not None:
+                params = warm_params
+            else:
+                params = self._em_initial_params(problem, random_state)
+            bounds, params, n_iter, converged = self._run_em(problem, params, start)
+            self._print(
+                1, f"Initialization {'converged' if converged else 'did not converge'}. "
+                   f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
+            )
+            if not np.isfinite(bounds[-1]):
+                raise self._non_finite_error()
+            if best is None or bounds[-1] > best[0][-1]:
+                best = (bounds, params, n_iter, converged)
+
+        bounds, params, n_iter, converged = best
+        if not converged and self.tol > 0 and self.max_iter > 1:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        self.converged_ = converged
+        self.n_iter_ = n_iter
+        self.lower_bounds_ = bounds
+        self.lower_bound_ = bounds[-1]
+        return params
+
+    def _fit_frozen(self, problem, resp, random_state):
+        """The frozen E-step: parameters from the given responsibilities ``resp`` (K, n)
+        by one M-step (and the latent initialisation), and their log-likelihood."""
+        params = self._em_initial_params(problem, random_state, resp=resp)
+        _, _, bound, _ = e_step(problem.model, problem.executor, problem.blocks, params,
+                                with_stats=False)
+        if not np.isfinite(bound):
+            raise self._non_finite_error()
+        self.converged_ = True
+        self.n_iter_ = 1
+        self.lower_bounds_ = [bound]
+        self.lower_bound_ = bound
+        return params
