@@ -21,6 +21,9 @@ Run from the repository root::
 
     python examples/pretrained_regime.py --part frozen
     python examples/pretrained_regime.py --part compare --seeds 0 1 2 --output-dir out
+    # or one process per seed, then one figure:
+    python examples/pretrained_regime.py --part compare --seeds 1 --output-dir out1
+    python examples/pretrained_regime.py --combine out*/results_compare.json
 
 Results (numbers and the figure) are written to ``--output-dir`` (``results.json``,
 ``curves.png``).
@@ -63,6 +66,9 @@ def parse_args(argv=None):
                         help="start from random weights instead of the pretrained ones")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output-dir", type=Path, default=Path("pretrained_regime_output"))
+    parser.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="only summarise and plot results_compare.json files of "
+                             "earlier runs (e.g. one run per seed)")
     return parser.parse_args(argv)
 
 
@@ -228,10 +234,22 @@ def plot_curves(results, path, epochs_per_alternation):
     fig.savefig(path, dpi=110)
 
 
+def combine(args):
+    parts = [json.loads(path.read_text()) for path in args.combine]
+    results = {"runs": [run for part in parts for run in part["runs"]],
+               "learning_rates": [part["learning_rates"] for part in parts]}
+    summarise(results)
+    epochs = int(parts[0]["args"]["epochs"])
+    plot_curves(results, args.output_dir / "curves.png", epochs)
+    print(f"figure: {args.output_dir / 'curves.png'}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        return combine(args)
     tic = time.perf_counter()
     weights = None if args.random_weights else pretrain_head_backbone(
         args.model, image_size=args.image_size)
