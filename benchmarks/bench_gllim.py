@@ -20,6 +20,15 @@ b
 c
     Part b's iteration time with ``n_latent=5`` against ``n_latent=0``
     (target ratio: within 2).
+x
+    Array API dispatch (``sklearn.set_config(array_api_dispatch=True)``) on
+    ``--namespace`` (torch or cupy) arrays on ``--device`` (cpu, cuda, ...), at
+    part b's scale with diagonal noise, ``n_latent`` 0 and 5: one EM iteration,
+    a whole fit (``--fit-iterations`` EM iterations from the same initial
+    responsibilities) and predicting 4000 rows, in float32 and float64, next
+    to numpy (float64, CPU) in the same run, with the largest difference of
+    the predictions from numpy's. Meant to finish in under 3 minutes on one
+    GPU. Set ``SCIPY_ARRAY_API=1`` (the script does it when it is unset).
 
 The time per iteration is measured on warm-started fits,
 (t(max_iter=1 + m) - t(max_iter=1)) / m, so that the initialisation (reported
@@ -36,21 +45,30 @@ Run everything (takes a few minutes on 2 cores)::
 Only part a, compared with xllim::
 
     python benchmarks/bench_gllim.py --part a --xllim
+
+GLLiM on a GPU through torch, next to numpy on the CPU::
+
+    python benchmarks/bench_gllim.py --part x --device cuda
 """
 
-import argparse
-import gc
-import importlib.metadata
-import resource
-import time
-import tracemalloc
-import warnings
+import os
 
-import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
+os.environ.setdefault("SCIPY_ARRAY_API", "1")  # scikit-learn's Array API dispatch needs it
 
-from gllim_sk import GLLiMRegressor
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import importlib.metadata  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+import sklearn  # noqa: E402
+from sklearn.cluster import KMeans  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+
+from gllim_sk import GLLiMRegressor  # noqa: E402
 
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
@@ -198,10 +216,75 @@ def part_bc(parts, repeat, n_more, dtype):
               f"(target <= 2)")
 
 
+def _array_module(namespace, device):
+    """(module, to_array(numpy_array, dtype_name), synchronise()) for ``namespace``."""
+    if namespace == "torch":
+        import torch
+
+        dev = torch.device(device)
+
+        def synchronise():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        return (lambda a, dtype: torch.asarray(a, dtype=getattr(torch, dtype), device=dev),
+                synchronise)
+    import cupy
+
+    def synchronise():
+        cupy.cuda.Device().synchronize()
+
+    return (lambda a, dtype: cupy.asarray(a, dtype=dtype)), synchronise
+
+
+def part_x(namespace, device, repeat, n_more, fit_iterations):
+    to_array, synchronise = _array_module(namespace, device)
+    n, n_test, D, L, K = 12000, 4000, 1888, 3, 50
+    X, y = make_data(n + n_test, D, L, seed=2)
+    X_test = X[n:]
+    X, y = X[:n], y[:n]
+    resp = kmeans_resp(y, K)
+    print(f"(x) n={n}, D={D}, L={L}, K={K}, diag; {namespace} on {device} next to numpy "
+          f"(float64, CPU); fit = {fit_iterations} EM iterations from the same "
+          f"responsibilities; predict {n_test} rows; best of {repeat}")
+
+    def measure(X_fit, y_fit, X_new, n_latent, sync):
+        def timed(func):
+            def run():
+                result = func()
+                sync()
+                return result
+            return best_time(run, repeat)
+
+        seconds, _ = iteration_time(X_fit, y_fit, resp, n_latent, n_more, 1)
+        model = GLLiMRegressor(K, covariance_type="diag", n_latent=n_latent, resp_init=resp,
+                               max_iter=fit_iterations, tol=0)
+        fit_time, _ = timed(lambda: model.fit(X_fit, y_fit))
+        predict_time, pred = timed(lambda: model.predict(X_new))
+        return seconds, fit_time, predict_time, pred
+
+    for n_latent in (0, 5):
+        it_np, fit_np, pred_np_time, pred_np = measure(X, y, X_test, n_latent, lambda: None)
+        print(f"  n_latent={n_latent}  numpy   float64: iteration {it_np * 1e3:8.1f} ms   "
+              f"fit {fit_np:7.2f} s   predict {pred_np_time * 1e3:8.1f} ms")
+        for dtype in ("float32", "float64"):
+            X_d, y_d, X_new = to_array(X, dtype), to_array(y, dtype), to_array(X_test, dtype)
+            synchronise()
+            with sklearn.config_context(array_api_dispatch=True):
+                it, fit, pred_time, pred = measure(X_d, y_d, X_new, n_latent, synchronise)
+            pred = np.asarray(pred.get() if hasattr(pred, "get") else pred.cpu())
+            error = np.abs(pred - pred_np).max() / np.abs(pred_np).max()
+            print(f"  n_latent={n_latent}  {namespace:7s} {dtype}: iteration {it * 1e3:8.1f} "
+                  f"ms   fit {fit:7.2f} s   predict {pred_time * 1e3:8.1f} ms   "
+                  f"(x{it_np / it:.1f}, x{fit_np / fit:.1f}, x{pred_np_time / pred_time:.1f} "
+                  f"numpy's speed; predictions within {error:.1e} of numpy's, relative)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"],
-                        help="which benchmarks to run (default: all)")
+    parser.add_argument("--part", nargs="+", choices=["a", "b", "c", "x"],
+                        default=["a", "b", "c"],
+                        help="which benchmarks to run (default: a b c)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed repetitions; the best is reported (default: 3)")
     parser.add_argument("--iterations", type=int, default=3,
@@ -209,6 +292,12 @@ def main(argv=None):
     parser.add_argument("--xllim", action="store_true",
                         help="also time the xllim package on part a, if installed")
     parser.add_argument("--float32", action="store_true", help="run on float32 data")
+    parser.add_argument("--namespace", choices=["torch", "cupy"], default="torch",
+                        help="array library of part x (default: torch)")
+    parser.add_argument("--device", default="cpu",
+                        help="device of part x's arrays, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--fit-iterations", type=int, default=20,
+                        help="EM iterations of part x's whole fit (default: 20)")
     args = parser.parse_args(argv)
     dtype = np.float32 if args.float32 else np.float64
     print(f"numpy {np.__version__}; ru_maxrss at start {max_rss_mb():.0f} MB")
@@ -216,6 +305,8 @@ def main(argv=None):
         part_a(args.repeat, args.xllim, dtype)
     if "b" in args.part or "c" in args.part:
         part_bc(set(args.part), args.repeat, args.iterations, dtype)
+    if "x" in args.part:
+        part_x(args.namespace, args.device, args.repeat, args.iterations, args.fit_iterations)
 
 
 if __name__ == "__main__":

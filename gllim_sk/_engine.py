@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import ThreadpoolController
 
+from ._compat import array_namespace, zeros
 from ._gllim_math import EMPTY_COMPONENT_MASS, BlockEStep
 
 # EM's threading by the size n * D * K * (L + 2 + Lw) (see _em_parallelism): one thread
@@ -87,8 +88,9 @@ def _sums_many_threads(weights, M):
 class SerialExecutor:
     """Run EM on one block, under a BLAS thread limit (``None``: BLAS decides)."""
 
-    def __init__(self, blas_limit=None):
+    def __init__(self, blas_limit=None, sample_sums=None):
         self.blas_limit = blas_limit
+        self.sample_sums = sample_sums
         self._limits = None
 
     def __enter__(self):
@@ -100,6 +102,8 @@ class SerialExecutor:
         self._limits.__exit__(*exc)
 
     def _sample_sums(self):
+        if self.sample_sums is not None:
+            return self.sample_sums
         return _sums_one_thread if self.blas_limit == 1 else _sums_many_threads
 
     def blocks(self, model, Xc, y):
@@ -165,8 +169,12 @@ def _split_and_sum(results):
     return kept, total
 
 
-def make_executor(n_samples, work):
-    """The executor for a problem of ``n_samples`` and size ``work`` (see _em_parallelism)."""
+def make_executor(n_samples, work, xp=np):
+    """The executor for a problem of ``n_samples`` and size ``work`` (see _em_parallelism)
+    in namespace ``xp``: arrays of other libraries than numpy run as one block, their
+    library deciding how (a GPU runs each product on the whole device)."""
+    if xp is not np:
+        return SerialExecutor(sample_sums=_sums_one_thread)
     n_chunks, blas_limit = _em_parallelism(n_samples, work)
     if n_chunks > 1:
         return ThreadedExecutor(n_chunks)
@@ -193,7 +201,7 @@ def e_step(model, executor, blocks, params, with_stats=True):
     ``with_stats`` is false), the mean log-likelihood per sample (from the reduced sums
     only) and the latent posterior covariances (K, Lw, Lw).
     """
-    plan = model.plan(params, blocks[0].n_sq)
+    plan = model.plan(params, blocks[0].n_sq, dtype=blocks[0].Xc.dtype)
     kept, total = executor.map_reduce(
         lambda block: model.e_step_with_stats(block, plan, with_stats), blocks
     )
@@ -215,9 +223,9 @@ def responsibilities_as_esteps(executor, blocks, resp):
     a frozen E-step."""
     bounds = np.cumsum([0] + executor.sizes(blocks))
     K = resp.shape[0]
+    xp = array_namespace(resp)
     return [
-        BlockEStep(log_prob=np.full(b - a, np.nan), resp=resp[:, a:b],
-                   latent_mean=np.zeros((0, K, b - a)))
+        BlockEStep(log_prob=None, resp=resp[:, a:b], latent_mean=zeros(xp, (0, K, b - a), resp))
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
 
@@ -230,7 +238,7 @@ def m_step(model, executor, blocks, esteps, stats, latent_cov, *, raw=False):
     parameter finite. ``raw=True`` returns ``model.m_step_moments`` (noise unfloored).
     """
     empty = stats.mass < EMPTY_COMPONENT_MASS
-    if empty.any():  # rare: recompute the statistics with the empty components filled
+    if bool(array_namespace(empty).any(empty)):  # rare: recompute with the empty filled
         stats = stats_of(model, executor, blocks, esteps, latent_cov, fill=empty)
     return model.m_step_moments(stats) if raw else model.m_step(stats)
 
@@ -241,7 +249,7 @@ def m_step_from_resp(model, executor, blocks, resp):
     Returns ``model.m_step_moments``: the noise is left as raw moments.
     """
     esteps = responsibilities_as_esteps(executor, blocks, resp)
-    no_latent = np.zeros((resp.shape[0], 0, 0))
+    no_latent = zeros(array_namespace(resp), (resp.shape[0], 0, 0), resp)
     stats = stats_of(model, executor, blocks, esteps, no_latent)
     return m_step(model, executor, blocks, esteps, stats, no_latent, raw=True)
 

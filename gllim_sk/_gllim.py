@@ -2,7 +2,7 @@
 
 import dataclasses
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 
 import numpy as np
@@ -14,7 +14,21 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from . import _engine
 from . import _gllim_math as gm
-from ._compat import Interval, StrOptions, _fit_context
+from ._compat import (
+    Interval,
+    StrOptions,
+    _fit_context,
+    _is_numpy_namespace,
+    array_device,
+    array_namespace,
+    check_same_namespace,
+    einsum,
+    get_namespace,
+    move_to,
+    permute,
+    swap_last,
+    to_numpy,
+)
 
 __all__ = ["GLLiMRegressor"]
 
@@ -26,10 +40,38 @@ GMM_INIT_MAX_ITER = 20
 GMM_INIT_TOL = 1e-3
 
 
+def _input_namespace(*arrays):
+    """The namespace the inputs are computed in: numpy unless Array API dispatch is on
+    and they are arrays of another library."""
+    xp, is_array_api = get_namespace(*arrays)
+    if not is_array_api or _is_numpy_namespace(xp):
+        return np
+    return xp
+
+
+def _input_array(a):
+    """``a`` as an array (lists and data frames become numpy arrays)."""
+    if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
+        return a
+    return np.asarray(a)
+
+
+def _as_dtype(a, dtype):
+    xp = array_namespace(a)
+    return a.astype(dtype, copy=False) if xp is np else xp.astype(a, dtype)
+
+
+def _total(a):
+    """The sum of ``a`` (numpy's scalar for numpy arrays, a float otherwise)."""
+    xp = array_namespace(a)
+    return a.sum() if xp is np else float(xp.sum(xp.astype(a, xp.float64)))
+
+
 def variance_scale(values):
     """Mean column variance of ``values``, the unit of the relative ``reg_covar`` (1 when
     every column is constant)."""
-    scale = float(np.mean(np.var(values, axis=0))) if values.size else 0.0
+    xp = array_namespace(values)
+    scale = float(xp.mean(xp.var(values, axis=0))) if values.shape[0] * values.shape[1] else 0.0
     return scale if np.isfinite(scale) and scale > 0 else 1.0
 
 
@@ -295,6 +337,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
+        tags.array_api_support = True
         return tags
 
     # ------------------------------------------------------------------ validation
@@ -303,13 +346,17 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
             check_array(y, accept_sparse=False, ensure_2d=False, dtype=None,
                         ensure_all_finite=False, ensure_min_samples=0, input_name="y")
+        xp = _input_namespace(X)
+        if xp is not np:  # y follows X to its namespace and device
+            y = move_to(_input_array(y), xp=xp, device=array_device(X))
         X, y = validate_data(
-            self, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True,
+            self, X, y, dtype=[xp.float64, xp.float32], multi_output=True, y_numeric=True,
             ensure_min_samples=2,
         )
-        y = np.asarray(y)
+        xp = array_namespace(X)
+        y = np.asarray(y) if xp is np else y
         self._y_ndim = y.ndim
-        y2 = y.reshape(-1, 1) if y.ndim == 1 else y
+        y2 = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
         n, D = X.shape
         L = y2.shape[1]
         if L > D:
@@ -328,14 +375,17 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             )
         if self.reg_covar == 0:
             for name, values in (("X", X), ("y", y2)):
-                constant = np.flatnonzero(np.ptp(values, axis=0) == 0)
+                spread = xp.max(values, axis=0) - xp.min(values, axis=0)
+                constant = np.flatnonzero(to_numpy(spread) == 0)
                 if constant.size:
                     raise ValueError(
                         f"{name} has constant column(s) {constant[:10].tolist()}: with "
                         "reg_covar=0 their variance is zero and the likelihood infinite. "
                         "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
                     )
-        return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
+        if xp is np:  # numpy fits run in float64
+            return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
+        return X, xp.astype(y2, X.dtype)
 
     def _structure(self, n_features, n_targets):
         """The settings that shape the parameters: a warm start needs all of them equal."""
@@ -379,7 +429,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         )
 
     def _check_resp(self, resp, n_samples, name="resp_init"):
-        """Validated responsibilities (n_samples, n_components), rows normalised."""
+        """Validated responsibilities (n_samples, n_components), rows normalised (numpy)."""
+        resp = to_numpy(resp)
         if np.ndim(resp) != 2:
             raise ValueError(
                 f"{name} must be a 2-D array of shape (n_samples, n_components), got "
@@ -398,15 +449,21 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             raise ValueError(f"{name} has rows that sum to 0; each row needs mass.")
         return resp / totals
 
-    def _check_X(self, X):
+    def _check_X(self, X, method="predict"):
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        check_same_namespace(X, self, attribute="weights_", method=method)
+        xp = _input_namespace(X)
+        X = validate_data(self, X, dtype=[xp.float64, xp.float32], reset=False)
         return X, X.dtype
 
     def _check_y(self, y, n_samples=None):
-        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        xp = _input_namespace(self.weights_)
+        if xp is not np:
+            y = move_to(_input_array(y), xp=xp, device=array_device(self.weights_))
+        y = check_array(y, ensure_2d=False, dtype=xp.float64, input_name="y")
+        xp = array_namespace(y)
         if y.ndim == 1:
-            y = y.reshape(-1, 1)
+            y = xp.reshape(y, (-1, 1))
         if y.ndim != 2 or y.shape[1] != self.n_targets_:
             raise ValueError(
                 f"y has shape {y.shape}; expected {self.n_targets_} target column(s)."
@@ -415,7 +472,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"X and y have inconsistent numbers of samples: {n_samples} and {y.shape[0]}."
             )
-        return y - self.target_mean_
+        return y - xp.asarray(self.target_mean_, device=array_device(y))
 
     # ------------------------------------------------------------------ fitting
     def _em_model(self, var_floor=None):
@@ -456,18 +513,26 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
 
     def _em_initial_params(self, problem, random_state, resp=None):
         """The first M-step, from the initial responsibilities (or ``resp`` (K, n))."""
+        xp = array_namespace(problem.Xc)
         if resp is None:
-            # k-means and the GMM on y are tiny: their OpenMP threads only spin.
+            # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
+            # with numpy, whatever the namespace of the data.
             with problem.executor.serial():
-                resp = self._initial_resp(problem.Xc, problem.y, random_state)
+                resp = self._initial_resp(to_numpy(problem.Xc), to_numpy(problem.y),
+                                          random_state)
+        if xp is not np:
+            resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model
         params, raw, _ = _engine.m_step_from_resp(model, problem.executor, problem.blocks,
                                                   resp)
         if self.n_latent == 0:
             params.noise = model.finalize_noise(raw, params.weights)
             return params
-        return model.init_latent(problem.Xc, problem.y, resp, params, raw, self.n_latent,
-                                 random_state)
+        # Off numpy the latent PCA runs on the host, beside the array library's own
+        # threads: BLAS on one thread there avoids oversubscribing the cores.
+        with problem.executor.serial() if xp is not np else nullcontext():
+            return model.init_latent(problem.Xc, problem.y, resp, params, raw,
+                                     self.n_latent, random_state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -502,25 +567,40 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             frozen_resp = np.ascontiguousarray(
                 self._check_resp(frozen_resp, X.shape[0], name="resp").T
             )
+            xp = array_namespace(X)
+            if xp is not np:
+                frozen_resp = xp.asarray(frozen_resp, device=array_device(X))
         do_warm = frozen_resp is None and self._can_warm_start(X.shape[1], y.shape[1])
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
         # reg_covar is relative to the data's scale (see its documentation).
         self._reg_floors = (self.reg_covar * variance_scale(X),
                             self.reg_covar * variance_scale(y))
-        offset = self.feature_mean_ if do_warm else X.mean(axis=0)
-        y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
-        # Centring both variables keeps the expanded quadratic forms free of cancellation.
-        Xc = X - offset
-        yc = y - y_offset
+        xp = array_namespace(X)
+        if xp is np:
+            offset = self.feature_mean_ if do_warm else X.mean(axis=0)
+            y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
+            # Centring both variables keeps the expanded quadratic forms free of
+            # cancellation.
+            Xc = X - offset
+            yc = y - y_offset
+            centred_var = Xc.var(axis=0) if self.n_latent > 0 else None
+        else:
+            # Means and centring in float64 whatever the dtype of the data.
+            X64, y64 = xp.astype(X, xp.float64), xp.astype(y, xp.float64)
+            offset = self.feature_mean_ if do_warm else xp.mean(X64, axis=0)
+            y_offset = self.target_mean_ if do_warm else xp.mean(y64, axis=0)
+            Xc, yc = xp.astype(X64 - offset, X.dtype), xp.astype(y64 - y_offset, X.dtype)
+            centred_var = xp.var(X64 - offset, axis=0) if self.n_latent > 0 else None
+            del X64, y64
         # The latent model's likelihood goes through (I + W' Sigma^-1 W)^-1, whose
         # conditioning degrades as a noise variance approaches zero (a Heywood case, which
         # factor analysis can reach): a floor relative to each feature's variance keeps it
         # well conditioned.
-        var_floor = LATENT_NOISE_FLOOR * Xc.var(axis=0) if self.n_latent > 0 else None
+        var_floor = None if centred_var is None else LATENT_NOISE_FLOOR * centred_var
         model = self._em_model(var_floor)
         work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        with (_engine.make_executor(X.shape[0], work) as executor,
+        with (_engine.make_executor(X.shape[0], work, xp) as executor,
               self._singular_covariances_reported()):
             problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc),
                                         Xc, yc)
@@ -545,8 +625,10 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         self.weights_ = params.weights
         self.target_means_ = params.c + y_offset
         self.target_covariances_ = model.target.public(params.gamma)
-        self.inverse_coef_ = np.ascontiguousarray(params.A)
-        self.latent_coef_ = np.ascontiguousarray(params.W)
+        xp = array_namespace(params.A)
+        contiguous = np.ascontiguousarray if xp is np else (lambda a: xp.asarray(a, copy=True))
+        self.inverse_coef_ = contiguous(params.A)
+        self.latent_coef_ = contiguous(params.W)
         self.inverse_intercept_ = params.b + offset - params.A @ y_offset
         self.noise_covariances_ = model.noise.public(params.noise)
         fwd = self._forward
@@ -572,11 +654,36 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         super().__setstate__(state)
 
     # ------------------------------------------------------------------ prediction
-    def _mixture(self, X):
-        X, dtype = self._check_X(X)
-        Xc = X.astype(np.float64) - self.feature_mean_
-        log_nu, means = self._em_model().forward_mixture(Xc, self._forward)
-        return log_nu, means + self.target_mean_, dtype
+    def _core(self):
+        """The internal parameters and forward caches, in the namespace and on the device
+        of the public attributes (moved there once when the model was moved, e.g. by
+        ``sklearn.utils._array_api.move_estimator_to``)."""
+        xp = array_namespace(self.weights_)
+        params, forward = self._params, self._forward
+        if (array_namespace(params.weights) is not xp
+                or array_device(params.weights) != array_device(self.weights_)):
+            device = array_device(self.weights_)
+
+            def move(obj):
+                fields = {name: (None if value is None else move_to(value, xp=xp, device=device))
+                          for name, value in vars(obj).items()}
+                return type(obj)(**fields)
+
+            params, forward = move(params), move(forward)
+            self._params, self._forward = params, forward
+        return params, forward
+
+    def _mixture(self, X, method="predict"):
+        X, dtype = self._check_X(X, method)
+        xp = array_namespace(X)
+        _, forward = self._core()
+        if xp is np:
+            Xc = X.astype(np.float64) - self.feature_mean_
+        else:
+            Xc = X - xp.astype(self.feature_mean_, dtype)
+        log_nu, means = self._em_model().forward_mixture(Xc, forward)
+        target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, dtype)
+        return log_nu, means + target_mean, dtype
 
     def _shape_out(self, a):
         """Drop the target axis for models fitted on 1-D y."""
@@ -604,19 +711,23 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             Only with ``return_cov=True``.
         """
         log_nu, means, dtype = self._mixture(X)
-        nu = np.exp(log_nu)
-        mean = np.einsum("nk,nkl->nl", nu, means)
-        out = [self._shape_out(mean).astype(dtype, copy=False)]
+        xp = array_namespace(means)
+        nu = xp.exp(log_nu)
+        mean = einsum(xp, "nk,nkl->nl", nu, means)
+        out = [self._shape_out(mean)]
         if return_std or return_cov:
-            second = np.einsum("nk,klm->nlm", nu, self._forward.cov)
-            second += np.einsum("nk,nkl,nkm->nlm", nu, means, means)
+            forward_cov = xp.astype(self._core()[1].cov, means.dtype)
+            second = einsum(xp, "nk,klm->nlm", nu, forward_cov)
+            second += einsum(xp, "nk,nkl,nkm->nlm", nu, means, means)
             cov = second - mean[:, :, None] * mean[:, None, :]
-            cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+            cov = 0.5 * (cov + swap_last(xp, cov))
             if return_std:
-                var = np.maximum(np.einsum("nll->nl", cov), 0.0)
-                out.append(self._shape_out(np.sqrt(var)).astype(dtype, copy=False))
+                var = einsum(xp, "nll->nl", cov)
+                var = xp.maximum(var, xp.zeros_like(var))
+                out.append(self._shape_out(xp.sqrt(var)))
             if return_cov:
-                out.append(cov.astype(dtype, copy=False))
+                out.append(cov)
+        out = [_as_dtype(a, dtype) for a in out]
         return out[0] if len(out) == 1 else tuple(out)
 
     def predict_mixture(self, X):
@@ -636,11 +747,12 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         covariances : ndarray of shape (n_components, n_targets, n_targets)
             Component covariances Sigma*_k (they do not depend on x).
         """
-        log_nu, means, dtype = self._mixture(X)
+        log_nu, means, dtype = self._mixture(X, "predict_mixture")
+        xp = array_namespace(means)
         return (
-            np.exp(log_nu).astype(dtype, copy=False),
-            means.astype(dtype, copy=False),
-            self._forward.cov.astype(dtype, copy=False),
+            _as_dtype(xp.exp(log_nu), dtype),
+            _as_dtype(means, dtype),
+            _as_dtype(self._core()[1].cov, dtype),
         )
 
     def component_posterior(self, X=None, y=None):
@@ -664,23 +776,30 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         if X is None and y is None:
             raise ValueError("component_posterior needs X, y or both.")
         if y is None:
-            return np.exp(self._mixture(X)[0])
+            log_nu = self._mixture(X, "component_posterior")[0]
+            return array_namespace(log_nu).exp(log_nu)
         if X is None:
             y = self._check_y(y)
+            xp = array_namespace(y)
+            params, _ = self._core()
             with np.errstate(divide="ignore"):
-                log_w = np.log(self.weights_)
-            logp = log_w[:, None] + gm.target_log_density(y, self._params.c,
-                                                          self._params.gamma)
-            return np.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
+                log_w = xp.log(params.weights)
+            logp = log_w[:, None] + gm.target_log_density(y, params.c, params.gamma)
+            return xp.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
         return self._joint_estep(X, y).resp.T
 
     def _joint_estep(self, X, y):
-        X, _ = self._check_X(X)
+        X, _ = self._check_X(X, "joint_log_density")
         y = self._check_y(y, X.shape[0])
-        Xc = X.astype(np.float64) - self.feature_mean_
+        xp = array_namespace(X)
+        params, _ = self._core()
+        if xp is np:
+            Xc = X.astype(np.float64) - self.feature_mean_
+        else:
+            Xc, y = X - xp.astype(self.feature_mean_, X.dtype), xp.astype(y, X.dtype)
         model = self._em_model()
         block = model.prepare_block(Xc, y)
-        return model.e_step(block, model.plan(self._params, block.n_sq))
+        return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
 
     def joint_log_density(self, X, y):
         """Log-density log p(x, y) of each pair under the fitted joint model.
@@ -698,12 +817,16 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         -------
         log_density : ndarray of shape (n_samples,)
         """
-        log_nu, means, _ = self._mixture(X)
-        y = self._check_y(y, log_nu.shape[0])
-        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(self._forward.cov)
-        diff = y[:, None, :] - (means - self.target_mean_)  # both centred
-        z = np.einsum("kij,nkj->nki", inv_chol, diff)
-        log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None] + np.einsum("nki,nki->nk", z, z))
+        log_nu, means, _ = self._mixture(X, "conditional_log_density")
+        xp = array_namespace(means)
+        y = xp.astype(self._check_y(y, log_nu.shape[0]), means.dtype)
+        cov = xp.astype(self._core()[1].cov, means.dtype)
+        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(cov)
+        target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, y.dtype)
+        diff = y[:, None, :] - (means - target_mean)  # both centred
+        z = einsum(xp, "kij,nkj->nki", inv_chol, diff)
+        log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None, :]
+                           + einsum(xp, "nki,nki->nk", z, z))
         return gm.logsumexp(log_nu + log_comp, axis=1)
 
     def sample_y(self, X, n_samples=1, random_state=None):
@@ -716,7 +839,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         n_samples : int, default=1
             Number of draws per row of X.
         random_state : int, RandomState instance or None, default=None
-            Seed of the draws.
+            Seed of the draws (numpy's generator: with Array API inputs the draws are
+            made on the host and returned in the namespace and on the device of ``X``).
 
         Returns
         -------
@@ -727,19 +851,23 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         rng = check_random_state(random_state)
-        log_nu, means, dtype = self._mixture(X)
+        log_nu, means, dtype = self._mixture(X, "sample_y")
+        xp = array_namespace(means)
+        log_nu, means = to_numpy(log_nu), to_numpy(means)
         n, K, L = means.shape
         nu = np.exp(log_nu)
         cum = np.cumsum(nu, axis=1)
         u = rng.uniform(size=(n, n_samples)) * cum[:, -1:]
         comp = np.minimum((u[:, :, None] > cum[:, None, :]).sum(axis=2), K - 1)
-        chol = np.linalg.cholesky(self._forward.cov)
+        chol = np.linalg.cholesky(to_numpy(self._core()[1].cov))
         noise = np.einsum("nslm,nsm->nsl", chol[comp], rng.standard_normal((n, n_samples, L)))
         draws = means[np.arange(n)[:, None], comp] + noise  # (n, s, L)
         draws = np.transpose(draws, (0, 2, 1))
         if self._y_ndim == 1:
             draws = draws[:, 0, :]
-        return draws.astype(dtype, copy=False)
+        if xp is np:
+            return draws.astype(dtype, copy=False)
+        return xp.asarray(draws, dtype=dtype, device=array_device(self.weights_))
 
     def inverse_predict(self, y):
         """The learned inverse map E[x | y] = sum_k p(Z = k | y) (A_k y + b_k).
@@ -755,11 +883,13 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         """
         resp = self.component_posterior(y=y)
         y = self._check_y(y)
+        xp = array_namespace(y)
         n, L = y.shape
         K = self.weights_.shape[0]  # fitted, whatever set_params did since
-        ry = (resp[:, :, None] * y[:, None, :]).reshape(n, K * L)
-        A_stack = np.transpose(self.inverse_coef_, (0, 2, 1)).reshape(K * L, -1)
-        return ry @ A_stack + resp @ (self._params.b + self.feature_mean_)  # y is centred
+        params, _ = self._core()
+        ry = xp.reshape(resp[:, :, None] * y[:, None, :], (n, K * L))
+        A_stack = xp.reshape(permute(xp, self.inverse_coef_, (0, 2, 1)), (K * L, -1))
+        return ry @ A_stack + resp @ (params.b + self.feature_mean_)  # y is centred
 
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):
@@ -775,7 +905,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         bic : float
         """
         log_density = self.joint_log_density(X, y)
-        return -2.0 * log_density.sum() + self._n_parameters() * np.log(log_density.shape[0])
+        return (-2.0 * _total(log_density)
+                + self._n_parameters() * np.log(log_density.shape[0]))
 
     def aic(self, X, y):
         """Akaike information criterion of the joint model on (X, y); lower is better.
@@ -784,4 +915,4 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         -------
         aic : float
         """
-        return -2.0 * self.joint_log_density(X, y).sum() + 2.0 * self._n_parameters()
+        return -2.0 * _total(self.joint_log_density(X, y)) + 2.0 * self._n_parameters()

@@ -33,11 +33,24 @@ import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
 from sklearn.utils.extmath import randomized_svd
 
-LOG_2PI = np.log(2.0 * np.pi)
+from ._compat import (
+    array_device,
+    array_namespace,
+    concat,
+    copy,
+    einsum,
+    eye,
+    permute,
+    swap_last,
+    to_numpy,
+    zeros,
+)
+
+LOG_2PI = float(np.log(2.0 * np.pi))
 # Components whose total responsibility falls below this many samples are "empty".
 EMPTY_COMPONENT_MASS = 1e-8
 # Added to every component's mass so that no mixture weight is exactly zero.
-_TINY_MASS = 10 * np.finfo(float).eps
+_TINY_MASS = float(10 * np.finfo(float).eps)
 
 
 # ------------------------------------------------------------------------ noise structures
@@ -54,6 +67,9 @@ class _DiagonalNoise:
 
     def squared_features(self, Xc, out=None):
         """(n, 1) squared row norms for the spherical kinds, else (n, D) squares."""
+        xp = array_namespace(Xc)
+        if xp is not np:
+            return xp.sum(Xc * Xc, axis=1)[:, None] if self.spherical else Xc * Xc
         if self.spherical:
             if out is None:
                 return np.einsum("nd,nd->n", Xc, Xc)[:, None]
@@ -74,7 +90,8 @@ class _DiagonalNoise:
         return Mt / var[:, None, :]
 
     def logdet(self, var, n_components):
-        return np.log(var).sum(axis=1)
+        xp = array_namespace(var)
+        return xp.sum(xp.log(var), axis=1)
 
     def squared_weights(self, var, n_sq):
         """E-step weights of the squared features: -Sigma_k^-1 / 2 as (K, Dq)."""
@@ -88,24 +105,28 @@ class _DiagonalNoise:
 
     def raw(self, stats, xbar, loadings_t, Mzx, explained, pis):
         """Per-component noise moments before pooling and flooring, (K, D)."""
+        xp = array_namespace(xbar)
         n_sq = self.n_squared(xbar.shape[1])
         second = stats.moments[:, :n_sq] / stats.mass[:, None]  # (K, D) or (K, 1)
         if self.spherical:  # only the trace is needed
-            D = xbar.shape[1]
-            raw = (second[:, 0] - (xbar**2).sum(1) - explained.sum(1)) / D
-            return np.repeat(raw[:, None], D, axis=1)
+            K, D = xbar.shape
+            raw = (second[:, 0] - xp.sum(xbar**2, axis=1) - xp.sum(explained, axis=1)) / D
+            if xp is np:
+                return np.repeat(raw[:, None], D, axis=1)
+            return xp.broadcast_to(raw[:, None], (K, D))
         return second - xbar**2 - explained
 
     def remove_latent(self, raw, W, weights):
         """Take diag(W_k W_k') out of the noise moments (latent initialisation)."""
-        return raw - np.einsum("kdl,kdl->kd", W, W)
+        return raw - einsum(array_namespace(W), "kdl,kdl->kd", W, W)
 
     def finalize(self, raw, pis, reg, var_floor=None):
         """Clip, pool across components as the kind says, and add ``reg``."""
-        var = np.maximum(raw, 0.0)  # cancellation in expanded moments
+        xp = array_namespace(raw)
+        var = xp.maximum(raw, xp.zeros_like(raw))  # cancellation in expanded moments
         if var_floor is not None:
             # Clipping is the constrained maximiser of the per-feature M-step objective.
-            np.maximum(var, var_floor, out=var)
+            var = xp.maximum(var, xp.broadcast_to(var_floor, var.shape))
         return self._pool(var, pis) + reg
 
     def _pool(self, var, pis):
@@ -115,9 +136,6 @@ class _DiagonalNoise:
         """Sigma_k^-1: (K, D) for the diagonal family."""
         return 1.0 / var
 
-    def dense(self, var, k):
-        return np.diag(var[k])
-
     def n_parameters(self, n_components, n_features):
         raise NotImplementedError
 
@@ -126,7 +144,7 @@ class DiagNoise(_DiagonalNoise):
     name = "diag"
 
     def public(self, var):
-        return var.copy()
+        return copy(array_namespace(var), var)
 
     def n_parameters(self, n_components, n_features):
         return n_components * n_features
@@ -137,10 +155,13 @@ class SphericalNoise(_DiagonalNoise):
     spherical = True
 
     def _pool(self, var, pis):
-        return np.repeat(var.mean(axis=1, keepdims=True), var.shape[1], axis=1)
+        xp = array_namespace(var)
+        mean = xp.mean(var, axis=1, keepdims=True)
+        return np.repeat(mean, var.shape[1], axis=1) if xp is np else xp.broadcast_to(
+            mean, var.shape)
 
     def public(self, var):
-        return var[:, 0].copy()
+        return copy(array_namespace(var), var[:, 0])
 
     def n_parameters(self, n_components, n_features):
         return n_components
@@ -150,10 +171,10 @@ class TiedDiagNoise(_DiagonalNoise):
     name = "tied_diag"
 
     def _pool(self, var, pis):
-        return np.broadcast_to(pis @ var, var.shape).copy()
+        return array_namespace(var).broadcast_to(pis @ var, var.shape)
 
     def public(self, var):
-        return var[0].copy()
+        return copy(array_namespace(var), var[0, :])
 
     def n_parameters(self, n_components, n_features):
         return n_features
@@ -164,10 +185,14 @@ class TiedSphericalNoise(_DiagonalNoise):
     spherical = True
 
     def _pool(self, var, pis):
-        return np.full(var.shape, float(pis @ var.mean(axis=1)))
+        xp = array_namespace(var)
+        if xp is np:
+            return np.full(var.shape, float(pis @ var.mean(axis=1)))
+        return xp.broadcast_to(pis @ xp.mean(var, axis=1), var.shape)
 
     def public(self, var):
-        return np.asarray(var[0, 0])
+        xp = array_namespace(var)
+        return np.asarray(var[0, 0]) if xp is np else copy(xp, var[0, 0])
 
     def n_parameters(self, n_components, n_features):
         return 1
@@ -190,23 +215,37 @@ class _CholeskyNoise:
         return out
 
     def _chol(self, chol, k):
-        return chol[0 if chol.shape[0] == 1 else k]
+        return chol[0 if chol.shape[0] == 1 else k, ...]
 
     def solve(self, chol, M):
-        return np.stack([cho_solve((self._chol(chol, k), True), M[k], check_finite=False)
-                         for k in range(M.shape[0])])
+        xp = array_namespace(chol)
+        if xp is np:
+            return np.stack([cho_solve((self._chol(chol, k), True), M[k], check_finite=False)
+                             for k in range(M.shape[0])])
+        inv_chol = xp.linalg.inv(chol)
+        return swap_last(xp, inv_chol) @ (inv_chol @ M)
 
     def solve_rows(self, chol, Mt):
-        return np.swapaxes(self.solve(chol, np.swapaxes(Mt, 1, 2)), 1, 2)
+        xp = array_namespace(chol)
+        return swap_last(xp, self.solve(chol, swap_last(xp, Mt)))
 
     def logdet(self, chol, n_components):
-        diag = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) * 2.0
-        return np.broadcast_to(diag, (n_components,)).copy()
+        xp = array_namespace(chol)
+        if xp is np:
+            diag = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) * 2.0
+            return np.broadcast_to(diag, (n_components,)).copy()
+        diag = xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=1) * 2.0
+        return xp.broadcast_to(diag, (n_components,))
 
     def squared_weights(self, chol, n_sq):
         return None
 
     def quad_features(self, chol, Xc, sq, n_components):
+        xp = array_namespace(chol)
+        if xp is not np:
+            z = xp.linalg.inv(xp.astype(chol, Xc.dtype)) @ Xc.T  # (K or 1, D, n)
+            quad = xp.sum(z * z, axis=1)
+            return copy(xp, xp.broadcast_to(quad, (n_components, Xc.shape[0])))
         out = np.empty((n_components, Xc.shape[0]))
         for k in range(chol.shape[0]):
             z = solve_triangular(chol[k], Xc.T, lower=True, check_finite=False)
@@ -216,17 +255,20 @@ class _CholeskyNoise:
         return out
 
     def finalize(self, raw, pis, reg, var_floor=None):
-        eig_floor = None if var_floor is None else float(np.mean(var_floor))
-        return np.stack([_cholesky_with_floor(S.copy(), reg, eig_floor) for S in raw])
+        xp = array_namespace(raw)
+        if var_floor is None:
+            eig_floor = None
+        else:
+            eig_floor = float(np.mean(var_floor)) if xp is np else xp.mean(var_floor)
+        if xp is np:
+            return np.stack([_cholesky_with_floor(S.copy(), reg, eig_floor) for S in raw])
+        return _cholesky_with_floor_xp(xp, raw, reg, eig_floor)
 
     def precision(self, chol):
         """Sigma_k^-1 as dense (K or 1, D, D) matrices."""
-        inv_chol = np.linalg.inv(chol)
-        return np.swapaxes(inv_chol, 1, 2) @ inv_chol
-
-    def dense(self, chol, k):
-        lk = self._chol(chol, k)
-        return lk @ lk.T
+        xp = array_namespace(chol)
+        inv_chol = xp.linalg.inv(chol)
+        return swap_last(xp, inv_chol) @ inv_chol
 
 
 class FullNoise(_CholeskyNoise):
@@ -235,19 +277,24 @@ class FullNoise(_CholeskyNoise):
     def block_moments(self, block, resp, weighted=False):
         """Sums of r_nk x_n x_n', (K, D, D)."""
         Xc = block.Xc
+        xp = array_namespace(Xc)
+        if xp is not np:  # in float64: the full noise is for small D
+            X64, r64 = _to_float64(Xc), _to_float64(resp)
+            return (X64.T[None, ...] * r64[:, None, :]) @ X64
         return np.stack([(Xc.T * resp[k]) @ Xc for k in range(resp.shape[0])])
 
     def raw(self, stats, xbar, loadings_t, Mzx, explained, pis):
+        xp = array_namespace(xbar)
         raw = stats.noise_moments / stats.mass[:, None, None]
         raw -= xbar[:, :, None] * xbar[:, None, :]
-        raw -= np.swapaxes(loadings_t, 1, 2) @ Mzx
+        raw -= swap_last(xp, loadings_t) @ Mzx
         return raw
 
     def remove_latent(self, raw, W, weights):
-        return raw - W @ np.swapaxes(W, 1, 2)
+        return raw - W @ swap_last(array_namespace(W), W)
 
     def public(self, chol):
-        return chol @ np.swapaxes(chol, 1, 2)
+        return chol @ swap_last(array_namespace(chol), chol)
 
     def n_parameters(self, n_components, n_features):
         return n_components * n_features * (n_features + 1) / 2
@@ -262,20 +309,22 @@ class TiedNoise(_CholeskyNoise):
         With per-sample weights (``weighted``), the sums of (sum_k r_nk) x_n x_n'.
         """
         if weighted:
-            return (block.Xc.T * resp.sum(axis=0)) @ block.Xc
+            X64 = _to_float64(block.Xc)
+            return (X64.T * array_namespace(resp).sum(_to_float64(resp), axis=0)) @ X64
         return block.feature_gram
 
     def raw(self, stats, xbar, loadings_t, Mzx, explained, pis):
+        xp = array_namespace(xbar)
         raw = stats.noise_moments / stats.n_samples
-        raw = raw - np.einsum("k,kd,ke->de", pis, xbar, xbar)
-        raw -= np.einsum("k,kld,kle->de", pis, loadings_t, Mzx)
-        return raw[None]
+        raw = raw - einsum(xp, "k,kd,ke->de", pis, xbar, xbar)
+        raw -= einsum(xp, "k,kld,kle->de", pis, loadings_t, Mzx)
+        return raw[None, ...]
 
     def remove_latent(self, raw, W, weights):
-        return raw - np.einsum("k,kdl,kel->de", weights, W, W)[None]
+        return raw - einsum(array_namespace(W), "k,kdl,kel->de", weights, W, W)[None, ...]
 
     def public(self, chol):
-        return chol[0] @ chol[0].T
+        return chol[0, ...] @ chol[0, ...].T
 
     def n_parameters(self, n_components, n_features):
         return n_features * (n_features + 1) / 2
@@ -306,10 +355,12 @@ class DiagTarget(FullTarget):
     name = "diag"
 
     def project(self, gamma, pis):
-        return np.einsum("kii->ki", gamma)[:, :, None] * np.eye(gamma.shape[1])[None]
+        xp = array_namespace(gamma)
+        return einsum(xp, "kii->ki", gamma)[:, :, None] * eye(xp, gamma.shape[1], gamma)[None, ...]
 
     def public(self, gamma):
-        return np.einsum("kii->ki", gamma).copy()
+        xp = array_namespace(gamma)
+        return copy(xp, einsum(xp, "kii->ki", gamma))
 
     def n_parameters(self, n_components, n_targets):
         return n_components * n_targets
@@ -319,11 +370,12 @@ class SphericalTarget(FullTarget):
     name = "spherical"
 
     def project(self, gamma, pis):
+        xp = array_namespace(gamma)
         L = gamma.shape[1]
-        return np.einsum("kii->k", gamma)[:, None, None] / L * np.eye(L)[None]
+        return einsum(xp, "kii->k", gamma)[:, None, None] / L * eye(xp, L, gamma)[None, ...]
 
     def public(self, gamma):
-        return gamma[:, 0, 0].copy()
+        return copy(array_namespace(gamma), gamma[:, 0, 0])
 
     def n_parameters(self, n_components, n_targets):
         return n_components
@@ -333,10 +385,12 @@ class TiedTarget(FullTarget):
     name = "tied"
 
     def project(self, gamma, pis):
-        return np.broadcast_to(np.einsum("k,kij->ij", pis, gamma), gamma.shape).copy()
+        xp = array_namespace(gamma)
+        pooled = xp.broadcast_to(einsum(xp, "k,kij->ij", pis, gamma), gamma.shape)
+        return copy(xp, pooled)
 
     def public(self, gamma):
-        return gamma[0].copy()
+        return copy(array_namespace(gamma), gamma[0, ...])
 
     def n_parameters(self, n_components, n_targets):
         return n_targets * (n_targets + 1) / 2
@@ -347,11 +401,14 @@ TARGET_STRUCTURES = {cls.name: cls() for cls in (FullTarget, DiagTarget, Spheric
 
 
 def _finalize_gamma(target, gamma, pis, reg):
+    xp = array_namespace(gamma)
     K, L, _ = gamma.shape
     gamma = target.project(gamma, pis)
-    gamma = 0.5 * (gamma + np.swapaxes(gamma, 1, 2))
-    gamma.reshape(K, L * L)[:, :: L + 1] += reg  # the diagonals
-    return gamma
+    gamma = 0.5 * (gamma + swap_last(xp, gamma))
+    if xp is np:
+        gamma.reshape(K, L * L)[:, :: L + 1] += reg  # the diagonals
+        return gamma
+    return gamma + reg * eye(xp, L, gamma)[None, ...]
 
 
 # ------------------------------------------------------------------------------ containers
@@ -411,13 +468,15 @@ class Block:
     def feature_gram(self):
         """Xc' Xc, computed on first use (the "tied" M-step needs it every iteration)."""
         if self._feature_gram is None:
-            self._feature_gram = self.Xc.T @ self.Xc
+            X64 = _to_float64(self.Xc)  # in float64: the tied noise is for small D
+            self._feature_gram = X64.T @ X64
         return self._feature_gram
 
     def rows(self, start, stop):
         """The block of samples ``start:stop`` (views where possible)."""
+        y1 = self.y1[:, start:stop]
         return Block(Xc=self.Xc[start:stop], y=self.y[start:stop],
-                     y1=np.ascontiguousarray(self.y1[:, start:stop]),
+                     y1=np.ascontiguousarray(y1) if isinstance(y1, np.ndarray) else y1,
                      quad_feats=self.quad_feats[start:stop], n_sq=self.n_sq,
                      sample_sums=self.sample_sums)
 
@@ -523,6 +582,8 @@ def _matmul_transposed(a, b):
     Written straight into a Fortran-ordered buffer: no transposed copy, and OpenBLAS
     splits this orientation of a short-and-wide product across threads much better.
     """
+    if not isinstance(a, np.ndarray):
+        return (a @ b).T
     out = np.empty((a.shape[0], b.shape[1]), order="F")
     return np.matmul(a, b, out=out).T
 
@@ -535,25 +596,65 @@ def _triu(L1):
     return rows, cols, np.where(rows == cols, 1.0, 2.0)
 
 
+def _to_float64(a):
+    """``a`` in float64 (numpy arrays are already)."""
+    if isinstance(a, np.ndarray):
+        return a
+    xp = array_namespace(a)
+    return a if a.dtype == xp.float64 else xp.astype(a, xp.float64)
+
+
+def _index(xp, values, like):
+    """Integer indices ``values`` as an array of ``xp`` on the device of ``like``."""
+    return xp.asarray(values, dtype=xp.int64, device=array_device(like))
+
+
+def _pairs(y1):
+    """The products y1_i y1_j (i <= j) of the rows of y1 (L1, n), as (n, P)."""
+    xp = array_namespace(y1)
+    rows, cols, _ = _triu(y1.shape[0])
+    if xp is np:
+        return y1[rows].T * y1[cols].T
+    return (xp.take(y1, _index(xp, rows, y1), axis=0)
+            * xp.take(y1, _index(xp, cols, y1), axis=0)).T
+
+
 def _pair_weights(M):
     """Weights w_k (K, P) with w_k . pairs_n = y1_n' M_k y1_n for symmetric M (K, L1, L1)."""
-    rows, cols, scale = _triu(M.shape[1])
-    return M[:, rows, cols] * scale
+    xp = array_namespace(M)
+    K, L1, _ = M.shape
+    rows, cols, scale = _triu(L1)
+    if xp is np:
+        return M[:, rows, cols] * scale
+    flat = xp.take(xp.reshape(M, (K, L1 * L1)), _index(xp, rows * L1 + cols, M), axis=1)
+    return flat * xp.asarray(scale, dtype=M.dtype, device=array_device(M))
 
 
 def _unpack_pairs(sums, L1):
     """Symmetric (K, L1, L1) matrices from their upper triangles (K, P)."""
+    xp = array_namespace(sums)
     rows, cols, _ = _triu(L1)
-    out = np.empty((sums.shape[0], L1, L1))
-    out[:, rows, cols] = sums
-    out[:, cols, rows] = sums
-    return out
+    if xp is np:
+        out = np.empty((sums.shape[0], L1, L1))
+        out[:, rows, cols] = sums
+        out[:, cols, rows] = sums
+        return out
+    position = np.empty((L1, L1), dtype=np.int64)
+    position[rows, cols] = np.arange(rows.size)
+    position[cols, rows] = np.arange(rows.size)
+    full = xp.take(sums, _index(xp, position.ravel(), sums), axis=1)
+    return xp.reshape(full, (sums.shape[0], L1, L1))
 
 
 def _target_quadratic(c, precision):
     """M_k with y1' M_k y1 = (y - c_k)' Gamma_k^-1 (y - c_k): (K, L + 1, L + 1)."""
+    xp = array_namespace(c)
     K, L = c.shape
-    pc = np.einsum("kij,kj->ki", precision, c)
+    pc = einsum(xp, "kij,kj->ki", precision, c)
+    if xp is not np:
+        top = xp.concat([precision, -pc[:, :, None]], axis=2)
+        corner = einsum(xp, "ki,ki->k", pc, c)[:, None, None]
+        return xp.concat([top, xp.concat([-pc[:, None, :], corner], axis=2)], axis=1)
     M = np.empty((K, L + 1, L + 1))
     M[:, :L, :L] = precision
     M[:, :L, L] = -pc
@@ -564,32 +665,46 @@ def _target_quadratic(c, precision):
 
 def logsumexp(a, axis, keepdims=False):
     """log(sum(exp(a))) along ``axis``; a lean version for the hot loop."""
-    top = a.max(axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    out = np.log(np.exp(a - top).sum(axis=axis, keepdims=True)) + top
-    return out if keepdims else np.squeeze(out, axis=axis)
+    xp = array_namespace(a)
+    top = xp.max(a, axis=axis, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    out = xp.log(xp.sum(xp.exp(a - top), axis=axis, keepdims=True)) + top
+    return out if keepdims else xp.squeeze(out, axis=axis)
 
 
 def spd_inverse_and_logdet(M):
     """Inverse, log-determinant and inverse Cholesky factor of a stack of small SPD matrices."""
-    chol = np.linalg.cholesky(M)
-    inv_chol = np.linalg.inv(chol)
-    inv = np.swapaxes(inv_chol, -1, -2) @ inv_chol
-    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    xp = array_namespace(M)
+    chol = xp.linalg.cholesky(M)
+    inv_chol = xp.linalg.inv(chol)
+    inv = swap_last(xp, inv_chol) @ inv_chol
+    if xp is np:
+        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    else:
+        logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
     return inv, logdet, inv_chol
+
+
+def _with_ones_row(y):
+    """y1 = [y, 1]' (L + 1, n) of targets ``y`` (n, L)."""
+    xp = array_namespace(y)
+    n, L = y.shape
+    if xp is not np:
+        return xp.concat([y.T, xp.ones((1, n), dtype=y.dtype, device=array_device(y))], axis=0)
+    y1 = np.empty((L + 1, n))
+    y1[:L] = y.T
+    y1[L] = 1.0
+    return y1
 
 
 def target_log_density(y, c, gamma):
     """log N(y_n; c_k, Gamma_k) for all k, n: (K, n), from centred targets ``y`` (n, L)."""
-    n, L = y.shape
-    y1 = np.empty((n, L + 1))
-    y1[:, :L] = y
-    y1[:, L] = 1.0
-    rows, cols, _ = _triu(L + 1)
+    xp = array_namespace(y)
+    L = y.shape[1]
     precision, logdet, _ = spd_inverse_and_logdet(gamma)
-    quad = _matmul_transposed(y1[:, rows] * y1[:, cols],
+    quad = _matmul_transposed(_pairs(_with_ones_row(y)),
                               _pair_weights(_target_quadratic(c, precision)).T)
-    np.maximum(quad, 0.0, out=quad)  # the expanded form can dip below zero by rounding
+    quad = xp.maximum(quad, xp.zeros_like(quad))  # the expanded form can dip below zero
     return -0.5 * (L * LOG_2PI + logdet[:, None] + quad)
 
 
@@ -609,18 +724,56 @@ def _cholesky_with_floor(S, reg, eig_floor=None):
         return np.linalg.cholesky((vecs * vals) @ vecs.T)
 
 
+def _cholesky_with_floor_xp(xp, S, reg, eig_floor=None):
+    """:func:`_cholesky_with_floor` for a stack (K, D, D) in any namespace."""
+    S = 0.5 * (S + swap_last(xp, S))
+    if eig_floor is not None:
+        vals, vecs = xp.linalg.eigh(S)
+        vals = xp.maximum(vals, xp.broadcast_to(eig_floor, vals.shape))
+        S = (vecs * vals[:, None, :]) @ swap_last(xp, vecs)
+    S = S + reg * eye(xp, S.shape[-1], S)[None, ...]
+    try:
+        chol = xp.linalg.cholesky(S)
+        if bool(xp.all(xp.isfinite(chol))):
+            return chol
+    except Exception:  # noqa: BLE001 - each library raises its own error type
+        pass
+    vals, vecs = xp.linalg.eigh(S)
+    vals = xp.clip(vals, min=reg)
+    return xp.linalg.cholesky((vecs * vals[:, None, :]) @ swap_last(xp, vecs))
+
+
 def _solve_moments(Mzz, Mzx):
     """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
     # Mzz mixes the targets' units with the latent factors' unit variance: scaling it to
     # unit diagonal keeps the conditioning test and the pseudo-inverse independent of
     # the targets' scale (the solution is the same when Mzz is invertible).
-    diag = np.diagonal(Mzz, axis1=1, axis2=2)
-    unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
+    xp = array_namespace(Mzz)
+    if xp is np:
+        diag = np.diagonal(Mzz, axis1=1, axis2=2)
+        unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
+    else:
+        diag = xp.linalg.diagonal(Mzz)
+        unit = 1.0 / xp.sqrt(xp.where(diag > 0, diag, xp.ones_like(diag)))
     Mzz = Mzz * unit[:, :, None] * unit[:, None, :]
     return unit[:, :, None] * _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
 
 
 def _solve_scaled_moments(Mzz, Mzx):
+    xp = array_namespace(Mzz)
+    if xp is not np:
+        if Mzz.shape[1] == 0:
+            return zeros(xp, (Mzz.shape[0], 0, Mzx.shape[2]), Mzx)
+        try:
+            chol = xp.linalg.cholesky(Mzz)
+            pivots = xp.min(xp.linalg.diagonal(chol), axis=1)
+            scale = xp.sqrt(xp.max(xp.linalg.diagonal(Mzz), axis=1))
+            if bool(xp.all(pivots > 1e-6 * scale)):
+                inv_chol = xp.linalg.inv(chol)
+                return (swap_last(xp, inv_chol) @ inv_chol) @ Mzx
+        except Exception:  # noqa: BLE001 - each library raises its own error type
+            pass
+        return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
     try:
         chol = np.linalg.cholesky(Mzz)
         pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
@@ -650,6 +803,33 @@ def _leading_right_singular(M, n_dirs, random_state):
         return s, vt
     vals, v = np.linalg.eigh(M.T @ M)
     return np.sqrt(np.maximum(vals[::-1][:n_dirs], 0.0)), v[:, ::-1][:, :n_dirs].T
+
+
+def _latent_loadings(Xc, y, resp, A, b, n_latent, random_state):
+    """Probabilistic-PCA loadings W (K, D, Lw) of each component's weighted residuals
+    (numpy; see :meth:`GLLiMModel.init_latent`)."""
+    K, D, _ = A.shape
+    W = np.zeros((K, D, n_latent))
+    # Each sample enters the PCA of its most responsible component only, which keeps the
+    # initialisation at O(n D Lw) whatever K is; tiny components use their top samples.
+    owner = resp.argmax(axis=0)
+    min_rows = max(2 * n_latent + 2, 10)
+    for k in range(K):
+        r = resp[k]
+        rows = np.flatnonzero(owner == k)
+        if rows.size < min_rows:
+            rows = np.argsort(r)[-min_rows:]
+        weight = np.maximum(r[rows], np.finfo(float).tiny)
+        sw = np.sqrt(weight / weight.sum())[:, None]
+        resid = (Xc[rows] - y[rows] @ A[k].T - b[k]) * sw
+        n_dirs = min(n_latent, *resid.shape)
+        s, vt = _leading_right_singular(resid, n_dirs, random_state)
+        s, vt = s[:n_dirs], vt[:n_dirs]
+        lam = s**2
+        total = np.einsum("nd,nd->", resid, resid)
+        s2 = max(total - lam.sum(), 0.0) / max(D - n_dirs, 1)
+        W[k, :, :n_dirs] = vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+    return W
 
 
 # ------------------------------------------------------------------------------ the model
@@ -690,13 +870,23 @@ class GLLiMModel:
 
     # -- data ----------------------------------------------------------------------------
     def prepare_block(self, Xc, y):
-        """The :class:`Block` of centred features ``Xc`` (n, D) and targets ``y`` (n, L)."""
+        """The :class:`Block` of centred features ``Xc`` (n, D) and targets ``y`` (n, L).
+
+        Numpy blocks are float64; other namespaces keep the dtype of ``Xc`` (float32 or
+        float64) for the per-sample products, except with the full noise kinds (meant for
+        small D), whose products need float64.
+        """
+        xp = array_namespace(Xc)
+        if xp is not np and self.noise.dense_quadratic:
+            Xc, y = _to_float64(Xc), _to_float64(y)
         n, L = y.shape
-        y1 = np.empty((L + 1, n))
-        y1[:L] = y.T
-        y1[L] = 1.0
-        rows, cols, _ = _triu(L + 1)
+        y1 = _with_ones_row(y)
         n_sq = self.noise.n_squared(Xc.shape[1]) if Xc.shape[1] else 0
+        if xp is not np:
+            parts = [self.noise.squared_features(Xc)] if n_sq else []
+            quad_feats = xp.concat(parts + [_pairs(y1)], axis=1)
+            return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
+        rows, cols, _ = _triu(L + 1)
         quad_feats = np.empty((n, n_sq + rows.size))
         if n_sq:
             self.noise.squared_features(Xc, out=quad_feats[:, :n_sq])
@@ -704,37 +894,40 @@ class GLLiMModel:
         return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
 
     # -- E-step --------------------------------------------------------------------------
-    def plan(self, params, n_sq, *, x_terms=True, y_terms=True, with_const=True):
+    def plan(self, params, n_sq, *, x_terms=True, y_terms=True, with_const=True, dtype=None):
         """The :class:`EStepPlan` of ``params`` for blocks with ``n_sq`` squared columns.
 
         ``x_terms`` / ``y_terms`` select the parts of the log-density (the x given y term,
         the target term); ``with_const=False`` drops the normalising constants and the
         log mixture weights, leaving -1/2 times the squared Mahalanobis distances.
+        ``dtype``: the dtype of the blocks, when it is not the parameters' (float32
+        blocks take the arrays of the products over samples in float32).
         """
+        xp = array_namespace(params.A)
         K, D, Lw = params.W.shape
         L1 = params.c.shape[1] + 1
         m = L1 + Lw
         noise = params.noise
         # B_k = [A_k, b_k, W_k], held transposed (K, m, D); one (n, D) x (D, m K) product
         # gives B_k' Sigma_k^-1 x_n.
-        Bt = np.concatenate(
-            [np.swapaxes(params.A, 1, 2), params.b[:, None, :], np.swapaxes(params.W, 1, 2)],
-            axis=1,
+        Bt = concat(
+            xp, [swap_last(xp, params.A), params.b[:, None, :], swap_last(xp, params.W)], axis=1
         )
         SBt = self.noise.solve_rows(noise, Bt)
-        gram = Bt @ np.swapaxes(SBt, 1, 2)  # (K, m, m)
-        cross = SBt.transpose(2, 1, 0).reshape(D, m * K) if D and x_terms else None
+        gram = Bt @ swap_last(xp, SBt)  # (K, m, m)
+        cross = (xp.reshape(permute(xp, SBt, (2, 1, 0)), (D, m * K))
+                 if D and x_terms else None)
         # log p(x, y, Z = k) = const_k - (x' S^-1 x - 2 x' S^-1 [A, b] y1 + y1' M_k y1) / 2,
         # where M_k gathers every term quadratic in y: [A, b]' S^-1 [A, b] and the target
         # density's (y - c)' G^-1 (y - c). All but the cross term come from one product
         # with [squared features, y1 pairs]; the pair y1_L y1_L = 1 carries const_k.
         gamma_prec, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        M = np.zeros((K, L1, L1))
+        M = zeros(xp, (K, L1, L1), params.A)
         if x_terms:
             M += gram[:, :L1, :L1]
         if y_terms:
             M += _target_quadratic(params.c, gamma_prec)
-        logdet = np.zeros(K)
+        logdet = zeros(xp, (K,), params.A)
         if x_terms:
             logdet += self.noise.logdet(noise, K)
         if y_terms:
@@ -742,62 +935,85 @@ class GLLiMModel:
         if Lw:
             # Latent part: Woodbury on Sigma_k + W_k W_k'.
             latent_cov, neg_logdet_s, _ = spd_inverse_and_logdet(
-                np.eye(Lw)[None] + gram[:, L1:, L1:]
+                eye(xp, Lw, params.A)[None, ...] + gram[:, L1:, L1:]
             )
             logdet += neg_logdet_s
         else:
-            latent_cov = np.zeros((K, 0, 0))
+            latent_cov = zeros(xp, (K, 0, 0), params.A)
         weights = -0.5 * _pair_weights(M)
         if with_const:
             dims = (D if x_terms else 0) + (L1 - 1 if y_terms else 0)
             with np.errstate(divide="ignore"):
-                const = np.log(params.weights) - 0.5 * (dims * LOG_2PI + logdet)
+                const = xp.log(params.weights) - 0.5 * (dims * LOG_2PI + logdet)
             weights[:, -1] += const
         squared = self.noise.squared_weights(noise, n_sq) if x_terms else None
         if squared is not None:
-            weights = np.concatenate([squared, weights], axis=1)
+            weights = concat(xp, [squared, weights], axis=1)
         elif n_sq:
-            weights = np.concatenate([np.zeros((K, n_sq)), weights], axis=1)
-        latent_cross = gram[:, L1:, :L1].transpose(1, 0, 2).reshape(Lw * K, L1)
-        return EStepPlan(cross=cross, quad_weights=weights, noise=noise, latent_cov=latent_cov,
+            weights = concat(xp, [zeros(xp, (K, n_sq), weights), weights], axis=1)
+        latent_cross = xp.reshape(permute(xp, gram[:, L1:, :L1], (1, 0, 2)), (Lw * K, L1))
+        plan = EStepPlan(cross=cross, quad_weights=weights, noise=noise, latent_cov=latent_cov,
                          latent_cross=latent_cross, x_terms=x_terms)
+        if dtype is not None and dtype != weights.dtype:
+            for field in ("cross", "quad_weights"):
+                value = getattr(plan, field)
+                if value is not None:
+                    setattr(plan, field, xp.astype(value, dtype))
+        return plan
 
     def log_joint(self, block, plan):
         """log p(x_n, y_n, Z_n = k) (K, n) and E[w_n | x_n, y_n, k] (Lw, K, n)."""
+        xp = array_namespace(block.Xc)
         y1 = block.y1
         L1, n = y1.shape
         K = plan.quad_weights.shape[0]
         Lw = plan.latent_cov.shape[1]
-        log_joint = _matmul_transposed(block.quad_feats, plan.quad_weights.T)
+        # The products over samples run in the block's dtype; the rest in float64.
+        log_joint = _to_float64(_matmul_transposed(block.quad_feats, plan.quad_weights.T))
+        if xp is not np:
+            y1 = xp.astype(y1, xp.float64)
         if plan.x_terms and self.noise.dense_quadratic and block.Xc.shape[1]:
-            log_joint -= 0.5 * self.noise.quad_features(plan.noise, block.Xc, None, K)
+            log_joint -= 0.5 * self.noise.quad_features(plan.noise, _to_float64(block.Xc),
+                                                        None, K)
         if plan.cross is not None:
-            H = _matmul_transposed(block.Xc, plan.cross).reshape(L1 + Lw, K, n)
-            log_joint += np.einsum("jkn,jn->kn", H[:L1], y1)
+            H = _to_float64(xp.reshape(_matmul_transposed(block.Xc, plan.cross),
+                                       (L1 + Lw, K, n)))
+            log_joint += einsum(xp, "jkn,jn->kn", H[:L1, ...], y1)
         if Lw and plan.x_terms:
             # t = W' S^-1 (x - A y - b) = W' S^-1 x - (W' S^-1 [A, b]) y1: (Lw, K, n)
-            t = -(plan.latent_cross @ y1).reshape(Lw, K, n)
+            t = -xp.reshape(plan.latent_cross @ y1, (Lw, K, n))
             if plan.cross is not None:
-                t += H[L1:]
-            latent_mean = np.einsum("klm,mkn->lkn", plan.latent_cov, t)
-            log_joint += 0.5 * np.einsum("lkn,lkn->kn", t, latent_mean)
+                t += H[L1:, ...]
+            latent_mean = einsum(xp, "klm,mkn->lkn", plan.latent_cov, t)
+            log_joint += 0.5 * einsum(xp, "lkn,lkn->kn", t, latent_mean)
         else:
-            latent_mean = np.zeros((Lw, K, n))
+            latent_mean = zeros(xp, (Lw, K, n), log_joint)
         return log_joint, latent_mean
 
     def mahalanobis(self, block, params):
         """Squared Mahalanobis distances (K, n) of y_n to c_k under Gamma_k, and of x_n to
         A_k y_n + b_k under Sigma_k + W_k W_k' (the latent factors integrated out)."""
+        xp = array_namespace(block.Xc)
         n_sq = block.n_sq
+        dtype = block.Xc.dtype
         dist_y, _ = self.log_joint(block, self.plan(params, n_sq, x_terms=False,
-                                                    with_const=False))
+                                                    with_const=False, dtype=dtype))
         dist_x, _ = self.log_joint(block, self.plan(params, n_sq, y_terms=False,
-                                                    with_const=False))
-        return (np.maximum(-2.0 * dist_y, 0.0), np.maximum(-2.0 * dist_x, 0.0))
+                                                    with_const=False, dtype=dtype))
+        return (xp.maximum(-2.0 * dist_y, xp.zeros_like(dist_y)),
+                xp.maximum(-2.0 * dist_x, xp.zeros_like(dist_x)))
 
     def e_step(self, block, plan):
         """The :class:`BlockEStep` of a block under ``plan``."""
         log_joint, latent_mean = self.log_joint(block, plan)
+        xp = array_namespace(log_joint)
+        if xp is not np:
+            top = xp.max(log_joint, axis=0)
+            top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+            resp = xp.exp(xp.clip(log_joint - top, min=-700.0))
+            total = xp.sum(resp, axis=0)
+            return BlockEStep(log_prob=xp.log(total) + top, resp=resp / total,
+                              latent_mean=latent_mean)
         top = log_joint.max(axis=0)
         if not np.isfinite(top).all():
             top[~np.isfinite(top)] = 0.0
@@ -816,10 +1032,13 @@ class GLLiMModel:
 
         Returns the :class:`BlockEStep` (kept with the block) and the block's
         :class:`SufficientStats`, or only its :class:`BlockLikelihood` when ``with_stats``
-        is false; either carries ``n_samples`` and the summed ``log_prob``.
+        is false; either carries ``n_samples`` and the summed ``log_prob`` (summed in
+        float64).
         """
         estep = self.e_step(block, plan)
-        log_prob = float(estep.log_prob.sum())
+        xp = array_namespace(estep.log_prob)
+        log_prob = (float(estep.log_prob.sum()) if xp is np
+                    else float(xp.sum(xp.astype(estep.log_prob, xp.float64))))
         if not with_stats:
             return estep, BlockLikelihood(float(block.n_samples), log_prob)
         stats = self.block_stats(block, estep, plan.latent_cov)
@@ -832,8 +1051,15 @@ class GLLiMModel:
 
         ``fill`` (K,) bool marks components that emptied: they get responsibility 1 on
         every sample (the moments of all samples). ``estep.sample_weight`` (K, n), when
-        set, multiplies the responsibilities in every sum but ``resp_mass``.
+        set, multiplies the responsibilities in every sum but ``resp_mass`` and the
+        posterior covariance of the latent factors.
+
+        The products over samples run in the block's dtype; their results, and every sum
+        of the statistics, are float64 (float32 blocks are summed in float64).
         """
+        xp = array_namespace(block.Xc)
+        if xp is not np:
+            return self._block_stats_xp(xp, block, estep, latent_cov, fill)
         resp = estep.resp
         resp_mass = resp.sum(axis=1)
         filled_mass = resp_mass
@@ -884,6 +1110,53 @@ class GLLiMModel:
             noise_moments=self.noise.block_moments(block, resp, weighted) if D else None,
         )
 
+    def _block_stats_xp(self, xp, block, estep, latent_cov, fill):
+        """:meth:`block_stats` in any array namespace."""
+        dtype = block.Xc.dtype
+        resp64 = _to_float64(estep.resp)
+        resp_mass = xp.sum(resp64, axis=1)
+        filled_mass = resp_mass
+        if fill is not None and bool(xp.any(fill)):
+            resp64 = xp.where(fill[:, None], xp.ones_like(resp64), resp64)
+            filled_mass = xp.sum(resp64, axis=1)
+        mass = filled_mass
+        weighted = estep.sample_weight is not None
+        if weighted:
+            resp64 = resp64 * _to_float64(estep.sample_weight)
+            mass = xp.sum(resp64, axis=1)
+        resp = xp.astype(resp64, dtype)  # for the products over samples
+        mean64 = _to_float64(estep.latent_mean)
+        Xc, y1 = block.Xc, block.y1
+        n, D = Xc.shape
+        L1 = y1.shape[0]
+        K = resp.shape[0]
+        Lw = mean64.shape[0]
+        moments = _to_float64(block.sample_sums(resp, block.quad_feats))
+        parts = [y1[:, None, :] * resp[None, ...]] if D else []
+        if Lw:
+            ryw64 = mean64 * resp64[None, ...]
+            parts.append(xp.astype(ryw64, dtype))
+            latent_sum = xp.sum(ryw64, axis=2).T
+            latent_y = einsum(xp, "jn,lkn->kjl", _to_float64(y1[:-1, :]), ryw64)
+            latent_second = einsum(xp, "lkn,mkn->klm", ryw64, mean64)
+            latent_second += filled_mass[:, None, None] * _to_float64(latent_cov)
+        else:
+            latent_sum = zeros(xp, (K, 0), resp_mass)
+            latent_y = zeros(xp, (K, L1 - 1, 0), resp_mass)
+            latent_second = zeros(xp, (K, 0, 0), resp_mass)
+        if D:
+            rz = xp.reshape(xp.concat(parts, axis=0), ((L1 + Lw) * K, n))
+            cross = xp.reshape(_to_float64(block.sample_sums(rz, Xc)), (L1 + Lw, K, D))
+        else:
+            cross = zeros(xp, (L1 + Lw, K, 0), resp_mass)
+        noise_moments = self.noise.block_moments(block, resp, weighted) if D else None
+        return self.stats_type(
+            n_samples=float(n), log_prob=np.nan, resp_mass=resp_mass, mass=mass,
+            moments=moments, cross=cross, latent_sum=latent_sum, latent_y=latent_y,
+            latent_second=latent_second,
+            noise_moments=None if noise_moments is None else _to_float64(noise_moments),
+        )
+
     # -- M-step ----------------------------------------------------------------------------
     def m_step(self, stats):
         """Parameters from statistics summed over all samples."""
@@ -900,6 +1173,7 @@ class GLLiMModel:
         Returns ``Params`` with ``noise=None``, the raw per-component noise moments and
         the (unnormalised) mixture weights that pool them; :meth:`m_step` floors them.
         """
+        xp = array_namespace(stats.mass)
         mass = stats.mass
         K = mass.shape[0]
         Lw = stats.latent_sum.shape[1]
@@ -911,40 +1185,50 @@ class GLLiMModel:
         # Moments of the augmented regressors z = [y, w].
         y_moments = _unpack_pairs(stats.moments[:, n_sq:], L1)  # sums of r y1 y1' (K, L1, L1)
         Lz = L + Lw
-        z_sum = np.empty((K, Lz))
-        z_sum[:, :L] = y_moments[:, :L, L]
-        z_sum[:, L:] = stats.latent_sum
-        Szz = np.empty((K, Lz, Lz))
-        Szz[:, :L, :L] = y_moments[:, :L, :L]
-        if Lw:
-            Szz[:, :L, L:] = stats.latent_y
-            Szz[:, L:, :L] = np.swapaxes(stats.latent_y, 1, 2)
-            Szz[:, L:, L:] = stats.latent_second
-        Szz /= mass[:, None, None]
+        G = stats.cross
+        K, D = G.shape[1:]
+        if xp is np:
+            z_sum = np.empty((K, Lz))
+            z_sum[:, :L] = y_moments[:, :L, L]
+            z_sum[:, L:] = stats.latent_sum
+            Szz = np.empty((K, Lz, Lz))
+            Szz[:, :L, :L] = y_moments[:, :L, :L]
+            if Lw:
+                Szz[:, :L, L:] = stats.latent_y
+                Szz[:, L:, :L] = np.swapaxes(stats.latent_y, 1, 2)
+                Szz[:, L:, L:] = stats.latent_second
+            Szz /= mass[:, None, None]
+        else:
+            z_sum = xp.concat([y_moments[:, :L, L], stats.latent_sum], axis=1)
+            top = xp.concat([y_moments[:, :L, :L], stats.latent_y], axis=2)
+            bottom = xp.concat([swap_last(xp, stats.latent_y), stats.latent_second], axis=2)
+            Szz = xp.concat([top, bottom], axis=1) / mass[:, None, None]
         zbar = z_sum / mass[:, None]  # (K, Lz)
         Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
 
-        G = stats.cross
-        K, D = G.shape[1:]
-        xbar = G[L] / mass[:, None]  # (K, D)
+        xbar = G[L, ...] / mass[:, None]  # (K, D)
         # Cross-covariances of z and x, (K, Lz, D): feature axis last, contiguous.
-        Mzx = np.empty((K, Lz, D))
-        np.divide(G[:L].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, :L])
-        np.divide(G[L1:].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, L:])
+        if xp is np:
+            Mzx = np.empty((K, Lz, D))
+            np.divide(G[:L].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, :L])
+            np.divide(G[L1:].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, L:])
+        else:
+            Mzx = permute(xp, xp.concat([G[:L, ...], G[L1:, ...]], axis=0), (1, 0, 2))
+            Mzx = Mzx / mass[:, None, None]
         Mzx -= zbar[:, :, None] * xbar[:, None, :]
 
         # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
         # The loadings come transposed, [A_k, W_k]' (K, Lz, D).
-        loadings_t = _solve_moments(Mzz, Mzx) if D else np.zeros((K, Lz, 0))
-        b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0]
-        explained = np.einsum("kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
+        loadings_t = _solve_moments(Mzz, Mzx) if D else zeros(xp, (K, Lz, 0), Mzz)
+        b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0, :]
+        explained = einsum(xp, "kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
 
-        gamma = _finalize_gamma(self.target, Mzz[:, :L, :L].copy(), pis,
+        gamma = _finalize_gamma(self.target, copy(xp, Mzz[:, :L, :L]), pis,
                                 self.target_reg_covar)
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis)
         params = Params(
-            weights=pis / pis.sum(), c=zbar[:, :L].copy(), gamma=gamma,
-            A=np.swapaxes(loadings_t[:, :L], 1, 2), W=np.swapaxes(loadings_t[:, L:], 1, 2),
+            weights=pis / xp.sum(pis), c=copy(xp, zbar[:, :L]), gamma=gamma,
+            A=swap_last(xp, loadings_t[:, :L, :]), W=swap_last(xp, loadings_t[:, L:, :]),
             b=b, noise=None,
         )
         return params, raw, pis
@@ -956,29 +1240,17 @@ class GLLiMModel:
         variances of the weighted residuals x - A_k y - b_k and s2 the mean discarded
         variance (the probabilistic-PCA solution); the noise moments lose W_k W_k' (as the
         noise structure holds them) so that Sigma_k + W_k W_k' keeps the residual variance.
+        The PCA runs with numpy on the host whatever the namespace (an initialisation,
+        like k-means: K small eigen-problems, which some libraries solve slowly).
         """
-        K, D, _ = params.A.shape
-        W = np.zeros((K, D, n_latent))
-        # Each sample enters the PCA of its most responsible component only, which keeps
-        # the initialisation at O(n D Lw) whatever K is; tiny components use their top
-        # samples.
-        owner = resp.argmax(axis=0)
-        min_rows = max(2 * n_latent + 2, 10)
-        for k in range(K):
-            r = resp[k]
-            rows = np.flatnonzero(owner == k)
-            if rows.size < min_rows:
-                rows = np.argsort(r)[-min_rows:]
-            weight = np.maximum(r[rows], np.finfo(float).tiny)
-            sw = np.sqrt(weight / weight.sum())[:, None]
-            resid = (Xc[rows] - y[rows] @ params.A[k].T - params.b[k]) * sw
-            n_dirs = min(n_latent, *resid.shape)
-            s, vt = _leading_right_singular(resid, n_dirs, random_state)
-            s, vt = s[:n_dirs], vt[:n_dirs]
-            lam = s**2
-            total = np.einsum("nd,nd->", resid, resid)
-            s2 = max(total - lam.sum(), 0.0) / max(D - n_dirs, 1)
-            W[k, :, :n_dirs] = vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
+        xp = array_namespace(params.A)
+        if xp is np:
+            W = _latent_loadings(Xc, y, resp, params.A, params.b, n_latent, random_state)
+        else:
+            host = [np.asarray(to_numpy(a), dtype=np.float64)
+                    for a in (Xc, y, resp, params.A, params.b)]
+            W = xp.asarray(_latent_loadings(*host, n_latent, random_state), dtype=xp.float64,
+                           device=array_device(params.A))
         params.W = W
         params.noise = self.finalize_noise(self.noise.remove_latent(raw, W, params.weights),
                                            params.weights)
@@ -987,68 +1259,81 @@ class GLLiMModel:
     # -- the forward mixture -----------------------------------------------------------------
     def forward(self, params):
         """Forward parameters of eq. (3), with the latent part integrated out."""
+        xp = array_namespace(params.A)
         K, D, L = params.A.shape
         Lw = params.W.shape[2]
         noise = params.noise
         SA = self.noise.solve(noise, params.A)
         SW = self.noise.solve(noise, params.W)
         latent_cov, neg_logdet_s, _ = spd_inverse_and_logdet(
-            np.eye(Lw)[None] + np.swapaxes(params.W, 1, 2) @ SW
+            eye(xp, Lw, params.A)[None, ...] + swap_last(xp, params.W) @ SW
         )
         # P_k = (Sigma_k + W_k W_k^T)^-1 A_k by Woodbury.
-        P = SA - SW @ (latent_cov @ (np.swapaxes(SW, 1, 2) @ params.A))
+        P = SA - SW @ (latent_cov @ (swap_last(xp, SW) @ params.A))
         gamma_inv, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        cov_inv = gamma_inv + np.swapaxes(params.A, 1, 2) @ P
-        cov = np.linalg.inv(cov_inv)
-        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
-        _, logdet_cov = np.linalg.slogdet(cov)
-        coef = cov @ np.swapaxes(P, 1, 2)
-        intercept = np.einsum(
-            "kij,kj->ki", cov,
-            np.einsum("kij,kj->ki", gamma_inv, params.c) - np.einsum("kdl,kd->kl", P, params.b),
+        cov_inv = gamma_inv + swap_last(xp, params.A) @ P
+        cov = xp.linalg.inv(cov_inv)
+        cov = 0.5 * (cov + swap_last(xp, cov))
+        _, logdet_cov = xp.linalg.slogdet(cov)
+        coef = cov @ swap_last(xp, P)
+        intercept = einsum(
+            xp, "kij,kj->ki", cov,
+            einsum(xp, "kij,kj->ki", gamma_inv, params.c)
+            - einsum(xp, "kdl,kd->kl", P, params.b),
         )
-        means_x = np.einsum("kdl,kl->kd", params.A, params.c) + params.b
+        means_x = einsum(xp, "kdl,kl->kd", params.A, params.c) + params.b
         Sc = self.noise.solve(noise, means_x[:, :, None])[:, :, 0]
         logdet_gamma_star = self.noise.logdet(noise, K) + neg_logdet_s + logdet_gamma - logdet_cov
         with np.errstate(divide="ignore"):
-            log_w = np.log(params.weights)
+            log_w = xp.log(params.weights)
         const = log_w - 0.5 * (D * LOG_2PI + logdet_gamma_star
-                               + np.einsum("kd,kd->k", Sc, means_x))
-        stack = np.concatenate([Sc[:, :, None], SW, P], axis=2)  # (K, D, 1 + Lw + L)
+                               + einsum(xp, "kd,kd->k", Sc, means_x))
+        stack = concat(xp, [Sc[:, :, None], SW, P], axis=2)  # (K, D, 1 + Lw + L)
+        gemm = xp.reshape(permute(xp, stack, (1, 2, 0)), (D, -1))
         return Forward(
             weights=params.weights, means_x=means_x, coef=coef, intercept=intercept, cov=cov,
-            gemm=np.ascontiguousarray(stack.transpose(1, 2, 0).reshape(D, -1)), const=const,
+            gemm=np.ascontiguousarray(gemm) if xp is np else gemm, const=const,
             logdet_x=logdet_gamma_star,
-            t0=np.einsum("kdl,kd->kl", SW, means_x), u0=np.einsum("kdl,kd->kl", P, means_x),
+            t0=einsum(xp, "kdl,kd->kl", SW, means_x), u0=einsum(xp, "kdl,kd->kl", P, means_x),
             latent_cov=latent_cov, noise=noise,
         )
 
     def forward_mixture(self, Xc, fwd):
         """Posterior log-weights log nu_k(x) (n, K) and means A*_k x + b*_k (n, K, L)."""
+        xp = array_namespace(Xc)
         log_nu, means = self.forward_terms(Xc, fwd)
         log_nu -= logsumexp(log_nu, axis=0, keepdims=True)
-        return log_nu.T, means.transpose(2, 1, 0)
+        return log_nu.T, permute(xp, means, (2, 1, 0))
 
     def forward_terms(self, Xc, fwd):
         """Unnormalised log nu_k(x) = log pi_k + log N(x; c*_k, Gamma*_k) (K, n), and the
-        means A*_k x + b*_k as (L, K, n)."""
+        means A*_k x + b*_k as (L, K, n), in float64 (float32 features: the products over
+        samples run in float32)."""
+        xp = array_namespace(Xc)
+        if self.noise.dense_quadratic:  # full noise kinds (small D): products in float64
+            Xc = _to_float64(Xc)
         n, D = Xc.shape
         K, L, _ = fwd.coef.shape
         Lw = fwd.t0.shape[1]
-        sq = self.noise.squared_features(Xc)
+        gemm = fwd.gemm if Xc.dtype == fwd.gemm.dtype else xp.astype(fwd.gemm, Xc.dtype)
         # Component-by-sample layout, as in the E-step: H[j, k, n].
-        H = _matmul_transposed(Xc, fwd.gemm).reshape(1 + Lw + L, K, n)
-        t = H[1 : 1 + Lw] - fwd.t0.T[:, :, None]
-        hu = H[1 + Lw :]
+        H = _to_float64(xp.reshape(_matmul_transposed(Xc, gemm), (1 + Lw + L, K, n)))
+        t = H[1 : 1 + Lw, ...] - fwd.t0.T[:, :, None]
+        hu = H[1 + Lw :, ...]
         u = hu - fwd.u0.T[:, :, None]
-        quad = self.noise.quad_features(fwd.noise, Xc, sq, K)
-        quad -= 2.0 * H[0]
+        if self.noise.dense_quadratic:
+            quad = self.noise.quad_features(fwd.noise, _to_float64(Xc), None, K)
+        else:
+            sq = self.noise.squared_features(Xc)
+            noise = fwd.noise if Xc.dtype == fwd.noise.dtype else xp.astype(fwd.noise, Xc.dtype)
+            quad = _to_float64(self.noise.quad_features(noise, Xc, sq, K))
+        quad -= 2.0 * H[0, ...]
         if Lw:
-            quad -= np.einsum("lkn,lkn->kn", t, np.einsum("klm,mkn->lkn", fwd.latent_cov, t))
-        quad -= np.einsum("lkn,lkn->kn", u, np.einsum("klm,mkn->lkn", fwd.cov, u))
+            quad -= einsum(xp, "lkn,lkn->kn", t, einsum(xp, "klm,mkn->lkn", fwd.latent_cov, t))
+        quad -= einsum(xp, "lkn,lkn->kn", u, einsum(xp, "klm,mkn->lkn", fwd.cov, u))
         # quad lacks the constant c*' Sigma^-1 c*, which sits in fwd.const.
         log_nu = fwd.const[:, None] - 0.5 * quad
-        means = np.einsum("klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
+        means = einsum(xp, "klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
         return log_nu, means
 
     def n_parameters(self, n_components, n_features, n_targets, n_latent):

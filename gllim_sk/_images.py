@@ -6,6 +6,8 @@ live in one place.
 """
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.validation import check_array
 
 __all__ = ["check_images", "images_to_float"]
 
@@ -38,8 +40,8 @@ def check_images(images, *, name="images", min_size=1, ensure_channels=True):
         a channel count other than 1 or 3, an empty batch, images smaller than
         ``min_size``, non-finite values, or float values outside [0, 1].
     TypeError
-        For a dtype that is neither unsigned 8-bit integer, another integer, bool nor
-        floating point.
+        For sparse input, or a dtype that is neither unsigned 8-bit integer, another
+        integer, bool nor floating point.
 
     Examples
     --------
@@ -48,6 +50,8 @@ def check_images(images, *, name="images", min_size=1, ensure_channels=True):
     >>> check_images(np.zeros((2, 8, 8), dtype=np.uint8)).shape
     (2, 8, 8, 1)
     """
+    if sp.issparse(images):  # np.asarray would make a 0-d object array of it
+        check_array(images, accept_sparse=False, input_name=name)  # scikit-learn's TypeError
     if isinstance(images, (list, tuple)):
         shapes = {np.shape(im) for im in images}
         if len(shapes) > 1:

@@ -9,7 +9,9 @@ import numbers
 from collections.abc import Mapping
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.metrics import make_scorer
+from sklearn.utils.validation import check_array
 
 __all__ = [
     "angle_errors",
@@ -22,10 +24,17 @@ __all__ = [
 DEFAULT_ANGLE_NAMES = ("pitch", "yaw", "roll")
 
 
+def _reject_sparse(y, name):
+    # np.asarray would turn a sparse matrix into a 0-d object array.
+    if sp.issparse(y):
+        check_array(y, accept_sparse=False, input_name=name)  # scikit-learn's TypeError
+
+
 def _check_angles(y_true, y_pred, n_angles):
     """Validate two angle arrays: same shape ``(n, n_angles)``, finite. Returns float arrays."""
     arrays = []
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        _reject_sparse(y, name)
         try:
             arr = np.asarray(y, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -134,6 +143,7 @@ def mean_angle_error(y_true, y_pred, *, wrap=False):
     >>> mean_angle_error([[10.0, 20.0, 0.0]], [[13.0, 20.0, -3.0]])
     2.0
     """
+    _reject_sparse(y_true, "y_true")
     y_true_arr = np.asarray(y_true)
     n_angles = 1 if y_true_arr.ndim == 1 else (y_true_arr.shape[1] if y_true_arr.ndim == 2 else 0)
     if n_angles == 0:

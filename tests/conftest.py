@@ -11,12 +11,18 @@ Notation: ``X`` (n, D) features, ``y`` (n, L) targets, ``K`` components and
 ``b`` (K, D) and ``Sigma`` (K, D, D).
 """
 
-from types import SimpleNamespace
+import os
 
-import numpy as np
-import pytest
-from scipy.special import logsumexp
-from scipy.stats import multivariate_normal
+# scikit-learn's Array API dispatch (tests/test_array_api.py) needs scipy's own Array API
+# support, switched on before scipy is first imported.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy.special import logsumexp  # noqa: E402
+from scipy.stats import multivariate_normal  # noqa: E402
 
 
 def expand_covariance(cov, kind, n_components, dim):

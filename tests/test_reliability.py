@@ -289,6 +289,8 @@ def test_one_image_without_batch_axis_is_named():
     with pytest.raises(ValueError, match="without a batch axis"):
         hog.transform(image)
     assert check_images(np.zeros((5, 32, 32))).shape == (5, 32, 32, 1)  # grayscale batch
+    with pytest.raises(TypeError, match="Sparse data was passed for X"):
+        check_images(sp.csr_matrix(np.ones((4, 64))), name="X")
 
 
 def test_hog_parameters_changed_after_fit_are_reported():
@@ -310,3 +312,13 @@ def test_set_params_after_fit_does_not_change_the_fitted_model():
     model.set_params(n_components=5, n_latent=2)
     assert model.bic(X, y) == bic
     assert_array_equal(model.inverse_predict(y), inverse)
+
+
+def test_sparse_angles_get_scikit_learn_sparse_error():
+    from gllim_sk.metrics import angle_errors, mean_angle_error
+
+    y = np.ones((5, 3))
+    with pytest.raises(TypeError, match="Sparse data was passed for y_true"):
+        mean_angle_error(sp.csr_matrix(y), y)
+    with pytest.raises(TypeError, match="Sparse data was passed for y_pred"):
+        angle_errors(y, sp.csr_matrix(y))

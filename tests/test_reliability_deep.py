@@ -245,3 +245,10 @@ def test_deep_regressor_phase_with_too_many_stages_is_named_before_training(blob
     images, y = blobs
     with pytest.raises(ValueError, match=r"phases\[1\] = \(1, 9\) trains 9 backbone stages"):
         tiny_regressor(phases=((1, 0), (1, 9))).fit(images, y)
+
+
+def test_too_few_images_for_the_components_names_n_components(blobs):
+    images, y = blobs
+    with pytest.raises(ValueError, match=r"at least 40 are needed \(two per mixture "
+                                         r"component, n_components=20\)"):
+        tiny_gllim(n_components=20).fit(images, y)

@@ -192,7 +192,7 @@ def check_targets(y, n_images):
     return y.reshape(len(y), -1), y.ndim == 1
 
 
-def train_validation_split(n, validation_fraction, rng, min_train, groups=None):
+def train_validation_split(n, validation_fraction, rng, min_train, groups=None, why=""):
     """Indices (train, validation); validation is empty when the fraction is 0.
 
     With ``groups`` (the person of each image), the validation part holds
@@ -223,7 +223,8 @@ def train_validation_split(n, validation_fraction, rng, min_train, groups=None):
     if len(train) < min_train:
         raise ValueError(
             f"too few images: {n} images with validation_fraction={validation_fraction} "
-            f"leave {len(train)} training images, and at least {min_train} are needed."
+            f"leave {len(train)} training images, and at least {min_train} are needed"
+            f"{why}."
         )
     return train, val
 
@@ -286,8 +287,10 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
         self._check_fit_parameters()
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
+        needed = min_train(y2)  # a count, or (count, why it is needed)
+        count, why = needed if isinstance(needed, tuple) else (needed, "")
         train, val = train_validation_split(len(images), self.validation_fraction, rng,
-                                            min_train(y2), groups)
+                                            count, groups, why)
         return FitSetup(images, y2, settings, device, rng, train, val)
 
     def _check_fit_parameters(self):

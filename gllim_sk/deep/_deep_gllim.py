@@ -363,6 +363,14 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                 "embedding_dim, or leave it at None."
             )
 
+    def _min_train(self, y):
+        """Fewest training images, and why: two per component, or n_targets + 2."""
+        count = max(2 * self.n_components, y.shape[1] + 2, 2)
+        why = (f" (two per mixture component, n_components={self.n_components})"
+               if count == 2 * self.n_components else
+               f" (the number of targets, {y.shape[1]}, plus 2)")
+        return count, why
+
     def _embedding_dim(self, width, n_train):
         """The embedding width: ``embedding_dim`` checked, or chosen when it is None."""
         if self.embedding_dim is None:
@@ -522,8 +530,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         """
         # The embedding's own minimum (the PCA needs embedding_dim images) is checked
         # once the backbone's width is known, by initialize_network.
-        fit = self._begin_fit(X, y, groups, min_train=lambda y: max(
-            2 * self.n_components, y.shape[1] + 2, 2))
+        fit = self._begin_fit(X, y, groups, min_train=self._min_train)
         settings, device, train, val = fit.settings, fit.device, fit.train, fit.val
         seeds = fit.rng.randint(np.iinfo(np.int32).max, size=5)
         torch_seed_, pca_seed, gmm_seed, gllim_seed, draw_seed = (int(s) for s in seeds)

@@ -1,0 +1,167 @@
+"""GLLiMRegressor under scikit-learn's Array API dispatch (torch on the CPU, array-api-strict).
+
+With dispatch on, a fit on torch tensors or array-api-strict arrays must run in that
+namespace and give the numpy fit's numbers (float64), and float32 must stay close to
+float64. scikit-learn's own array-API estimator checks run in ``test_gllim.py``
+(``parametrize_with_checks``); the CUDA ones skip on machines without a GPU.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import sklearn
+from numpy.testing import assert_allclose
+
+from gllim_sk import GLLiMRegressor
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def standardised_data(n_samples=300, n_features=10, n_targets=2, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(-1.0, 1.0, size=(n_samples, n_targets))
+    X = np.tanh(y @ rng.normal(size=(n_targets, 8))) @ rng.normal(size=(8, n_features))
+    X += 0.1 * rng.standard_normal(X.shape)
+    X = (X - X.mean(0)) / X.std(0)
+    y = (y - y.mean(0)) / y.std(0)
+    return X, y, rng.dirichlet(np.ones(3), size=n_samples)
+
+
+@pytest.mark.parametrize("n_latent", [0, 2])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_torch_float64_fit_equals_numpy_fit(covariance_type, n_latent):
+    torch = pytest.importorskip("torch")
+    X, y, resp = standardised_data()
+    kwargs = dict(covariance_type=covariance_type, n_latent=n_latent, resp_init=resp,
+                  max_iter=15, tol=0, random_state=0)
+    reference = GLLiMRegressor(3, **kwargs).fit(X, y)
+    X_t, y_t = torch.asarray(X), torch.asarray(y)
+    with sklearn.config_context(array_api_dispatch=True):
+        model = GLLiMRegressor(3, **kwargs).fit(X_t, y_t)
+        mean, std = model.predict(X_t[:60], return_std=True)
+        _, cov = model.predict(X_t[:60], return_cov=True)
+        weights, means, covariances = model.predict_mixture(X_t[:60])
+        outputs = {
+            "predict": mean, "std": std, "cov": cov, "weights": weights, "means": means,
+            "covariances": covariances,
+            "posterior_x": model.component_posterior(X_t[:60]),
+            "posterior_y": model.component_posterior(y=y_t[:60]),
+            "posterior_xy": model.component_posterior(X_t[:60], y_t[:60]),
+            "joint": model.joint_log_density(X_t[:60], y_t[:60]),
+            "conditional": model.conditional_log_density(X_t[:60], y_t[:60]),
+            "inverse": model.inverse_predict(y_t[:60]),
+            "sample": model.sample_y(X_t[:5], n_samples=2, random_state=0),
+        }
+        bic, aic = model.bic(X_t, y_t), model.aic(X_t, y_t)
+    for name, value in outputs.items():
+        assert isinstance(value, torch.Tensor), name
+        assert value.dtype == torch.float64, name
+    expected = {
+        "predict": reference.predict(X[:60]),
+        "std": reference.predict(X[:60], return_std=True)[1],
+        "cov": reference.predict(X[:60], return_cov=True)[1],
+        "posterior_x": reference.component_posterior(X[:60]),
+        "posterior_y": reference.component_posterior(y=y[:60]),
+        "posterior_xy": reference.component_posterior(X[:60], y[:60]),
+        "joint": reference.joint_log_density(X[:60], y[:60]),
+        "conditional": reference.conditional_log_density(X[:60], y[:60]),
+        "inverse": reference.inverse_predict(y[:60]),
+        "sample": reference.sample_y(X[:5], n_samples=2, random_state=0),
+    }
+    expected["weights"], expected["means"], expected["covariances"] = (
+        reference.predict_mixture(X[:60]))
+    assert_allclose(model.lower_bounds_, reference.lower_bounds_, rtol=1e-10)
+    assert_allclose(outputs["predict"].numpy(), expected["predict"], rtol=1e-8, atol=1e-8)
+    for name, value in expected.items():
+        assert_allclose(outputs[name].numpy(), value, rtol=1e-7, atol=1e-8, err_msg=name)
+    assert_allclose([bic, aic], [reference.bic(X, y), reference.aic(X, y)], rtol=1e-10)
+    # Fitted attributes live in the namespace of the data, with the numpy fit's values.
+    for name in ("weights_", "target_covariances_", "inverse_coef_", "noise_covariances_",
+                 "forward_coef_", "feature_mean_"):
+        value = getattr(model, name)
+        assert isinstance(value, torch.Tensor), name
+        assert_allclose(value.numpy(), getattr(reference, name), rtol=1e-8, atol=1e-9,
+                        err_msg=name)
+    # Latent loadings are identified up to a rotation (the two libraries' singular vectors
+    # may differ in sign): compare W W'.
+    W, W_ref = model.latent_coef_.numpy(), reference.latent_coef_
+    assert_allclose(W @ W.transpose(0, 2, 1), W_ref @ W_ref.transpose(0, 2, 1), rtol=1e-8,
+                    atol=1e-10)
+
+
+@pytest.mark.parametrize("n_latent", [0, 2])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_float32_predictions_close_to_float64(covariance_type, n_latent):
+    torch = pytest.importorskip("torch")
+    X, y, resp = standardised_data(seed=1)
+    kwargs = dict(covariance_type=covariance_type, n_latent=n_latent, resp_init=resp,
+                  max_iter=3, tol=0, random_state=0)
+    with sklearn.config_context(array_api_dispatch=True):
+        model64 = GLLiMRegressor(3, **kwargs).fit(torch.asarray(X), torch.asarray(y))
+        expected = model64.predict(torch.asarray(X[:100])).numpy()
+        model32 = GLLiMRegressor(3, **kwargs).fit(
+            torch.asarray(X, dtype=torch.float32), torch.asarray(y, dtype=torch.float32))
+        got = model32.predict(torch.asarray(X[:100], dtype=torch.float32))
+        got_same_model = model64.predict(torch.asarray(X[:100], dtype=torch.float32))
+    assert got.dtype == torch.float32
+    scale = np.abs(expected).max()
+    assert np.abs(got.numpy() - expected).max() <= 1e-4 * scale
+    assert np.abs(got_same_model.numpy() - expected).max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("n_latent", [0, 1])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_array_api_strict_fit_equals_numpy_fit(covariance_type, n_latent):
+    xp = pytest.importorskip("array_api_strict")
+    X, y, resp = standardised_data(n_samples=120, n_features=6)
+    kwargs = dict(covariance_type=covariance_type, n_latent=n_latent, resp_init=resp,
+                  max_iter=8, tol=0, random_state=0)
+    reference = GLLiMRegressor(3, **kwargs).fit(X, y)
+    with sklearn.config_context(array_api_dispatch=True):
+        model = GLLiMRegressor(3, **kwargs).fit(xp.asarray(X), xp.asarray(y))
+        mean, std = model.predict(xp.asarray(X[:40]), return_std=True)
+        joint = model.joint_log_density(xp.asarray(X[:40]), xp.asarray(y[:40]))
+    assert isinstance(mean, type(xp.asarray(1.0)))
+    assert_allclose(model.lower_bounds_, reference.lower_bounds_, rtol=1e-10)
+    assert_allclose(np.asarray(mean), reference.predict(X[:40]), rtol=1e-8, atol=1e-8)
+    ref_mean, ref_std = reference.predict(X[:40], return_std=True)
+    assert_allclose(np.asarray(std), ref_std, rtol=1e-8, atol=1e-10)
+    assert_allclose(np.asarray(joint), reference.joint_log_density(X[:40], y[:40]), rtol=1e-9)
+
+
+def test_kmeans_initialisation_and_warm_start_with_torch():
+    torch = pytest.importorskip("torch")
+    X, y, _ = standardised_data(seed=2)
+    reference = GLLiMRegressor(3, n_latent=1, max_iter=10, random_state=0).fit(X, y)
+    with sklearn.config_context(array_api_dispatch=True):
+        X_t, y_t = torch.asarray(X), torch.asarray(y)
+        model = GLLiMRegressor(3, n_latent=1, max_iter=10, random_state=0).fit(X_t, y_t)
+        assert_allclose(model.lower_bounds_, reference.lower_bounds_, rtol=1e-9)
+        model.set_params(warm_start=True, max_iter=3).fit(X_t, y_t)
+        reference.set_params(warm_start=True, max_iter=3).fit(X, y)
+        assert_allclose(model.lower_bounds_, reference.lower_bounds_, rtol=1e-9)
+        assert isinstance(model.weights_, torch.Tensor)
+
+
+def test_model_moves_back_to_numpy():
+    torch = pytest.importorskip("torch")
+    from sklearn.utils._array_api import move_estimator_to
+
+    X, y, resp = standardised_data(seed=3)
+    with sklearn.config_context(array_api_dispatch=True):
+        model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(torch.asarray(X),
+                                                                  torch.asarray(y))
+        on_device = model.predict(torch.asarray(X[:20])).numpy()
+        with pytest.raises(ValueError, match="same namespace"):
+            model.predict(X[:20])
+    moved = move_estimator_to(model, np, "cpu")
+    assert isinstance(moved.weights_, np.ndarray)
+    prediction = moved.predict(X[:20])
+    assert isinstance(prediction, np.ndarray)
+    assert_allclose(prediction, on_device, rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_allclose(moved.predict(X[:20], return_std=True)[0], on_device, rtol=1e-12)
