@@ -15,7 +15,6 @@
   and ``train_time`` (seconds spent in SGD steps only, for throughput).
 """
 
-import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -401,8 +400,3 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
 def _synchronize(device):
     if device.type == "cuda":  # timings must wait for the GPU's queued work
         torch.cuda.synchronize(device)
-
-
-def copy_state(network):
-    """A CPU copy of ``network``'s state dict."""
-    return copy.deepcopy({k: v.detach().cpu() for k, v in network.state_dict().items()})
