@@ -8,7 +8,8 @@ Two parts, both independent of what the model computes:
   each. :func:`make_executor` picks one from the problem size and the BLAS thread limits.
   An executor has three methods: ``blocks`` (split the data into blocks), ``map_reduce``
   (run a function on every block; keep its first result per block, sum its second) and
-  ``sizes``. Another backend (a dask cluster) plugs in by providing those.
+  ``sizes``. :class:`DaskExecutor` runs them over dask arrays: the blocks stay on the
+  workers that hold them and only the sums come back to the client.
 - the EM loop (:class:`EMMixin`): initialisations, warm start, ``tol``,
   ``ConvergenceWarning`` and verbose messages, as in scikit-learn's mixtures. An
   estimator supplies a model (see :class:`gllim_sk._gllim_math.GLLiMModel`) and a hook
@@ -19,6 +20,10 @@ block an E-step fused with the statistics of the next M-step, the statistics sum
 over blocks, and the M-step from the sum.
 """
 
+import contextlib
+import functools
+import operator
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -115,6 +120,14 @@ class SerialExecutor:
     def sizes(self, blocks):
         return [block.n_samples for block in blocks]
 
+    def n_squared(self, blocks):
+        """The number of squared-feature columns of the blocks (see ``Block.n_sq``)."""
+        return blocks[0].n_sq
+
+    def dtype(self, blocks):
+        """The dtype of the blocks' features."""
+        return blocks[0].Xc.dtype
+
     def map_reduce(self, func, *per_block):
         """``func(*args)`` for the arguments of every block: the list of first results,
         and the sum of the second ones (``None`` when they are ``None``)."""
@@ -181,6 +194,179 @@ def make_executor(n_samples, work, xp=np):
     return SerialExecutor(blas_limit)
 
 
+class DaskExecutor:
+    """Run EM's per-block functions over dask arrays, where dask's workers hold the blocks.
+
+    :meth:`blocks` prepares the row blocks of a dask array on the workers and keeps them
+    there (``persist``), spread evenly over the workers of a ``distributed`` cluster.
+    :meth:`map_reduce` sends a function with its arguments to the workers, runs it on each
+    block where the block lives, and adds the second results in a tree of additions on the
+    workers: only that sum reaches the client. The first results (kept E-steps) are left
+    as lazy dask values, recomputed on the workers from their block if they are ever
+    used (only for components that empty). The active ``distributed`` client is used when
+    there is one (``dask.compute`` picks it up); otherwise dask's default scheduler.
+
+    Nothing is approximated: the sums are those of the in-memory executors, added in
+    another order.
+    """
+
+    # Parts added together per task of the tree reduction.
+    reduction_fan_in = 8
+
+    def __init__(self):
+        self._limits = None
+        self._sizes = None
+        self._persisted = None
+        self._n_sq = {}  # by the key of a block list's first block
+
+    def __enter__(self):
+        # Blocks that run in this process (threaded scheduler, in-process workers) run in
+        # parallel threads: one BLAS thread each.
+        self._limits = blas_threads(1)
+        self._limits.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._limits.__exit__(*exc)
+
+    def serial(self):
+        return blas_threads(1)
+
+    def blocks(self, model, Xc, y):
+        """The model's blocks of the row blocks of dask arrays ``Xc`` (n, D) and ``y``
+        (n, L), prepared and kept on the workers (a list of persisted dask values)."""
+        import dask
+
+        prepare = dask.delayed(_prepare_dask_block, pure=True)
+        X_blocks, y_blocks = Xc.to_delayed().ravel(), y.to_delayed().ravel()
+        blocks = []
+        for xb, yb, workers in zip(X_blocks, y_blocks, _spread(len(X_blocks)), strict=True):
+            with _on_workers(workers):
+                blocks.append(prepare(model, xb, yb))
+        blocks = list(dask.persist(*blocks))
+        _wait(blocks)
+        self._sizes = [int(size) for size in Xc.chunks[0]]
+        self._persisted = blocks
+        self._n_sq[blocks[0].key] = model.noise.n_squared(Xc.shape[1]) if Xc.shape[1] else 0
+        return blocks
+
+    def derived_blocks(self, func, blocks, n_squared):
+        """Lazy ``func(block)`` for every block, blocks with ``n_squared`` squared-feature
+        columns (computed where the block lives, when used)."""
+        import dask
+
+        call = dask.delayed(func, pure=False)  # closures: unique keys, never shared
+        derived = [call(block) for block in blocks]
+        self._n_sq[derived[0].key] = n_squared
+        return derived
+
+    def sizes(self, blocks):
+        return list(self._sizes)
+
+    def n_squared(self, blocks):
+        return self._n_sq[blocks[0].key]
+
+    def dtype(self, blocks):
+        return np.dtype(np.float64)  # the dask path prepares float64 blocks
+
+    def map_reduce(self, func, *per_block):
+        """As :meth:`SerialExecutor.map_reduce`; the first results come back lazy."""
+        import dask
+
+        shared_func = dask.delayed(func, pure=False)
+        # Every list of per-block values is aligned with the persisted blocks.
+        holders = _holders(self._persisted)
+        parts = []
+        for args, workers in zip(zip(*per_block, strict=True), holders, strict=True):
+            # Each block's task runs where the block lives: a scheduler that balances
+            # load (work stealing) would otherwise move whole blocks between workers.
+            with _on_workers(workers):
+                parts.append(dask.delayed(_call, pure=True)(shared_func, *args))
+        getitem = dask.delayed(operator.getitem, pure=True)
+        kept = [getitem(part, 0) for part in parts]
+        sums = [getitem(part, 1) for part in parts]
+        while len(sums) > 1:
+            sums = [dask.delayed(_add, pure=True)(*sums[i : i + self.reduction_fan_in])
+                    for i in range(0, len(sums), self.reduction_fan_in)]
+        return kept, dask.compute(sums[0])[0]
+
+
+def _call(func, *args):
+    return func(*args)
+
+
+def _add(*parts):
+    """Sum of summable parts (``None`` when they are ``None``)."""
+    return None if parts[0] is None else functools.reduce(operator.add, parts)
+
+
+def _prepare_dask_block(model, X_block, y_block):
+    if not np.isfinite(X_block).all():
+        raise ValueError("Input X contains NaN or infinity.")
+    if not np.isfinite(y_block).all():
+        raise ValueError("Input y contains NaN or infinity.")
+    block = model.prepare_block(X_block, y_block)
+    block.sample_sums = _sums_one_thread
+    return block
+
+
+def _active_client():
+    """The active ``distributed`` client, or None (without importing distributed)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import Client
+
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
+
+
+def _spread(n_blocks):
+    """Workers for ``n_blocks`` blocks, in contiguous runs of equal length (``None`` each
+    without a distributed client)."""
+    client = _active_client()
+    if client is None:
+        return [None] * n_blocks
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return [[workers[i * len(workers) // n_blocks]] for i in range(n_blocks)]
+
+
+def _on_workers(workers):
+    """Tasks made in this context run on ``workers`` only (``None``: anywhere)."""
+    if workers is None:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.annotate(workers=workers, allow_other_workers=False)
+
+
+def _futures(values):
+    from distributed import futures_of
+
+    return [futures_of(value) for value in values]
+
+
+def _wait(persisted):
+    """Wait until persisted values are in the workers' memory (distributed only)."""
+    if _active_client() is not None:
+        from distributed import wait
+
+        wait([future for futures in _futures(persisted) for future in futures])
+
+
+def _holders(persisted):
+    """For each persisted value, the workers of a ``distributed`` cluster holding it;
+    ``None`` where unknown (a value being recomputed after its worker was lost, or no
+    distributed client)."""
+    client = _active_client()
+    if client is None:
+        return [None] * len(persisted)
+    futures = [futures[0] for futures in _futures(persisted)]
+    who_has = client.who_has(futures)
+    return [list(who_has.get(future.key, ())) or None for future in futures]
+
+
 # ------------------------------------------------------------------------ engine steps
 @dataclass
 class EMProblem:
@@ -201,7 +387,7 @@ def e_step(model, executor, blocks, params, with_stats=True):
     ``with_stats`` is false), the mean log-likelihood per sample (from the reduced sums
     only) and the latent posterior covariances (K, Lw, Lw).
     """
-    plan = model.plan(params, blocks[0].n_sq, dtype=blocks[0].Xc.dtype)
+    plan = model.plan(params, executor.n_squared(blocks), dtype=executor.dtype(blocks))
     kept, total = executor.map_reduce(
         lambda block: model.e_step_with_stats(block, plan, with_stats), blocks
     )
@@ -250,6 +436,12 @@ def m_step_from_resp(model, executor, blocks, resp):
     """
     esteps = responsibilities_as_esteps(executor, blocks, resp)
     no_latent = zeros(array_namespace(resp), (resp.shape[0], 0, 0), resp)
+    return m_step_from_esteps(model, executor, blocks, esteps, no_latent)
+
+
+def m_step_from_esteps(model, executor, blocks, esteps, no_latent):
+    """:func:`m_step_from_resp` from per-block E-steps without latent part (``esteps``);
+    ``no_latent`` is their (K, 0, 0) latent covariance."""
     stats = stats_of(model, executor, blocks, esteps, no_latent)
     return m_step(model, executor, blocks, esteps, stats, no_latent, raw=True)
 

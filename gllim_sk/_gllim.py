@@ -12,7 +12,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from . import _engine
+from . import _dask, _engine
 from . import _gllim_math as gm
 from ._compat import (
     Interval,
@@ -72,6 +72,15 @@ def variance_scale(values):
     every column is constant)."""
     xp = array_namespace(values)
     scale = float(xp.mean(xp.var(values, axis=0))) if values.shape[0] * values.shape[1] else 0.0
+    return _unit_scale(scale)
+
+
+def scale_of_variances(variances):
+    """:func:`variance_scale` from the column variances (numpy)."""
+    return _unit_scale(float(np.mean(variances)) if variances.size else 0.0)
+
+
+def _unit_scale(scale):
     return scale if np.isfinite(scale) and scale > 0 else 1.0
 
 
@@ -98,7 +107,15 @@ def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_ite
     executor = _engine.SerialExecutor()
     blocks = executor.blocks(model, np.empty((y.shape[0], 0)), y - y.mean(axis=0))
     esteps = _engine.responsibilities_as_esteps(executor, blocks, resp)
-    latent_cov = np.zeros((resp.shape[0], 0, 0))
+    return refine_target_mixture_esteps(model, executor, blocks, esteps, resp.shape[0],
+                                        max_iter, tol)[0].resp
+
+
+def refine_target_mixture_esteps(model, executor, blocks, esteps, n_components, max_iter,
+                                 tol):
+    """:func:`refine_by_target_mixture` on any executor's blocks of targets alone, from
+    per-block E-steps; returns the last E-step's per-block E-steps."""
+    latent_cov = np.zeros((n_components, 0, 0))
     stats = _engine.stats_of(model, executor, blocks, esteps, latent_cov)
     previous = -np.inf
     for _ in range(max_iter):
@@ -107,7 +124,7 @@ def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_ite
         if abs(current - previous) < tol:
             break
         previous = current
-    return esteps[0].resp
+    return esteps
 
 
 class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
@@ -186,6 +203,14 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         every ``verbose_interval`` iterations with timings.
     verbose_interval : int, default=10
         Iterations between two progress lines at ``verbose=2``.
+    learning_offset : float, default=10.0
+        Online EM (:meth:`partial_fit`): a positive value that downweights the first
+        batches; the step size of the t-th update is
+        ``(learning_offset + t) ** -learning_decay`` (the names of scikit-learn's online
+        :class:`~sklearn.decomposition.LatentDirichletAllocation`).
+    learning_decay : float, default=0.7
+        Online EM: the rate at which the step size decreases, in (0.5, 1] (stochastic
+        approximation converges there).
 
     Attributes
     ----------
@@ -234,6 +259,9 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         Feature names, when X has string column names.
     n_targets_ : int
         Number of targets L.
+    n_batch_iter_ : int
+        Number of online EM updates made by :meth:`partial_fit` (its first call, which
+        initialises, counts as 1).
 
     Notes
     -----
@@ -251,6 +279,13 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
     the matrix products, and large ones (from about n=2000, D=100, K=10) split the samples
     into chunks that run in parallel Python threads, each on one BLAS thread. Every way
     gives the same result up to rounding.
+
+    ``fit`` accepts dask arrays: EM then runs exactly (the same iterations as in memory,
+    to rounding) with the samples left in blocks where dask's workers hold them; only the
+    sufficient statistics reach the client. k-means initialises on the targets (on all
+    of them up to 100,000 rows, else on a uniform random sample of 100,000). ``predict``,
+    ``predict_mixture``, ``component_posterior`` and the densities return lazy dask
+    arrays for dask inputs. :meth:`partial_fit` runs online EM on a stream of batches.
 
     A component whose total responsibility falls below 1e-8 samples during EM keeps a
     negligible weight and receives the moments of the whole training set, so that it
@@ -298,6 +333,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "learning_offset": [Interval(Real, 0.0, None, closed="neither")],
+        "learning_decay": [Interval(Real, 0.5, 1.0, closed="right")],
     }
 
     def __init__(
@@ -317,6 +354,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        learning_offset=10.0,
+        learning_decay=0.7,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -332,6 +371,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.learning_offset = learning_offset
+        self.learning_decay = learning_decay
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -341,6 +382,35 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------ validation
+    def _check_sizes(self, n_samples, n_features, n_targets):
+        """The checks of the training data's shape (numpy or dask arrays)."""
+        n, D, L = n_samples, n_features, n_targets
+        if L > D:
+            raise ValueError(
+                f"y has {L} columns but X has only {D} features: GLLiM regresses a "
+                "low-dimensional target from high-dimensional features (n_targets <= "
+                "n_features)."
+            )
+        if L + self.n_latent > D:
+            raise ValueError(
+                f"n_targets + n_latent = {L} + {self.n_latent} exceeds n_features = {D}."
+            )
+        if self.n_components > n:
+            raise ValueError(
+                f"n_components={self.n_components} must be <= n_samples={n}."
+            )
+
+    @staticmethod
+    def _check_spread(name, spread):
+        """With ``reg_covar=0``, refuse constant columns (``spread``: max - min per column)."""
+        constant = np.flatnonzero(spread == 0)
+        if constant.size:
+            raise ValueError(
+                f"{name} has constant column(s) {constant[:10].tolist()}: with "
+                "reg_covar=0 their variance is zero and the likelihood infinite. "
+                "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
+            )
+
     def _validate_training_data(self, X, y):
         if y is not None:
             # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
@@ -357,32 +427,11 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         y = np.asarray(y) if xp is np else y
         self._y_ndim = y.ndim
         y2 = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
-        n, D = X.shape
-        L = y2.shape[1]
-        if L > D:
-            raise ValueError(
-                f"y has {L} columns but X has only {D} features: GLLiM regresses a "
-                "low-dimensional target from high-dimensional features (n_targets <= "
-                "n_features)."
-            )
-        if L + self.n_latent > D:
-            raise ValueError(
-                f"n_targets + n_latent = {L} + {self.n_latent} exceeds n_features = {D}."
-            )
-        if self.n_components > n:
-            raise ValueError(
-                f"n_components={self.n_components} must be <= n_samples={n}."
-            )
+        self._check_sizes(*X.shape, y2.shape[1])
         if self.reg_covar == 0:
             for name, values in (("X", X), ("y", y2)):
-                spread = xp.max(values, axis=0) - xp.min(values, axis=0)
-                constant = np.flatnonzero(to_numpy(spread) == 0)
-                if constant.size:
-                    raise ValueError(
-                        f"{name} has constant column(s) {constant[:10].tolist()}: with "
-                        "reg_covar=0 their variance is zero and the likelihood infinite. "
-                        "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
-                    )
+                self._check_spread(name, to_numpy(xp.max(values, axis=0)
+                                                  - xp.min(values, axis=0)))
         if xp is np:  # numpy fits run in float64
             return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
         return X, xp.astype(y2, X.dtype)
@@ -513,6 +562,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
 
     def _em_initial_params(self, problem, random_state, resp=None):
         """The first M-step, from the initial responsibilities (or ``resp`` (K, n))."""
+        if _dask.any_dask_array(problem.Xc):  # made block by block, where the blocks live
+            return _dask.initial_params(self, problem, random_state)
         xp = array_namespace(problem.Xc)
         if resp is None:
             # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
@@ -562,6 +613,9 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         return self._fit(X, y, frozen_resp=resp)
 
     def _fit(self, X, y, frozen_resp=None):
+        self.__dict__.pop("_online_stats", None)  # fit starts over; partial_fit continues
+        if _dask.any_dask_array(X, y) and frozen_resp is None:
+            return self._fit_dask(X, y)
         X, y = self._validate_training_data(X, y)
         if frozen_resp is not None:
             frozen_resp = np.ascontiguousarray(
@@ -615,6 +669,122 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y):
+        """Update the model with one batch of samples by online (stepwise) EM.
+
+        Online EM (Cappé and Moulines, 2009) keeps a running average of the sufficient
+        statistics per sample: each call runs the E-step of its batch under the current
+        parameters, blends the batch's statistics in with step size
+        ``(learning_offset + t) ** -learning_decay`` at the t-th update, and runs the
+        M-step of the blend. The first call on an unfitted model initialises from its
+        batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
+        the data by the batch's means, takes the unit of the relative ``reg_covar`` from
+        the batch's variances and makes the first statistics; on a model fitted by ``fit``
+        it starts from the fitted parameters (and keeps the fit's centring and floors).
+        ``max_iter``, ``tol``, ``n_init`` and ``warm_start`` do not apply.
+
+        Prefer :meth:`fit` (exact EM, on numpy or dask arrays) when the samples can be
+        passed over repeatedly: it reaches the maximum-likelihood fit. Prefer
+        ``partial_fit`` for a stream, for data read once, or when one pass must do: every
+        sample is seen once, each batch costs one E-step, and one pass comes close to the
+        batch fit (see the "Scaling up" page of the documentation for measured numbers).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A batch of features.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Its targets.
+
+        Returns
+        -------
+        self : GLLiMRegressor
+            The updated estimator.
+        """
+        first = not hasattr(self, "_online_stats")
+        if first and not hasattr(self, "_params"):
+            X, y = self._validate_training_data(X, y)
+            self.n_targets_ = y.shape[1]
+            self.feature_mean_, self.target_mean_ = X.mean(axis=0), y.mean(axis=0)
+            # reg_covar is relative to the variances of this first batch.
+            self._reg_floors = (self.reg_covar * variance_scale(X),
+                                self.reg_covar * variance_scale(y))
+        else:
+            X, _ = self._check_X(X)
+            y = self._check_y(y, X.shape[0]) + self.target_mean_
+        Xc = X.astype(np.float64) - self.feature_mean_
+        yc = y - self.target_mean_
+        if first:
+            self._online_var_floor = (LATENT_NOISE_FLOOR * Xc.var(axis=0)
+                                      if self.n_latent > 0 else None)
+        model = self._em_model(self._online_var_floor)
+        work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
+        with (_engine.make_executor(X.shape[0], work) as executor,
+              self._singular_covariances_reported()):
+            problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc), Xc, yc)
+            if first and not hasattr(self, "_params"):
+                self._params = self._em_initial_params(problem, check_random_state(
+                    self.random_state))
+            esteps, stats, bound, latent_cov = _engine.e_step(
+                model, executor, problem.blocks, self._params)
+            n_batch = X.shape[0]
+            step = 1.0 if first else (self.learning_offset + self.n_batch_iter_) ** (
+                -self.learning_decay)
+            batch = stats * (1.0 / n_batch)  # statistics per sample
+            blend = batch if first else self._online_stats * (1.0 - step) + batch * step
+            # The M-step of the blend at the batch's scale; components that emptied get
+            # the batch's moments of all samples, as in EM.
+            empty = blend.mass * n_batch < gm.EMPTY_COMPONENT_MASS
+            m_step_stats = blend
+            if empty.any():
+                filled = _engine.stats_of(model, executor, problem.blocks, esteps, latent_cov,
+                                          fill=empty) * (1.0 / n_batch)
+                m_step_stats = filled if first else (self._online_stats * (1.0 - step)
+                                                     + filled * step)
+            params = model.m_step(m_step_stats * n_batch)
+        if not np.all(np.isfinite(params.weights)) or not np.isfinite(bound):
+            raise ValueError(
+                "Online EM produced non-finite parameters; the batch may contain extreme "
+                "values. Standardise X and y, or increase reg_covar."
+            )
+        self._online_stats = blend
+        self.n_batch_iter_ = 1 if first else self.n_batch_iter_ + 1
+        self.lower_bound_ = bound  # the batch's mean log-likelihood before its update
+        self._set_params_from(params)
+        return self
+
+    def _fit_dask(self, X, y):
+        """EM over dask arrays: the blocks stay on dask's workers (see ``_fit``)."""
+        import dask
+
+        X, y, self._y_ndim = _dask.check_training_arrays(self, X, y)
+        if self.reg_covar == 0:
+            for name, spread in _dask.column_spreads(X, y):
+                self._check_spread(name, spread)
+        if hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        do_warm = self._can_warm_start(X.shape[1], y.shape[1])
+        self.n_features_in_ = X.shape[1]
+        self.n_targets_ = y.shape[1]
+        random_state = check_random_state(self.random_state)
+        offsets = ((self.feature_mean_, self.target_mean_) if do_warm
+                   else dask.compute(X.mean(axis=0), y.mean(axis=0)))
+        Xc, yc = X - offsets[0], y - offsets[1]
+        with _engine.DaskExecutor() as executor, self._singular_covariances_reported():
+            blocks = executor.blocks(self._em_model(), Xc, yc)
+            # The floors of _fit, from the columns' variances reduced on the workers.
+            variances = [_dask.column_variances(executor, blocks, name) for name in ("Xc", "y")]
+            self._reg_floors = tuple(self.reg_covar * scale_of_variances(v) for v in variances)
+            var_floor = LATENT_NOISE_FLOOR * variances[0] if self.n_latent > 0 else None
+            problem = _engine.EMProblem(self._em_model(var_floor), executor, blocks, Xc, yc)
+            params = self._fit_em(problem, random_state,
+                                  warm_params=self._params if do_warm else None)
+        self.feature_mean_, self.target_mean_ = offsets
+        self._set_params_from(params)
+        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
+        return self
+
     def _set_params_from(self, params):
         """Store the internal parameters and derive the public and forward attributes."""
         model = self._em_model()
@@ -641,7 +811,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         # Plain dicts of arrays only, so that a pickle (or the deep model's checkpoint)
         # holds none of the core's private classes.
         state = dict(super().__getstate__())
-        for name in ("_params", "_forward"):
+        for name in ("_params", "_forward", "_online_stats"):
             if name in state:
                 state[name] = dataclasses.asdict(state[name])
         return state
@@ -652,6 +822,8 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             if isinstance(state.get(name), dict):
                 state[name] = cls(**state[name])
         super().__setstate__(state)
+        if isinstance(state.get("_online_stats"), dict):
+            self._online_stats = self._em_model().stats_type(**state["_online_stats"])
 
     # ------------------------------------------------------------------ prediction
     def _core(self):
@@ -689,6 +861,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         """Drop the target axis for models fitted on 1-D y."""
         return a[:, 0] if self._y_ndim == 1 else a
 
+    @_dask.blockwise()
     def predict(self, X, return_std=False, return_cov=False):
         """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
 
@@ -730,6 +903,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         out = [_as_dtype(a, dtype) for a in out]
         return out[0] if len(out) == 1 else tuple(out)
 
+    @_dask.blockwise(constant_outputs=(2,))
     def predict_mixture(self, X):
         """Return the predictive mixture p(y | x) for each sample.
 
@@ -755,6 +929,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             _as_dtype(self._core()[1].cov, dtype),
         )
 
+    @_dask.blockwise()
     def component_posterior(self, X=None, y=None):
         """Posterior probabilities of the components.
 
@@ -801,6 +976,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         block = model.prepare_block(Xc, y)
         return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
 
+    @_dask.blockwise()
     def joint_log_density(self, X, y):
         """Log-density log p(x, y) of each pair under the fitted joint model.
 
@@ -810,6 +986,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         """
         return self._joint_estep(X, y).log_prob
 
+    @_dask.blockwise()
     def conditional_log_density(self, X, y):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.
 

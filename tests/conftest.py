@@ -240,6 +240,14 @@ def random_params(rng, n_components, n_features, n_targets, n_latent=0, separati
     }
 
 
+def draw(seed=0, n_samples=300, n_features=8, n_targets=2, n_components=3, n_latent=0):
+    """(X, y) drawn from random true parameters (:func:`random_params`) with ``seed``."""
+    rng = np.random.default_rng(seed)
+    p = random_params(rng, n_components, n_features, n_targets, n_latent=n_latent)
+    X, y, _ = sample(p, n_samples, rng)
+    return X, y
+
+
 def sample(p, n_samples, rng):
     """Draw (X, y, z) from the generative model: y ~ N(c_z, Gamma_z), w ~ N(0, I),
     x = A_z y + Aw_z w + b_z + e, e ~ N(0, Sigma_z)."""
@@ -266,7 +274,7 @@ def gllim_ref():
         joint_gaussians=joint_gaussians, joint_log_density=joint_log_density,
         responsibilities=responsibilities, target_posterior=target_posterior,
         condition_on_x=condition_on_x, m_step=m_step, random_params=random_params,
-        sample=sample, relative_floors=relative_floors,
+        sample=sample, relative_floors=relative_floors, draw=draw,
     )
 
 
@@ -283,3 +291,44 @@ def em_threading(request, monkeypatch):
 
         monkeypatch.setattr(_engine, "_em_parallelism", lambda n_samples, work: (3, 1))
     return request.param
+
+
+def _local_cluster_client(processes):
+    distributed = pytest.importorskip("distributed")
+    # Two single-threaded workers; silence_logs keeps a closing cluster's chatter out.
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=":0",
+        silence_logs=40,
+    )
+    client = distributed.Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def _dask_threads_cluster():
+    yield from _local_cluster_client(processes=False)
+
+
+@pytest.fixture(scope="module")
+def _dask_processes_cluster():
+    yield from _local_cluster_client(processes=True)
+
+
+@pytest.fixture
+def dask_client(_dask_threads_cluster):
+    """A distributed Client on a real LocalCluster of two threaded workers, the current
+    client during the test (closed after the module)."""
+    with _dask_threads_cluster.as_current():
+        yield _dask_threads_cluster
+
+
+@pytest.fixture
+def dask_process_client(_dask_processes_cluster):
+    """A distributed Client on a real LocalCluster of two worker processes, the current
+    client during the test (closed after the module)."""
+    with _dask_processes_cluster.as_current():
+        yield _dask_processes_cluster

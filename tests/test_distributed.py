@@ -1,0 +1,249 @@
+"""GLLiM beyond one machine: exact EM and lazy prediction over dask arrays, and model
+selection on a cluster.
+
+The tests start a real ``distributed.LocalCluster`` (fixtures in ``conftest.py``, threads
+or worker processes) and shut it down; every result is compared with the same
+computation in memory with numpy.
+"""
+
+import numpy as np
+import pytest
+from joblib import parallel_backend
+from numpy.testing import assert_allclose
+from sklearn.model_selection import GridSearchCV, KFold
+
+from gllim_sk import GLLiMRegressor
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def make_data(ref, seed=0, n_samples=300, n_features=8, **kwargs):
+    return ref.draw(seed, n_samples=n_samples, n_features=n_features, **kwargs)
+
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
+
+
+def as_dask(X, y, x_chunks=(170, 4), y_chunks=(250, -1)):
+    """Row blocks of unequal sizes, and X split across columns too (fit realigns them)."""
+    return da.from_array(X, chunks=x_chunks), da.from_array(y, chunks=y_chunks)
+
+
+def assert_same_fit(numpy_fit, dask_fit, X):
+    a, b = np.asarray(numpy_fit.lower_bounds_), np.asarray(dask_fit.lower_bounds_)
+    assert a.shape == b.shape
+    assert_allclose(b, a, rtol=1e-10, atol=0)
+    assert_allclose(dask_fit.predict(X), numpy_fit.predict(X), rtol=0, atol=1e-8)
+    assert dask_fit.n_iter_ == numpy_fit.n_iter_
+    assert dask_fit.converged_ == numpy_fit.converged_
+
+
+def test_dask_fit_without_a_client_uses_the_default_scheduler(gllim_ref):
+    # First in this module: no module-scoped cluster of the tests below is running yet.
+    assert distributed.client._get_global_client() is None
+    X, y = make_data(gllim_ref)
+    Xd, yd = as_dask(X, y)
+    kw = dict(n_components=3, random_state=0, max_iter=20, tol=0)
+    assert_same_fit(GLLiMRegressor(**kw).fit(X, y), GLLiMRegressor(**kw).fit(Xd, yd), X)
+
+
+@pytest.mark.parametrize("n_latent", [0, 2])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_dask_em_trajectory_equals_numpy(gllim_ref, dask_client, covariance_type, n_latent):
+    X, y = make_data(gllim_ref, n_latent=n_latent)
+    resp = np.random.default_rng(1).dirichlet(np.ones(3), size=len(X))
+    kw = dict(n_components=3, covariance_type=covariance_type, n_latent=n_latent,
+              resp_init=resp, max_iter=12, tol=0)
+    numpy_fit = GLLiMRegressor(**kw).fit(X, y)
+    before = _tasks_executed(dask_client)
+    dask_fit = GLLiMRegressor(**kw).fit(*as_dask(X, y))
+    assert _tasks_executed(dask_client) > before, "EM did not run on the workers"
+    assert_same_fit(numpy_fit, dask_fit, X)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_dask_latent_init_of_a_nearly_empty_component(gllim_ref, dask_client,
+                                                      covariance_type):
+    # Component 2 owns (almost) no sample: its latent PCA uses its most responsible rows,
+    # gathered across blocks. Only the initial parameters are compared: EM from such a
+    # start is ill-conditioned enough that summing in another order (as the in-memory
+    # threaded chunks also do) moves later iterations by ~1e-9.
+    X, y = make_data(gllim_ref, n_latent=2)
+    resp = np.random.default_rng(1).dirichlet(np.ones(3), size=len(X))
+    resp[:, 2] *= 1e-3
+    kw = dict(n_components=3, covariance_type=covariance_type, n_latent=2, resp_init=resp,
+              max_iter=1, tol=0)
+    numpy_fit = GLLiMRegressor(**kw).fit(X, y)
+    dask_fit = GLLiMRegressor(**kw).fit(*as_dask(X, y))
+    for name in ("latent_coef_", "noise_covariances_", "inverse_coef_"):
+        assert_allclose(getattr(dask_fit, name), getattr(numpy_fit, name), rtol=1e-10,
+                        atol=1e-12, err_msg=name)
+    assert_allclose(dask_fit.lower_bound_, numpy_fit.lower_bound_, rtol=1e-10)
+
+
+def test_dask_latent_init_without_gram_matrices(gllim_ref, dask_client, monkeypatch):
+    # Above a memory budget the latent PCA's leading directions come from a subspace
+    # iteration over the blocks instead of D x D Gram matrices: the same loadings, to the
+    # iteration's accuracy.
+    from gllim_sk import _dask
+
+    X, y = make_data(gllim_ref, n_samples=600, n_features=30, n_latent=2)
+    resp = np.random.default_rng(1).dirichlet(np.ones(3), size=len(X))
+    kw = dict(n_components=3, n_latent=2, resp_init=resp, max_iter=1, tol=0, random_state=0)
+    numpy_fit = GLLiMRegressor(**kw).fit(X, y)
+    monkeypatch.setattr(_dask, "LATENT_GRAM_MAX_FLOATS", 0)
+    dask_fit = GLLiMRegressor(**kw).fit(*as_dask(X, y, x_chunks=(170, -1)))
+
+    def outer(model):  # W W' does not depend on the loadings' signs and rotation
+        return np.einsum("kdl,kel->kde", model.latent_coef_, model.latent_coef_)
+
+    assert_allclose(outer(dask_fit), outer(numpy_fit), rtol=0,
+                    atol=1e-6 * np.abs(outer(numpy_fit)).max())
+    assert_allclose(dask_fit.lower_bound_, numpy_fit.lower_bound_, rtol=1e-8)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "kmeans_joint"])
+def test_dask_kmeans_init_equals_numpy(gllim_ref, dask_client, init_params):
+    # Up to dask's KMEANS_MAX_SAMPLES rows, k-means runs on all the targets as in memory.
+    X, y = make_data(gllim_ref)
+    kw = dict(n_components=3, init_params=init_params, random_state=0, n_init=2)
+    assert_same_fit(GLLiMRegressor(**kw).fit(X, y), GLLiMRegressor(**kw).fit(*as_dask(X, y)),
+                    X)
+
+
+def test_dask_warm_start_continues_as_in_memory(gllim_ref, dask_client):
+    X, y = make_data(gllim_ref)
+    kw = dict(n_components=3, random_state=0, max_iter=4, tol=0, warm_start=True)
+    numpy_fit, dask_fit = GLLiMRegressor(**kw), GLLiMRegressor(**kw)
+    for _ in range(2):
+        numpy_fit.fit(X, y)
+        dask_fit.fit(*as_dask(X, y))
+    assert_same_fit(numpy_fit, dask_fit, X)
+
+
+def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
+                                                             monkeypatch):
+    X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
+    y = y[:, 0]  # 1-D targets
+    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(500,))
+    gathered = []
+    gather = dask_process_client.gather
+
+    def recording_gather(futures, *args, **kwargs):
+        result = gather(futures, *args, **kwargs)
+        gathered.append(dask.sizeof.sizeof(result))
+        return result
+
+    import dask.sizeof
+
+    monkeypatch.setattr(dask_process_client, "gather", recording_gather)
+    kw = dict(n_components=3, n_latent=1, random_state=0, max_iter=15)
+    dask_fit = GLLiMRegressor(**kw).fit(Xd, yd)
+    monkeypatch.undo()
+    assert len(gathered) >= dask_fit.n_iter_
+    # Statistics and targets come back; no block of features does.
+    assert max(gathered) < X[:400].nbytes / 4
+    assert_same_fit(GLLiMRegressor(**kw).fit(X, y), dask_fit, X)
+
+
+def test_dask_predictions_are_lazy_and_exact(gllim_ref, dask_client):
+    X, y = make_data(gllim_ref, n_latent=1)
+    model = GLLiMRegressor(n_components=3, n_latent=1, random_state=0).fit(X, y)
+    Xd, yd = as_dask(X, y)
+    before = _tasks_executed(dask_client)
+    mean, std, cov = model.predict(Xd, return_std=True, return_cov=True)
+    weights, means, covariances = model.predict_mixture(Xd.astype(np.float32))
+    joint = model.joint_log_density(Xd, yd)
+    conditional = model.conditional_log_density(Xd, y)  # numpy y is aligned on X's blocks
+    posterior = model.component_posterior(Xd, yd)
+    assert _tasks_executed(dask_client) == before, "something was computed eagerly"
+    bic = model.bic(Xd, yd)  # a number: the sum of the lazy densities, computed
+    for lazy in (mean, std, cov, weights, means, joint, conditional, posterior):
+        assert isinstance(lazy, da.Array)
+        assert lazy.chunks[0] == Xd.chunks[0]
+    expected = model.predict(X, return_std=True, return_cov=True)
+    for lazy, exact in zip((mean, std, cov), expected, strict=True):
+        assert_allclose(lazy.compute(), exact, rtol=1e-12, atol=1e-12)
+    expected = model.predict_mixture(X.astype(np.float32))
+    assert weights.dtype == np.float32 and means.dtype == np.float32
+    assert_allclose(weights.compute(), expected[0])
+    assert_allclose(means.compute(), expected[1])
+    assert_allclose(covariances, expected[2])
+    assert_allclose(joint.compute(), model.joint_log_density(X, y), rtol=1e-12)
+    assert_allclose(conditional.compute(), model.conditional_log_density(X, y), rtol=1e-12)
+    assert_allclose(posterior.compute(), model.component_posterior(X, y), atol=1e-12)
+    assert_allclose(float(bic), model.bic(X, y), rtol=1e-12)
+
+
+def test_dask_inputs_are_checked(gllim_ref, dask_client):
+    X, y = make_data(gllim_ref)
+    Xd, yd = as_dask(X, y)
+    bad = X.copy()
+    bad[123, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GLLiMRegressor(2).fit(da.from_array(bad, chunks=100), yd)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        GLLiMRegressor(2).fit(Xd[:-1], yd)
+    with pytest.raises(ValueError, match="resp_init has shape"):
+        GLLiMRegressor(2, resp_init=np.ones((len(X), 3))).fit(Xd, yd)
+    with pytest.raises(ValueError, match="negative"):
+        GLLiMRegressor(2, resp_init=-np.ones((len(X), 2))).fit(Xd, yd)
+    with pytest.raises(ValueError, match="resp_init contains NaN"):
+        GLLiMRegressor(2, resp_init=np.full((len(X), 2), np.nan)).fit(Xd, yd)
+    model = GLLiMRegressor(2, random_state=0).fit(Xd, yd)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(Xd[:, :-1])
+
+
+def _tasks_executed(client):
+    return sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
+
+
+def _grid_search(n_jobs):
+    return GridSearchCV(
+        GLLiMRegressor(random_state=0, max_iter=30),
+        {"n_components": [1, 2, 3], "n_latent": [0, 1]},
+        cv=KFold(3, shuffle=True, random_state=0), n_jobs=n_jobs,
+    )
+
+
+def _assert_same_search(serial, parallel):
+    assert parallel.best_params_ == serial.best_params_
+    for key in ("mean_test_score", *(f"split{i}_test_score" for i in range(3))):
+        assert_allclose(parallel.cv_results_[key], serial.cv_results_[key], rtol=1e-9)
+    assert_allclose(parallel.predict(serial.best_estimator_.feature_mean_[None]),
+                    serial.predict(serial.best_estimator_.feature_mean_[None]), rtol=1e-9)
+
+
+@pytest.mark.parametrize("client_fixture", ["dask_client", "dask_process_client"])
+def test_grid_search_on_dask_cluster_matches_serial(gllim_ref, client_fixture, request):
+    client = request.getfixturevalue(client_fixture)
+    X, y = make_data(gllim_ref, n_latent=1)
+    serial = _grid_search(n_jobs=1).fit(X, y)
+    before = _tasks_executed(client)
+    with parallel_backend("dask"):
+        parallel = _grid_search(n_jobs=-1).fit(X, y)
+    assert _tasks_executed(client) > before, "the fits did not run on the workers"
+    _assert_same_search(serial, parallel)
+
+
+def test_grid_search_on_ray_matches_serial(gllim_ref):
+    ray = pytest.importorskip("ray")
+    from ray.util.joblib import register_ray
+
+    X, y = make_data(gllim_ref, n_latent=1)
+    serial = _grid_search(n_jobs=1).fit(X, y)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as error:  # an environment that cannot run Ray's processes
+        pytest.skip(f"a local Ray instance cannot start here: {error}")
+    try:
+        register_ray()
+        with parallel_backend("ray"):
+            parallel = _grid_search(n_jobs=-1).fit(X, y)
+    finally:
+        ray.shutdown()
+    _assert_same_search(serial, parallel)
