@@ -206,8 +206,13 @@ def part_bc(parts, repeat, n_more, dtype):
         seconds, t_cold = iteration_time(X, y, resp, n_latent, n_more, repeat)
         per_iter[n_latent] = seconds
         peak = peak_memory_mb(X, y, resp, n_latent)
+        # The products over samples of one iteration, in units of that matmul's flops:
+        # E-step [X^2, y pairs] @ (K) and X @ (K (L + 1 + Lw)), M-step the same two
+        # shapes transposed.
+        gemm_units = 2 * K * (1 + y.shape[1] + 1 + n_latent) / 200
         print(f"    n_latent={n_latent}: {seconds * 1e3:7.0f} ms per EM iteration "
-              f"= {seconds / matmul:.2f} matmuls (target <= 4); cold fit with max_iter=1 "
+              f"= {seconds / matmul:.2f} matmuls (target <= 4; its products alone are "
+              f"{gemm_units:.2f} matmuls of flops); cold fit with max_iter=1 "
               f"(initialisation, first M-step, bound) {t_cold * 1e3:.0f} ms; tracemalloc "
               f"peak during fit {peak:.0f} MB (target < 2048)")
     print(f"    process ru_maxrss so far: {max_rss_mb():.0f} MB")

@@ -26,17 +26,23 @@ __all__ = [
     "check_same_namespace",
     "Interval", "Options", "StrOptions", "_fit_context", "array_device", "array_namespace",
     "concat", "copy", "einsum", "eye", "get_namespace", "move_estimator_to", "move_to",
-    "permute",
+    "permute", "reshape",
     "swap_last", "to_numpy", "zeros",
 ]
 
 
+_NUMPY_TYPES = (np.ndarray, np.generic)
+
+
 def array_namespace(*arrays):
     """The namespace of ``arrays``: the numpy module itself for numpy arrays."""
-    others = [a for a in arrays if a is not None and not isinstance(a, np.ndarray | np.generic)]
-    if not others:
-        return np
-    return array_api_compat.array_namespace(*others)
+    # Called in the EM hot loop: numpy arrays must cost one type check each.
+    for a in arrays:
+        if type(a) is not np.ndarray and a is not None and not isinstance(a, _NUMPY_TYPES):
+            return array_api_compat.array_namespace(
+                *[b for b in arrays if b is not None and not isinstance(b, _NUMPY_TYPES)]
+            )
+    return np
 
 
 def to_numpy(a):
@@ -84,6 +90,10 @@ def einsum(xp, spec, *operands):
 def swap_last(xp, a):
     """``a`` with its last two axes swapped."""
     return np.swapaxes(a, -1, -2) if xp is np else xp.matrix_transpose(a)
+
+
+def reshape(xp, a, shape):
+    return a.reshape(shape) if xp is np else xp.reshape(a, shape)
 
 
 def permute(xp, a, axes):

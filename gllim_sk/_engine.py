@@ -424,7 +424,7 @@ def m_step(model, executor, blocks, esteps, stats, latent_cov, *, raw=False):
     parameter finite. ``raw=True`` returns ``model.m_step_moments`` (noise unfloored).
     """
     empty = stats.mass < EMPTY_COMPONENT_MASS
-    if bool(array_namespace(empty).any(empty)):  # rare: recompute with the empty filled
+    if empty.any() if isinstance(empty, np.ndarray) else bool(array_namespace(empty).any(empty)):
         stats = stats_of(model, executor, blocks, esteps, latent_cov, fill=empty)
     return model.m_step_moments(stats) if raw else model.m_step(stats)
 

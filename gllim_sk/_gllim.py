@@ -34,6 +34,8 @@ __all__ = ["GLLiMRegressor"]
 
 # Smallest noise variance of the latent model, relative to the feature's variance.
 LATENT_NOISE_FLOOR = 1e-5
+# Online EM re-seeds a component whose weight falls below this fraction of 1/K.
+DEAD_COMPONENT_WEIGHT = 0.1
 # EM iterations of the Gaussian mixture on y that refines k-means at initialisation: the
 # GLLiM EM that follows refines the responsibilities anyway.
 GMM_INIT_MAX_ITER = 20
@@ -82,6 +84,28 @@ def scale_of_variances(variances):
 
 def _unit_scale(scale):
     return scale if np.isfinite(scale) and scale > 0 else 1.0
+
+
+def _reseeded(esteps, component, Xc, yc, n_components):
+    """The E-steps with ``component`` given responsibility 1 (and the others 0) on the
+    ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the sample of
+    least log-likelihood (online EM's re-seeding of a vanished component)."""
+    log_prob = np.concatenate([estep.log_prob for estep in esteps])
+    joint = np.hstack([Xc, yc])
+    spread = joint.std(axis=0)
+    joint = joint / np.where(spread > 0, spread, 1.0)
+    distance = ((joint - joint[np.argmin(log_prob)]) ** 2).sum(axis=1)
+    taken = np.zeros(len(log_prob), dtype=bool)
+    taken[np.argsort(distance)[: max(1, len(log_prob) // n_components)]] = True
+    out, start = [], 0
+    for estep in esteps:
+        rows = taken[start : start + estep.resp.shape[1]]
+        start += estep.resp.shape[1]
+        resp = estep.resp.copy()
+        resp[:, rows] = 0.0
+        resp[component, rows] = 1.0
+        out.append(dataclasses.replace(estep, resp=resp))
+    return out
 
 
 def kmeans_responsibilities(points, n_clusters, random_state):
@@ -191,12 +215,13 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation (k-means, GMM, random responsibilities, latent PCA).
     warm_start : bool, default=False
-        If True, ``fit`` continues EM from the previous fit's parameters (with its
-        feature and target means as the centres), ignoring ``n_init``, ``init_params``
-        and ``resp_init``, as :class:`~sklearn.mixture.GaussianMixture` does. It does so
-        only when those parameters fit the new call: the same ``n_components``,
-        ``n_latent``, ``covariance_type``, ``target_covariance_type``, number of features
-        and number of targets (a 1-D y and a one-column y count as the same). When any of
+        If True, ``fit`` continues EM from the previous fit's (or :meth:`partial_fit`'s)
+        parameters (with their feature and target means as the centres), ignoring
+        ``n_init``, ``init_params`` and ``resp_init``, as
+        :class:`~sklearn.mixture.GaussianMixture` does. It does so only when those
+        parameters fit the new call: the same ``n_components``, ``n_latent``,
+        ``covariance_type``, ``target_covariance_type``, number of features and number of
+        targets (a 1-D y and a one-column y count as the same). When any of
         these changed, ``fit`` starts afresh, exactly as with ``warm_start=False``.
     verbose : int, default=0
         1 prints initialisation and convergence messages; 2 also prints the log-likelihood
@@ -265,9 +290,17 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
 
     Notes
     -----
-    Fitting always runs in float64. Predictions, standard deviations, covariances and
-    samples come back in the dtype of ``X`` (float32 in, float32 out), which keeps the
-    precision of the float32 input itself.
+    Numpy fits run in float64. Predictions, standard deviations, covariances and samples
+    come back in the dtype of ``X`` (float32 in, float32 out), which keeps the precision of
+    the float32 input itself.
+
+    With scikit-learn's Array API dispatch on (``sklearn.set_config(
+    array_api_dispatch=True)`` and ``SCIPY_ARRAY_API=1``), torch tensors, CuPy arrays and
+    other Array API arrays are fitted and predicted in their library and on their device,
+    and the fitted attributes live there (in float64); float32 data keep float32 for the
+    products over samples and float64 for their sums and the parameters. Move a fitted
+    model to another namespace or device with
+    ``sklearn.utils._array_api.move_estimator_to(model, xp, device)``. See the user guide.
 
     With ``n_latent > 0``, every noise variance is kept above 1e-5 times the variance of
     its feature (eigenvalues of full noise: above 1e-5 times the mean feature variance).
@@ -532,7 +565,9 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
                              noise_reg, var_floor, target_reg_covar=target_reg)
 
     def _initial_resp(self, Xc, y, random_state):
-        """Initial responsibilities, (n_components, n_samples)."""
+        """Initial responsibilities, (n_components, n_samples), as a numpy array (computed
+        on the host: features of another namespace are copied there only for
+        ``init_params="kmeans_joint"``)."""
         n = Xc.shape[0]
         K = self.n_components
         if self.resp_init is not None:
@@ -542,10 +577,11 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         if self.init_params == "random":
             resp = random_state.uniform(size=(K, n))
             return resp / resp.sum(axis=0)
+        y = np.asarray(to_numpy(y), dtype=np.float64)
         if self.init_params == "kmeans":
             points = y
         else:  # kmeans_joint: k-means on standardised [y, X]
-            points = np.hstack([y, Xc])
+            points = np.hstack([y, np.asarray(to_numpy(Xc), dtype=np.float64)])
             scale = points.std(axis=0)
             points = points / np.where(scale > 0, scale, 1.0)
         resp = kmeans_responsibilities(points, K, random_state)
@@ -569,8 +605,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
             # with numpy, whatever the namespace of the data.
             with problem.executor.serial():
-                resp = self._initial_resp(to_numpy(problem.Xc), to_numpy(problem.y),
-                                          random_state)
+                resp = self._initial_resp(problem.Xc, problem.y, random_state)
         if xp is not np:
             resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model
@@ -677,8 +712,12 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         statistics per sample: each call runs the E-step of its batch under the current
         parameters, blends the batch's statistics in with step size
         ``(learning_offset + t) ** -learning_decay`` at the t-th update, and runs the
-        M-step of the blend. The first call on an unfitted model initialises from its
-        batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
+        M-step of the blend. A component whose weight has fallen below a tenth of the
+        uniform ``1 / n_components`` is re-seeded (one per call): in that batch it takes
+        the ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the
+        sample of least likelihood, which stops a vanished component from staying wasted
+        while two clusters share another. The first call on an unfitted model initialises
+        from its batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
         the data by the batch's means, takes the unit of the relative ``reg_covar`` from
         the batch's variances and makes the first statistics; on a model fitted by ``fit``
         it starts from the fitted parameters (and keeps the fit's centring and floors).
@@ -731,6 +770,16 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
             n_batch = X.shape[0]
             step = 1.0 if first else (self.learning_offset + self.n_batch_iter_) ** (
                 -self.learning_decay)
+            if not first:
+                # A component whose weight fell below a tenth of the uniform 1/K is
+                # re-seeded: it takes the neighbourhood of the batch's worst-explained
+                # sample, instead of staying wasted while other components share clusters.
+                dead = np.flatnonzero(self._online_stats.resp_mass
+                                      < DEAD_COMPONENT_WEIGHT / self.n_components)
+                if dead.size:
+                    esteps = _reseeded(esteps, dead[0], Xc, yc, self.n_components)
+                    stats = _engine.stats_of(model, executor, problem.blocks, esteps,
+                                             latent_cov)
             batch = stats * (1.0 / n_batch)  # statistics per sample
             blend = batch if first else self._online_stats * (1.0 - step) + batch * step
             # The M-step of the blend at the batch's scale; components that emptied get
@@ -752,6 +801,7 @@ class GLLiMRegressor(_engine.EMMixin, RegressorMixin, BaseEstimator):
         self.n_batch_iter_ = 1 if first else self.n_batch_iter_ + 1
         self.lower_bound_ = bound  # the batch's mean log-likelihood before its update
         self._set_params_from(params)
+        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
     def _fit_dask(self, X, y):

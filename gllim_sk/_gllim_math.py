@@ -13,11 +13,15 @@ The pieces, in the order EM uses them:
 This module is pure arithmetic: how the blocks are executed (threads, BLAS limits, a
 cluster) is the business of :mod:`gllim_sk._engine`.
 
-Everything here works on features ``Xc`` centred once by the training mean, in float64.
-All products with ``Xc`` are batched over components into one matrix product of shape
-(n, D) x (D, K * m), so no (n, K, D) temporary and, for the diagonal noise family, no D x D
-matrix is ever formed. Arrays indexed by component and sample are (K, n), sample axis last.
-Everything quadratic in y goes through the per-sample products of y1 = [y, 1].
+Everything here works on features ``Xc`` centred once by the training mean. Numpy arrays
+take numpy's own code (float64, as tuned for the CPU); arrays of other Array API
+libraries (torch, CuPy, array-api-strict) go through their namespace: their products over
+samples run in the data's dtype (float32 allowed), every sum over samples and every
+parameter in float64. All products with ``Xc`` are batched over components into one
+matrix product of shape (n, D) x (D, K * m), so no (n, K, D) temporary and, for the
+diagonal noise family, no D x D matrix is ever formed. Arrays indexed by component and
+sample are (K, n), sample axis last. Everything quadratic in y goes through the per-sample
+products of y1 = [y, 1].
 
 Notation: y (n, L) targets, x (n, D) features, K components, ``A`` (K, D, L) the target
 loadings, ``W`` (K, D, Lw) the latent loadings of the partially-latent model, ``b`` (K, D)
@@ -41,6 +45,7 @@ from ._compat import (
     einsum,
     eye,
     permute,
+    reshape,
     swap_last,
     to_numpy,
     zeros,
@@ -91,7 +96,7 @@ class _DiagonalNoise:
 
     def logdet(self, var, n_components):
         xp = array_namespace(var)
-        return xp.sum(xp.log(var), axis=1)
+        return np.log(var).sum(axis=1) if xp is np else xp.sum(xp.log(var), axis=1)
 
     def squared_weights(self, var, n_sq):
         """E-step weights of the squared features: -Sigma_k^-1 / 2 as (K, Dq)."""
@@ -123,7 +128,8 @@ class _DiagonalNoise:
     def finalize(self, raw, pis, reg, var_floor=None):
         """Clip, pool across components as the kind says, and add ``reg``."""
         xp = array_namespace(raw)
-        var = xp.maximum(raw, xp.zeros_like(raw))  # cancellation in expanded moments
+        # Clip what cancellation in the expanded moments made negative.
+        var = np.maximum(raw, 0.0) if xp is np else xp.maximum(raw, xp.zeros_like(raw))
         if var_floor is not None:
             # Clipping is the constrained maximiser of the per-feature M-step objective.
             var = xp.maximum(var, xp.broadcast_to(var_floor, var.shape))
@@ -915,7 +921,7 @@ class GLLiMModel:
         )
         SBt = self.noise.solve_rows(noise, Bt)
         gram = Bt @ swap_last(xp, SBt)  # (K, m, m)
-        cross = (xp.reshape(permute(xp, SBt, (2, 1, 0)), (D, m * K))
+        cross = (reshape(xp, permute(xp, SBt, (2, 1, 0)), (D, m * K))
                  if D and x_terms else None)
         # log p(x, y, Z = k) = const_k - (x' S^-1 x - 2 x' S^-1 [A, b] y1 + y1' M_k y1) / 2,
         # where M_k gathers every term quadratic in y: [A, b]' S^-1 [A, b] and the target
@@ -951,7 +957,7 @@ class GLLiMModel:
             weights = concat(xp, [squared, weights], axis=1)
         elif n_sq:
             weights = concat(xp, [zeros(xp, (K, n_sq), weights), weights], axis=1)
-        latent_cross = xp.reshape(permute(xp, gram[:, L1:, :L1], (1, 0, 2)), (Lw * K, L1))
+        latent_cross = reshape(xp, permute(xp, gram[:, L1:, :L1], (1, 0, 2)), (Lw * K, L1))
         plan = EStepPlan(cross=cross, quad_weights=weights, noise=noise, latent_cov=latent_cov,
                          latent_cross=latent_cross, x_terms=x_terms)
         if dtype is not None and dtype != weights.dtype:
@@ -976,12 +982,12 @@ class GLLiMModel:
             log_joint -= 0.5 * self.noise.quad_features(plan.noise, _to_float64(block.Xc),
                                                         None, K)
         if plan.cross is not None:
-            H = _to_float64(xp.reshape(_matmul_transposed(block.Xc, plan.cross),
+            H = _to_float64(reshape(xp, _matmul_transposed(block.Xc, plan.cross),
                                        (L1 + Lw, K, n)))
             log_joint += einsum(xp, "jkn,jn->kn", H[:L1, ...], y1)
         if Lw and plan.x_terms:
             # t = W' S^-1 (x - A y - b) = W' S^-1 x - (W' S^-1 [A, b]) y1: (Lw, K, n)
-            t = -xp.reshape(plan.latent_cross @ y1, (Lw, K, n))
+            t = -reshape(xp, plan.latent_cross @ y1, (Lw, K, n))
             if plan.cross is not None:
                 t += H[L1:, ...]
             latent_mean = einsum(xp, "klm,mkn->lkn", plan.latent_cov, t)
@@ -1227,7 +1233,8 @@ class GLLiMModel:
                                 self.target_reg_covar)
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis)
         params = Params(
-            weights=pis / xp.sum(pis), c=copy(xp, zbar[:, :L]), gamma=gamma,
+            weights=pis / (pis.sum() if xp is np else xp.sum(pis)), c=copy(xp, zbar[:, :L]),
+            gamma=gamma,
             A=swap_last(xp, loadings_t[:, :L, :]), W=swap_last(xp, loadings_t[:, L:, :]),
             b=b, noise=None,
         )
@@ -1289,7 +1296,7 @@ class GLLiMModel:
         const = log_w - 0.5 * (D * LOG_2PI + logdet_gamma_star
                                + einsum(xp, "kd,kd->k", Sc, means_x))
         stack = concat(xp, [Sc[:, :, None], SW, P], axis=2)  # (K, D, 1 + Lw + L)
-        gemm = xp.reshape(permute(xp, stack, (1, 2, 0)), (D, -1))
+        gemm = reshape(xp, permute(xp, stack, (1, 2, 0)), (D, -1))
         return Forward(
             weights=params.weights, means_x=means_x, coef=coef, intercept=intercept, cov=cov,
             gemm=np.ascontiguousarray(gemm) if xp is np else gemm, const=const,
@@ -1317,7 +1324,7 @@ class GLLiMModel:
         Lw = fwd.t0.shape[1]
         gemm = fwd.gemm if Xc.dtype == fwd.gemm.dtype else xp.astype(fwd.gemm, Xc.dtype)
         # Component-by-sample layout, as in the E-step: H[j, k, n].
-        H = _to_float64(xp.reshape(_matmul_transposed(Xc, gemm), (1 + Lw + L, K, n)))
+        H = _to_float64(reshape(xp, _matmul_transposed(Xc, gemm), (1 + Lw + L, K, n)))
         t = H[1 : 1 + Lw, ...] - fwd.t0.T[:, :, None]
         hu = H[1 + Lw :, ...]
         u = hu - fwd.u0.T[:, :, None]

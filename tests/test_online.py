@@ -6,6 +6,7 @@ and the new batch's, blended with the step size, i.e. the M-step of the concaten
 batches with per-sample weights.
 """
 
+import copy
 import pickle
 
 import numpy as np
@@ -144,3 +145,39 @@ def test_incremental_wrapper_of_dask_ml(gllim_ref, dask_client):
     lazy = wrapped.predict(Xd)
     assert isinstance(lazy, da.Array)
     assert_allclose(lazy.compute(), by_hand.predict(X), rtol=1e-12, atol=1e-12)
+
+
+def test_vanished_component_is_reseeded(gllim_ref, monkeypatch):
+    # The first batch gives component 2 no responsibility (it starts dead); re-seeding
+    # makes it take a cluster, which the stream then fits; without re-seeding it stays
+    # wasted (two clusters share a component) and the held-out likelihood stays lower.
+    X, y = make_data(gllim_ref, seed=1, n_samples=4000)
+    X_test, y_test = X[3000:], y[3000:]
+    stream = batches(X[:3000], y[:3000], 200)
+    resp = np.zeros((200, 3))
+    resp[np.arange(200), (y[:200, 0] > np.median(y[:200, 0])).astype(int)] = 1.0
+
+    def one_pass():
+        model = GLLiMRegressor(3, resp_init=resp, random_state=0)
+        for batch in stream:
+            model.partial_fit(*batch)
+        return model, model.joint_log_density(X_test, y_test).mean()
+
+    reseeded, score = one_pass()
+    monkeypatch.setattr("gllim_sk._gllim.DEAD_COMPONENT_WEIGHT", 0.0)
+    wasted, wasted_score = one_pass()
+    assert wasted.weights_.min() < 1e-3
+    assert reseeded.weights_.min() > 0.1
+    assert score > wasted_score + 1.0
+
+
+def test_fit_with_warm_start_continues_from_partial_fit(gllim_ref):
+    X, y = make_data(gllim_ref)
+    online = GLLiMRegressor(3, random_state=0)
+    for batch in batches(X[:900], y[:900], 300):
+        online.partial_fit(*batch)
+    before = online.joint_log_density(X, y).mean()
+    warm = copy.deepcopy(online).set_params(warm_start=True, max_iter=1, tol=0).fit(X, y)
+    # lower_bound_ is the log-likelihood of the parameters the iteration started from.
+    assert_allclose(warm.lower_bound_, before, rtol=1e-10)
+    assert warm.joint_log_density(X, y).mean() >= before
