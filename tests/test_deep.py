@@ -19,7 +19,7 @@ from gllim_sk.deep import (  # noqa: E402
     VGGFeatures,
 )
 from gllim_sk.deep._backbone import Backbone, load_model, to_input_tensor  # noqa: E402
-from gllim_sk.deep._estimators import (  # noqa: E402
+from gllim_sk.deep._deep_gllim import (  # noqa: E402
     _noise_precision,
     mixture_regression_loss,
 )
@@ -575,10 +575,10 @@ def test_quick_preset_on_vgg16_and_synthetic_heads():
 
 
 def test_validation_split_by_groups_is_person_disjoint():
-    from gllim_sk.deep._estimators import _train_validation_split
+    from gllim_sk.deep._base import train_validation_split
 
     groups = np.repeat(np.arange(12), 5)
-    train, val = _train_validation_split(60, 0.25, np.random.RandomState(0), 2, groups)
+    train, val = train_validation_split(60, 0.25, np.random.RandomState(0), 2, groups)
     assert not set(groups[train]) & set(groups[val])
     assert len(set(groups[val])) == 3  # a quarter of the 12 people
     np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(60))

@@ -111,7 +111,8 @@ def test_vit_b_16_backbone_is_built():
     with torch.device("meta"):
         backbone = Backbone(load_model("vit_b_16", None))
         out = backbone(torch.empty(2, 3, 224, 224, device="meta"))
-    assert backbone.stage_names == ["network"]
+    # Cut into stages: the patch embedding, one stage per encoder layer, the pooling.
+    assert backbone.stage_names == ["embed"] + [f"encoder{i}" for i in range(12)] + ["pool"]
     assert tuple(out.shape) == (2, backbone.n_features_out) == (2, 768)
 
 

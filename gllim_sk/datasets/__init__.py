@@ -33,6 +33,7 @@ False
 over people, also for ``GridSearchCV(..., cv=GroupKFold(5)).fit(X, y, groups=...)``.
 """
 
+from ._mechanism import make_affine_mixture_images
 from ._real import BIWI_PERSON_OF_SEQUENCE, biwi_pose_to_angles, load_aflw2000, load_biwi
 from ._split import train_val_test_split_by_subject
 from ._synthetic import make_head_poses, render_head, rotation_matrix
@@ -42,6 +43,7 @@ __all__ = [
     "biwi_pose_to_angles",
     "load_aflw2000",
     "load_biwi",
+    "make_affine_mixture_images",
     "make_head_poses",
     "render_head",
     "rotation_matrix",

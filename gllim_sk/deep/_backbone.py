@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .._images import images_to_float
 
-__all__ = ["Backbone", "load_model", "to_input_tensor"]
+__all__ = ["Backbone", "load_model", "replace_classifier", "to_input_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,7 +83,38 @@ def load_model(model, weights):
             ) from exc
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
+        # A network trained for another number of classes (e.g. by
+        # pretrain_head_backbone) loads too: its classification layer is resized first.
+        last_name, _ = last_linear(net)
+        saved = state.get(f"{last_name}.weight") if last_name is not None else None
+        if saved is not None and tuple(saved.shape) != tuple(
+                net.get_submodule(last_name).weight.shape):
+            replace_classifier(net, saved.shape[0])
         net.load_state_dict(state)
+    return net
+
+
+def last_linear(net):
+    """``(name, module)`` of the last ``nn.Linear`` of ``net`` (``(None, None)`` if none)."""
+    found = (None, None)
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    return found
+
+
+def _set_submodule(net, name, module):
+    parent_name, _, child = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, child, module)  # also replaces a Sequential's numbered child
+
+
+def replace_classifier(net, n_classes):
+    """Give a classification network a fresh ``n_classes``-way last linear layer (in place)."""
+    name, old = last_linear(net)
+    if name is None:
+        raise ValueError("the model has no linear classification layer.")
+    _set_submodule(net, name, nn.Linear(old.in_features, n_classes))
     return net
 
 
@@ -93,28 +124,30 @@ def _without_dropout(layers):
     return [nn.Identity() if isinstance(layer, nn.Dropout) else layer for layer in layers]
 
 
-def _split_vgg_like(net):
-    """Stages of a network with ``features``, ``avgpool`` and ``classifier`` (VGG, AlexNet...)."""
+def _split_features_classifier(net):
+    """VGG, AlexNet, MobileNet, EfficientNet, ConvNeXt: ``features``, ``avgpool``, ``classifier``.
+
+    A trunk with max-poolings (VGG, AlexNet) is cut after each pooling (``block1``,
+    ``block2``...); other trunks are cut after each of their children.
+    """
     stages, block = [], []
-    n_block = 0
+    pooled = any(isinstance(layer, nn.MaxPool2d) for layer in net.features)
     for layer in net.features:
         block.append(layer)
-        if isinstance(layer, nn.MaxPool2d):
-            n_block += 1
-            stages.append((f"block{n_block}", nn.Sequential(*block)))
+        if not pooled or isinstance(layer, nn.MaxPool2d):
+            stages.append((f"block{len(stages) + 1}", nn.Sequential(*block)))
             block = []
-    if block:  # a trunk that does not end in pooling (e.g. EfficientNet)
-        stages.append((f"block{n_block + 1}", nn.Sequential(*block)))
+    if block:
+        stages.append((f"block{len(stages) + 1}", nn.Sequential(*block)))
     classifier = list(net.classifier)
     linear_at = [i for i, layer in enumerate(classifier) if isinstance(layer, nn.Linear)]
     if not linear_at:
         raise ValueError("the model's classifier has no linear layer.")
     head = classifier[linear_at[-1]]
-    before_first = classifier[: linear_at[0]]
-    # What precedes the first linear layer runs before flattening: ConvNeXt's classifier
-    # starts with a LayerNorm2d of the pooled map (the final Flatten is then a no-op).
-    pool = nn.Sequential(net.avgpool, *_without_dropout(before_first), nn.Flatten(1))
-    stages.append(("pool", pool))
+    # What precedes the first linear layer (ConvNeXt's LayerNorm2d) runs on the pooled
+    # map, as in the model's own forward.
+    before_first = _without_dropout(classifier[: linear_at[0]])
+    stages.append(("pool", nn.Sequential(net.avgpool, *before_first, nn.Flatten(1))))
     # One stage per hidden linear layer with what follows it (ReLU); the last linear is
     # the classification head and is dropped.
     hidden = linear_at[:-1]
@@ -124,7 +157,8 @@ def _split_vgg_like(net):
     return stages, head.in_features
 
 
-def _split_resnet_like(net):
+def _split_resnet(net):
+    """ResNet, ResNeXt, Wide ResNet: ``stem``, ``layer1``..``layer4``, ``pool``."""
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [("stem", stem)]
     stages += [(name, getattr(net, name)) for name in ("layer1", "layer2", "layer3", "layer4")]
@@ -132,32 +166,85 @@ def _split_resnet_like(net):
     return stages, net.fc.in_features
 
 
+def _split_regnet(net):
+    """RegNet: ``stem``, ``block1``..``block4``, ``pool``."""
+    stages = [("stem", net.stem)]
+    stages += [(name, block) for name, block in net.trunk_output.named_children()]
+    stages.append(("pool", nn.Sequential(net.avgpool, nn.Flatten(1))))
+    return stages, net.fc.in_features
+
+
+class _ViTEmbedding(nn.Module):
+    """Patches, class token and position embedding of a torchvision VisionTransformer."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.conv_proj = vit.conv_proj
+        self.class_token = vit.class_token
+        self.pos_embedding = vit.encoder.pos_embedding
+        self.dropout = vit.encoder.dropout
+        self.image_size = vit.image_size
+
+    def forward(self, x):
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"this vision transformer takes {self.image_size} x {self.image_size} "
+                f"inputs, got {tuple(x.shape[-2:])}; set input_size={self.image_size}."
+            )
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.class_token.expand(len(x), -1, -1), x], dim=1)
+        return self.dropout(x + self.pos_embedding)
+
+
+class _ClassToken(nn.Module):
+    def forward(self, x):
+        return x[:, 0]
+
+
+def _split_vit(net):
+    """VisionTransformer: ``embed``, ``encoder0``.., ``pool`` (final norm, class token)."""
+    stages = [("embed", _ViTEmbedding(net))]
+    stages += [(f"encoder{i}", layer) for i, layer in enumerate(net.encoder.layers)]
+    stages.append(("pool", nn.Sequential(net.encoder.ln, _ClassToken())))
+    return stages, net.hidden_dim
+
+
+# Families of torchvision classifiers the estimators can cut into stages: name prefix,
+# test of the module's layout, splitter. No other code looks at a model's family.
+_FAMILIES = (
+    (("vgg", "alexnet", "mobilenet", "efficientnet", "convnext"),
+     lambda net: all(hasattr(net, a) for a in ("features", "avgpool", "classifier"))
+     and isinstance(net.classifier, nn.Sequential), _split_features_classifier),
+    (("resnet", "resnext", "wide_resnet"),
+     lambda net: all(hasattr(net, a) for a in ("conv1", "bn1", "layer4", "avgpool", "fc")),
+     _split_resnet),
+    (("regnet",), lambda net: all(hasattr(net, a) for a in ("stem", "trunk_output", "fc")),
+     _split_regnet),
+    (("vit",), lambda net: all(hasattr(net, a) for a in ("conv_proj", "class_token", "encoder")),
+     _split_vit),
+)
+
+
 def _split_generic(net):
-    # Other layouts (vision transformers, Swin, MaxViT, RegNet, GoogLeNet...): replace
-    # the last linear layer with an identity and keep the network as one stage
-    # (features of the penultimate layer; no partial freezing).
+    """Other layouts (DenseNet, Swin, MaxViT, GoogLeNet, ...): the whole network as one
+    stage, its last linear layer replaced by an identity (no partial freezing)."""
     if getattr(net, "aux_logits", False):
         # GoogLeNet and Inception return auxiliary outputs in training mode.
         net.aux_logits = False
         for name in ("aux1", "aux2", "AuxLogits"):
             if hasattr(net, name):
                 setattr(net, name, None)
-    last_name, last = None, None
-    for name, module in net.named_modules():
-        if isinstance(module, nn.Linear):
-            last_name, last = name, module
+    name, last = last_linear(net)
     if last is None:
         raise ValueError(
             "cannot find the classification layer (an nn.Linear) of the model. Supported "
             "backbones: torchvision classification models whose last layer is linear "
-            "(VGG, AlexNet, ResNet, ResNeXt, Wide ResNet, DenseNet, EfficientNet, "
-            "MobileNet, MNASNet, ShuffleNet, RegNet, ConvNeXt, ViT, Swin, MaxViT, "
-            "GoogLeNet, Inception; not SqueezeNet) or a module with the VGG layout "
-            "(`features`, `avgpool`, `classifier`)."
+            "(cut into stages: VGG, AlexNet, MobileNet, EfficientNet, ConvNeXt, ResNet, "
+            "ResNeXt, Wide ResNet, RegNet, ViT; as one stage: DenseNet, MNASNet, "
+            "ShuffleNet, Swin, MaxViT, GoogLeNet, Inception; not SqueezeNet) or a module "
+            "with one of these layouts."
         )
-    # setattr also replaces a named child of an nn.Sequential (ViT's heads.head).
-    parent = net.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else net
-    setattr(parent, last_name.rpartition(".")[2], nn.Identity())
+    _set_submodule(net, name, nn.Identity())
     return [("network", net)], last.in_features
 
 
@@ -167,17 +254,18 @@ class Backbone(nn.Module):
     Parameters
     ----------
     net : nn.Module
-        The network (a torchvision classification model or one with the same layout).
+        A torchvision classification network. Those of the families in ``_FAMILIES``
+        (VGG, AlexNet, MobileNet, EfficientNet, ConvNeXt, ResNet/ResNeXt/Wide ResNet,
+        RegNet, ViT), or modules with the same layout, are cut into stages; any other
+        network whose last layer is linear is one stage (no partial freezing).
     """
 
     def __init__(self, net):
         super().__init__()
-        if all(hasattr(net, a) for a in ("features", "avgpool", "classifier")) and isinstance(
-            net.classifier, nn.Sequential
-        ):
-            stages, n_out = _split_vgg_like(net)
-        elif all(hasattr(net, a) for a in ("conv1", "layer4", "avgpool", "fc")):
-            stages, n_out = _split_resnet_like(net)
+        for _, matches, split in _FAMILIES:
+            if matches(net):
+                stages, n_out = split(net)
+                break
         else:
             stages, n_out = _split_generic(net)
         self.stage_names = [name for name, _ in stages]
@@ -208,9 +296,9 @@ class Backbone(nn.Module):
             self.eval()
             with torch.inference_mode():
                 self(torch.zeros(1, 3, input_size, input_size, device=device))
-        except (RuntimeError, AssertionError) as exc:
+        except (RuntimeError, AssertionError, ValueError) as exc:
             raise ValueError(
-                f"the backbone cannot take {input_size}x{input_size} inputs: {exc}. Choose "
+                f"the backbone cannot take {input_size}x{input_size} inputs: {exc} Choose "
                 "another input_size (e.g. the model's own, 224 for most torchvision "
                 "models, 299 for Inception)."
             ) from exc

@@ -1,14 +1,16 @@
-"""Torch plumbing shared by the deep estimators: devices, seeding, batching, training, pickling.
+"""Torch plumbing shared by the deep estimators: devices, seeding, batching, pickling.
 
 Everything here is used by :class:`VGGFeatures`, :class:`DeepRegressor` and
-:class:`DeepGLLiMRegressor` alike, so that device handling, batched inference,
-the training loop and (de)serialisation of the torch state live in one place.
+:class:`DeepGLLiMRegressor` alike, so that device handling, batched inference and
+(de)serialisation of the torch state live in one place (the training loop is
+:class:`~gllim_sk.deep._base.DeepEstimatorBase`'s).
 """
 
 import contextlib
 import copy
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -26,7 +28,6 @@ __all__ = [
     "resolve_device",
     "seeded",
     "torch_seed",
-    "train_epochs",
 ]
 
 
@@ -145,67 +146,14 @@ class TrainingInputs:
             return self._frozen(x).float()
 
 
-def set_trainable(network, split):
-    """Freeze backbone stages ``[0, split)`` (no gradient, eval mode); the rest is trained."""
-    network.train()
-    for i, stage in enumerate(network.backbone.stages):
-        frozen = i < split
-        stage.requires_grad_(not frozen)
-        if frozen:
-            stage.eval()
-    return [p for p in network.parameters() if p.requires_grad]
+class DeviceWarning(UserWarning):
+    """An estimator saved for a device that is not available here was moved to the CPU."""
 
 
-def train_epochs(forward, inputs, loss_fn, optimizer, *, n_epochs, batch_size, generator,
-                 loss_scale=1.0, scheduler=None, mixed_precision=False, verbose=0, desc=None):
-    """Run ``n_epochs`` of minibatch training and return the mean loss of each epoch.
-
-    Parameters
-    ----------
-    forward : callable
-        Maps a batch from ``inputs.get(index)`` to network outputs.
-    inputs : TrainingInputs
-    loss_fn : callable
-        ``loss_fn(outputs, index)`` -> scalar tensor, the mean loss over the batch.
-    optimizer : torch.optim.Optimizer
-    n_epochs, batch_size : int
-    generator : torch.Generator
-        Drives the shuffling, so that training is reproducible.
-    loss_scale : float, default=1.0
-        The optimiser minimises ``loss_scale * loss``; the unscaled loss is reported.
-    scheduler : torch.optim.lr_scheduler.LRScheduler, optional
-        Stepped once per epoch.
-
-    Returns
-    -------
-    losses : list of float
-        Sample-weighted mean training loss of each epoch.
-    """
-    n = inputs.n
-    losses = []
-    for _ in progress(range(n_epochs), verbose, desc=desc):
-        order = torch.randperm(n, generator=generator).numpy()
-        total, count = 0.0, 0
-        for start in range(0, n, batch_size):
-            index = np.sort(order[start : start + batch_size])
-            if len(index) < 2:  # BatchNorm cannot normalise a single sample
-                continue
-            with autocast(inputs.device, mixed_precision):
-                outputs = forward(inputs.get(index))
-            loss = loss_fn(outputs.float(), index)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    "the training loss became non-finite; lower the learning rate."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            (loss * loss_scale).backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            count += len(index)
-        if scheduler is not None:
-            scheduler.step()
-        losses.append(total / max(count, 1))
-    return losses
+def _is_cuda(device):
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, str) and device.startswith("cuda")
 
 
 def _all_on_cpu(module):
@@ -216,7 +164,9 @@ class TorchStateMixin:
     """Pickling and weight files for estimators holding a fitted ``network_`` (skorch style).
 
     Pickles carry the network moved to the CPU, so that they load on machines without a
-    GPU; the network is moved to the estimator's device when it is next used.
+    GPU; the network is moved to the estimator's device when it is next used. An
+    estimator pickled with a CUDA ``device`` and loaded where CUDA is not available
+    falls back to the CPU with a :class:`DeviceWarning` (skorch's rule).
     :meth:`save_params` / :meth:`load_params` write and read the fitted torch and numpy
     state with ``torch.save`` / ``torch.load(..., weights_only=True)``.
     """
@@ -234,6 +184,17 @@ class TorchStateMixin:
             if module is not None and not _all_on_cpu(module):
                 state[name] = copy.deepcopy(module).cpu()
         return state
+
+    def __setstate__(self, state):
+        device = state.get("device")
+        if _is_cuda(device) and not torch.cuda.is_available():
+            warnings.warn(
+                f"{type(self).__name__} was saved with device={device!r}, but CUDA is not "
+                "available here; it is loaded with device='cpu'.",
+                DeviceWarning, stacklevel=2,
+            )
+            state = {**state, "device": "cpu"}
+        super().__setstate__(state)
 
     def _network_on_device(self):
         device = resolve_device(self.device)
