@@ -684,8 +684,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
         # reg_covar is relative to the data's scale (see its documentation).
-        self._reg_floors = (self.reg_covar * variance_scale(X),
-                            self.reg_covar * variance_scale(y))
+        self._reg_floors = self._relative_floors(X, y)
         xp = array_namespace(X)
         if xp is np:
             offset = self.feature_mean_ if do_warm else X.mean(axis=0)
@@ -726,6 +725,10 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
+    def _relative_floors(self, X, y):
+        """The noise and target floors: ``reg_covar`` times the data's variance scales."""
+        return self.reg_covar * variance_scale(X), self.reg_covar * variance_scale(y)
+
     def partial_fit(self, X, y):
         """Update the model with one batch of samples by online (stepwise) EM.
 
@@ -768,8 +771,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             self.n_targets_ = y.shape[1]
             self.feature_mean_, self.target_mean_ = X.mean(axis=0), y.mean(axis=0)
             # reg_covar is relative to the variances of this first batch.
-            self._reg_floors = (self.reg_covar * variance_scale(X),
-                                self.reg_covar * variance_scale(y))
+            self._reg_floors = self._relative_floors(X, y)
         else:
             X, _ = self._check_X(X)
             y = self._check_y(y, X.shape[0]) + self.target_mean_
