@@ -164,3 +164,21 @@ def test_executors_split_and_sum():
         kept, total = executor.map_reduce(lambda b: (b.n_samples, float(b.Xc.sum())), blocks)
     assert kept == [333, 334, 333]
     assert_allclose(total, Xc.sum())
+
+
+def test_far_components_get_floored_responsibilities_not_subnormal_ones():
+    # Two clusters so far apart that each sample's log-joint under the other component is
+    # thousands below its own: exp of the gap underflows to subnormal numbers or zero,
+    # and subnormal responsibilities multiplied with the data slow the products.
+    rng = np.random.default_rng(0)
+    y = np.concatenate([rng.normal(-20.0, 0.3, (100, 1)), rng.normal(20.0, 0.3, (100, 1))])
+    X = np.hstack([3.0 * y, -y]) + 0.01 * rng.normal(size=(200, 2))
+    model = GLLiMRegressor(2, max_iter=5, tol=0, random_state=0).fit(X, y)
+    gllim, block = centred_block(model, X, y)
+    plan = gllim.plan(model._params, block.n_sq)
+    log_joint, _ = gllim.log_joint(block, plan)
+    assert (log_joint.max(axis=0) - log_joint.min(axis=0)).min() > 1000.0
+    resp = gllim.e_step(block, plan).resp
+    assert resp.min() >= np.exp(gm.LOG_RESP_FLOOR) / 2
+    assert_allclose(resp.sum(axis=0), 1.0)
+    assert_allclose(resp.max(axis=0), 1.0)
