@@ -41,6 +41,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from gllim_sk._files import atomic_write, save_figure
 from gllim_sk.datasets import make_head_poses
 from gllim_sk.deep import DeepGLLiMRegressor, DeepRegressor, pretrain_head_backbone
 from gllim_sk.pipelines import make_vgg_ir, make_vgg_svr
@@ -231,7 +232,7 @@ def plot_curves(results, path, epochs_per_alternation):
     axes[2].set(title="GLLiM mean log-likelihood (IR-FT)", xlabel="fine-tuning epochs")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def combine(args):
@@ -264,7 +265,9 @@ def main(argv=None):
         plot_curves(results, args.output_dir / "curves.png", args.epochs)
     results["args"] = {k: str(v) for k, v in vars(args).items()}
     results["seconds"] = time.perf_counter() - tic
-    (args.output_dir / f"results_{args.part}.json").write_text(json.dumps(results, indent=1))
+    with atomic_write(args.output_dir / f"results_{args.part}.json", "w",
+                      encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1)
     print(f"done in {results['seconds']:.0f} s", flush=True)
 
 

@@ -65,6 +65,7 @@ import numpy as np
 from joblib import Memory
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold
 
+from gllim_sk._files import atomic_write, save_figure
 from gllim_sk.metrics import angle_errors, format_results_table
 
 ANGLES = ("pitch", "yaw", "roll")
@@ -391,9 +392,10 @@ def report(args, settings, data, rows, errors, y_true, y_pred, fit_seconds, spli
         timing,
         "",
     ])
-    (out / "table1.md").write_text(markdown, encoding="utf-8")
+    with atomic_write(out / "table1.md", "w", encoding="utf-8") as handle:
+        handle.write(markdown)
 
-    with open(out / "table1.csv", "w", newline="", encoding="utf-8") as handle:
+    with atomic_write(out / "table1.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "pitch", "yaw", "roll", "mean",
                          "paper_pitch", "paper_yaw", "paper_roll", "paper_mean", "seconds"])
@@ -430,7 +432,7 @@ def plot_errors(path, rows, errors):
     ax.set_title("Per-angle error by method (bars: this run; black ticks: the paper)")
     ax.legend(ncols=2, fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -453,7 +455,7 @@ def plot_predictions(path, rows, y_true, y_pred):
             if j == 0:
                 ax.set_ylabel("predicted (deg)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
 
+from gllim_sk._files import atomic_write
 from gllim_sk.datasets import make_head_poses
 from gllim_sk.metrics import angle_error_scorer, angle_errors, get_angle_scorer
 
@@ -150,11 +151,12 @@ def main(args):
     print(summary)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "table2.md").write_text(
-        "# Table 2, reproduced with gllim_sk\n\n" + summary + "\n\n## This run (CV errors)\n\n"
-        + "\n".join(lines) + "\n\n## The paper\n\n" + "\n".join(paper_lines) + "\n",
-        encoding="utf-8")
-    with open(args.output_dir / "table2.csv", "w", newline="", encoding="utf-8") as handle:
+    with atomic_write(args.output_dir / "table2.md", "w", encoding="utf-8") as handle:
+        handle.write("# Table 2, reproduced with gllim_sk\n\n" + summary
+                     + "\n\n## This run (CV errors)\n\n" + "\n".join(lines)
+                     + "\n\n## The paper\n\n" + "\n".join(paper_lines) + "\n")
+    with atomic_write(args.output_dir / "table2.csv", "w", encoding="utf-8",
+                      newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["distribution", "n_components", "cv_pitch", "cv_yaw", "cv_roll",
                          "best", "paper_pitch", "paper_yaw", "paper_roll"])

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit
 
+from gllim_sk._files import atomic_write, save_figure
 from gllim_sk.metrics import angle_errors, format_results_table
 
 ANGLES = ("pitch", "yaw", "roll")
@@ -148,13 +149,13 @@ def main(args):
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table4.md").write_text(
-        "# Table 4, reproduced with gllim_sk\n\n" + summary + "\n\n## This run\n\n"
-        + format_results_table(results, fmt="markdown", method_header="Training data")
-        + "\n\n## The paper\n\n"
-        + format_results_table(paper, fmt="markdown", method_header="Training data") + "\n",
-        encoding="utf-8")
-    with open(out / "table4.csv", "w", newline="", encoding="utf-8") as handle:
+    with atomic_write(out / "table4.md", "w", encoding="utf-8") as handle:
+        handle.write(
+            "# Table 4, reproduced with gllim_sk\n\n" + summary + "\n\n## This run\n\n"
+            + format_results_table(results, fmt="markdown", method_header="Training data")
+            + "\n\n## The paper\n\n"
+            + format_results_table(paper, fmt="markdown", method_header="Training data") + "\n")
+    with atomic_write(out / "table4.csv", "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["fraction", "n_train", "pitch", "yaw", "roll", "mean", "seconds"])
         for label, e in results.items():
@@ -182,7 +183,7 @@ def plot(path, results, sizes, model_name):
     ax.set_title(f"{model_name}: error against training-set size")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

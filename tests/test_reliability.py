@@ -271,6 +271,69 @@ def test_atomic_write(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
+def test_atomic_write_gives_the_permissions_of_a_file_written_in_place(tmp_path):
+    # The temporary file is created private (0600); the results of the examples were.
+    with open(tmp_path / "reference", "w"):
+        pass
+    path = tmp_path / "table.md"
+    with atomic_write(path, "w") as handle:
+        handle.write("new")
+    assert path.stat().st_mode == (tmp_path / "reference").stat().st_mode
+    path.chmod(0o640)
+    with atomic_write(path) as handle:
+        handle.write(b"rewritten")
+    assert path.stat().st_mode & 0o7777 == 0o640
+    assert path.read_bytes() == b"rewritten"
+
+
+def test_atomic_write_text_mode(tmp_path):
+    import csv
+
+    path = tmp_path / "table.csv"
+    with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle).writerow(["angle", "é", 1.5])
+    assert path.read_bytes() == "angle,é,1.5\r\n".encode()  # csv's line ends, utf-8
+    with pytest.raises(KeyError):
+        with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["a", "b"])
+            writer.writerow([{}["missing"]])  # a row that fails half-way through the table
+    assert path.read_bytes() == "angle,é,1.5\r\n".encode()
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+    with pytest.raises(ValueError, match="mode must be 'wb' or 'w', got 'a'"):
+        with atomic_write(path, "a"):
+            pass
+    with pytest.raises(ValueError, match="text mode"):
+        with atomic_write(path, encoding="utf-8"):
+            pass
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_save_figure_is_complete_or_leaves_the_previous_file(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gllim_sk._files import save_figure
+
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0])
+    save_figure(fig, tmp_path / "figure.png", dpi=50)
+    assert plt.imread(tmp_path / "figure.png").shape[:2] == (50, 100)  # a whole PNG
+    path = tmp_path / "figure.svg"
+    save_figure(fig, path)
+    first = path.read_bytes()
+    assert first.rstrip().endswith(b"</svg>")
+    # Invalid mathtext fails while the SVG is being written: fig.savefig(path) leaves the
+    # first part of the file there; save_figure leaves the previous figure.
+    ax.set_title(r"$\frac$")
+    with pytest.raises(ValueError, match="frac"):
+        save_figure(fig, path)
+    assert path.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png", "figure.svg"]
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- images
 
 
