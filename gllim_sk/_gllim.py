@@ -491,6 +491,21 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             "n_features": n_features, "n_targets": n_targets,
         }
 
+    def _check_structure_unchanged(self, method):
+        """Raise when a setting that shapes the parameters changed since the fit: ``method``
+        continues the fitted parameters, which cannot take the new setting."""
+        fitted = self._fitted_structure
+        changed = [f"{name}={getattr(self, name)!r} (fitted with {fitted[name]!r})"
+                   for name in ("n_components", "n_latent", "covariance_type",
+                                "target_covariance_type")
+                   if getattr(self, name) != fitted[name]]
+        if changed:
+            raise ValueError(
+                f"{method} continues the fitted model, but {', '.join(changed)} changed "
+                f"since the fit. Call fit to start over with the new settings, or set them "
+                f"back."
+            )
+
     def _can_warm_start(self, n_features, n_targets):
         """Whether ``fit`` continues from the previous parameters (see ``warm_start``)."""
         return (
@@ -578,11 +593,16 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     # The EM model class; a variant estimator (StudentGLLiMRegressor) names its subclass.
     _em_model_class = gm.GLLiMModel
 
-    def _em_model(self, var_floor=None):
-        """The :class:`~gllim_sk._gllim_math.GLLiMModel` of this estimator's settings."""
+    def _em_model(self, var_floor=None, *, fitted=False):
+        """The :class:`~gllim_sk._gllim_math.GLLiMModel` of this estimator's settings, or
+        with ``fitted=True`` of the settings of the last fit: the fitted parameters are
+        stored in that model's structures, and ``set_params`` only matters at the next
+        fit."""
+        settings = self._fitted_structure if fitted else self.get_params(deep=False)
         # The floors of the fit in progress (or the last one): reg_covar is relative.
         noise_reg, target_reg = getattr(self, "_reg_floors", (self.reg_covar,) * 2)
-        return self._em_model_class(self.covariance_type, self.target_covariance_type,
+        return self._em_model_class(settings["covariance_type"],
+                                    settings["target_covariance_type"],
                                     noise_reg, var_floor, target_reg_covar=target_reg)
 
     def _initial_resp(self, Xc, y, random_state):
@@ -721,7 +741,6 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self.feature_mean_ = offset
         self.target_mean_ = y_offset
         self._set_params_from(params)
-        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -745,7 +764,10 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         the data by the batch's means, takes the unit of the relative ``reg_covar`` from
         the batch's variances and makes the first statistics; on a model fitted by ``fit``
         it starts from the fitted parameters (and keeps the fit's centring and floors).
-        ``max_iter``, ``tol``, ``n_init`` and ``warm_start`` do not apply.
+        ``max_iter``, ``tol``, ``n_init`` and ``warm_start`` do not apply, and the settings
+        that shape the parameters (``n_components``, ``n_latent``, ``covariance_type``,
+        ``target_covariance_type``) cannot change between calls (a ``ValueError`` says so;
+        ``fit`` starts over with new ones).
 
         Prefer :meth:`fit` (exact EM, on numpy or dask arrays) when the samples can be
         passed over repeatedly: it reaches the maximum-likelihood fit. Prefer
@@ -765,6 +787,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self : GLLiMRegressor
             The updated estimator.
         """
+        if hasattr(self, "_params"):
+            self._check_structure_unchanged("partial_fit")
         first = not hasattr(self, "_online_stats")
         if first and not hasattr(self, "_params"):
             X, y = self._validate_training_data(X, y)
@@ -824,7 +848,6 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self.n_batch_iter_ = 1 if first else self.n_batch_iter_ + 1
         self.lower_bound_ = bound  # the batch's mean log-likelihood before its update
         self._set_params_from(params)
-        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
     def _fit_dask(self, X, y):
@@ -855,12 +878,13 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                                   warm_params=self._params if do_warm else None)
         self.feature_mean_, self.target_mean_ = offsets
         self._set_params_from(params)
-        self._fitted_structure = self._structure(X.shape[1], y.shape[1])
         return self
 
     def _set_params_from(self, params):
-        """Store the internal parameters and derive the public and forward attributes."""
-        model = self._em_model()
+        """Store the internal parameters and the settings that shaped them (see
+        ``_structure``), and derive the public and forward attributes."""
+        self._fitted_structure = self._structure(self.n_features_in_, self.n_targets_)
+        model = self._em_model(fitted=True)
         self._params = params
         self._forward = model.forward(params)
         offset = self.feature_mean_
@@ -895,8 +919,13 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             if isinstance(state.get(name), dict):
                 state[name] = cls(**state[name])
         super().__setstate__(state)
+        if hasattr(self, "_params") and not hasattr(self, "_fitted_structure"):
+            # Pickled before the fitted settings were recorded, when predictions used the
+            # settings of the moment: those are the ones pickled with the model.
+            self._fitted_structure = self._structure(self.n_features_in_, self.n_targets_)
         if isinstance(state.get("_online_stats"), dict):
-            self._online_stats = self._em_model().stats_type(**state["_online_stats"])
+            self._online_stats = self._em_model(fitted=True).stats_type(
+                **state["_online_stats"])
 
     # ------------------------------------------------------------------ prediction
     def _core(self):
@@ -965,7 +994,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                                                          feature_noise_cov)
         Xc = X.astype(np.float64) - self.feature_mean_
         params, _ = self._core()
-        log_terms, means, covs = self._em_model().noisy_forward_terms(
+        log_terms, means, covs = self._em_model(fitted=True).noisy_forward_terms(
             params, Xc, noise_var, noise_cov
         )
         return log_terms, means + self.target_mean_, covs, dtype
@@ -985,7 +1014,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             Xc = X.astype(np.float64) - self.feature_mean_
         else:
             Xc = X - xp.astype(self.feature_mean_, dtype)
-        log_nu, means = self._em_model().forward_mixture(Xc, forward)
+        log_nu, means = self._em_model(fitted=True).forward_mixture(Xc, forward)
         target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, dtype)
         return log_nu, means + target_mean, xp.astype(forward.cov, means.dtype), dtype
 
@@ -1156,7 +1185,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             Xc = X.astype(np.float64) - self.feature_mean_
         else:
             Xc, y = X - xp.astype(self.feature_mean_, X.dtype), xp.astype(y, X.dtype)
-        model = self._em_model()
+        model = self._em_model(fitted=True)
         block = model.prepare_block(Xc, y)
         return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
 
@@ -1267,7 +1296,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     def _n_parameters(self):
         # The fitted shapes, not the parameters: set_params after fit must not change them.
         K, D, Lw = self.latent_coef_.shape
-        return self._em_model().n_parameters(K, D, self.n_targets_, Lw)
+        return self._em_model(fitted=True).n_parameters(K, D, self.n_targets_, Lw)
 
     def bic(self, X, y):
         """Bayesian information criterion of the joint model on (X, y); lower is better.

@@ -380,8 +380,8 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
     # ------------------------------------------------------------------ fitting
     _em_model_class = StudentGLLiMModel
 
-    def _em_model(self, var_floor=None):
-        model = super()._em_model(var_floor)
+    def _em_model(self, var_floor=None, *, fitted=False):
+        model = super()._em_model(var_floor, fitted=fitted)
         model.alpha_init = 0.5 * self.dof_init
         return model
 
@@ -423,7 +423,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             )
 
     def _n_parameters(self):
-        return super()._n_parameters() + self.n_components  # the alphas
+        return super()._n_parameters() + self.weights_.shape[0]  # the fitted alphas
 
     def __setstate__(self, state):
         state = dict(state)
@@ -439,7 +439,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         _require_numpy(X)
         X, dtype = self._check_X(X)
         Xc = X.astype(np.float64) - self.feature_mean_
-        log_nu, means, delta = self._em_model().student_forward_terms(
+        log_nu, means, delta = self._em_model(fitted=True).student_forward_terms(
             Xc, self._forward, self._params.alpha
         )
         alpha = self._params.alpha

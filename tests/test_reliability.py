@@ -10,7 +10,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.base import clone
 from test_datasets import aflw_home, biwi_home  # noqa: F401 (fixtures)
 
-from gllim_sk import GLLiMRegressor
+from gllim_sk import GLLiMRegressor, StudentGLLiMRegressor
 from gllim_sk._files import atomic_write
 from gllim_sk.datasets import load_aflw2000, load_biwi
 
@@ -375,6 +375,168 @@ def test_set_params_after_fit_does_not_change_the_fitted_model():
     model.set_params(n_components=5, n_latent=2)
     assert model.bic(X, y) == bic
     assert_array_equal(model.inverse_predict(y), inverse)
+
+
+# --------------------------------------------------------------------------- set_params
+# The rule: the hyper-parameters only matter at the next fit; a fitted model predicts with
+# the settings it was fitted with (the noise and target structures hold its parameters).
+
+TARGET_COVARIANCE_TYPES = ["full", "diag", "spherical", "tied"]
+ESTIMATORS = [GLLiMRegressor, StudentGLLiMRegressor]
+
+
+def _fitted_outputs(model, X, y):
+    """Every prediction-time output of a fitted model, by name."""
+    mean, std, cov = model.predict(X, return_std=True, return_cov=True)
+    weights, means, covariances = model.predict_mixture(X)
+    outputs = {
+        "predict": mean, "predict_std": std, "predict_cov": cov,
+        "mixture_weights": weights, "mixture_means": means,
+        "mixture_covariances": covariances,
+        "posterior_x": model.component_posterior(X),
+        "posterior_y": model.component_posterior(y=y),
+        "posterior_xy": model.component_posterior(X, y),
+        "joint_log_density": model.joint_log_density(X, y),
+        "conditional_log_density": model.conditional_log_density(X, y),
+        "sample_y": model.sample_y(X[:20], n_samples=3, random_state=0),
+        "inverse_predict": model.inverse_predict(y),
+        "score": model.score(X, y), "bic": model.bic(X, y), "aic": model.aic(X, y),
+    }
+    if isinstance(model, StudentGLLiMRegressor):
+        outputs["outlier_weights"] = model.outlier_weights(X, y)
+    else:  # observation noise: the Gaussian model only
+        outputs["noisy_predict"] = model.predict(X, feature_noise_var=0.01)
+        outputs["noisy_joint_log_density"] = model.joint_log_density(
+            X, y, feature_noise_var=0.01)
+    return outputs
+
+
+def _assert_same_outputs(model, X, y, reference, why):
+    outputs = _fitted_outputs(model, X, y)
+    assert outputs.keys() == reference.keys()
+    for name, value in reference.items():
+        assert_allclose(outputs[name], value, rtol=1e-12, err_msg=f"{name} after {why}")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_covariance_type_changed_after_fit_does_not_change_predictions(estimator,
+                                                                       covariance_type):
+    # predict built the noise structure of the new setting around the fitted noise
+    # parameters: a shape error, or silent garbage for some pairs of types.
+    X, y = _issue_data()
+    model = estimator(n_components=3, covariance_type=covariance_type,
+                      random_state=0).fit(X, y)
+    reference = _fitted_outputs(model, X, y)
+    for other in COVARIANCE_TYPES:
+        if other != covariance_type:
+            model.set_params(covariance_type=other)
+            _assert_same_outputs(model, X, y, reference, f"covariance_type={other!r}")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("target_covariance_type", TARGET_COVARIANCE_TYPES)
+def test_target_covariance_type_changed_after_fit_does_not_change_predictions(
+        estimator, target_covariance_type):
+    X, y = _issue_data()
+    model = estimator(n_components=3, target_covariance_type=target_covariance_type,
+                      covariance_type="full", random_state=0).fit(X, y)
+    reference = _fitted_outputs(model, X, y)
+    for other in TARGET_COVARIANCE_TYPES:
+        if other != target_covariance_type:
+            model.set_params(target_covariance_type=other)
+            _assert_same_outputs(model, X, y, reference, f"target_covariance_type={other!r}")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_every_shaping_setting_changed_after_fit_does_not_change_predictions(estimator):
+    X, y = _issue_data()
+    model = estimator(n_components=3, n_latent=1, covariance_type="diag",
+                      target_covariance_type="diag", random_state=0).fit(X, y)
+    reference = _fitted_outputs(model, X, y)
+    model.set_params(n_components=5, n_latent=2, covariance_type="tied",
+                     target_covariance_type="spherical", reg_covar=1e-2)
+    _assert_same_outputs(model, X, y, reference, "set_params")
+    # The new settings take effect at the next fit.
+    model.fit(X, y)
+    assert model.weights_.shape == (5,) and model.latent_coef_.shape == (5, 10, 2)
+    assert np.shape(model.noise_covariances_) == (10, 10)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_pickle_after_set_params_keeps_the_fitted_settings(estimator):
+    import pickle
+
+    X, y = _issue_data()
+    model = estimator(n_components=3, covariance_type="full", random_state=0).fit(X, y)
+    reference = _fitted_outputs(model, X, y)
+    model.set_params(covariance_type="diag", target_covariance_type="diag")
+    restored = pickle.loads(pickle.dumps(model))
+    _assert_same_outputs(restored, X, y, reference, "set_params and a pickle round trip")
+    assert restored.covariance_type == "diag"  # the settings themselves are kept too
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_model_pickled_without_fitted_settings_predicts_as_before(estimator):
+    # Pickles made before the fitted settings were recorded predicted with the settings
+    # pickled with them; they still do, and set_params after loading changes nothing.
+    import pickle
+
+    X, y = _issue_data()
+    model = estimator(n_components=3, covariance_type="tied", random_state=0)
+    model.fit(X, y)
+    reference = _fitted_outputs(model, X, y)
+    state = model.__getstate__()
+    del state["_fitted_structure"]
+    old = estimator.__new__(estimator)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    _assert_same_outputs(old, X, y, reference, "loading an old pickle")
+    old.set_params(covariance_type="spherical")
+    _assert_same_outputs(old, X, y, reference, "loading an old pickle and set_params")
+
+
+def test_online_model_pickled_without_fitted_settings_continues():
+    import pickle
+
+    X, y = _issue_data()
+    online = GLLiMRegressor(n_components=2, covariance_type="full", random_state=0)
+    online.partial_fit(X[:100], y[:100])
+    state = online.__getstate__()
+    del state["_fitted_structure"]
+    old = GLLiMRegressor.__new__(GLLiMRegressor)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    online.partial_fit(X[100:], y[100:])
+    old.partial_fit(X[100:], y[100:])
+    assert_allclose(old.predict(X), online.predict(X), rtol=1e-12)
+
+
+def test_partial_fit_after_a_shaping_setting_changed_is_a_clear_error():
+    # partial_fit continues the fitted parameters, which cannot take the new structure.
+    X, y = _issue_data()
+    for start in ("fit", "partial_fit"):
+        model = GLLiMRegressor(n_components=2, covariance_type="diag", random_state=0)
+        getattr(model, start)(X[:100], y[:100])
+        before = model.predict(X)
+        model.set_params(covariance_type="full", n_components=3)
+        with pytest.raises(ValueError, match=r"partial_fit continues the fitted model, but "
+                           r"n_components=3 \(fitted with 2\), covariance_type='full' "
+                           r"\(fitted with 'diag'\) changed.*Call fit"):
+            model.partial_fit(X[100:], y[100:])
+        assert_array_equal(model.predict(X), before)  # the failed call changed nothing
+        model.set_params(covariance_type="diag", n_components=2).partial_fit(X[100:], y[100:])
+        assert model.n_batch_iter_ == (2 if start == "partial_fit" else 1)
+
+
+def test_deep_noise_precision_uses_the_fitted_noise_structure():
+    pytest.importorskip("torch")
+    from gllim_sk.deep._deep_gllim import _noise_precision
+
+    X, y = _issue_data()
+    gllim = GLLiMRegressor(n_components=2, covariance_type="diag", random_state=0).fit(X, y)
+    before = _noise_precision(gllim, "cpu").numpy()
+    assert_allclose(before, 1.0 / gllim.noise_covariances_, rtol=1e-6)  # float32 tensor
+    gllim.set_params(covariance_type="full")
+    assert_array_equal(_noise_precision(gllim, "cpu").numpy(), before)
 
 
 def test_sparse_angles_get_scikit_learn_sparse_error():

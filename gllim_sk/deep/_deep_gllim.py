@@ -73,7 +73,7 @@ def _gllim_from_state(saved):
 def _noise_precision(gllim, device):
     """Sigma_k^-1 as a tensor: (K, E) for the diagonal family, (K, E, E) for full/tied."""
     K, E, _ = gllim.inverse_coef_.shape
-    model = gllim._em_model()
+    model = gllim._em_model(fitted=True)
     prec = np.broadcast_to(model.noise.precision(gllim._params.noise),
                            (K, E) + (E,) * model.noise.dense_quadratic)
     return torch.as_tensor(np.array(prec), dtype=torch.float32, device=device)
