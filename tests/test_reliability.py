@@ -419,33 +419,23 @@ def _assert_same_outputs(model, X, y, reference, why):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_covariance_type_changed_after_fit_does_not_change_predictions(estimator,
-                                                                       covariance_type):
-    # predict built the noise structure of the new setting around the fitted noise
-    # parameters: a shape error, or silent garbage for some pairs of types.
+@pytest.mark.parametrize(("setting", "fitted"), [
+    *(("covariance_type", kind) for kind in COVARIANCE_TYPES),
+    *(("target_covariance_type", kind) for kind in TARGET_COVARIANCE_TYPES),
+])
+def test_covariance_type_changed_after_fit_does_not_change_predictions(estimator, setting,
+                                                                       fitted):
+    # predict built the structure of the new setting around the fitted parameters: a
+    # shape error, or silent garbage for some pairs of types.
     X, y = _issue_data()
-    model = estimator(n_components=3, covariance_type=covariance_type,
-                      random_state=0).fit(X, y)
+    model = estimator(n_components=3, covariance_type="full", random_state=0)
+    model.set_params(**{setting: fitted}).fit(X, y)
     reference = _fitted_outputs(model, X, y)
-    for other in COVARIANCE_TYPES:
-        if other != covariance_type:
-            model.set_params(covariance_type=other)
-            _assert_same_outputs(model, X, y, reference, f"covariance_type={other!r}")
-
-
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("target_covariance_type", TARGET_COVARIANCE_TYPES)
-def test_target_covariance_type_changed_after_fit_does_not_change_predictions(
-        estimator, target_covariance_type):
-    X, y = _issue_data()
-    model = estimator(n_components=3, target_covariance_type=target_covariance_type,
-                      covariance_type="full", random_state=0).fit(X, y)
-    reference = _fitted_outputs(model, X, y)
-    for other in TARGET_COVARIANCE_TYPES:
-        if other != target_covariance_type:
-            model.set_params(target_covariance_type=other)
-            _assert_same_outputs(model, X, y, reference, f"target_covariance_type={other!r}")
+    kinds = COVARIANCE_TYPES if setting == "covariance_type" else TARGET_COVARIANCE_TYPES
+    for other in kinds:
+        if other != fitted:
+            model.set_params(**{setting: other})
+            _assert_same_outputs(model, X, y, reference, f"{setting}={other!r}")
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
