@@ -324,9 +324,12 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     ``fit`` accepts dask arrays: EM then runs exactly (the same iterations as in memory,
     to rounding) with the samples left in blocks where dask's workers hold them; only the
     sufficient statistics reach the client. k-means initialises on the targets (on all
-    of them up to 100,000 rows, else on a uniform random sample of 100,000). ``predict``,
-    ``predict_mixture``, ``component_posterior`` and the densities return lazy dask
-    arrays for dask inputs. :meth:`partial_fit` runs online EM on a stream of batches.
+    of them up to 100,000 rows, else on a uniform random sample of 100,000). The
+    per-sample methods (``predict``, ``predict_mixture``, ``predict_modes``,
+    ``component_posterior``, the densities, ``sample_y``, ``inverse_predict``) return
+    lazy dask arrays for dask inputs, computed block by block of rows; ``score``,
+    ``bic`` and ``aic`` reduce their sums on the workers. :meth:`partial_fit` runs
+    online EM on a stream of batches.
 
     A component whose total responsibility falls below 1e-8 samples during EM keeps a
     negligible weight and receives the moments of the whole training set, so that it
@@ -1077,7 +1080,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         covariances : ndarray of shape (n_components, n_targets, n_targets)
             Component covariances Sigma*_k (they do not depend on x); with observation
             noise they do, and the shape is (n_samples, n_components, n_targets,
-            n_targets).
+            n_targets). On a dask X the weights and means are lazy dask arrays, and the
+            covariances an in-memory array (a dask array with observation noise).
         """
         if feature_noise_var is not None or feature_noise_cov is not None:
             # The covariances depend on the sample: on dask arrays, per row block.

@@ -569,6 +569,34 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         y = self._check_y(y, log_nu.shape[0]) + self.target_mean_
         return mixture_log_density(y[:, None, :], log_nu, means, scales, dof)[:, 0]
 
+    def sample_y(self, X, n_samples=1, random_state=None, *, feature_noise_var=None,
+                 feature_noise_cov=None):
+        """Draw targets from the Student predictive mixture p(y | x).
+
+        As :meth:`GLLiMRegressor.sample_y` (the same row-keyed generator: the draws on a
+        dask array are lazy and equal the in-memory ones), with the t components of
+        :meth:`predict_mixture`. Observation noise is not available for the Student model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples_X, n_features)
+            Features.
+        n_samples : int, default=1
+            Number of draws per row of X.
+        random_state : int, RandomState instance or None, default=None
+            Seed of the draws.
+        feature_noise_var, feature_noise_cov : None
+            Not available for the Student model (``NotImplementedError``).
+
+        Returns
+        -------
+        y_samples : ndarray of shape (n_samples_X, n_targets, n_samples)
+            Draws; shape (n_samples_X, n_samples) for a model fitted on 1-D y.
+        """
+        return super().sample_y(X, n_samples, random_state,
+                                feature_noise_var=feature_noise_var,
+                                feature_noise_cov=feature_noise_cov)
+
     def _target_log_prior(self, y):
         """log pi_k + log t(y; c_k, Gamma_k, alpha_k), (K, n), for centred y."""
         params = self._params

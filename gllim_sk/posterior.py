@@ -492,6 +492,10 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
 
     Notes
     -----
+    The sampler runs in memory: a dask ``X`` is computed first (the user's forward
+    model and log-prior are called on the client, and the draws of all rows come from
+    one generator in turn).
+
     Rows where no draw has positive target density (every draw outside the prior's
     support, or the likelihood underflows) cannot be corrected: they keep the proposal's
     mean and covariance, get an effective sample size of 0, and a warning says how many
@@ -522,6 +526,8 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
     rng = check_random_state(random_state)
+    if _dask.is_dask_array(X):  # in memory, as the notes say
+        X = X.compute()
     log_w_mix, means, scales, dof, _ = model._predictive_components(X)
     X = np.asarray(model._check_X(X)[0], dtype=float)
     n, D = X.shape

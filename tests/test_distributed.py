@@ -124,22 +124,29 @@ def test_dask_warm_start_continues_as_in_memory(gllim_ref, dask_client):
     assert_same_fit(numpy_fit, dask_fit, X)
 
 
-def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
-                                                             monkeypatch):
-    X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
-    y = y[:, 0]  # 1-D targets
-    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(500,))
+def _record_gathered_sizes(client, monkeypatch):
+    """The list to which every later ``client.gather`` appends the size of its result
+    (until ``monkeypatch.undo()``)."""
+    import dask.sizeof
+
     gathered = []
-    gather = dask_process_client.gather
+    gather = client.gather
 
     def recording_gather(futures, *args, **kwargs):
         result = gather(futures, *args, **kwargs)
         gathered.append(dask.sizeof.sizeof(result))
         return result
 
-    import dask.sizeof
+    monkeypatch.setattr(client, "gather", recording_gather)
+    return gathered
 
-    monkeypatch.setattr(dask_process_client, "gather", recording_gather)
+
+def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
+                                                             monkeypatch):
+    X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
+    y = y[:, 0]  # 1-D targets
+    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(500,))
+    gathered = _record_gathered_sizes(dask_process_client, monkeypatch)
     kw = dict(n_components=3, n_latent=1, random_state=0, max_iter=15)
     dask_fit = GLLiMRegressor(**kw).fit(Xd, yd)
     monkeypatch.undo()
@@ -283,9 +290,12 @@ def test_dask_student_fit_equals_numpy(gllim_ref, dask_client):
 
 
 class _TaskCounter:
-    """Counts the tasks that dask's local schedulers run while it is active."""
+    """Counts the tasks run while it is active, on dask's local threaded scheduler (set
+    explicitly: a cluster client of this module, once started, would otherwise take
+    the computations, and a callback of the local schedulers would count nothing)."""
 
     def __init__(self):
+        import dask
         from dask.callbacks import Callback
 
         self.tasks = 0
@@ -295,14 +305,16 @@ class _TaskCounter:
             def _pretask(self, key, dsk, state):
                 counter.tasks += 1
 
-        self._callback = Counting()
+        self._contexts = [dask.config.set(scheduler="threads"), Counting()]
 
     def __enter__(self):
-        self._callback.__enter__()
+        for context in self._contexts:
+            context.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._callback.__exit__(*exc)
+        for context in reversed(self._contexts):
+            context.__exit__(*exc)
 
 
 def _posterior_outputs(model, X, y):
@@ -414,17 +426,7 @@ def test_dask_score_gathers_only_sums(gllim_ref, dask_client, monkeypatch):
     model = GLLiMRegressor(n_components=3, random_state=0).fit(X, y)
     weight = np.random.default_rng(0).uniform(0.5, 2.0, len(X))
     Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(300, -1))
-    gathered = []
-    gather = dask_client.gather
-
-    def recording_gather(futures, *args, **kwargs):
-        result = gather(futures, *args, **kwargs)
-        gathered.append(dask.sizeof.sizeof(result))
-        return result
-
-    import dask.sizeof
-
-    monkeypatch.setattr(dask_client, "gather", recording_gather)
+    gathered = _record_gathered_sizes(dask_client, monkeypatch)
     before = _tasks_executed(dask_client)
     scores = [model.score(Xd, yd), model.score(Xd, y, sample_weight=da.from_array(weight, 500))]
     monkeypatch.undo()

@@ -306,6 +306,11 @@ def test_importance_sampling_with_full_noise_and_callable_likelihood(coarse_prob
                             **kw)
     assert_allclose(a.log_weights, b.log_weights, rtol=1e-10)
     assert_allclose(a.log_weights, c.log_weights, rtol=1e-10)
+    # A dask X is computed first: the same draws and weights as in memory.
+    da = pytest.importorskip("dask.array")
+    d = importance_sampling(model, da.from_array(X_test, chunks=2), forward,
+                            uniform_log_prior, noise_covariance=NOISE**2 * np.eye(3), **kw)
+    assert_allclose(d.log_weights, a.log_weights, rtol=1e-10)
 
 
 def test_importance_sampling_rows_outside_the_prior_warn_and_stay_finite(coarse_problem):
