@@ -4,8 +4,13 @@ With dispatch on, a fit on torch tensors or array-api-strict arrays must run in 
 namespace and give the numpy fit's numbers (float64), and float32 must stay close to
 float64. scikit-learn's own array-API estimator checks run in ``test_gllim.py``
 (``parametrize_with_checks``); the CUDA ones skip on machines without a GPU.
+
+The torch tests run on the device named by the environment variable
+``GLLIM_SK_TEST_DEVICE`` (default ``cpu``; ``cuda`` on a GPU machine), and are skipped when
+torch cannot use it.
 """
 
+import os
 import warnings
 
 import numpy as np
@@ -18,6 +23,27 @@ from gllim_sk import GLLiMRegressor
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied", "tied_diag", "tied_spherical")
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+TORCH_DEVICE = os.environ.get("GLLIM_SK_TEST_DEVICE", "cpu")
+
+
+def torch_on_device():
+    """torch, skipping the test when it is missing or cannot use ``TORCH_DEVICE``."""
+    torch = pytest.importorskip("torch")
+    try:
+        torch.zeros(1, device=TORCH_DEVICE)
+    except (RuntimeError, AssertionError) as exc:
+        pytest.skip(f"torch cannot use device {TORCH_DEVICE!r}: {exc}")
+    return torch
+
+
+def tensor(torch, a, dtype=None):
+    """``a`` as a torch tensor on ``TORCH_DEVICE``."""
+    return torch.asarray(a, dtype=dtype, device=TORCH_DEVICE)
+
+
+def host(t):
+    """A torch tensor's values as a numpy array."""
+    return t.cpu().numpy()
 
 
 def standardised_data(n_samples=300, n_features=10, n_targets=2, seed=0):
@@ -33,12 +59,12 @@ def standardised_data(n_samples=300, n_features=10, n_targets=2, seed=0):
 @pytest.mark.parametrize("n_latent", [0, 2])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_torch_float64_fit_equals_numpy_fit(covariance_type, n_latent):
-    torch = pytest.importorskip("torch")
+    torch = torch_on_device()
     X, y, resp = standardised_data()
     kwargs = dict(covariance_type=covariance_type, n_latent=n_latent, resp_init=resp,
                   max_iter=15, tol=0, random_state=0)
     reference = GLLiMRegressor(3, **kwargs).fit(X, y)
-    X_t, y_t = torch.asarray(X), torch.asarray(y)
+    X_t, y_t = tensor(torch, X), tensor(torch, y)
     with sklearn.config_context(array_api_dispatch=True):
         model = GLLiMRegressor(3, **kwargs).fit(X_t, y_t)
         mean, std = model.predict(X_t[:60], return_std=True)
@@ -74,20 +100,20 @@ def test_torch_float64_fit_equals_numpy_fit(covariance_type, n_latent):
     expected["weights"], expected["means"], expected["covariances"] = (
         reference.predict_mixture(X[:60]))
     assert_allclose(model.lower_bounds_, reference.lower_bounds_, rtol=1e-10)
-    assert_allclose(outputs["predict"].numpy(), expected["predict"], rtol=1e-8, atol=1e-8)
+    assert_allclose(host(outputs["predict"]), expected["predict"], rtol=1e-8, atol=1e-8)
     for name, value in expected.items():
-        assert_allclose(outputs[name].numpy(), value, rtol=1e-7, atol=1e-8, err_msg=name)
+        assert_allclose(host(outputs[name]), value, rtol=1e-7, atol=1e-8, err_msg=name)
     assert_allclose([bic, aic], [reference.bic(X, y), reference.aic(X, y)], rtol=1e-10)
     # Fitted attributes live in the namespace of the data, with the numpy fit's values.
     for name in ("weights_", "target_covariances_", "inverse_coef_", "noise_covariances_",
                  "forward_coef_", "feature_mean_"):
         value = getattr(model, name)
         assert isinstance(value, torch.Tensor), name
-        assert_allclose(value.numpy(), getattr(reference, name), rtol=1e-8, atol=1e-9,
+        assert_allclose(host(value), getattr(reference, name), rtol=1e-8, atol=1e-9,
                         err_msg=name)
     # Latent loadings are identified up to a rotation (the two libraries' singular vectors
     # may differ in sign): compare W W'.
-    W, W_ref = model.latent_coef_.numpy(), reference.latent_coef_
+    W, W_ref = host(model.latent_coef_), reference.latent_coef_
     assert_allclose(W @ W.transpose(0, 2, 1), W_ref @ W_ref.transpose(0, 2, 1), rtol=1e-8,
                     atol=1e-10)
 
@@ -95,21 +121,21 @@ def test_torch_float64_fit_equals_numpy_fit(covariance_type, n_latent):
 @pytest.mark.parametrize("n_latent", [0, 2])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_float32_predictions_close_to_float64(covariance_type, n_latent):
-    torch = pytest.importorskip("torch")
+    torch = torch_on_device()
     X, y, resp = standardised_data(seed=1)
     kwargs = dict(covariance_type=covariance_type, n_latent=n_latent, resp_init=resp,
                   max_iter=3, tol=0, random_state=0)
     with sklearn.config_context(array_api_dispatch=True):
-        model64 = GLLiMRegressor(3, **kwargs).fit(torch.asarray(X), torch.asarray(y))
-        expected = model64.predict(torch.asarray(X[:100])).numpy()
+        model64 = GLLiMRegressor(3, **kwargs).fit(tensor(torch, X), tensor(torch, y))
+        expected = host(model64.predict(tensor(torch, X[:100])))
         model32 = GLLiMRegressor(3, **kwargs).fit(
-            torch.asarray(X, dtype=torch.float32), torch.asarray(y, dtype=torch.float32))
-        got = model32.predict(torch.asarray(X[:100], dtype=torch.float32))
-        got_same_model = model64.predict(torch.asarray(X[:100], dtype=torch.float32))
+            tensor(torch, X, dtype=torch.float32), tensor(torch, y, dtype=torch.float32))
+        got = model32.predict(tensor(torch, X[:100], dtype=torch.float32))
+        got_same_model = model64.predict(tensor(torch, X[:100], dtype=torch.float32))
     assert got.dtype == torch.float32
     scale = np.abs(expected).max()
-    assert np.abs(got.numpy() - expected).max() <= 1e-4 * scale
-    assert np.abs(got_same_model.numpy() - expected).max() <= 1e-4 * scale
+    assert np.abs(host(got) - expected).max() <= 1e-4 * scale
+    assert np.abs(host(got_same_model) - expected).max() <= 1e-4 * scale
 
 
 @pytest.mark.parametrize("n_latent", [0, 1])
@@ -133,11 +159,11 @@ def test_array_api_strict_fit_equals_numpy_fit(covariance_type, n_latent):
 
 
 def test_kmeans_initialisation_and_warm_start_with_torch():
-    torch = pytest.importorskip("torch")
+    torch = torch_on_device()
     X, y, _ = standardised_data(seed=2)
     reference = GLLiMRegressor(3, n_latent=1, max_iter=10, random_state=0).fit(X, y)
     with sklearn.config_context(array_api_dispatch=True):
-        X_t, y_t = torch.asarray(X), torch.asarray(y)
+        X_t, y_t = tensor(torch, X), tensor(torch, y)
         model = GLLiMRegressor(3, n_latent=1, max_iter=10, random_state=0).fit(X_t, y_t)
         assert_allclose(model.lower_bounds_, reference.lower_bounds_, rtol=1e-9)
         model.set_params(warm_start=True, max_iter=3).fit(X_t, y_t)
@@ -147,14 +173,14 @@ def test_kmeans_initialisation_and_warm_start_with_torch():
 
 
 def test_model_moves_back_to_numpy():
-    torch = pytest.importorskip("torch")
+    torch = torch_on_device()
     from sklearn.utils._array_api import move_estimator_to
 
     X, y, resp = standardised_data(seed=3)
     with sklearn.config_context(array_api_dispatch=True):
-        model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(torch.asarray(X),
-                                                                  torch.asarray(y))
-        on_device = model.predict(torch.asarray(X[:20])).numpy()
+        model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(tensor(torch, X),
+                                                                  tensor(torch, y))
+        on_device = host(model.predict(tensor(torch, X[:20])))
         with pytest.raises(ValueError, match="same namespace"):
             model.predict(X[:20])
     moved = move_estimator_to(model, np, "cpu")
@@ -170,7 +196,7 @@ def test_model_moves_back_to_numpy():
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_torch_singular_covariance_is_the_clear_error_of_numpy(covariance_type):
     # As tests/test_reliability.py on numpy: reg_covar=0 with identical rows.
-    torch = pytest.importorskip("torch")
+    torch = torch_on_device()
     X, y, _ = standardised_data(n_samples=100)
     X = np.vstack([X, np.repeat(X[:1], 100, axis=0)])
     y = np.vstack([y, np.repeat(y[:1], 100, axis=0)])
@@ -179,4 +205,4 @@ def test_torch_singular_covariance_is_the_clear_error_of_numpy(covariance_type):
         model.fit(X, y)
     with sklearn.config_context(array_api_dispatch=True):
         with pytest.raises(ValueError, match="singular covariance.*reg_covar > 0"):
-            model.fit(torch.asarray(X), torch.asarray(y))
+            model.fit(tensor(torch, X), tensor(torch, y))
