@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
 
 from . import _engine
 from . import _gllim_math as gm
@@ -344,7 +344,13 @@ def _is_array_argument(value):
     return is_dask_array(value) or (isinstance(value, np.ndarray | list) and np.ndim(value) >= 1)
 
 
-def blockwise(*, constant_outputs=(), shared=None):
+# GLLiM's observation-noise keywords, shared by all samples (a variance, per-feature
+# variances, a covariance) up to these numbers of dimensions: such a value goes whole to
+# every row block; per-sample variances (n_samples, n_features) follow the row blocks.
+SHARED_NOISE = {"feature_noise_var": 1, "feature_noise_cov": 2}
+
+
+def blockwise(*, constant_outputs=(), shared=None, row_offset=None):
     """Method decorator: dask-array inputs give lazy dask arrays, computed block by block.
 
     The method takes per-sample arrays (rows aligned) and returns per-sample arrays, or a
@@ -356,7 +362,10 @@ def blockwise(*, constant_outputs=(), shared=None):
     also raises the method's own errors (wrong number of features...) right away.
     ``shared`` maps keyword arguments to the number of dimensions up to which they are
     sample-independent: such a value is computed if it is a dask array and passed whole
-    to every block.
+    to every block. ``row_offset`` names a keyword argument that receives the index of
+    the block's first row among all rows (what a method whose result for a row depends
+    on the row's position, such as the draws of a counter-based generator, needs); it is
+    left to its default when the method runs on in-memory arrays.
     """
     shared = shared or {}
 
@@ -373,7 +382,7 @@ def blockwise(*, constant_outputs=(), shared=None):
             if not any_dask_array(*args, *kwargs.values()):
                 return method(self, *args, **kwargs)
             return _map_over_row_blocks(method, self, args, kwargs, constant_outputs,
-                                        shared)
+                                        shared, row_offset)
         return wrapper
     return decorate
 
@@ -386,9 +395,11 @@ def _call_with(estimator, method_name, values, n_args):
     )
 
 
-def _packed_block(*block_values, estimator, spec):
+def _packed_block(*block_values, estimator, spec, block_info=None):
     """The method on one row block, its per-sample outputs packed side by side (n, width)."""
     values = dict(spec["values"])
+    if spec["row_offset"] is not None:  # dask passes the block's location in the output
+        values[spec["row_offset"]] = block_info[None]["array-location"][0][0]
     for name, block in zip(spec["order"], block_values, strict=True):
         values[name] = block.reshape((block.shape[0], *spec["tails_in"][name]))
     out = _call_with(estimator, spec["method"], values, spec["n_args"])
@@ -400,7 +411,8 @@ def _packed_block(*block_values, estimator, spec):
     )
 
 
-def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs, shared):
+def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs, shared,
+                         row_offset):
     import dask
     import dask.array as da
 
@@ -441,7 +453,7 @@ def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs, shar
         "method": method.__name__, "n_args": len(args), "single": single,
         "values": {name: value for name, value in values.items() if name not in arrays},
         "order": list(blocks), "tails_in": tails_in, "per_sample": per_sample,
-        "dtype": dtype,
+        "dtype": dtype, "row_offset": row_offset,
     }
     packed = da.map_blocks(
         _packed_block, *blocks.values(), estimator=dask.delayed(estimator), spec=spec,
@@ -457,3 +469,49 @@ def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs, shar
         part = part[:, 0] if tail == () else part.reshape((n_rows, *tail))
         outputs[i] = part.astype(probe[i].dtype, copy=False)
     return outputs[0] if single else tuple(outputs)
+
+
+def r2_score(y_true, y_pred, sample_weight=None):
+    """scikit-learn's ``r2_score`` (the average over targets, non-finite scores forced as
+    it does) of predictions and targets of which one at least is a dask array: the sums
+    it needs are reduced where the blocks live, and only they reach the client."""
+    import dask
+    import dask.array as da
+
+    first = next(a for a in (y_pred, y_true, sample_weight) if is_dask_array(a))
+    n = first.shape[0]
+    if np.isnan(n):
+        raise ValueError("Dask arrays need known row counts; call compute_chunk_sizes() first.")
+    row_chunks = first.rechunk({i: -1 for i in range(1, first.ndim)}).chunks[0]
+
+    def rows(name, a):
+        a = da.asarray(a)
+        if a.ndim not in (1, 2) or a.shape[0] != n:
+            raise ValueError(f"{name} has shape {a.shape}; expected {n} rows (1-D or 2-D).")
+        return a.reshape(n, -1).astype(np.float64).rechunk((row_chunks, -1))
+
+    y_true, y_pred = rows("y", y_true), rows("the predictions", y_pred)
+    if y_true.shape[1] != y_pred.shape[1]:
+        raise ValueError(
+            f"y has {y_true.shape[1]} target column(s); the model predicts {y_pred.shape[1]}."
+        )
+    if n < 2:
+        warnings.warn("R^2 score is not well-defined with less than two samples.",
+                      UndefinedMetricWarning, stacklevel=3)
+        return float("nan")
+    weight = da.ones((n, 1), chunks=(row_chunks, 1)) if sample_weight is None else (
+        rows("sample_weight", sample_weight))
+    if weight.shape[1] != 1:
+        raise ValueError(f"sample_weight must be 1-D; got shape {sample_weight.shape}.")
+    # Two reductions over y in one graph (the weighted mean, then the spread around it),
+    # as scikit-learn computes the denominator, rather than sum y^2 - n mean^2, which
+    # cancels.
+    mean = (weight * y_true).sum(axis=0) / weight.sum()
+    numerator, denominator = dask.compute(
+        (weight * (y_true - y_pred) ** 2).sum(axis=0),
+        (weight * (y_true - mean) ** 2).sum(axis=0),
+    )
+    scores = np.where(numerator == 0, 1.0, 0.0)  # where the denominator is 0
+    nonzero = denominator != 0
+    scores[nonzero] = 1.0 - numerator[nonzero] / denominator[nonzero]
+    return float(np.mean(scores))

@@ -34,7 +34,8 @@ from .posterior import (
     gaussian_or_t_log_density,
     mahalanobis_logdet,
     mixture_log_density,
-    sample_mixture,
+    sample_mixture_rows,
+    stream_key,
 )
 
 __all__ = ["GLLiMRegressor"]
@@ -91,12 +92,6 @@ def scale_of_variances(variances):
 
 def _unit_scale(scale):
     return scale if np.isfinite(scale) and scale > 0 else 1.0
-
-
-# Observation noise shared by all samples (a variance, per-feature variances, a
-# covariance): up to these numbers of dimensions the blockwise dask path gives it to every
-# row block whole; per-sample variances (n_samples, n_features) follow the row blocks.
-SHARED_NOISE = {"feature_noise_var": 1, "feature_noise_cov": 2}
 
 
 def _reseeded(esteps, component, Xc, yc, n_components):
@@ -329,9 +324,12 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     ``fit`` accepts dask arrays: EM then runs exactly (the same iterations as in memory,
     to rounding) with the samples left in blocks where dask's workers hold them; only the
     sufficient statistics reach the client. k-means initialises on the targets (on all
-    of them up to 100,000 rows, else on a uniform random sample of 100,000). ``predict``,
-    ``predict_mixture``, ``component_posterior`` and the densities return lazy dask
-    arrays for dask inputs. :meth:`partial_fit` runs online EM on a stream of batches.
+    of them up to 100,000 rows, else on a uniform random sample of 100,000). The
+    per-sample methods (``predict``, ``predict_mixture``, ``predict_modes``,
+    ``component_posterior``, the densities, ``sample_y``, ``inverse_predict``) return
+    lazy dask arrays for dask inputs, computed block by block of rows; ``score``,
+    ``bic`` and ``aic`` reduce their sums on the workers. :meth:`partial_fit` runs
+    online EM on a stream of batches.
 
     A component whose total responsibility falls below 1e-8 samples during EM keeps a
     negligible weight and receives the moments of the whole training set, so that it
@@ -1032,7 +1030,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         """Drop the target axis for models fitted on 1-D y."""
         return a[:, 0] if self._y_ndim == 1 else a
 
-    @_dask.blockwise(shared=SHARED_NOISE)
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
                 feature_noise_cov=None):
         """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
@@ -1111,19 +1109,23 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         covariances : ndarray of shape (n_components, n_targets, n_targets)
             Component covariances Sigma*_k (they do not depend on x); with observation
             noise they do, and the shape is (n_samples, n_components, n_targets,
-            n_targets).
+            n_targets). On a dask X the weights and means are lazy dask arrays, and the
+            covariances an in-memory array (a dask array with observation noise).
         """
-        noise = feature_noise_var is not None or feature_noise_cov is not None
-        if noise and _dask.any_dask_array(X, feature_noise_var, feature_noise_cov):
-            # The blockwise path returns the covariances once, as sample-independent.
-            raise ValueError(
-                "predict_mixture with observation noise needs in-memory arrays; compute the "
-                "dask arrays first."
-            )
+        if feature_noise_var is not None or feature_noise_cov is not None:
+            # The covariances depend on the sample: on dask arrays, per row block.
+            return self._noisy_predict_mixture(X, feature_noise_var=feature_noise_var,
+                                               feature_noise_cov=feature_noise_cov)
+        return self._predict_mixture(X)
+
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
+    def _noisy_predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         return self._predict_mixture(X, feature_noise_var=feature_noise_var,
                                      feature_noise_cov=feature_noise_cov)
 
-    @_dask.blockwise(constant_outputs=(2,), shared=SHARED_NOISE)
+    # The covariances (K, L, L) do not depend on the sample: the dask path returns them
+    # once, as an in-memory array.
+    @_dask.blockwise(constant_outputs=(2,), shared=_dask.SHARED_NOISE)
     def _predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         log_nu, means, covs, dtype = self._mixture(X, "predict_mixture", feature_noise_var,
                                                    feature_noise_cov)
@@ -1134,7 +1136,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             _as_dtype(covs, dtype),
         )
 
-    @_dask.blockwise(shared=SHARED_NOISE)
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
                             feature_noise_cov=None):
         """Posterior probabilities of the components.
@@ -1189,7 +1191,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         block = model.prepare_block(Xc, y)
         return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
 
-    @_dask.blockwise(shared=SHARED_NOISE)
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def joint_log_density(self, X, y, *, feature_noise_var=None, feature_noise_cov=None):
         """Log-density log p(x, y) of each pair under the fitted joint model.
 
@@ -1206,7 +1208,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             return gm.logsumexp(terms, axis=1)
         return self._joint_estep(X, y).log_prob
 
-    @_dask.blockwise(shared=SHARED_NOISE)
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def conditional_log_density(self, X, y, *, feature_noise_var=None,
                                 feature_noise_cov=None):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.
@@ -1246,32 +1248,60 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         n_samples : int, default=1
             Number of draws per row of X.
         random_state : int, RandomState instance or None, default=None
-            Seed of the draws (numpy's generator: with Array API inputs the draws are
-            made on the host and returned in the namespace and on the device of ``X``).
+            Seed of the draws: it keys a counter-based generator (see the notes).
 
         Returns
         -------
         y_samples : ndarray of shape (n_samples_X, n_targets, n_samples)
             Draws; shape (n_samples_X, n_samples) for a model fitted on 1-D y (as
             :meth:`sklearn.gaussian_process.GaussianProcessRegressor.sample_y`).
+
+        Notes
+        -----
+        The draws of row ``i`` of X are made from its own stretch of a counter-based
+        stream (numpy's Philox) keyed by ``random_state`` (an int seed gives a fixed
+        key; a ``RandomState`` gives one draw of its state): a row's draws depend on the
+        seed, on the row and on its index, not on the other rows. On a dask array the
+        draws are therefore made block by block on the workers, lazily, and equal the
+        in-memory draws for the same seed whatever the row blocks. With Array API inputs
+        they are made with numpy on the host and returned in the namespace and on the
+        device of ``X``.
         """
         if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        rng = check_random_state(random_state)
-        log_nu, means, covs, dtype = self._mixture(X, "sample_y", feature_noise_var,
-                                                   feature_noise_cov)
-        xp = array_namespace(means)
-        draws = sample_mixture(np.exp(to_numpy(log_nu)), to_numpy(means), to_numpy(covs),
-                               n_samples, rng)  # (n, s, L)
+        key = stream_key(check_random_state(random_state))
+        draws = self._sample_rows(X, n_samples, key, feature_noise_var=feature_noise_var,
+                                  feature_noise_cov=feature_noise_cov)
+        return draws[:, 0, :] if self._y_ndim == 1 else draws
+
+    @_dask.blockwise(shared=_dask.SHARED_NOISE, row_offset="first_row")
+    def _sample_rows(self, X, n_samples, key, *, first_row=0, feature_noise_var=None,
+                     feature_noise_cov=None):
+        """Draws (n, L, n_samples) for the rows of X, which start at row ``first_row``."""
+        log_nu, means, scales, dof, dtype = self._predictive_components(
+            X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov)
+        draws = sample_mixture_rows(np.exp(log_nu), means, scales, n_samples, key,
+                                    first_row, dof)  # (n, s, L)
         draws = np.transpose(draws, (0, 2, 1))
-        if self._y_ndim == 1:
-            draws = draws[:, 0, :]
+        xp = _input_namespace(self.weights_)
         if xp is np:
             return draws.astype(dtype, copy=False)
         return xp.asarray(draws, dtype=dtype, device=array_device(self.weights_))
 
+    def _predictive_components(self, X, *, feature_noise_var=None, feature_noise_cov=None):
+        """Log gating weights (n, K), means (n, K, L), covariances ((K, L, L) or
+        (n, K, L, L)) of p(y | x) as float64 numpy arrays, ``None`` degrees of freedom
+        (Gaussian components) and the dtype of X."""
+        log_nu, means, covs, dtype = self._mixture(X, "sample_y", feature_noise_var,
+                                                   feature_noise_cov)
+        return to_numpy(log_nu), to_numpy(means), to_numpy(covs), None, dtype
+
+    @_dask.blockwise()
     def inverse_predict(self, y):
         """The learned inverse map E[x | y] = sum_k p(Z = k | y) (A_k y + b_k).
+
+        On a dask array of targets the result is a lazy dask array, computed block by
+        block of rows.
 
         Parameters
         ----------
@@ -1291,6 +1321,31 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         ry = xp.reshape(resp[:, :, None] * y[:, None, :], (n, K * L))
         A_stack = xp.reshape(permute(xp, self.inverse_coef_, (0, 2, 1)), (K * L, -1))
         return ry @ A_stack + resp @ (params.b + self.feature_mean_)  # y is centred
+
+    def score(self, X, y, sample_weight=None):
+        """The coefficient of determination R^2 of :meth:`predict` on (X, y).
+
+        scikit-learn's :func:`~sklearn.metrics.r2_score`, averaged uniformly over the
+        targets (as :meth:`sklearn.base.RegressorMixin.score`). When X, y or
+        ``sample_weight`` is a dask array, the sums it needs are reduced where the
+        blocks live and only they reach the client.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            True targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights.
+
+        Returns
+        -------
+        score : float
+        """
+        if not _dask.any_dask_array(X, y, sample_weight):
+            return super().score(X, y, sample_weight=sample_weight)
+        return _dask.r2_score(y, self.predict(X), sample_weight)
 
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):

@@ -25,18 +25,17 @@ of the EM engine); :class:`StudentGLLiMModel`, the EM steps as a variant of the 
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 from scipy.special import betaln, digamma, gammaln, polygamma
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _dask
 from . import _gllim_math as gm
 from ._compat import Interval
 from ._gllim import GLLiMRegressor, _input_namespace
-from .posterior import mahalanobis_logdet, mixture_log_density, sample_mixture
+from .posterior import mahalanobis_logdet, mixture_log_density
 
 # The degrees of freedom are kept in [2 ALPHA_MIN, 2 ALPHA_MAX]: beyond the upper bound
 # the t is a Gaussian for every practical purpose and a larger alpha only rescales
@@ -466,9 +465,9 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         log_nu, means, scales, dof, dtype = self._student_mixture(X)
         return log_nu, means, self._t_covariances(scales, dof[None, :]), dtype
 
-    def _predictive_components(self, X):
-        log_nu, means, scales, dof, _ = self._student_mixture(X)
-        return log_nu, means, scales, dof
+    def _predictive_components(self, X, *, feature_noise_var=None, feature_noise_cov=None):
+        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
+        return self._student_mixture(X)
 
     @staticmethod
     def _t_covariances(scales, dof):
@@ -477,6 +476,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             factor = np.where(dof > 2.0, dof / (dof - 2.0), np.inf)
         return scales * factor[..., None, None]
 
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
                 feature_noise_cov=None):
         """Predict the conditional mean E[y | x] of the Student forward mixture.
@@ -521,6 +521,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
                 out.append(cov.astype(dtype, copy=False))
         return out[0] if len(out) == 1 else tuple(out)
 
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
         """Return the Student predictive mixture p(y | x) for each sample.
 
@@ -552,6 +553,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             self._t_covariances(scales, dof[None, :]).astype(dtype, copy=False),
         )
 
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def conditional_log_density(self, X, y, *, feature_noise_var=None,
                                 feature_noise_cov=None):
         """Conditional log-density log p(y | x) of each pair under the forward mixture.
@@ -571,7 +573,9 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
                  feature_noise_cov=None):
         """Draw targets from the Student predictive mixture p(y | x).
 
-        Observation noise is not available for the Student model.
+        As :meth:`GLLiMRegressor.sample_y` (the same row-keyed generator: the draws on a
+        dask array are lazy and equal the in-memory ones), with the t components of
+        :meth:`predict_mixture`. Observation noise is not available for the Student model.
 
         Parameters
         ----------
@@ -581,22 +585,17 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             Number of draws per row of X.
         random_state : int, RandomState instance or None, default=None
             Seed of the draws.
+        feature_noise_var, feature_noise_cov : None
+            Not available for the Student model (``NotImplementedError``).
 
         Returns
         -------
         y_samples : ndarray of shape (n_samples_X, n_targets, n_samples)
             Draws; shape (n_samples_X, n_samples) for a model fitted on 1-D y.
         """
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
-        rng = check_random_state(random_state)
-        log_nu, means, scales, dof, dtype = self._student_mixture(X)
-        draws = sample_mixture(np.exp(log_nu), means, scales, n_samples, rng, dof)
-        draws = np.transpose(draws, (0, 2, 1))
-        if self._y_ndim == 1:
-            draws = draws[:, 0, :]
-        return draws.astype(dtype, copy=False)
+        return super().sample_y(X, n_samples, random_state,
+                                feature_noise_var=feature_noise_var,
+                                feature_noise_cov=feature_noise_cov)
 
     def _target_log_prior(self, y):
         """log pi_k + log t(y; c_k, Gamma_k, alpha_k), (K, n), for centred y."""
@@ -607,6 +606,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             log_w = np.log(params.weights)
         return log_w[:, None] + t_log_density(delta, logdet, params.alpha[:, None], y.shape[1])
 
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
                             feature_noise_cov=None):
         """Posterior probabilities of the components (t densities; see GLLiMRegressor).
@@ -633,6 +633,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             return np.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
         return super().component_posterior(X, y)
 
+    @_dask.blockwise()
     def outlier_weights(self, X, y):
         """How much each pair counts in the fit: sum_k p(k | x, y) E[u | x, y, k] / alpha_k.
 

@@ -22,8 +22,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, gammaln, logsumexp
+from scipy.special import betaln, chdtri, gammaln, logsumexp, ndtri
 from sklearn.utils import check_random_state
+
+from . import _dask
 
 __all__ = ["ImportanceSamplingResult", "importance_sampling", "merge_mixture"]
 
@@ -96,19 +98,70 @@ def sample_mixture(weights, means, scales, n_draws, rng, dof=None):
     Shapes as in :func:`mixture_log_density`; ``weights`` need not be normalised.
     """
     n, K, L = means.shape
+    choice = rng.uniform(size=(n, n_draws))
+    normal = rng.standard_normal((n, n_draws, L))
+    return _mixture_draws(weights, means, scales, choice, normal, dof, rng.chisquare)
+
+
+def _mixture_draws(weights, means, scales, choice, normal, dof, chisquare):
+    """Mixture draws (n, s, L) from uniforms ``choice`` (n, s) that pick the components,
+    standard normals ``normal`` (n, s, L) and, for t components, ``chisquare(dof_ns)``,
+    chi-square draws of the picked components' degrees of freedom (n, s)."""
+    n, K, L = means.shape
     cum = np.cumsum(weights, axis=1)
-    u = rng.uniform(size=(n, n_draws)) * cum[:, -1:]
+    u = choice * cum[:, -1:]
     comp = np.minimum((u[:, :, None] > cum[:, None, :]).sum(axis=2), K - 1)
     if scales.ndim == 3:
         scales = scales[None]
     chol = np.broadcast_to(np.linalg.cholesky(scales), (n, K, L, L))
     rows = np.arange(n)[:, None]
-    noise = np.einsum("nslm,nsm->nsl", chol[rows, comp], rng.standard_normal((n, n_draws, L)))
+    noise = np.einsum("nslm,nsm->nsl", chol[rows, comp], normal)
     if dof is not None:
         dof_nk = np.broadcast_to(np.asarray(dof, dtype=float), (n, K))[rows, comp]
         # t = Gaussian / sqrt(chi2_dof / dof)
-        noise /= np.sqrt(rng.chisquare(dof_nk) / dof_nk)[:, :, None]
+        noise /= np.sqrt(chisquare(dof_nk) / dof_nk)[:, :, None]
     return means[rows, comp] + noise
+
+
+def stream_key(random_state):
+    """The 128-bit key (two ints) of :func:`row_uniforms`'s stream, drawn from a numpy
+    ``RandomState`` (as from ``check_random_state``)."""
+    return tuple(int(v) for v in random_state.randint(2**63, size=2, dtype=np.int64))
+
+
+# Philox makes four 64-bit values per step of its counter.
+_PHILOX_VALUES_PER_COUNT = 4
+
+
+def row_uniforms(key, first_row, n_rows, per_row):
+    """Uniforms in (0, 1), (n_rows, per_row), for rows ``first_row`` onwards of a stream.
+
+    Row ``r`` takes its values from its own stretch of a counter-based generator (numpy's
+    :class:`~numpy.random.Philox` keyed by ``key``), from counter ``r * ceil(per_row /
+    4)`` on: the values of a row do not depend on which other rows are drawn with it,
+    so that rows drawn in blocks, in any blocks, get the values of rows drawn at once.
+    Each value has 52 random bits, centred in its interval: the smallest is 2^-53, the
+    largest 1 - 2^-53.
+    """
+    stride = -(-per_row // _PHILOX_VALUES_PER_COUNT)
+    bits = np.random.Philox(key=np.array(key, dtype=np.uint64), counter=first_row * stride)
+    raw = bits.random_raw(n_rows * stride * _PHILOX_VALUES_PER_COUNT)
+    raw = raw.reshape(n_rows, stride * _PHILOX_VALUES_PER_COUNT)[:, :per_row]
+    return ((raw >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
+
+
+def sample_mixture_rows(weights, means, scales, n_draws, key, first_row=0, dof=None):
+    """:func:`sample_mixture` for rows ``first_row`` onwards, from :func:`row_uniforms`.
+
+    Each row's draws come from its own uniforms (standard normals and chi-squares by
+    their inverse distribution functions): the draws of a row are the same whichever
+    block of rows it is drawn in.
+    """
+    n, K, L = means.shape
+    width = 2 + L if dof is not None else 1 + L
+    u = row_uniforms(key, first_row, n, n_draws * width).reshape(n, n_draws, width)
+    return _mixture_draws(weights, means, scales, u[:, :, 0], ndtri(u[:, :, 1 : L + 1]), dof,
+                          lambda dof_ns: chdtri(dof_ns, u[:, :, L + 1]))
 
 
 # --------------------------------------------------------------------- merging
@@ -439,6 +492,10 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
 
     Notes
     -----
+    The sampler runs in memory: a dask ``X`` is computed first (the user's forward
+    model and log-prior are called on the client, and the draws of all rows come from
+    one generator in turn).
+
     Rows where no draw has positive target density (every draw outside the prior's
     support, or the likelihood underflows) cannot be corrected: they keep the proposal's
     mean and covariance, get an effective sample size of 0, and a warning says how many
@@ -469,7 +526,9 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
     rng = check_random_state(random_state)
-    log_w_mix, means, scales, dof = model._predictive_components(X)
+    if _dask.is_dask_array(X):  # in memory, as the notes say
+        X = X.compute()
+    log_w_mix, means, scales, dof, _ = model._predictive_components(X)
     X = np.asarray(model._check_X(X)[0], dtype=float)
     n, D = X.shape
     K, L = means.shape[1:]
@@ -555,17 +614,15 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
 class PosteriorMixin:
     """Posterior tools shared by the GLLiM estimators.
 
-    An estimator supplies ``predict_mixture`` and may override
-    ``_predictive_components`` (Student-t components).
+    An estimator supplies ``predict_mixture``, and ``_predictive_components(X, *,
+    feature_noise_var=None, feature_noise_cov=None)``: the predictive mixture's log
+    weights (n, K), means (n, K, L), scale matrices ((K, L, L) or (n, K, L, L)) and
+    degrees of freedom (``None`` for Gaussian components) as float64 numpy arrays, and
+    the dtype of the predictions (what :func:`importance_sampling` and ``sample_y`` draw
+    from).
     """
 
-    def _predictive_components(self, X):
-        """Log-weights (n, K), means (n, K, L), scales (K|n, ..., L, L), dof or None."""
-        weights, means, covariances = self.predict_mixture(X)
-        with np.errstate(divide="ignore"):
-            log_w = np.log(np.asarray(weights, dtype=float))
-        return log_w, np.asarray(means, dtype=float), np.asarray(covariances, dtype=float), None
-
+    @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def predict_modes(self, X, n_modes=2, *, feature_noise_var=None, feature_noise_cov=None):
         """Posterior modes: the predictive mixture of each sample merged into ``n_modes``.
 
@@ -592,6 +649,11 @@ class PosteriorMixin:
             Mode locations.
         covariances : ndarray of shape (n_samples, M', n_targets, n_targets)
             Spread of each mode.
+
+        Notes
+        -----
+        Each sample's modes depend on that sample alone: on a dask array of features the
+        three outputs are lazy dask arrays, merged block by block of rows.
         """
         weights, means, covariances = self.predict_mixture(
             X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov

@@ -17,6 +17,7 @@ import os
 # support, switched on before scipy is first imported.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
+import contextlib  # noqa: E402
 import copy  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
@@ -300,6 +301,11 @@ def _restoring_dask_config():
     except ImportError:
         yield
         return
+    # Importing distributed adds its defaults to dask's configuration, and dask imports
+    # it on its own (its rechunking does): imported within a test, after the snapshot,
+    # the restore would drop those defaults and break every later computation.
+    with contextlib.suppress(ImportError):
+        import distributed  # noqa: F401
     saved = copy.deepcopy(dask.config.config)
     yield
     dask.config.config.clear()

@@ -124,22 +124,29 @@ def test_dask_warm_start_continues_as_in_memory(gllim_ref, dask_client):
     assert_same_fit(numpy_fit, dask_fit, X)
 
 
-def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
-                                                             monkeypatch):
-    X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
-    y = y[:, 0]  # 1-D targets
-    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(500,))
+def _record_gathered_sizes(client, monkeypatch):
+    """The list to which every later ``client.gather`` appends the size of its result
+    (until ``monkeypatch.undo()``)."""
+    import dask.sizeof
+
     gathered = []
-    gather = dask_process_client.gather
+    gather = client.gather
 
     def recording_gather(futures, *args, **kwargs):
         result = gather(futures, *args, **kwargs)
         gathered.append(dask.sizeof.sizeof(result))
         return result
 
-    import dask.sizeof
+    monkeypatch.setattr(client, "gather", recording_gather)
+    return gathered
 
-    monkeypatch.setattr(dask_process_client, "gather", recording_gather)
+
+def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
+                                                             monkeypatch):
+    X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
+    y = y[:, 0]  # 1-D targets
+    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(500,))
+    gathered = _record_gathered_sizes(dask_process_client, monkeypatch)
     kw = dict(n_components=3, n_latent=1, random_state=0, max_iter=15)
     dask_fit = GLLiMRegressor(**kw).fit(Xd, yd)
     monkeypatch.undo()
@@ -280,3 +287,152 @@ def test_dask_student_fit_equals_numpy(gllim_ref, dask_client):
     assert _tasks_executed(dask_client) > before, "EM did not run on the workers"
     assert_same_fit(numpy_fit, dask_fit, X)
     assert_allclose(dask_fit.dof_, numpy_fit.dof_, rtol=1e-10)
+
+
+class _TaskCounter:
+    """Counts the tasks run while it is active, on dask's local threaded scheduler (set
+    explicitly: a cluster client of this module, once started, would otherwise take
+    the computations, and a callback of the local schedulers would count nothing)."""
+
+    def __init__(self):
+        import dask
+        from dask.callbacks import Callback
+
+        self.tasks = 0
+        counter = self
+
+        class Counting(Callback):
+            def _pretask(self, key, dsk, state):
+                counter.tasks += 1
+
+        self._contexts = [dask.config.set(scheduler="threads"), Counting()]
+
+    def __enter__(self):
+        for context in self._contexts:
+            context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for context in reversed(self._contexts):
+            context.__exit__(*exc)
+
+
+def _posterior_outputs(model, X, y):
+    """Every per-sample prediction of ``model`` on (X, y), by name."""
+    outputs = {
+        "predict": model.predict(X, return_std=True, return_cov=True),
+        "mixture": model.predict_mixture(X),
+        "modes": model.predict_modes(X, n_modes=2),
+        "inverse": (model.inverse_predict(y),),
+        "posterior_y": (model.component_posterior(y=y),),
+        "conditional": (model.conditional_log_density(X, y),),
+        "samples": (model.sample_y(X, n_samples=3, random_state=0),),
+    }
+    if hasattr(model, "outlier_weights"):
+        outputs["outliers"] = (model.outlier_weights(X, y),)
+    return outputs
+
+
+@pytest.mark.parametrize("estimator", ["gaussian", "student"])
+def test_dask_posterior_methods_are_lazy_and_exact(gllim_ref, estimator):
+    from gllim_sk import StudentGLLiMRegressor
+
+    X, y = make_data(gllim_ref, n_latent=1)
+    if estimator == "gaussian":
+        model = GLLiMRegressor(n_components=3, n_latent=1, random_state=0).fit(X, y)
+    else:
+        X[:10] += 20.0  # outlying rows: small weights u
+        model = StudentGLLiMRegressor(n_components=3, random_state=0, max_iter=20).fit(X, y)
+    Xd, yd = as_dask(X, y)
+    with _TaskCounter() as counter:
+        lazy = _posterior_outputs(model, Xd, yd)
+        score = model.score(Xd, yd)  # a number: computed, from the lazy predictions
+    assert counter.tasks > 0
+    with _TaskCounter() as counter:
+        lazy = _posterior_outputs(model, Xd, yd)
+    assert counter.tasks == 0, "something was computed eagerly"
+    expected = _posterior_outputs(model, X, y)
+    assert_allclose(score, model.score(X, y), rtol=1e-10)
+    for name, exact_outputs in expected.items():
+        for i, (part, exact) in enumerate(zip(lazy[name], exact_outputs, strict=True)):
+            if name == "mixture" and i == 2 and estimator == "gaussian":
+                assert isinstance(part, np.ndarray)  # (K, L, L), the same for every x
+            else:
+                assert isinstance(part, da.Array), name
+                rows = yd if name in ("inverse", "posterior_y") else Xd
+                assert part.chunks[0] == rows.chunks[0], name
+            assert part.dtype == exact.dtype, name
+            assert_allclose(np.asarray(part), exact, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_dask_sample_y_is_reproducible_whatever_the_blocks(gllim_ref):
+    X, y = make_data(gllim_ref)
+    model = GLLiMRegressor(n_components=3, random_state=0).fit(X, y[:, 0])  # 1-D y
+    expected = model.sample_y(X, n_samples=4, random_state=7)
+    assert expected.shape == (len(X), 4)
+    for rows in (300, 64, 17):
+        lazy = model.sample_y(da.from_array(X, chunks=(rows, 3)), n_samples=4, random_state=7)
+        assert isinstance(lazy, da.Array) and lazy.chunks[0] == da.ones(300, chunks=rows).chunks[0]
+        assert_allclose(lazy.compute(), expected, rtol=1e-10, atol=1e-12)
+    Xd = da.from_array(X, chunks=50)
+    assert not np.allclose(model.sample_y(Xd, 4, random_state=8).compute(), expected)
+    # A RandomState gives one draw of its state, as on arrays in memory.
+    assert_allclose(model.sample_y(Xd, 4, random_state=np.random.RandomState(3)).compute(),
+                    model.sample_y(X, 4, random_state=np.random.RandomState(3)), rtol=1e-10)
+    # The graph of another seed has other names: dask never mixes up their results.
+    assert (model.sample_y(Xd, 4, random_state=1).name
+            != model.sample_y(Xd, 4, random_state=2).name)
+    draws32 = model.sample_y(Xd.astype(np.float32), 2, random_state=0)
+    assert draws32.dtype == np.float32 and draws32.compute().dtype == np.float32
+
+
+def test_dask_observation_noise_in_modes_and_samples(gllim_ref):
+    X, y = make_data(gllim_ref, n_samples=120, n_features=5)
+    model = GLLiMRegressor(n_components=2, random_state=0).fit(X, y)
+    rng = np.random.default_rng(4)
+    var = rng.uniform(0.01, 0.3, X.shape)
+    Q = rng.normal(size=(5, 5))
+    Xd = da.from_array(X, chunks=50)
+    for lazy_noise, noise in (({"feature_noise_var": da.from_array(var, chunks=40)},
+                               {"feature_noise_var": var}),
+                              ({"feature_noise_cov": 0.05 * Q @ Q.T},) * 2):
+        with _TaskCounter() as counter:
+            modes = model.predict_modes(Xd, n_modes=1, **lazy_noise)
+            samples = model.sample_y(Xd, 3, random_state=0, **lazy_noise)
+        assert counter.tasks == 0
+        for part, exact in zip((*modes, samples),
+                               (*model.predict_modes(X, n_modes=1, **noise),
+                                model.sample_y(X, 3, random_state=0, **noise)), strict=True):
+            assert part.chunks[0] == Xd.chunks[0]
+            assert_allclose(part.compute(), exact, rtol=1e-10, atol=1e-12)
+
+
+def test_dask_student_refuses_observation_noise_at_once(gllim_ref):
+    from gllim_sk import StudentGLLiMRegressor
+
+    X, y = make_data(gllim_ref, n_samples=120, n_features=5)
+    model = StudentGLLiMRegressor(n_components=2, random_state=0, max_iter=5).fit(X, y)
+    Xd = da.from_array(X, chunks=50)
+    for call in (lambda: model.predict(Xd, feature_noise_var=1.0),
+                 lambda: model.predict_mixture(Xd, feature_noise_var=da.ones(X.shape)),
+                 lambda: model.predict_modes(Xd, feature_noise_cov=np.eye(5)),
+                 lambda: model.sample_y(Xd, feature_noise_var=1.0)):
+        with pytest.raises(NotImplementedError, match="not a t"):
+            call()
+
+
+def test_dask_score_gathers_only_sums(gllim_ref, dask_client, monkeypatch):
+    X, y = make_data(gllim_ref, n_samples=1200)
+    model = GLLiMRegressor(n_components=3, random_state=0).fit(X, y)
+    weight = np.random.default_rng(0).uniform(0.5, 2.0, len(X))
+    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(300, -1))
+    gathered = _record_gathered_sizes(dask_client, monkeypatch)
+    before = _tasks_executed(dask_client)
+    scores = [model.score(Xd, yd), model.score(Xd, y, sample_weight=da.from_array(weight, 500))]
+    monkeypatch.undo()
+    assert _tasks_executed(dask_client) > before, "the score was not reduced on the workers"
+    assert gathered and max(gathered) < 1000  # sums of two columns, not rows
+    assert_allclose(scores, [model.score(X, y), model.score(X, y, sample_weight=weight)],
+                    rtol=1e-10)
+    with pytest.raises(ValueError, match="rows"):
+        model.score(Xd, yd[:-1])

@@ -10,14 +10,16 @@ import warnings
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
-from scipy.stats import multivariate_normal, multivariate_t
+from scipy.stats import kstest, multivariate_normal, multivariate_t, norm, t
 
 from gllim_sk import GLLiMRegressor
 from gllim_sk.posterior import (
     importance_sampling,
     merge_mixture,
     mixture_log_density,
+    row_uniforms,
     sample_mixture,
+    sample_mixture_rows,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -180,6 +182,41 @@ def test_sample_mixture_moments():
     assert_allclose(emp, cov, rtol=0.08, atol=0.05)
 
 
+def test_row_uniforms_do_not_depend_on_the_blocks():
+    key = (12345, 678)
+    whole = row_uniforms(key, 0, 50, 7)
+    assert whole.shape == (50, 7)
+    parts = np.vstack([row_uniforms(key, start, stop - start, 7)
+                       for start, stop in ((0, 13), (13, 14), (14, 50))])
+    assert_allclose(parts, whole, rtol=0, atol=0)
+    assert not np.allclose(row_uniforms((12345, 679), 0, 50, 7), whole)
+    many = row_uniforms(key, 10**9, 2000, 25).ravel()  # far along the stream
+    assert 0.0 < many.min() and many.max() < 1.0
+    assert kstest(many, "uniform").pvalue > 1e-3
+
+
+@pytest.mark.parametrize("dof", [None, np.array([2.5, 4.0])])
+def test_sample_mixture_rows_follows_the_mixture(dof):
+    # One row, a two-component 1-D mixture: its draws against the mixture's exact CDF.
+    weights = np.array([[0.3, 0.7]])
+    means = np.array([[[-2.0], [1.5]]])
+    scales = np.array([[[0.5]], [[2.0]]])
+    draws = sample_mixture_rows(weights, means, scales, 20_000, (7, 11), 0, dof)[0, :, 0]
+    sd = np.sqrt(scales[:, 0, 0])
+
+    def cdf(v):
+        if dof is None:
+            parts = [norm.cdf(v, means[0, k, 0], sd[k]) for k in range(2)]
+        else:
+            parts = [t.cdf(v, dof[k], means[0, k, 0], sd[k]) for k in range(2)]
+        return weights[0, 0] * parts[0] + weights[0, 1] * parts[1]
+
+    assert kstest(draws, cdf).pvalue > 1e-3
+    wrong = (lambda v: norm.cdf(v, 0.45, 2.0)) if dof is None else (
+        lambda v: 0.3 * norm.cdf(v, -2.0, sd[0]) + 0.7 * norm.cdf(v, 1.5, sd[1]))
+    assert kstest(draws, wrong).pvalue < 1e-6  # the test can tell the t from the Gaussian
+
+
 # --------------------------------------------------------------------------- importance sampling
 NOISE = 0.03
 
@@ -269,6 +306,11 @@ def test_importance_sampling_with_full_noise_and_callable_likelihood(coarse_prob
                             **kw)
     assert_allclose(a.log_weights, b.log_weights, rtol=1e-10)
     assert_allclose(a.log_weights, c.log_weights, rtol=1e-10)
+    # A dask X is computed first: the same draws and weights as in memory.
+    da = pytest.importorskip("dask.array")
+    d = importance_sampling(model, da.from_array(X_test, chunks=2), forward,
+                            uniform_log_prior, noise_covariance=NOISE**2 * np.eye(3), **kw)
+    assert_allclose(d.log_weights, a.log_weights, rtol=1e-10)
 
 
 def test_importance_sampling_rows_outside_the_prior_warn_and_stay_finite(coarse_problem):
@@ -405,7 +447,7 @@ def test_observation_noise_widens_the_posterior_and_is_validated(gllim_ref):
 
 
 def test_observation_noise_with_dask_inputs(gllim_ref):
-    """Per-sample variances follow the row blocks; predict_mixture refuses lazy inputs."""
+    """Per-sample variances follow the row blocks, in predict and predict_mixture."""
     da = pytest.importorskip("dask.array")
     rng = np.random.default_rng(2)
     p = gllim_ref.random_params(rng, 2, 5, 2)
@@ -416,8 +458,12 @@ def test_observation_noise_with_dask_inputs(gllim_ref):
         var, chunks=50))
     assert_allclose(lazy.compute(scheduler="synchronous"),
                     model.predict(X, feature_noise_var=var), rtol=1e-10)
-    with pytest.raises(ValueError, match="in-memory arrays"):
-        model.predict_mixture(da.from_array(X, chunks=50), feature_noise_var=1.0)
+    # With noise the component covariances depend on the sample: lazy, per row block.
+    lazy = model.predict_mixture(da.from_array(X, chunks=50), feature_noise_var=var)
+    expected = model.predict_mixture(X, feature_noise_var=var)
+    for part, exact in zip(lazy, expected, strict=True):
+        assert isinstance(part, da.Array) and part.chunks[0] == (50, 50, 20)
+        assert_allclose(part.compute(scheduler="synchronous"), exact, rtol=1e-10)
 
 
 @pytest.mark.parametrize("noise", ["scalar", "per_feature", "per_feature_dask", "covariance"])
