@@ -38,6 +38,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # Ships MathJax 3 and copies it into _static/mathjax of the built HTML (mathjax_path
+    # points there), so that equations render the same with and without a network.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
@@ -84,6 +87,9 @@ sphinx_gallery_conf = {
     "doc_module": ("gllim_sk",),
     "first_notebook_cell": None,
     "min_reported_time": 1,
+    # The execution-time summary pages load jQuery and DataTables from CDNs; the docs
+    # must read the same without a network, and each example page states its own time.
+    "write_computation_times": False,
 }
 
 # -- HTML output --------------------------------------------------------------

@@ -112,3 +112,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+# sphinx_gallery_thumbnail_path = "_static/thumbnails/mechanism_affine_mixture.png"

@@ -461,3 +461,5 @@ def plot_predictions(path, rows, y_true, y_pred):
 
 if __name__ == "__main__":
     run(parse_args())
+
+# sphinx_gallery_thumbnail_path = "_static/thumbnails/reproduce_table1.png"

@@ -170,3 +170,5 @@ def main(args):
 
 if __name__ == "__main__":
     main(parse_args())
+
+# sphinx_gallery_thumbnail_path = "_static/thumbnails/table2_components.png"

@@ -189,3 +189,5 @@ def plot(path, results, sizes, model_name):
 
 if __name__ == "__main__":
     main(parse_args())
+
+# sphinx_gallery_thumbnail_path = "_static/thumbnails/table4_training_size.png"
