@@ -49,7 +49,7 @@ from gllim_sk.pipelines import make_vgg_ir, make_vgg_svr
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--part", choices=("frozen", "compare"), default="compare")
+    parser.add_argument("--part", choices=("frozen", "compare", "regime"), default="compare")
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--n-samples", type=int, default=1000)
@@ -66,6 +66,13 @@ def parse_args(argv=None):
     parser.add_argument("--random-weights", action="store_true",
                         help="start from random weights instead of the pretrained ones")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", default=None,
+                        help="backbone state_dict file (default: pretrain_head_backbone())")
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="--part regime: the estimator variants to run (default: all)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="--part regime: stop starting new fits after this many seconds")
     parser.add_argument("--output-dir", type=Path, default=Path("pretrained_regime_output"))
     parser.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
                         help="only summarise and plot results_compare.json files of "
@@ -88,7 +95,7 @@ def frozen_part(args, weights, data):
     train, test = person_split(data, args.data_seed)
     for label, w in (("pretrained", weights), ("random", None)):
         vgg = {"model": args.model, "random_state": 0}
-        common = {"weights": w, "input_size": args.image_size, "device": "cpu",
+        common = {"weights": w, "input_size": args.image_size, "device": args.device,
                   "vgg_params": vgg}
         row = {}
         for name, pipe in (("VGG-SVR", make_vgg_svr(**common)),
@@ -116,7 +123,7 @@ def frozen_part(args, weights, data):
 def fit_pair(args, weights, data, train, seed, n_components, lr_l2, lr_em):
     n_epochs_total = args.alternations * args.epochs
     common = {"model": args.model, "weights": weights, "input_size": args.image_size,
-              "batch_size": 32, "device": "cpu", "random_state": seed, "cache": True}
+              "batch_size": 32, "device": args.device, "random_state": seed, "cache": True}
     out = {}
     if lr_l2 is not None:
         l2 = DeepRegressor(phases=((2, 0), (n_epochs_total, args.trainable_layers)),
@@ -190,6 +197,112 @@ def compare_part(args, weights, data):
             "runs": runs}
 
 
+# The regime of issue 24: the Table 1 main job's data and person split, the pretrained
+# ResNet-18 with its last two stages (layer3, layer4) fine-tuned, 12 epochs in all.
+REGIME_DATA = {"n_samples": 2000, "n_subjects": 20, "distribution": "biwi", "seed": 0}
+REGIME_VARIANTS = {
+    # name: (estimator, learning rate, extra parameters)
+    "FCL-FT lr=1e-2": ("l2", 1e-2, {}),
+    "FCL-FT lr=1e-3": ("l2", 1e-3, {}),
+    "IR-FT lr=1e-2": ("em", 1e-2, {}),
+    "IR-FT lr=1e-3": ("em", 1e-3, {}),
+    "IR-FT exact E-step lr=1e-2": ("em", 1e-2, {"estep": "exact"}),
+    "IR-FT exact E-step lr=1e-3": ("em", 1e-3, {"estep": "exact"}),
+    # Before issue 24's fix: the backbone's BatchNorm statistics re-estimated in training.
+    "FCL-FT BN-train lr=1e-2": ("l2", 1e-2, {"freeze_batchnorm": False}),
+    "IR-FT BN-train exact E-step lr=1e-2": ("em", 1e-2, {"freeze_batchnorm": False,
+                                                          "estep": "exact"}),
+}
+
+
+def regime_part(args, weights):
+    data = make_head_poses(REGIME_DATA["n_samples"], distribution=REGIME_DATA["distribution"],
+                           image_size=args.image_size, n_subjects=REGIME_DATA["n_subjects"],
+                           random_state=REGIME_DATA["seed"])
+    splitter = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=REGIME_DATA["seed"])
+    train, test = next(splitter.split(data.images, groups=data.subject))
+    mean_pose = mae(data.target[test], data.target[train].mean(axis=0))
+    print(f"mean pose: {np.round(mean_pose, 2)} ({mean_pose.mean():.2f})", flush=True)
+    variants = args.variants or list(REGIME_VARIANTS)
+    runs, tic = [], time.perf_counter()
+    for seed in args.seeds:
+        for name in variants:
+            if args.budget is not None and time.perf_counter() - tic > args.budget:
+                print(f"budget spent: {name}, seed {seed} not run", flush=True)
+                continue
+            kind, lr, extra = REGIME_VARIANTS[name]
+            extra = dict(extra)
+            common = {"model": args.model, "weights": weights, "input_size": args.image_size,
+                      "batch_size": 32, "device": args.device, "random_state": seed,
+                      "learning_rate": lr, **{k: v for k, v in extra.items() if k != "estep"}}
+            if kind == "l2":
+                est = DeepRegressor(phases=((2, 0), (args.alternations * args.epochs,
+                                                     args.trainable_layers)), **common)
+            else:
+                est = DeepGLLiMRegressor(
+                    2, trainable_layers=args.trainable_layers, n_alternations=args.alternations,
+                    n_epochs=args.epochs,
+                    # exact: full EM from the second fit on (the authors' schedule);
+                    # otherwise every fit keeps the partition of the targets.
+                    n_frozen_estep=1 if extra.get("estep") == "exact" else args.alternations + 1,
+                    **common)
+            start = time.perf_counter()
+            est.fit(data.images[train], data.target[train], groups=data.subject[train])
+            seconds = time.perf_counter() - start
+            test_mae = mae(data.target[test], est.predict(data.images[test]))
+            val = [None if h["val_mae"] is None else np.asarray(h["val_mae"]).tolist()
+                   for h in est.history_]
+            run = {"variant": name, "seed": seed, "test_mae": test_mae.tolist(),
+                   "test_mean": float(test_mae.mean()), "val": val, "seconds": seconds,
+                   "best": int(est.best_alternation_ if kind == "em" else est.best_epoch_)}
+            runs.append(run)
+            curve = [None if v is None else round(float(np.mean(v)), 2) for v in val]
+            print(json.dumps({"variant": name, "seed": seed,
+                              "test_mean": round(run["test_mean"], 2),
+                              "test_mae": np.round(test_mae, 2).tolist(), "best": run["best"],
+                              "val_curve": curve, "seconds": round(seconds, 1)}), flush=True)
+            with atomic_write(args.output_dir / "results_regime.json", "w",
+                              encoding="utf-8") as handle:
+                json.dump({"mean_pose": mean_pose.tolist(), "runs": runs}, handle, indent=1)
+    summarise_regime(runs, mean_pose)
+    plot_regime(runs, mean_pose, args.output_dir / "regime_curves.png", args.epochs)
+    return {"mean_pose": mean_pose.tolist(), "runs": runs}
+
+
+def summarise_regime(runs, mean_pose):
+    print(f"\nTest MAE (degrees) over seeds; mean pose {mean_pose.mean():.2f}")
+    for name in dict.fromkeys(run["variant"] for run in runs):
+        values = [run["test_mean"] for run in runs if run["variant"] == name]
+        print(f"  {name:38s} {np.mean(values):6.2f} +- {np.std(values):.2f} "
+              f"(min {np.min(values):.2f}, max {np.max(values):.2f}, n={len(values)})")
+
+
+def plot_regime(runs, mean_pose, path, epochs_per_alternation):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(run["variant"] for run in runs))
+    colours = dict(zip(names, plt.cm.tab10.colors, strict=False))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for run in runs:
+        curve = [np.nan if v is None else np.mean(v) for v in run["val"]]
+        if run["variant"].startswith("FCL"):
+            epochs = np.arange(len(curve)) - 1  # the head-only phase ends at epoch 1
+        else:
+            epochs = np.arange(len(curve)) * epochs_per_alternation
+        first = run is next(r for r in runs if r["variant"] == run["variant"])
+        ax.plot(epochs, curve, marker="o", ms=3, alpha=0.75, color=colours[run["variant"]],
+                label=run["variant"] if first else None)
+    ax.axhline(mean_pose.mean(), color="k", ls="--", lw=1, label="mean pose (test)")
+    ax.set(xlabel="fine-tuning epochs", ylabel="validation MAE (degrees, unseen people)",
+           title="Pretrained ResNet-18, layer3-layer4 fine-tuned")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
 def summarise(results):
     rows = {}
     for run in results["runs"]:
@@ -252,14 +365,17 @@ def main(argv=None):
     if args.combine:
         return combine(args)
     tic = time.perf_counter()
-    weights = None if args.random_weights else pretrain_head_backbone(
+    weights = None if args.random_weights else args.weights or pretrain_head_backbone(
         args.model, image_size=args.image_size)
     print(f"backbone: {weights} ({time.perf_counter() - tic:.0f} s)", flush=True)
-    data = make_head_poses(args.n_samples, image_size=args.image_size,
-                           n_subjects=args.n_subjects, random_state=args.data_seed)
+    if args.part == "regime":
+        results = regime_part(args, weights)
+    else:
+        data = make_head_poses(args.n_samples, image_size=args.image_size,
+                               n_subjects=args.n_subjects, random_state=args.data_seed)
     if args.part == "frozen":
         results = frozen_part(args, weights, data)
-    else:
+    elif args.part == "compare":
         results = compare_part(args, weights, data)
         summarise(results)
         plot_curves(results, args.output_dir / "curves.png", args.epochs)

@@ -283,3 +283,52 @@ def test_paper_preset_runs_end_to_end_on_the_cpu_at_a_tiny_size():
     base = DeepRegressor(**tiny).fit(data.images, data.target, groups=data.subject)
     assert [h["phase"] for h in base.history_] == [0, 0, 0, 1, 1, 1]
     assert np.all(np.isfinite(base.predict(data.images[:4])))
+
+
+# ------------------------------------------------- the backbone's BatchNorm (issue 24's mechanism)
+
+
+def _resnet_pretrained_on_other_images():
+    """A tiny ResNet whose BatchNorm statistics are unlike those of the images fitted
+    later, as in a backbone pretrained on another data set."""
+    net = tiny_resnet()
+    generator = torch.Generator().manual_seed(1)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0.0, 0.5, generator=generator)
+            module.running_var.uniform_(0.3, 3.0, generator=generator)
+    return net.eval()
+
+
+@pytest.mark.parametrize("estimator", ["gllim", "l2"])
+def test_fine_tuning_at_zero_learning_rate_leaves_the_features_unchanged(estimator):
+    # Before issue 24's fix the trained backbone stages ran in training mode, so that an
+    # epoch of minibatches replaced their BatchNorm statistics by those of the new images:
+    # the features of every image moved (here by a third of their spread) although no
+    # weight did, and the PCA layer and the mixture fitted to them no longer matched.
+    from gllim_sk.datasets import make_head_poses
+
+    data = make_head_poses(48, image_size=32, n_subjects=6, random_state=0)
+    net = _resnet_pretrained_on_other_images()
+    common = dict(model=net, input_size=32, batch_size=16, learning_rate=1e-12, device="cpu",
+                  validation_fraction=0, random_state=0)
+    drift = {}
+    for freeze in (True, False):
+        if estimator == "gllim":
+            fits = [DeepGLLiMRegressor(2, embedding_dim=8, trainable_layers=2, n_epochs=1,
+                                       n_alternations=n, n_frozen_estep=2,
+                                       freeze_batchnorm=freeze, **common)
+                    .fit(data.images, data.target) for n in (0, 1)]
+            before, after = (reg.transform(data.images) for reg in fits)
+        else:
+            fits = [DeepRegressor(phases=phases, freeze_batchnorm=freeze, **common)
+                    .fit(data.images, data.target) for phases in (((1, 0),), ((1, 0), (1, 2)))]
+            # The network's output before its linear head: the backbone's features.
+            before, after = (reg.network_.backbone(
+                torch.as_tensor(reg.training_inputs(data.images, 0, "cpu")
+                                .get(np.arange(48)))).detach().numpy() for reg in fits)
+        drift[freeze] = np.abs(after - before).max() / before.std()
+    assert drift[True] < 1e-4, drift
+    assert drift[False] > 0.05, drift  # the mechanism: the statistics alone move them
+    # The net passed in is copied, never trained in place.
+    assert all(not m.training for m in net.modules())

@@ -320,7 +320,13 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
                               mixed_precision=self.mixed_precision, verbose=self.verbose)
 
     def set_trainable(self, split):
-        """Freeze backbone stages ``[0, split)`` (no gradient, eval mode); train the rest."""
+        """Freeze backbone stages ``[0, split)`` (no gradient, eval mode); train the rest.
+
+        With ``freeze_batchnorm``, the BatchNorm layers of the trained backbone stages
+        stay in evaluation mode too: they normalise with the statistics they were
+        pretrained with, and only their scale and shift are learned. The head's
+        BatchNorm always trains.
+        """
         network = self.network_
         network.train()
         for i, stage in enumerate(network.backbone.stages):
@@ -328,6 +334,15 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
             stage.requires_grad_(not frozen)
             if frozen:
                 stage.eval()
+        if self.freeze_batchnorm:
+            # In training mode these layers would replace their running statistics with
+            # those of the fine-tuning data within an epoch, whatever the learning rate:
+            # the evaluation-mode features would then shift under every layer fitted to
+            # them (the added PCA layer, the mixture), and the features seen by the loss
+            # (batch statistics) would differ from the ones the mixture is fitted to.
+            for module in network.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return [p for p in network.parameters() if p.requires_grad]
 
     def predict_inputs(self, forward, inputs):

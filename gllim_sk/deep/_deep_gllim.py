@@ -225,6 +225,12 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     reg_covar : float, default=1e-6
         Variance floor of the GLLiM layer, relative to the variance of the features and
         targets (see :class:`~gllim_sk.GLLiMRegressor`).
+    freeze_batchnorm : bool, default=True
+        Keep the BatchNorm layers of the fine-tuned backbone stages (ResNets and other
+        families that have them; VGG-16 has none) in evaluation mode while training:
+        they normalise with their pretrained statistics and only their scale and shift
+        are learned. ``False`` lets minibatches update their statistics, which shifts
+        the features of every image even at a tiny learning rate (see the user guide).
     cache : "auto" or bool, default="auto"
         Cache the output of the frozen backbone stages ("auto": when the convolutional
         trunk is frozen).
@@ -303,6 +309,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         "gllim_max_iter": [Interval(Integral, 1, None, closed="left")],
         "gllim_tol": [Interval(Real, 0, None, closed="left")],
         "reg_covar": [Interval(Real, 0, None, closed="left")],
+        "freeze_batchnorm": ["boolean"],
         "cache": [StrOptions({"auto"}), "boolean"],
         "checkpoint_dir": [str, os.PathLike, None],
         "random_state": ["random_state"],
@@ -318,8 +325,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                  n_alternations=None, n_frozen_estep=None, n_epochs=None, trainable_layers=None,
                  input_size=None, batch_size=None, learning_rate=None, momentum=0.9,
                  validation_fraction=0.2, gllim_max_iter=100, gllim_tol=1e-3, reg_covar=1e-6,
-                 cache="auto", checkpoint_dir=None, device="auto", mixed_precision=False,
-                 random_state=None, verbose=0):
+                 freeze_batchnorm=True, cache="auto", checkpoint_dir=None, device="auto",
+                 mixed_precision=False, random_state=None, verbose=0):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.target_covariance_type = target_covariance_type
@@ -341,6 +348,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         self.gllim_max_iter = gllim_max_iter
         self.gllim_tol = gllim_tol
         self.reg_covar = reg_covar
+        self.freeze_batchnorm = freeze_batchnorm
         self.cache = cache
         self.checkpoint_dir = checkpoint_dir
         self.device = device

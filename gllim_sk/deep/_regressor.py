@@ -80,6 +80,12 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
     lr_decay_every : int, default=3
     validation_fraction : float, default=0.2
         Fraction of the images held out to select the best epoch (0: keep the last).
+    freeze_batchnorm : bool, default=True
+        Keep the BatchNorm layers of the fine-tuned backbone stages (ResNets and other
+        families that have them; VGG-16 has none) in evaluation mode while training:
+        they normalise with their pretrained statistics and only their scale and shift
+        are learned. ``False`` lets minibatches update their statistics, which shifts
+        the features of every image even at a tiny learning rate (see the user guide).
     cache : "auto" or bool, default="auto"
         Cache the output of the frozen layers ("auto": when the convolutional trunk is
         frozen). Caching changes the speed, not the result.
@@ -127,6 +133,7 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
         "lr_decay": [Interval(Real, 0, 1, closed="right")],
         "lr_decay_every": [Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "freeze_batchnorm": ["boolean"],
         "cache": [StrOptions({"auto"}), "boolean"],
         "random_state": ["random_state"],
     }
@@ -135,8 +142,8 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
 
     def __init__(self, model="vgg16", *, weights=None, preset="quick", input_size=None,
                  phases=None, batch_size=None, learning_rate=None, momentum=0.9, lr_decay=0.5,
-                 lr_decay_every=3, validation_fraction=0.2, cache="auto", device="auto",
-                 mixed_precision=False, random_state=None, verbose=0):
+                 lr_decay_every=3, validation_fraction=0.2, freeze_batchnorm=True, cache="auto",
+                 device="auto", mixed_precision=False, random_state=None, verbose=0):
         self.model = model
         self.weights = weights
         self.preset = preset
@@ -148,6 +155,7 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
         self.lr_decay = lr_decay
         self.lr_decay_every = lr_decay_every
         self.validation_fraction = validation_fraction
+        self.freeze_batchnorm = freeze_batchnorm
         self.cache = cache
         self.device = device
         self.mixed_precision = mixed_precision
