@@ -262,7 +262,7 @@ def test_paper_preset_runs_end_to_end_on_the_cpu_at_a_tiny_size():
                               validation_fraction=0.0, **tiny)
     deep.fit(data.images, data.target)
     # The paper's trainable part: VGG-16 blocks 4-5 and the fully-connected layers.
-    assert deep.settings_["trainable_layers"] == 5 and deep.settings_["n_frozen_estep"] == 2
+    assert deep.settings_["trainable_layers"] == 5 and deep.settings_["n_frozen_estep"] == "all"
     assert [h["estep_frozen"] for h in deep.history_] == [True, True, False]
     stages = deep.network_.backbone.stage_names
     assert stages[-5:] == ["block4", "block5", "pool", "fc6", "fc7"]
@@ -332,3 +332,42 @@ def test_fine_tuning_at_zero_learning_rate_leaves_the_features_unchanged(estimat
     assert drift[False] > 0.05, drift  # the mechanism: the statistics alone move them
     # The net passed in is copied, never trained in place.
     assert all(not m.training for m in net.modules())
+
+
+def _nuisance_images(n, seed):
+    """Images of a weak 2-D pose and a strong binary nuisance (think of two people)
+    that is independent of the pose: the nuisance dominates the features."""
+    rng = np.random.default_rng(seed)
+    y = rng.uniform(-1, 1, (n, 2))
+    who = rng.integers(0, 2, n)
+    patterns = np.random.default_rng(123).normal(size=(4, 3072))
+    pixels = (0.5 + 0.12 * patterns[who] + 0.01 * y @ patterns[2:]
+              + 0.1 * rng.normal(size=(n, 3072)))
+    return np.clip(pixels, 0, 1).reshape(n, 32, 32, 3), y, who
+
+
+def test_joint_em_keeps_the_partition_of_the_targets_instead_of_collapsing():
+    # Issue 24's collapse in miniature: 48 features of 180 training images. With the full
+    # E-step after the first fit (the authors' schedule), the mixture's components become
+    # the nuisance's clusters, and the fine-tuning pulls the features onto the two
+    # cluster codes: the noise precision explodes while the pose is lost. The default
+    # keeps the E-step frozen at the targets' partition.
+    images, y, who = _nuisance_images(240, 0)
+    fits = {}
+    for n_frozen in (1, None):  # None: the preset's default
+        reg = DeepGLLiMRegressor(2, model=PixelMLP(width=64), embedding_dim=48,
+                                 trainable_layers=2, input_size=32, n_alternations=8,
+                                 n_epochs=2, n_frozen_estep=n_frozen, batch_size=32,
+                                 learning_rate=3e-2, validation_fraction=0.25, device="cpu",
+                                 random_state=0).fit(images, y)
+        features = reg.transform(images)
+        partition = reg.gllim_.component_posterior(features, y).argmax(axis=1)
+        precision = 1.0 / reg.gllim_.noise_covariances_.mean()
+        fits[n_frozen] = (reg, adjusted_rand_score(who, partition), precision)
+    full_em, default = fits[1], fits[None]
+    assert default[0].settings_["n_frozen_estep"] == "all"
+    assert full_em[1] > 0.9, full_em[1]      # components = the nuisance's clusters
+    assert default[1] < 0.2, default[1]
+    assert full_em[2] > 5 * default[2], (full_em[2], default[2])
+    val = [np.mean(h["val_mae"]) for h in default[0].history_]
+    assert val[-1] < val[0] and max(val) <= val[0] + 1e-9, val

@@ -36,15 +36,20 @@ __all__ = ["DeepGLLiMRegressor", "mixture_regression_loss"]
 _PRESETS = {
     # CPU: small inputs, only fc7 and the added layers trained (fc6 output cached).
     "quick": {"input_size": 64, "trainable_layers": 1, "n_alternations": 4, "n_epochs": 2,
-              "n_frozen_estep": 1, "batch_size": 32, "learning_rate": 1e-2},
+              "n_frozen_estep": "all", "batch_size": 32, "learning_rate": 1e-2},
     # The authors' settings: 224 x 224, VGG blocks 1-3 frozen, 12 alternations of
-    # 3 epochs, SGD lr 0.1 (Nesterov momentum 0.9), batch 128.
+    # 3 epochs, SGD lr 0.1 (Nesterov momentum 0.9), batch 128; the partition stays the
+    # one of the targets (the authors ran full EM after 2 fits; see n_frozen_estep).
     # Trainable stages, counted from the top: fc7, fc6, pool (no weights), block5, block4.
     "paper": {"input_size": 224, "trainable_layers": 5, "n_alternations": 12, "n_epochs": 3,
-              "n_frozen_estep": 2, "batch_size": 128, "learning_rate": 0.1},
+              "n_frozen_estep": "all", "batch_size": 128, "learning_rate": 0.1},
 }
-# The authors' embedding width; DeepGLLiMRegressor lowers it for small training sets.
+# The authors' embedding width; DeepGLLiMRegressor lowers it for small training sets
+# (at least this many training images per feature) and narrow backbones (at most this
+# fraction of the backbone's outputs).
 DEFAULT_EMBEDDING_DIM = 512
+IMAGES_PER_EMBEDDING_FEATURE = 10
+EMBEDDING_WIDTH_FRACTION = 4
 # Version of the checkpoint layout; a checkpoint of another layout is not resumed.
 _CHECKPOINT_FORMAT = 2
 
@@ -142,8 +147,9 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
 
     1. initial responsibilities by k-means followed by a Gaussian mixture on ``y``;
     2. GLLiM fitted on the features of the training images, with the E-step frozen at
-       those responsibilities for the first ``n_frozen_estep`` fits (M-steps only), then
-       full EM warm-started from the previous responsibilities (``resp_init``);
+       those responsibilities (M-steps only: the partition stays the one of the
+       targets) for the first ``n_frozen_estep`` fits, by default all of them; after
+       those, full EM warm-started from the previous responsibilities (``resp_init``);
     3. the network fine-tuned for ``n_epochs`` epochs on the loss of eq. (9) (eq. (8)
        for non-isotropic noise, see :func:`mixture_regression_loss`), with the mixture
        held fixed;
@@ -182,17 +188,20 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         random initialisation and downloads nothing.
     preset : {"quick", "paper"}, default="quick"
         Fills in the parameters left at None. ``"quick"`` (CPU): 64 x 64 inputs,
-        ``trainable_layers=1`` (fc7), 4 alternations of 2 epochs, 1 frozen E-step,
-        batch 32, learning rate 1e-2. ``"paper"`` (GPU): 224 x 224 inputs,
-        ``trainable_layers=5`` (VGG blocks 1-3 frozen), 12 alternations of 3 epochs,
-        2 frozen E-steps, batch 128, learning rate 0.1.
+        ``trainable_layers=1`` (fc7), 4 alternations of 2 epochs, batch 32, learning
+        rate 1e-2. ``"paper"`` (GPU): 224 x 224 inputs, ``trainable_layers=5`` (VGG
+        blocks 1-3 frozen), 12 alternations of 3 epochs, batch 128, learning rate 0.1.
+        Both keep the E-step frozen (``n_frozen_estep="all"``).
     embedding_dim : int, default=None
         Width of the linear layer before the BatchNorm: the dimension D of the GLLiM. A
         PCA of the training images' backbone features initialises the layer, so it
         can be at most the number of training images and the backbone's output width.
-        ``None``: 512 (the authors' value) where the training set is large enough,
-        else half the number of training images (at least ``n_targets``); the value
-        used is in ``settings_["embedding_dim"]``.
+        ``None``: the smallest of 512 (the authors' value), a tenth of the number of
+        training images and a quarter of the backbone's output width (at least
+        ``n_targets``); the value used is in ``settings_["embedding_dim"]``. The
+        mixture overfits when each feature has few training images, and the last
+        principal directions of a backbone's output are its noise floor, which the
+        whitening PCA layer would scale up to unit variance (see the user guide).
     pca_bias : {"center", "zero"}, default="center"
         Bias of the PCA-initialised layer: centre the projected features, or zero (as the
         authors); the BatchNorm removes the mean either way.
@@ -202,9 +211,14 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         per sample drawn from p(k | y_n) (the feature term dropped).
     n_alternations : int, default=None
         Number of (fine-tuning, GLLiM) alternations after the initial GLLiM fit.
-    n_frozen_estep : int, default=None
+    n_frozen_estep : int or "all", default=None
         Number of GLLiM fits, counting the initial one, that keep the initial
-        responsibilities (M-steps only).
+        responsibilities (M-steps only); ``"all"`` (both presets): every fit. The
+        authors ran full EM after two fits; with features of hundreds of dimensions
+        from a few thousand images the full E-step's responsibilities follow clusters
+        of the features rather than of the targets, and the fine-tuning then pulls the
+        features towards those clusters, away from the pose (the user guide measures
+        this collapse).
     n_epochs : int, default=None
         Fine-tuning epochs per alternation.
     trainable_layers : int, default=None
@@ -299,7 +313,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         "pca_bias": [StrOptions({"center", "zero"})],
         "responsibilities": [StrOptions({"exact", "prior", "prior_sampled"})],
         "n_alternations": [Interval(Integral, 0, None, closed="left"), None],
-        "n_frozen_estep": [Interval(Integral, 0, None, closed="left"), None],
+        "n_frozen_estep": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"}),
+                           None],
         "n_epochs": [Interval(Integral, 1, None, closed="left"), None],
         "trainable_layers": [Interval(Integral, 0, None, closed="left"), None],
         "input_size": [Interval(Integral, 1, None, closed="left"), None],
@@ -382,13 +397,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     def _embedding_dim(self, width, n_train):
         """The embedding width: ``embedding_dim`` checked, or chosen when it is None."""
         if self.embedding_dim is None:
-            dim = min(DEFAULT_EMBEDDING_DIM, width, max(n_train // 2, self.n_targets_))
-            if dim < self.n_targets_:
+            if width < self.n_targets_:
                 raise ValueError(
                     f"the backbone outputs {width} features, fewer than the {self.n_targets_} "
                     "targets: choose a model with a wider last layer."
                 )
-            return dim
+            return max(min(DEFAULT_EMBEDDING_DIM, width // EMBEDDING_WIDTH_FRACTION,
+                           n_train // IMAGES_PER_EMBEDDING_FEATURE), self.n_targets_)
         if self.embedding_dim > width:
             raise ValueError(
                 f"embedding_dim={self.embedding_dim} exceeds the {width} outputs of the "
@@ -546,6 +561,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         fingerprint = self._fingerprint(fit.images, fit.y, groups)
         resumed = self._read_checkpoint(fingerprint)
         n_epochs, n_frozen = settings["n_epochs"], settings["n_frozen_estep"]
+        if n_frozen == "all":
+            n_frozen = settings["n_alternations"] + 1
 
         with seeded(torch_seed_, device):
             generator = torch.Generator().manual_seed(torch_seed_)
