@@ -16,17 +16,24 @@ This script builds the same regime on the CPU without downloading anything:
    :class:`~gllim_sk.deep.DeepGLLiMRegressor` (VGG-IR-FT, joint EM), the same epochs
    and the same learning-rate budget (chosen on validation people only), over seeds
    and K in {1, 2, 5}; print the test errors and draw the per-alternation curves.
+3. ``regime``: the Table 1 script's data and person split (2,000 heads of 20 people),
+   ``layer3`` and ``layer4`` fine-tuned for 12 epochs (VGG-IR-FT: 6 alternations of
+   2), VGG-FCL-FT and VGG-IR-FT side by side with their per-epoch validation curves,
+   and VGG-IR-FT with each cause of issue 24's collapse put back (the full E-step,
+   512 features, the backbone's BatchNorm statistics trained) and all three together.
 
 Run from the repository root::
 
     python examples/pretrained_regime.py --part frozen
     python examples/pretrained_regime.py --part compare --seeds 0 1 2 --output-dir out
+    python examples/pretrained_regime.py --part regime --device cuda --output-dir out
     # or one process per seed, then one figure:
     python examples/pretrained_regime.py --part compare --seeds 1 --output-dir out1
     python examples/pretrained_regime.py --combine out*/results_compare.json
 
-Results (numbers and the figure) are written to ``--output-dir`` (``results.json``,
-``curves.png``).
+Results (numbers and the figure) are written to ``--output-dir`` (``results_PART.json``,
+``curves.png`` or ``regime_curves.png``). The user guide's "Deep GLLiM" page gives the
+measured numbers.
 """
 
 import argparse

@@ -164,12 +164,14 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     the same numbers as recomputing it. The BatchNorm has no learnable scale or shift:
     it is there to keep the features from collapsing onto the mixture's means.
 
-    The method assumes informative (ImageNet) features. From random weights
-    (``weights=None``) on synthetic heads at 64 x 64 the "quick" preset's fine-tuning
-    raises the validation error with the default isotropic noise: it makes the features
-    fit the mixture better while correlating their noise, which the isotropic forward
-    prediction ignores. There ``covariance_type="tied"`` with a small ``embedding_dim``
-    (64-128) lets the fine-tuning lower it, slightly (a few percent).
+    Three choices keep the joint EM from a degenerate solution in which the network
+    and the mixture explain the features ever better while the features lose the
+    pose (the user guide's "Why the joint EM collapsed" measures each): the E-step
+    stays at the targets' partition (``n_frozen_estep="all"``), the embedding is narrow
+    enough for the training set, and the backbone's BatchNorm statistics stay the
+    pretrained ones (``freeze_batchnorm``). From random weights (``weights=None``) the
+    fine-tuning still seldom lowers the validation error; the kept weights are then
+    those of the initial fit.
 
     Parameters
     ----------
