@@ -16,15 +16,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
+from sklearn.exceptions import UndefinedMetricWarning
 
-from . import _engine
+from . import _engine, _init
 from . import _gllim_math as gm
 
-# k-means initialisation: on all target rows up to this many, above that on a uniform
-# random sample of this many rows (the labels of all rows then come from the centres).
-KMEANS_MAX_SAMPLES = 100_000
 # Latent initialisation: per-component D x D Gram matrices up to this many floats in all
 # (256 MiB), above that a subspace iteration of this many passes, with this many extra
 # directions, over the blocks.
@@ -150,8 +146,6 @@ def _initial_esteps(est, executor, blocks, random_state):
     import dask
     import dask.array as da
 
-    from . import _gllim
-
     K = est.n_components
     n = sum(executor.sizes(blocks))
     if est.resp_init is not None:
@@ -176,8 +170,8 @@ def _initial_esteps(est, executor, blocks, random_state):
         return [call(block, K, int(seed)) for block, seed in zip(blocks, seeds, strict=True)]
     joint = est.init_params == "kmeans_joint"
     sample = None
-    if n > KMEANS_MAX_SAMPLES:
-        sample = np.sort(random_state.choice(n, KMEANS_MAX_SAMPLES, replace=False))
+    if n > _init.KMEANS_MAX_SAMPLES:
+        sample = np.sort(random_state.choice(n, _init.KMEANS_MAX_SAMPLES, replace=False))
     starts = np.cumsum([0] + executor.sizes(blocks))
     scale = None
     if joint:  # standardised [y, Xc], the scale from all samples as in memory
@@ -194,24 +188,21 @@ def _initial_esteps(est, executor, blocks, random_state):
         return None, [_kmeans_points(block, joint, scale)[rows]]
 
     _, parts = executor.map_reduce(take_points, blocks, list(starts[:-1]))
-    kmeans = KMeans(n_clusters=K, n_init=1, random_state=random_state)
-    with executor.serial(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        kmeans.fit(np.concatenate(parts))
+    with executor.serial():
+        kmeans = _init.fitted_kmeans(np.concatenate(parts), K, random_state)
     esteps = executor.derived_blocks(
         functools.partial(_labels_estep, kmeans=kmeans, joint=joint, scale=scale), blocks, 0)
     if joint:
         return esteps
     # The Gaussian mixture on y that refines k-means, over blocks of targets alone.
-    y_scale = _gllim.scale_of_variances(column_variances(executor, blocks, "y"))
+    y_scale = _init.scale_of_variances(column_variances(executor, blocks, "y"))
     y_model = gm.GLLiMModel("diag", est.target_covariance_type,
-                            max(est.reg_covar, 1e-6) * y_scale)
+                            _init.target_mixture_reg(est.reg_covar, y_scale))
     y_shift = column_means(executor, blocks, lambda block: block.y)
     y_blocks = executor.derived_blocks(
         lambda block: y_model.prepare_block(np.empty((block.n_samples, 0)), block.y - y_shift),
         blocks, 0)
-    return _gllim.refine_target_mixture_esteps(y_model, executor, y_blocks, esteps, K,
-                                               _gllim.GMM_INIT_MAX_ITER, _gllim.GMM_INIT_TOL)
+    return _init.refine_target_mixture_esteps(y_model, executor, y_blocks, esteps, K)
 
 
 @dataclass

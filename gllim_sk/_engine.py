@@ -468,18 +468,21 @@ class EMMixin:
             "Standardise X and y, or increase reg_covar."
         )
 
-    def _run_em(self, problem, params, start):
-        """EM from ``params``: the bounds, last parameters, iterations and convergence."""
+    def _run_em(self, problem, params, start, max_iter=None):
+        """EM from ``params`` for at most ``max_iter`` (default: the estimator's) M-steps,
+        counting the one that made ``params``: the bounds, last parameters, iterations
+        and convergence."""
+        max_iter = self.max_iter if max_iter is None else max_iter
         model, executor, blocks = problem.model, problem.executor, problem.blocks
         esteps, stats, bound, latent_cov = e_step(model, executor, blocks, params,
-                                                  with_stats=self.max_iter > 1)
+                                                  with_stats=max_iter > 1)
         bounds = [bound]
         converged = False
         n_iter = 1
-        for n_iter in range(2, self.max_iter + 1):
+        for n_iter in range(2, max_iter + 1):
             params = m_step(model, executor, blocks, esteps, stats, latent_cov)
             esteps, stats, bound, latent_cov = e_step(
-                model, executor, blocks, params, with_stats=n_iter < self.max_iter
+                model, executor, blocks, params, with_stats=n_iter < max_iter
             )
             bounds.append(bound)
             if not np.isfinite(bound):
@@ -491,9 +494,14 @@ class EMMixin:
             if abs(change) < self.tol:
                 converged = True
                 break
-        if self.max_iter == 1 and self.tol > 0:
+        if max_iter == 1 and self.tol > 0:
             converged = False
         return bounds, params, n_iter, converged
+
+    def _run_from_start(self, problem, random_state, start):
+        """EM of one initialisation from a fresh start (a hook: an estimator may try
+        several starting points); returns what :meth:`_run_em` returns."""
+        return self._run_em(problem, self._em_initial_params(problem, random_state), start)
 
     def _fit_em(self, problem, random_state, warm_params=None):
         """Run EM ``n_init`` times (once from ``warm_params`` when given); keep the best.
@@ -507,10 +515,10 @@ class EMMixin:
             self._print(1, f"Initialization {init}")
             start = time()
             if warm_params is not None:
-                params = warm_params
+                run = self._run_em(problem, warm_params, start)
             else:
-                params = self._em_initial_params(problem, random_state)
-            bounds, params, n_iter, converged = self._run_em(problem, params, start)
+                run = self._run_from_start(problem, random_state, start)
+            bounds, params, n_iter, converged = run
             self._print(
                 1, f"Initialization {'converged' if converged else 'did not converge'}. "
                    f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"
