@@ -91,13 +91,15 @@ def column_spreads(X, y):
     return list(zip(("X", "y"), spreads, strict=True))
 
 
-def initial_params(estimator, problem, random_state):
+def initial_params(estimator, problem, random_state, init_params=None):
     """The first M-step of a fit on dask arrays, from responsibilities made block by
-    block (as :meth:`GLLiMRegressor._em_initial_params` makes them from whole arrays)."""
+    block (as :meth:`GLLiMRegressor._em_initial_params` makes them from whole arrays);
+    ``init_params`` overrides the estimator's."""
     est = estimator
     model, executor, blocks = problem.model, problem.executor, problem.blocks
     K = est.n_components
-    esteps = _initial_esteps(est, executor, blocks, random_state)
+    esteps = _initial_esteps(est, executor, blocks, random_state,
+                             init_params or est.init_params)
     params, raw, _ = _engine.m_step_from_esteps(model, executor, blocks, esteps,
                                                 np.zeros((K, 0, 0)))
     if est.n_latent == 0:
@@ -141,8 +143,8 @@ def _labels_estep(block, kmeans, joint, scale):
     return _estep_of_resp(resp)
 
 
-def _initial_esteps(est, executor, blocks, random_state):
-    """Per-block initial E-steps (lazy dask values) for ``est``'s ``init_params``."""
+def _initial_esteps(est, executor, blocks, random_state, init_params):
+    """Per-block initial E-steps (lazy dask values) for ``init_params``."""
     import dask
     import dask.array as da
 
@@ -164,11 +166,11 @@ def _initial_esteps(est, executor, blocks, random_state):
     if K == 1:
         return executor.derived_blocks(lambda block: _estep_of_resp(np.ones((1, block.n_samples))),
                                        blocks, 0)
-    if est.init_params == "random":
+    if init_params == "random":
         seeds = random_state.randint(2**31 - 1, size=len(blocks))
         call = dask.delayed(_random_estep, pure=True)
         return [call(block, K, int(seed)) for block, seed in zip(blocks, seeds, strict=True)]
-    joint = est.init_params == "kmeans_joint"
+    joint = init_params == "kmeans_joint"
     sample = None
     if n > _init.KMEANS_MAX_SAMPLES:
         sample = np.sort(random_state.choice(n, _init.KMEANS_MAX_SAMPLES, replace=False))

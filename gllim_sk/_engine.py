@@ -498,10 +498,10 @@ class EMMixin:
             converged = False
         return bounds, params, n_iter, converged
 
-    def _run_from_start(self, problem, random_state, start):
-        """EM of one initialisation from a fresh start (a hook: an estimator may try
-        several starting points); returns what :meth:`_run_em` returns."""
-        return self._run_em(problem, self._em_initial_params(problem, random_state), start)
+    def _start_params(self, problem, random_state):
+        """The parameters a fresh initialisation's EM starts from (a hook: an estimator
+        may choose among several starting points)."""
+        return self._em_initial_params(problem, random_state)
 
     def _fit_em(self, problem, random_state, warm_params=None):
         """Run EM ``n_init`` times (once from ``warm_params`` when given); keep the best.
@@ -515,10 +515,10 @@ class EMMixin:
             self._print(1, f"Initialization {init}")
             start = time()
             if warm_params is not None:
-                run = self._run_em(problem, warm_params, start)
+                params = warm_params
             else:
-                run = self._run_from_start(problem, random_state, start)
-            bounds, params, n_iter, converged = run
+                params = self._start_params(problem, random_state)
+            bounds, params, n_iter, converged = self._run_em(problem, params, start)
             self._print(
                 1, f"Initialization {'converged' if converged else 'did not converge'}. "
                    f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"

@@ -189,15 +189,19 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         ``tol=0`` runs exactly ``max_iter`` iterations.
     n_init : int, default=1
         Number of initialisations; the one with the highest final likelihood is kept.
-    init_candidates : int, default=5
-        Starting partitions tried per initialisation: each (drawn by ``init_params``
-        with its own k-means seeding) runs up to 10 EM iterations, and the one of
-        highest likelihood continues to convergence. A single partition of ``y`` often
-        leads EM to a poor local optimum when components overlap in ``y``; a few short
-        runs find the optimum far more often, for much less than ``n_init`` full runs
-        (see ``benchmarks/bench_init.py``). ``init_candidates=1`` starts from one
-        partition; with ``resp_init`` or ``n_components=1`` there is only one.
-        :meth:`partial_fit`'s first call runs the same short runs on its batch.
+    init_candidates : int, default=10
+        Starting partitions tried per initialisation. Each (drawn by ``init_params``,
+        with its own k-means seeding; with "kmeans", partitions of ``y`` alternate with
+        partitions of the joint ``[y, X]``) runs up to 10 EM iterations on a random
+        subset of the samples (``1 / init_candidates`` of them, at least 100 per
+        component), and EM continues on all samples from the one of highest
+        likelihood. One partition of ``y`` often leads EM to a poor local optimum when
+        components overlap in ``y`` or in ``X``; the short runs find the optimum far
+        more often, at a fraction of the cost of ``n_init`` full runs (measured in
+        ``benchmarks/bench_init.py``). ``init_candidates=1`` starts from one partition
+        of ``init_params`` (there is one only with ``resp_init`` or
+        ``n_components=1``). :meth:`partial_fit`'s first call starts the same way on its
+        batch.
     init_params : {"kmeans", "kmeans_joint", "random"}, default="kmeans"
         How initial responsibilities are made: "kmeans" runs k-means on ``y`` followed by
         up to 20 EM iterations of a Gaussian mixture on ``y`` with covariances of type
@@ -380,7 +384,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         max_iter=100,
         tol=1e-3,
         n_init=1,
-        init_candidates=5,
+        init_candidates=10,
         init_params="kmeans",
         resp_init=None,
         random_state=None,
@@ -593,15 +597,16 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                                     settings["target_covariance_type"],
                                     noise_reg, var_floor, target_reg_covar=target_reg)
 
-    def _initial_resp(self, Xc, y, random_state):
+    def _initial_resp(self, Xc, y, random_state, init_params=None):
         """Initial responsibilities, (n_components, n_samples), as a numpy array (computed
         on the host: features of another namespace are copied there only for
-        ``init_params="kmeans_joint"``)."""
+        ``init_params="kmeans_joint"``); ``init_params`` overrides the estimator's."""
         if self.resp_init is not None:
             return np.ascontiguousarray(self._check_resp(self.resp_init, Xc.shape[0]).T)
-        if self.init_params == "kmeans_joint":
+        init_params = self.init_params if init_params is None else init_params
+        if init_params == "kmeans_joint":
             Xc = to_numpy(Xc)
-        return _init.initial_resp(self.init_params, Xc, to_numpy(y), self.n_components,
+        return _init.initial_resp(init_params, Xc, to_numpy(y), self.n_components,
                                   self.target_covariance_type, self.reg_covar, random_state)
 
     def _n_candidates(self):
@@ -610,50 +615,59 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             return 1
         return self.init_candidates
 
-    def _run_from_start(self, problem, random_state, start):
-        """EM of one initialisation: the best of ``init_candidates`` short runs from
-        different starting partitions continues to convergence (see :mod:`._init`)."""
+    def _start_params(self, problem, random_state):
+        """The parameters EM starts from: with one candidate, the first M-step from the
+        starting partition; with several, the parameters of the best (by likelihood) of
+        short EM runs from as many starting partitions, on a random subset of the
+        samples (see :mod:`._init`). Online EM starts from them too, on its first batch."""
         n_candidates = self._n_candidates()
         if n_candidates == 1:
-            return self._run_em(problem, self._em_initial_params(problem, random_state), start)
-        short = min(_init.CANDIDATE_MAX_ITER, self.max_iter)
-        bounds, params, n_iter, converged = _init.best_start(
-            lambda: self._em_initial_params(problem, random_state),
-            lambda params: self._run_em(problem, params, start, max_iter=short),
-            n_candidates,
-        )
-        self._print(1, f"  best of {n_candidates} starts: lower bound {bounds[-1]:.5f} after "
-                       f"{n_iter} iteration(s)")
-        if converged or n_iter >= self.max_iter or not np.isfinite(bounds[-1]):
-            return bounds, params, n_iter, converged
-        # The continuation's first E-step repeats the short run's last one: its bound is
-        # dropped, and the iterations add up to at most max_iter.
-        more, params, more_iter, converged = self._run_em(
-            problem, params, start, max_iter=self.max_iter - n_iter + 1)
-        return bounds + more[1:], params, n_iter + more_iter - 1, converged
-
-    def _start_params(self, problem, random_state):
-        """The parameters online EM starts from: those of the best short run on the first
-        batch (the start of :meth:`fit`, without its continuation)."""
-        if self._n_candidates() == 1:
             return self._em_initial_params(problem, random_state)
+        kinds = _init.candidate_kinds(self.init_params, n_candidates)
         short = min(_init.CANDIDATE_MAX_ITER, self.max_iter)
-        return _init.best_start(
-            lambda: self._em_initial_params(problem, random_state),
-            lambda params: self._run_em(problem, params, time(), max_iter=short),
-            self._n_candidates(),
-        )[1]
+        n = sum(problem.executor.sizes(problem.blocks))
+        rows = _init.candidate_rows(n, n_candidates, self.n_components, random_state)
+        if rows is None:
+            return self._best_short_run(problem, random_state, kinds, short)
+        Xc, y = problem.Xc, problem.y
+        if _dask.any_dask_array(Xc):  # a subset small enough for memory
+            import dask
 
-    def _em_initial_params(self, problem, random_state, resp=None):
-        """The first M-step, from the initial responsibilities (or ``resp`` (K, n))."""
+            Xc, y = dask.compute(Xc[rows], y[rows])
+        else:
+            xp = array_namespace(Xc)
+            if xp is np:
+                Xc, y = Xc[rows], y[rows]
+            else:
+                index = xp.asarray(rows, device=array_device(Xc))
+                Xc, y = xp.take(Xc, index, axis=0), xp.take(y, index, axis=0)
+        model = problem.model
+        work = Xc.shape[0] * Xc.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
+        with _engine.make_executor(Xc.shape[0], work, array_namespace(Xc)) as executor:
+            subset = _engine.EMProblem(model, executor, executor.blocks(model, Xc, y), Xc, y)
+            return self._best_short_run(subset, random_state, kinds, short)
+
+    def _best_short_run(self, problem, random_state, kinds, max_iter):
+        bounds, params, n_iter, _ = _init.best_start(
+            lambda i: self._em_initial_params(problem, random_state, init_params=kinds[i]),
+            lambda params: self._run_em(problem, params, time(), max_iter=max_iter),
+            len(kinds),
+        )
+        self._print(1, f"  best of {len(kinds)} starts: lower bound {bounds[-1]:.5f} after "
+                       f"{n_iter} iteration(s) on {problem.Xc.shape[0]} samples")
+        return params
+
+    def _em_initial_params(self, problem, random_state, resp=None, init_params=None):
+        """The first M-step, from the initial responsibilities (or ``resp`` (K, n)) of
+        ``init_params`` (default: the estimator's)."""
         if _dask.any_dask_array(problem.Xc):  # made block by block, where the blocks live
-            return _dask.initial_params(self, problem, random_state)
+            return _dask.initial_params(self, problem, random_state, init_params)
         xp = array_namespace(problem.Xc)
         if resp is None:
             # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
             # with numpy, whatever the namespace of the data.
             with problem.executor.serial():
-                resp = self._initial_resp(problem.Xc, problem.y, random_state)
+                resp = self._initial_resp(problem.Xc, problem.y, random_state, init_params)
         if xp is not np:
             resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model

@@ -35,10 +35,14 @@ GMM_INIT_TOL = 1e-3
 # Smallest relative variance floor of that mixture (whatever reg_covar, even 0): a
 # k-means cluster of identical targets must not make it singular.
 GMM_INIT_MIN_REG = 1e-6
-# Starting partitions tried per initialisation by default (``init_candidates``), and the
-# EM iterations each runs before the best (by likelihood) continues.
-DEFAULT_CANDIDATES = 5
+# EM iterations of each short run from a starting partition (``init_candidates`` of
+# them) before the best, by likelihood, continues on all samples.
 CANDIDATE_MAX_ITER = 10
+# The short runs use a random subset of the samples: 1/init_candidates of them (so that
+# all short runs together cost about one run on all samples), but at least this many per
+# component and at most CANDIDATE_MAX_ROWS.
+CANDIDATE_MIN_ROWS_PER_COMPONENT = 100
+CANDIDATE_MAX_ROWS = 100_000
 # k-means of a dask fit: on all target rows up to this many, above that on a uniform
 # random sample of this many rows (the labels of all rows then come from the centres).
 KMEANS_MAX_SAMPLES = 100_000
@@ -152,17 +156,35 @@ def initial_resp(init_params, Xc, y, n_components, target_covariance_type, reg_c
 
 
 # ---------------------------------------------------------------------------- selection
+def candidate_kinds(init_params, n_candidates):
+    """The ``init_params`` of each starting partition: with "kmeans", partitions of y
+    (the paper's) alternate with partitions of the joint ``[y, x]``, whose local optima
+    differ: components that overlap in y are told apart by x, and the other way round."""
+    if init_params != "kmeans":
+        return [init_params] * n_candidates
+    return [("kmeans", "kmeans_joint")[i % 2] for i in range(n_candidates)]
+
+
+def candidate_rows(n_samples, n_candidates, n_components, random_state):
+    """Sorted indices of the samples the short runs use, or ``None`` for all of them."""
+    n_rows = max(-(-n_samples // n_candidates), CANDIDATE_MIN_ROWS_PER_COMPONENT * n_components)
+    n_rows = min(n_rows, CANDIDATE_MAX_ROWS)
+    if n_rows >= n_samples:
+        return None
+    return np.sort(random_state.choice(n_samples, n_rows, replace=False))
+
+
 def best_start(make_start, run_short, n_candidates):
     """The start that continues: the best of ``n_candidates`` short EM runs.
 
-    ``make_start()`` makes one starting point (drawing from the fit's random state);
+    ``make_start(i)`` makes the i-th starting point (drawing from the fit's random state);
     ``run_short(start)`` runs at most ``CANDIDATE_MAX_ITER`` EM iterations from it and
     returns ``(bounds, params, n_iter, converged)``. The run of highest final
     log-likelihood is returned; a non-finite one only when every run is.
     """
     best = None
-    for _ in range(n_candidates):
-        run = run_short(make_start())
+    for i in range(n_candidates):
+        run = run_short(make_start(i))
         bound = run[0][-1]
         if best is None or (np.isfinite(bound) and not bound <= best[0][-1]):
             best = run

@@ -351,7 +351,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         max_iter=100,
         tol=1e-3,
         n_init=1,
-        init_candidates=5,
+        init_candidates=10,
         init_params="kmeans",
         resp_init=None,
         random_state=None,
