@@ -624,7 +624,9 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         if n_candidates == 1:
             return self._em_initial_params(problem, random_state)
         kinds = _init.candidate_kinds(self.init_params, n_candidates)
-        short = min(_init.CANDIDATE_MAX_ITER, self.max_iter)
+        # The short runs are the initialisation's, whatever max_iter (which counts the
+        # iterations on all samples).
+        short = _init.CANDIDATE_MAX_ITER
         n = sum(problem.executor.sizes(problem.blocks))
         rows = _init.candidate_rows(n, n_candidates, self.n_components, random_state)
         if rows is None:

@@ -459,8 +459,7 @@ def test_warm_start_continues():
     # theirs (no new initialisation) and every further M-step continues the same
     # EM path as one long cold fit.
     X, y = _regression_data()
-    # One start: which of several starts is best depends on max_iter.
-    kwargs = dict(tol=0, random_state=0, init_params="random", init_candidates=1)
+    kwargs = dict(tol=0, random_state=0, init_params="random")
     warm = GLLiMRegressor(3, max_iter=5, warm_start=True, **kwargs).fit(X, y)
     first_bound = warm.lower_bound_
     warm.fit(X, y)

@@ -52,10 +52,8 @@ def test_em_log_likelihood_never_decreases(gllim_ref, n_latent, covariance_type,
 def test_em_iteration_matches_reference(gllim_ref, covariance_type, n_latent, em_threading):
     # Parameters after 4 iterations = exact EM step (reference) from those after 3.
     X, y, _ = hybrid_data(gllim_ref, seed=2, n_latent=n_latent)
-    # One start: which of several starts is best depends on max_iter.
     kwargs = dict(covariance_type=covariance_type, target_covariance_type="full",
-                  n_latent=n_latent, reg_covar=1e-4, tol=0, random_state=0,
-                  init_candidates=1)
+                  n_latent=n_latent, reg_covar=1e-4, tol=0, random_state=0)
     before = gllim_ref.dense_params(GLLiMRegressor(2, max_iter=3, **kwargs).fit(X, y))
     after = GLLiMRegressor(2, max_iter=4, **kwargs).fit(X, y)
     resp = gllim_ref.responsibilities(before, X, y)
