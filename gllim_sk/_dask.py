@@ -70,6 +70,14 @@ def check_training_arrays(estimator, X, y):
     return X, y2, y.ndim
 
 
+def take_rows(a, rows):
+    """The rows ``rows`` (sorted indices) of the dask array ``a``, without empty blocks."""
+    a = a[rows]
+    if 0 in a.chunks[0]:
+        a = a.rechunk({0: tuple(size for size in a.chunks[0] if size)})
+    return a
+
+
 def column_means(executor, blocks, func):
     """Mean over all samples of ``func(block)`` (n_block, m) -> (m,)."""
     _, total = executor.map_reduce(lambda block: (None, func(block).sum(axis=0)), blocks)
@@ -99,7 +107,7 @@ def initial_params(estimator, problem, random_state, init_params=None):
     model, executor, blocks = problem.model, problem.executor, problem.blocks
     K = est.n_components
     esteps = _initial_esteps(est, executor, blocks, random_state,
-                             init_params or est.init_params)
+                             init_params or est.init_params, problem.Xc.shape[1])
     params, raw, _ = _engine.m_step_from_esteps(model, executor, blocks, esteps,
                                                 np.zeros((K, 0, 0)))
     if est.n_latent == 0:
@@ -131,19 +139,21 @@ def _random_estep(block, n_components, seed):
     return _estep_of_resp(resp / resp.sum(axis=0))
 
 
-def _kmeans_points(block, joint, scale=None):
+def _kmeans_points(block, joint, scale=None, projection=None):
     points = np.hstack([block.y, block.Xc]) if joint else block.y
-    return points if scale is None else points / scale
+    if scale is None:
+        return points
+    return _init.joint_points(points / scale, block.y.shape[1], projection)
 
 
-def _labels_estep(block, kmeans, joint, scale):
-    labels = kmeans.predict(_kmeans_points(block, joint, scale))
+def _labels_estep(block, kmeans, joint, scale, projection):
+    labels = kmeans.predict(_kmeans_points(block, joint, scale, projection))
     resp = np.zeros((kmeans.n_clusters, block.n_samples))
     resp[labels, np.arange(block.n_samples)] = 1.0
     return _estep_of_resp(resp)
 
 
-def _initial_esteps(est, executor, blocks, random_state, init_params):
+def _initial_esteps(est, executor, blocks, random_state, init_params, n_features):
     """Per-block initial E-steps (lazy dask values) for ``init_params``."""
     import dask
     import dask.array as da
@@ -171,6 +181,8 @@ def _initial_esteps(est, executor, blocks, random_state, init_params):
         call = dask.delayed(_random_estep, pure=True)
         return [call(block, K, int(seed)) for block, seed in zip(blocks, seeds, strict=True)]
     joint = init_params == "kmeans_joint"
+    # Drawn first, as in memory.
+    projection = _init.joint_projection(n_features, random_state) if joint else None
     sample = None
     if n > _init.KMEANS_MAX_SAMPLES:
         sample = np.sort(random_state.choice(n, _init.KMEANS_MAX_SAMPLES, replace=False))
@@ -187,13 +199,14 @@ def _initial_esteps(est, executor, blocks, random_state, init_params):
     def take_points(block, start):
         rows = slice(None) if sample is None else (
             sample[(sample >= start) & (sample < start + block.n_samples)] - start)
-        return None, [_kmeans_points(block, joint, scale)[rows]]
+        return None, [_kmeans_points(block, joint, scale, projection)[rows]]
 
     _, parts = executor.map_reduce(take_points, blocks, list(starts[:-1]))
     with executor.serial():
         kmeans = _init.fitted_kmeans(np.concatenate(parts), K, random_state)
     esteps = executor.derived_blocks(
-        functools.partial(_labels_estep, kmeans=kmeans, joint=joint, scale=scale), blocks, 0)
+        functools.partial(_labels_estep, kmeans=kmeans, joint=joint, scale=scale,
+                          projection=projection), blocks, 0)
     if joint:
         return esteps
     # The Gaussian mixture on y that refines k-means, over blocks of targets alone.

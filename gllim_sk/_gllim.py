@@ -632,10 +632,10 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         if rows is None:
             return self._best_short_run(problem, random_state, kinds, short)
         Xc, y = problem.Xc, problem.y
-        if _dask.any_dask_array(Xc):  # a subset small enough for memory
-            import dask
-
-            Xc, y = dask.compute(Xc[rows], y[rows])
+        work = len(rows) * Xc.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
+        if _dask.any_dask_array(Xc):  # the subset stays on the workers too
+            Xc, y = _dask.take_rows(Xc, rows), _dask.take_rows(y, rows)
+            executor = _engine.DaskExecutor()
         else:
             xp = array_namespace(Xc)
             if xp is np:
@@ -643,9 +643,9 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             else:
                 index = xp.asarray(rows, device=array_device(Xc))
                 Xc, y = xp.take(Xc, index, axis=0), xp.take(y, index, axis=0)
+            executor = _engine.make_executor(len(rows), work, xp)
         model = problem.model
-        work = Xc.shape[0] * Xc.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        with _engine.make_executor(Xc.shape[0], work, array_namespace(Xc)) as executor:
+        with executor:
             subset = _engine.EMProblem(model, executor, executor.blocks(model, Xc, y), Xc, y)
             return self._best_short_run(subset, random_state, kinds, short)
 

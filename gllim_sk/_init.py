@@ -43,6 +43,10 @@ CANDIDATE_MAX_ITER = 10
 # component and at most CANDIDATE_MAX_ROWS.
 CANDIDATE_MIN_ROWS_PER_COMPONENT = 100
 CANDIDATE_MAX_ROWS = 100_000
+# The joint partition clusters [y, x] standardised, with x's D columns replaced, when
+# D is larger, by this many random directions (scaled to keep the distances): the
+# clusters barely change, k-means is cheap at any D, and a dask fit gathers no features.
+JOINT_PROJECTION_DIM = 16
 # k-means of a dask fit: on all target rows up to this many, above that on a uniform
 # random sample of this many rows (the labels of all rows then come from the centres).
 KMEANS_MAX_SAMPLES = 100_000
@@ -93,6 +97,23 @@ def standardised(points):
     return points / np.where(scale > 0, scale, 1.0)
 
 
+def joint_projection(n_features, random_state):
+    """Random orthonormal directions (D, q) scaled by sqrt(D / q), or ``None`` when
+    ``n_features <= JOINT_PROJECTION_DIM``."""
+    if n_features <= JOINT_PROJECTION_DIM:
+        return None
+    q = JOINT_PROJECTION_DIM
+    directions = np.linalg.qr(random_state.standard_normal((n_features, q)))[0]
+    return directions * np.sqrt(n_features / q)
+
+
+def joint_points(points, n_targets, projection):
+    """Standardised joint points ``[y, x]`` with x projected on ``projection``."""
+    if projection is None:
+        return points
+    return np.hstack([points[:, :n_targets], points[:, n_targets:] @ projection])
+
+
 def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar,
                              max_iter=GMM_INIT_MAX_ITER, tol=GMM_INIT_TOL):
     """EM on a Gaussian mixture of the targets alone, from responsibilities ``resp`` (K, n).
@@ -141,7 +162,7 @@ def initial_resp(init_params, Xc, y, n_components, target_covariance_type, reg_c
                  random_state):
     """A starting partition (K, n) of the samples, as numpy, for ``init_params``:
     "kmeans" (:func:`target_mixture_resp`), "kmeans_joint" (k-means on the standardised
-    ``[y, Xc]``) or "random"."""
+    ``[y, Xc]``, see ``JOINT_PROJECTION_DIM``) or "random"."""
     n = Xc.shape[0]
     if n_components == 1:
         return np.ones((1, n))
@@ -151,8 +172,10 @@ def initial_resp(init_params, Xc, y, n_components, target_covariance_type, reg_c
     if init_params == "kmeans":
         return target_mixture_resp(y, n_components, target_covariance_type, reg_covar,
                                    random_state)
+    projection = joint_projection(Xc.shape[1], random_state)
     points = np.hstack([np.asarray(y, dtype=np.float64), np.asarray(Xc, dtype=np.float64)])
-    return kmeans_responsibilities(standardised(points), n_components, random_state)
+    points = joint_points(standardised(points), y.shape[1], projection)
+    return kmeans_responsibilities(points, n_components, random_state)
 
 
 # ---------------------------------------------------------------------------- selection
