@@ -27,23 +27,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 FIT_DEADLINE = 180
 
 
-@pytest.fixture(scope="module")
-def cluster_client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", silence_logs=50)
-    client = distributed.Client(cluster, set_as_default=False)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
 @pytest.fixture
-def client(cluster_client):
-    cluster_client.wait_for_workers(2, timeout=60)  # a killed worker is back
-    with cluster_client.as_current():
-        yield cluster_client
+def client(dask_process_client):
+    """conftest's two worker processes (this module's own cluster), both up: a worker
+    killed by an earlier test is back."""
+    dask_process_client.wait_for_workers(2, timeout=60)
+    return dask_process_client
 
 
 def data(n=8000, n_features=16, seed=0):
