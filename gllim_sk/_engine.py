@@ -380,7 +380,11 @@ def _compute(value):
     if client is None:
         return dask.compute(value)[0]
     future = client.compute(value)
-    return _watched(lambda timeout: future.result(timeout=timeout), future.cancel)
+    _watched(lambda timeout: _all_done([future], timeout), future.cancel)
+    try:
+        return client.gather(future)
+    except CancelledError as error:  # lost between the wait and the gather
+        raise _worker_lost_error(error) from error
 
 
 def _worker_lost_error(cause=None):
