@@ -113,13 +113,22 @@ def part_a(repeat, use_xllim, dtype):
     X, y = make_data(n + n_test, D, L, seed=1, dtype=dtype)
     X_train, y_train, X_test, y_test = X[:n], y[:n], X[n:], y[n:]
     print(f"(a) n={n}, D={D}, L={L}, K={K}, diag, 100 iterations (tol=0), {np.dtype(dtype)}")
-    model = GLLiMRegressor(K, covariance_type="diag", max_iter=100, tol=0, random_state=0)
+    # One starting partition, as xllim's one "experience" below: the 100 iterations are
+    # what is timed. The default's best of several short starts is timed on the next line.
+    model = GLLiMRegressor(K, covariance_type="diag", max_iter=100, tol=0, random_state=0,
+                           init_candidates=1)
     fit_time, fit_median, _ = best_time(lambda: model.fit(X_train, y_train), repeat, True)
     predict_time, pred = best_time(lambda: model.predict(X_test), max(repeat, 20))
     rmse = np.sqrt(np.mean((pred - y_test) ** 2))
     print(f"    gllim_sk  fit {fit_time * 1e3:8.1f} ms (target < 120; median of {repeat}: "
           f"{fit_median * 1e3:.1f} ms)   predict {predict_time * 1e3:6.2f} ms (target < 3)   "
           f"test RMSE {rmse:.4f}   n_iter_={model.n_iter_}")
+    default = GLLiMRegressor(K, covariance_type="diag", max_iter=100, tol=0, random_state=0)
+    default_time, default_median, _ = best_time(lambda: default.fit(X_train, y_train), repeat,
+                                                True)
+    print(f"    gllim_sk  fit {default_time * 1e3:8.1f} ms with the default init_candidates="
+          f"{default.init_candidates} starts (median {default_median * 1e3:.1f} ms)   test "
+          f"RMSE {np.sqrt(np.mean((default.predict(X_test) - y_test) ** 2)):.4f}")
     products = products_alone(X_train, K, L, repeat)
     print(f"    products alone (the four matrix products of 100 EM iterations, no other work): "
           f"{products * 1e3:.1f} ms")

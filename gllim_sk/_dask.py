@@ -16,15 +16,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning, UndefinedMetricWarning
+from sklearn.exceptions import UndefinedMetricWarning
 
-from . import _engine
+from . import _engine, _init
 from . import _gllim_math as gm
 
-# k-means initialisation: on all target rows up to this many, above that on a uniform
-# random sample of this many rows (the labels of all rows then come from the centres).
-KMEANS_MAX_SAMPLES = 100_000
 # Latent initialisation: per-component D x D Gram matrices up to this many floats in all
 # (256 MiB), above that a subspace iteration of this many passes, with this many extra
 # directions, over the blocks.
@@ -74,6 +70,14 @@ def check_training_arrays(estimator, X, y):
     return X, y2, y.ndim
 
 
+def take_rows(a, rows):
+    """The rows ``rows`` (sorted indices) of the dask array ``a``, without empty blocks."""
+    a = a[rows]
+    if 0 in a.chunks[0]:
+        a = a.rechunk({0: tuple(size for size in a.chunks[0] if size)})
+    return a
+
+
 def column_means(executor, blocks, func):
     """Mean over all samples of ``func(block)`` (n_block, m) -> (m,)."""
     _, total = executor.map_reduce(lambda block: (None, func(block).sum(axis=0)), blocks)
@@ -95,13 +99,15 @@ def column_spreads(X, y):
     return list(zip(("X", "y"), spreads, strict=True))
 
 
-def initial_params(estimator, problem, random_state):
+def initial_params(estimator, problem, random_state, init_params=None):
     """The first M-step of a fit on dask arrays, from responsibilities made block by
-    block (as :meth:`GLLiMRegressor._em_initial_params` makes them from whole arrays)."""
+    block (as :meth:`GLLiMRegressor._em_initial_params` makes them from whole arrays);
+    ``init_params`` overrides the estimator's."""
     est = estimator
     model, executor, blocks = problem.model, problem.executor, problem.blocks
     K = est.n_components
-    esteps = _initial_esteps(est, executor, blocks, random_state)
+    esteps = _initial_esteps(est, executor, blocks, random_state,
+                             init_params or est.init_params, problem.Xc.shape[1])
     params, raw, _ = _engine.m_step_from_esteps(model, executor, blocks, esteps,
                                                 np.zeros((K, 0, 0)))
     if est.n_latent == 0:
@@ -133,24 +139,24 @@ def _random_estep(block, n_components, seed):
     return _estep_of_resp(resp / resp.sum(axis=0))
 
 
-def _kmeans_points(block, joint, scale=None):
+def _kmeans_points(block, joint, scale=None, projection=None):
     points = np.hstack([block.y, block.Xc]) if joint else block.y
-    return points if scale is None else points / scale
+    if scale is None:
+        return points
+    return _init.joint_points(points / scale, block.y.shape[1], projection)
 
 
-def _labels_estep(block, kmeans, joint, scale):
-    labels = kmeans.predict(_kmeans_points(block, joint, scale))
+def _labels_estep(block, kmeans, joint, scale, projection):
+    labels = kmeans.predict(_kmeans_points(block, joint, scale, projection))
     resp = np.zeros((kmeans.n_clusters, block.n_samples))
     resp[labels, np.arange(block.n_samples)] = 1.0
     return _estep_of_resp(resp)
 
 
-def _initial_esteps(est, executor, blocks, random_state):
-    """Per-block initial E-steps (lazy dask values) for ``est``'s ``init_params``."""
+def _initial_esteps(est, executor, blocks, random_state, init_params, n_features):
+    """Per-block initial E-steps (lazy dask values) for ``init_params``."""
     import dask
     import dask.array as da
-
-    from . import _gllim
 
     K = est.n_components
     n = sum(executor.sizes(blocks))
@@ -170,14 +176,16 @@ def _initial_esteps(est, executor, blocks, random_state):
     if K == 1:
         return executor.derived_blocks(lambda block: _estep_of_resp(np.ones((1, block.n_samples))),
                                        blocks, 0)
-    if est.init_params == "random":
+    if init_params == "random":
         seeds = random_state.randint(2**31 - 1, size=len(blocks))
         call = dask.delayed(_random_estep, pure=True)
         return [call(block, K, int(seed)) for block, seed in zip(blocks, seeds, strict=True)]
-    joint = est.init_params == "kmeans_joint"
+    joint = init_params == "kmeans_joint"
+    # Drawn first, as in memory.
+    projection = _init.joint_projection(n_features, random_state) if joint else None
     sample = None
-    if n > KMEANS_MAX_SAMPLES:
-        sample = np.sort(random_state.choice(n, KMEANS_MAX_SAMPLES, replace=False))
+    if n > _init.KMEANS_MAX_SAMPLES:
+        sample = np.sort(random_state.choice(n, _init.KMEANS_MAX_SAMPLES, replace=False))
     starts = np.cumsum([0] + executor.sizes(blocks))
     scale = None
     if joint:  # standardised [y, Xc], the scale from all samples as in memory
@@ -191,27 +199,25 @@ def _initial_esteps(est, executor, blocks, random_state):
     def take_points(block, start):
         rows = slice(None) if sample is None else (
             sample[(sample >= start) & (sample < start + block.n_samples)] - start)
-        return None, [_kmeans_points(block, joint, scale)[rows]]
+        return None, [_kmeans_points(block, joint, scale, projection)[rows]]
 
     _, parts = executor.map_reduce(take_points, blocks, list(starts[:-1]))
-    kmeans = KMeans(n_clusters=K, n_init=1, random_state=random_state)
-    with executor.serial(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        kmeans.fit(np.concatenate(parts))
+    with executor.serial():
+        kmeans = _init.fitted_kmeans(np.concatenate(parts), K, random_state)
     esteps = executor.derived_blocks(
-        functools.partial(_labels_estep, kmeans=kmeans, joint=joint, scale=scale), blocks, 0)
+        functools.partial(_labels_estep, kmeans=kmeans, joint=joint, scale=scale,
+                          projection=projection), blocks, 0)
     if joint:
         return esteps
     # The Gaussian mixture on y that refines k-means, over blocks of targets alone.
-    y_scale = _gllim.scale_of_variances(column_variances(executor, blocks, "y"))
+    y_scale = _init.scale_of_variances(column_variances(executor, blocks, "y"))
     y_model = gm.GLLiMModel("diag", est.target_covariance_type,
-                            max(est.reg_covar, 1e-6) * y_scale)
+                            _init.target_mixture_reg(est.reg_covar, y_scale))
     y_shift = column_means(executor, blocks, lambda block: block.y)
     y_blocks = executor.derived_blocks(
         lambda block: y_model.prepare_block(np.empty((block.n_samples, 0)), block.y - y_shift),
         blocks, 0)
-    return _gllim.refine_target_mixture_esteps(y_model, executor, y_blocks, esteps, K,
-                                               _gllim.GMM_INIT_MAX_ITER, _gllim.GMM_INIT_TOL)
+    return _init.refine_target_mixture_esteps(y_model, executor, y_blocks, esteps, K)
 
 
 @dataclass

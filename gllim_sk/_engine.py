@@ -25,7 +25,7 @@ import functools
 import operator
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from time import time
 
@@ -288,7 +288,7 @@ class DaskExecutor:
         while len(sums) > 1:
             sums = [dask.delayed(_add, pure=True)(*sums[i : i + self.reduction_fan_in])
                     for i in range(0, len(sums), self.reduction_fan_in)]
-        return kept, dask.compute(sums[0])[0]
+        return kept, _compute(sums[0])
 
 
 def _call(func, *args):
@@ -338,7 +338,7 @@ def _on_workers(workers):
         return contextlib.nullcontext()
     import dask
 
-    return dask.annotate(workers=workers, allow_other_workers=False)
+    return dask.annotate(workers=workers, allow_other_workers=True)
 
 
 def _futures(values):
@@ -350,9 +350,81 @@ def _futures(values):
 def _wait(persisted):
     """Wait until persisted values are in the workers' memory (distributed only)."""
     if _active_client() is not None:
-        from distributed import wait
+        futures = [future for futures in _futures(persisted) for future in futures]
+        _watched(lambda timeout: _all_done(futures, timeout), lambda: None)
 
-        wait([future for futures in _futures(persisted) for future in futures])
+
+# A computation of a fit on a distributed cluster that has had no worker for this long
+# fails (the nanny restarts a lost worker in seconds; a cluster left with none would
+# otherwise wait forever), and the client checks the cluster this often meanwhile.
+NO_WORKER_TIMEOUT = 60.0
+WATCH_INTERVAL = 2.0
+
+
+def _all_done(futures, timeout):
+    from distributed import wait
+
+    wait(futures, timeout=timeout)
+    for future in futures:
+        if future.status == "error":
+            future.result()  # raises the task's error
+        if future.status == "cancelled":
+            raise _worker_lost_error()
+
+
+def _compute(value):
+    """``dask.compute(value)[0]``; on a distributed cluster, watched (see ``_watched``)."""
+    import dask
+
+    client = _active_client()
+    if client is None:
+        return dask.compute(value)[0]
+    future = client.compute(value)
+    _watched(lambda timeout: _all_done([future], timeout), future.cancel)
+    try:
+        return client.gather(future)
+    except CancelledError as error:  # lost between the wait and the gather
+        raise _worker_lost_error(error) from error
+
+
+def _worker_lost_error(cause=None):
+    return RuntimeError(
+        "A dask worker was lost during the fit and the blocks of data it held could not "
+        "be recomputed" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+        + ". The fit was abandoned and the estimator left as it was; the client is "
+        "usable. Fit again once the cluster has its workers (blocks that dask can "
+        "recompute from their graph, such as arrays made by dask.array, survive the "
+        "loss of a worker)."
+    )
+
+
+def _watched(wait, cancel):
+    """``wait(timeout)`` until it returns, bounded: the errors that the loss of a worker
+    leaves (lost data that cannot be recomputed, a task that killed its workers) become
+    one clear error, and a cluster left without workers for ``NO_WORKER_TIMEOUT``
+    seconds fails the computation instead of waiting forever."""
+    from distributed import KilledWorker
+
+    client = _active_client()
+    workerless_since = None
+    while True:
+        try:
+            return wait(WATCH_INTERVAL)
+        except TimeoutError:
+            pass
+        except (KilledWorker, CancelledError) as error:
+            raise _worker_lost_error(error) from error
+        if client.scheduler_info(n_workers=-1)["workers"]:
+            workerless_since = None
+        elif workerless_since is None:
+            workerless_since = time()
+        elif time() - workerless_since > NO_WORKER_TIMEOUT:
+            cancel()
+            raise RuntimeError(
+                f"The dask cluster has had no worker for {NO_WORKER_TIMEOUT:.0f} s during "
+                "the fit: its workers were lost and none came back. The fit was abandoned "
+                "and the estimator left as it was; the client is usable."
+            )
 
 
 def _holders(persisted):
@@ -468,18 +540,21 @@ class EMMixin:
             "Standardise X and y, or increase reg_covar."
         )
 
-    def _run_em(self, problem, params, start):
-        """EM from ``params``: the bounds, last parameters, iterations and convergence."""
+    def _run_em(self, problem, params, start, max_iter=None):
+        """EM from ``params`` for at most ``max_iter`` (default: the estimator's) M-steps,
+        counting the one that made ``params``: the bounds, last parameters, iterations
+        and convergence."""
+        max_iter = self.max_iter if max_iter is None else max_iter
         model, executor, blocks = problem.model, problem.executor, problem.blocks
         esteps, stats, bound, latent_cov = e_step(model, executor, blocks, params,
-                                                  with_stats=self.max_iter > 1)
+                                                  with_stats=max_iter > 1)
         bounds = [bound]
         converged = False
         n_iter = 1
-        for n_iter in range(2, self.max_iter + 1):
+        for n_iter in range(2, max_iter + 1):
             params = m_step(model, executor, blocks, esteps, stats, latent_cov)
             esteps, stats, bound, latent_cov = e_step(
-                model, executor, blocks, params, with_stats=n_iter < self.max_iter
+                model, executor, blocks, params, with_stats=n_iter < max_iter
             )
             bounds.append(bound)
             if not np.isfinite(bound):
@@ -491,9 +566,14 @@ class EMMixin:
             if abs(change) < self.tol:
                 converged = True
                 break
-        if self.max_iter == 1 and self.tol > 0:
+        if max_iter == 1 and self.tol > 0:
             converged = False
         return bounds, params, n_iter, converged
+
+    def _start_params(self, problem, random_state):
+        """The parameters a fresh initialisation's EM starts from (a hook: an estimator
+        may choose among several starting points)."""
+        return self._em_initial_params(problem, random_state)
 
     def _fit_em(self, problem, random_state, warm_params=None):
         """Run EM ``n_init`` times (once from ``warm_params`` when given); keep the best.
@@ -509,7 +589,7 @@ class EMMixin:
             if warm_params is not None:
                 params = warm_params
             else:
-                params = self._em_initial_params(problem, random_state)
+                params = self._start_params(problem, random_state)
             bounds, params, n_iter, converged = self._run_em(problem, params, start)
             self._print(
                 1, f"Initialization {'converged' if converged else 'did not converge'}. "

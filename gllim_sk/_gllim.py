@@ -1,18 +1,17 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
 import dataclasses
-import warnings
+import functools
 from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
+from time import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from . import _dask, _engine
+from . import _dask, _engine, _init
 from . import _gllim_math as gm
 from ._compat import (
     Interval,
@@ -29,6 +28,7 @@ from ._compat import (
     swap_last,
     to_numpy,
 )
+from ._init import scale_of_variances, variance_scale
 from .posterior import (
     PosteriorMixin,
     gaussian_or_t_log_density,
@@ -44,12 +44,6 @@ __all__ = ["GLLiMRegressor"]
 LATENT_NOISE_FLOOR = 1e-5
 # Online EM re-seeds a component whose weight falls below this fraction of 1/K.
 DEAD_COMPONENT_WEIGHT = 0.1
-# EM iterations of the Gaussian mixture on y that refines k-means at initialisation: the
-# GLLiM EM that follows refines the responsibilities anyway.
-GMM_INIT_MAX_ITER = 20
-GMM_INIT_TOL = 1e-3
-
-
 def _input_namespace(*arrays):
     """The namespace the inputs are computed in: numpy unless Array API dispatch is on
     and they are arrays of another library."""
@@ -77,23 +71,6 @@ def _total(a):
     return a.sum() if xp is np else float(xp.sum(xp.astype(a, xp.float64)))
 
 
-def variance_scale(values):
-    """Mean column variance of ``values``, the unit of the relative ``reg_covar`` (1 when
-    every column is constant)."""
-    xp = array_namespace(values)
-    scale = float(xp.mean(xp.var(values, axis=0))) if values.shape[0] * values.shape[1] else 0.0
-    return _unit_scale(scale)
-
-
-def scale_of_variances(variances):
-    """:func:`variance_scale` from the column variances (numpy)."""
-    return _unit_scale(float(np.mean(variances)) if variances.size else 0.0)
-
-
-def _unit_scale(scale):
-    return scale if np.isfinite(scale) and scale > 0 else 1.0
-
-
 def _reseeded(esteps, component, Xc, yc, n_components):
     """The E-steps with ``component`` given responsibility 1 (and the others 0) on the
     ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the sample of
@@ -116,47 +93,48 @@ def _reseeded(esteps, component, Xc, yc, n_components):
     return out
 
 
-def kmeans_responsibilities(points, n_clusters, random_state):
-    """One-hot (n_clusters, n) responsibilities from one k-means run on ``points``."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = KMeans(n_clusters=n_clusters, n_init=1, random_state=random_state).fit(
-            points
-        ).labels_
-    resp = np.zeros((n_clusters, len(points)))
-    resp[labels, np.arange(len(points))] = 1.0
-    return resp
+def unchanged_on_failure(method):
+    """Decorate a fitting method so that a call that raises changes nothing.
 
-
-def refine_by_target_mixture(y, resp, target_covariance_type, reg_covar, max_iter, tol):
-    """EM on a Gaussian mixture of the targets alone, from responsibilities ``resp`` (K, n).
-
-    The mixture of y is GLLiM without features, so the same model and engine run it.
-    Stops when the mean log-likelihood gains less than ``tol``; returns the last E-step's
-    (K, n) responsibilities.
+    The estimator's attributes are put back as they were when the call began: a fitted
+    model stays exactly as it was, an unfitted one unfitted. A shallow copy is enough,
+    since fitting replaces attributes and never writes into the arrays they hold.
     """
-    model = gm.GLLiMModel("diag", target_covariance_type, reg_covar)
-    executor = _engine.SerialExecutor()
-    blocks = executor.blocks(model, np.empty((y.shape[0], 0)), y - y.mean(axis=0))
-    esteps = _engine.responsibilities_as_esteps(executor, blocks, resp)
-    return refine_target_mixture_esteps(model, executor, blocks, esteps, resp.shape[0],
-                                        max_iter, tol)[0].resp
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        saved = dict(self.__dict__)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:  # an interrupt, too, leaves the model as it was
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+    return wrapper
 
 
-def refine_target_mixture_esteps(model, executor, blocks, esteps, n_components, max_iter,
-                                 tol):
-    """:func:`refine_by_target_mixture` on any executor's blocks of targets alone, from
-    per-block E-steps; returns the last E-step's per-block E-steps."""
-    latent_cov = np.zeros((n_components, 0, 0))
-    stats = _engine.stats_of(model, executor, blocks, esteps, latent_cov)
-    previous = -np.inf
-    for _ in range(max_iter):
-        params = _engine.m_step(model, executor, blocks, esteps, stats, latent_cov)
-        esteps, stats, current, latent_cov = _engine.e_step(model, executor, blocks, params)
-        if abs(current - previous) < tol:
-            break
-        previous = current
-    return esteps
+# Largest squared norm of a row that online EM takes: its statistics hold products of
+# two squared norms, which stay finite in float64 below it.
+MAX_SQUARED_NORM = float(np.sqrt(np.finfo(np.float64).max))
+
+
+def _check_batch_magnitude(X, y):
+    """Refuse a batch whose rows are too large for EM's statistics in float64."""
+    for name, values in (("X", X), ("y", y)):
+        with np.errstate(over="ignore"):
+            squared = np.einsum("ij,ij->i", values, values, dtype=np.float64)
+        bad = np.flatnonzero(~(squared <= MAX_SQUARED_NORM))
+        if bad.size:
+            raise ValueError(
+                f"{name} has {bad.size} row(s) too large for EM in float64 (the first, "
+                f"row {bad[0]}, has squared norm {squared[bad[0]]:.3g} > "
+                f"{MAX_SQUARED_NORM:.3g}): rescale the data or drop those rows."
+            )
+
+
+def _all_finite(params):
+    return all(value is None or np.all(np.isfinite(value))
+               for value in (getattr(params, field.name)
+                             for field in dataclasses.fields(params)))
 
 
 class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstimator):
@@ -211,6 +189,19 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         ``tol=0`` runs exactly ``max_iter`` iterations.
     n_init : int, default=1
         Number of initialisations; the one with the highest final likelihood is kept.
+    init_candidates : int, default=10
+        Starting partitions tried per initialisation. Each (drawn by ``init_params``,
+        with its own k-means seeding; with "kmeans", partitions of ``y`` alternate with
+        partitions of the joint ``[y, X]``) runs up to 10 EM iterations on a random
+        subset of the samples (``1 / init_candidates`` of them, at least 100 per
+        component), and EM continues on all samples from the one of highest
+        likelihood. One partition of ``y`` often leads EM to a poor local optimum when
+        components overlap in ``y`` or in ``X``; the short runs find the optimum far
+        more often, at a fraction of the cost of ``n_init`` full runs (measured in
+        ``benchmarks/bench_init.py``). ``init_candidates=1`` starts from one partition
+        of ``init_params`` (there is one only with ``resp_init`` or
+        ``n_components=1``). :meth:`partial_fit`'s first call starts the same way on its
+        batch.
     init_params : {"kmeans", "kmeans_joint", "random"}, default="kmeans"
         How initial responsibilities are made: "kmeans" runs k-means on ``y`` followed by
         up to 20 EM iterations of a Gaussian mixture on ``y`` with covariances of type
@@ -371,6 +362,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_candidates": [Interval(Integral, 1, None, closed="left")],
         "init_params": [StrOptions({"kmeans", "kmeans_joint", "random"})],
         "resp_init": ["array-like", None],
         "random_state": ["random_state"],
@@ -392,6 +384,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         max_iter=100,
         tol=1e-3,
         n_init=1,
+        init_candidates=10,
         init_params="kmeans",
         resp_init=None,
         random_state=None,
@@ -409,6 +402,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self.max_iter = max_iter
         self.tol = tol
         self.n_init = n_init
+        self.init_candidates = init_candidates
         self.init_params = init_params
         self.resp_init = resp_init
         self.random_state = random_state
@@ -603,48 +597,79 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                                     settings["target_covariance_type"],
                                     noise_reg, var_floor, target_reg_covar=target_reg)
 
-    def _initial_resp(self, Xc, y, random_state):
+    def _initial_resp(self, Xc, y, random_state, init_params=None):
         """Initial responsibilities, (n_components, n_samples), as a numpy array (computed
         on the host: features of another namespace are copied there only for
-        ``init_params="kmeans_joint"``)."""
-        n = Xc.shape[0]
-        K = self.n_components
+        ``init_params="kmeans_joint"``); ``init_params`` overrides the estimator's."""
         if self.resp_init is not None:
-            return np.ascontiguousarray(self._check_resp(self.resp_init, n).T)
-        if K == 1:
-            return np.ones((1, n))
-        if self.init_params == "random":
-            resp = random_state.uniform(size=(K, n))
-            return resp / resp.sum(axis=0)
-        y = np.asarray(to_numpy(y), dtype=np.float64)
-        if self.init_params == "kmeans":
-            points = y
-        else:  # kmeans_joint: k-means on standardised [y, X]
-            points = np.hstack([y, np.asarray(to_numpy(Xc), dtype=np.float64)])
-            scale = points.std(axis=0)
-            points = points / np.where(scale > 0, scale, 1.0)
-        resp = kmeans_responsibilities(points, K, random_state)
-        if self.init_params == "kmeans":
-            resp = self._target_mixture_resp(y, resp)
-        return resp
+            return np.ascontiguousarray(self._check_resp(self.resp_init, Xc.shape[0]).T)
+        init_params = self.init_params if init_params is None else init_params
+        if init_params == "kmeans_joint":
+            Xc = to_numpy(Xc)
+        return _init.initial_resp(init_params, Xc, to_numpy(y), self.n_components,
+                                  self.target_covariance_type, self.reg_covar, random_state)
 
-    def _target_mixture_resp(self, y, resp):
-        """Refine k-means labels by EM on a Gaussian mixture of y alone (the paper's init)."""
-        return refine_by_target_mixture(
-            y, resp, self.target_covariance_type,
-            max(self.reg_covar, 1e-6) * variance_scale(y), GMM_INIT_MAX_ITER, GMM_INIT_TOL,
+    def _n_candidates(self):
+        """Starting partitions tried per initialisation (one when they would all agree)."""
+        if self.resp_init is not None or self.n_components == 1:
+            return 1
+        return self.init_candidates
+
+    def _start_params(self, problem, random_state):
+        """The parameters EM starts from: with one candidate, the first M-step from the
+        starting partition; with several, the parameters of the best (by likelihood) of
+        short EM runs from as many starting partitions, on a random subset of the
+        samples (see :mod:`._init`). Online EM starts from them too, on its first batch."""
+        n_candidates = self._n_candidates()
+        if n_candidates == 1:
+            return self._em_initial_params(problem, random_state)
+        kinds = _init.candidate_kinds(self.init_params, n_candidates)
+        # The short runs are the initialisation's, whatever max_iter (which counts the
+        # iterations on all samples).
+        short = _init.CANDIDATE_MAX_ITER
+        n = sum(problem.executor.sizes(problem.blocks))
+        rows = _init.candidate_rows(n, n_candidates, self.n_components, random_state)
+        if rows is None:
+            return self._best_short_run(problem, random_state, kinds, short)
+        Xc, y = problem.Xc, problem.y
+        work = len(rows) * Xc.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
+        if _dask.any_dask_array(Xc):  # the subset stays on the workers too
+            Xc, y = _dask.take_rows(Xc, rows), _dask.take_rows(y, rows)
+            executor = _engine.DaskExecutor()
+        else:
+            xp = array_namespace(Xc)
+            if xp is np:
+                Xc, y = Xc[rows], y[rows]
+            else:
+                index = xp.asarray(rows, device=array_device(Xc))
+                Xc, y = xp.take(Xc, index, axis=0), xp.take(y, index, axis=0)
+            executor = _engine.make_executor(len(rows), work, xp)
+        model = problem.model
+        with executor:
+            subset = _engine.EMProblem(model, executor, executor.blocks(model, Xc, y), Xc, y)
+            return self._best_short_run(subset, random_state, kinds, short)
+
+    def _best_short_run(self, problem, random_state, kinds, max_iter):
+        bounds, params, n_iter, _ = _init.best_start(
+            lambda i: self._em_initial_params(problem, random_state, init_params=kinds[i]),
+            lambda params: self._run_em(problem, params, time(), max_iter=max_iter),
+            len(kinds),
         )
+        self._print(1, f"  best of {len(kinds)} starts: lower bound {bounds[-1]:.5f} after "
+                       f"{n_iter} iteration(s) on {problem.Xc.shape[0]} samples")
+        return params
 
-    def _em_initial_params(self, problem, random_state, resp=None):
-        """The first M-step, from the initial responsibilities (or ``resp`` (K, n))."""
+    def _em_initial_params(self, problem, random_state, resp=None, init_params=None):
+        """The first M-step, from the initial responsibilities (or ``resp`` (K, n)) of
+        ``init_params`` (default: the estimator's)."""
         if _dask.any_dask_array(problem.Xc):  # made block by block, where the blocks live
-            return _dask.initial_params(self, problem, random_state)
+            return _dask.initial_params(self, problem, random_state, init_params)
         xp = array_namespace(problem.Xc)
         if resp is None:
             # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
             # with numpy, whatever the namespace of the data.
             with problem.executor.serial():
-                resp = self._initial_resp(problem.Xc, problem.y, random_state)
+                resp = self._initial_resp(problem.Xc, problem.y, random_state, init_params)
         if xp is not np:
             resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model
@@ -660,6 +685,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                                      self.n_latent, random_state)
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_failure
     def fit(self, X, y):
         """Estimate the model parameters by EM.
 
@@ -678,6 +704,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         return self._fit(X, y)
 
     @_fit_context(prefer_skip_nested_validation=True)
+    @unchanged_on_failure
     def _fit_frozen_estep(self, X, y, resp):
         """Fit with the E-step frozen at the responsibilities ``resp`` (n_samples, K).
 
@@ -741,11 +768,11 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self._set_params_from(params)
         return self
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def _relative_floors(self, X, y):
         """The noise and target floors: ``reg_covar`` times the data's variance scales."""
         return self.reg_covar * variance_scale(X), self.reg_covar * variance_scale(y)
 
+    @unchanged_on_failure
     def partial_fit(self, X, y):
         """Update the model with one batch of samples by online (stepwise) EM.
 
@@ -785,11 +812,23 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         self : GLLiMRegressor
             The updated estimator.
         """
+        # Every call, not only the first (scikit-learn's _fit_context validates a
+        # partial_fit once): set_params may have changed them since.
+        self._validate_params()
+        if _input_namespace(X, y) is not np or (
+                hasattr(self, "weights_") and _input_namespace(self.weights_) is not np):
+            raise TypeError(
+                "partial_fit runs on numpy arrays only (online EM keeps its statistics on "
+                "the host); under Array API dispatch, fit takes arrays of other libraries. "
+                "Pass numpy arrays, or move the model to numpy with "
+                "sklearn.utils._array_api.move_estimator_to."
+            )
         if hasattr(self, "_params"):
             self._check_structure_unchanged("partial_fit")
         first = not hasattr(self, "_online_stats")
         if first and not hasattr(self, "_params"):
             X, y = self._validate_training_data(X, y)
+            _check_batch_magnitude(X, y)
             self.n_targets_ = y.shape[1]
             self.feature_mean_, self.target_mean_ = X.mean(axis=0), y.mean(axis=0)
             # reg_covar is relative to the variances of this first batch.
@@ -797,6 +836,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         else:
             X, _ = self._check_X(X)
             y = self._check_y(y, X.shape[0]) + self.target_mean_
+            _check_batch_magnitude(X, y)
         Xc = X.astype(np.float64) - self.feature_mean_
         yc = y - self.target_mean_
         if first:
@@ -808,7 +848,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
               self._singular_covariances_reported()):
             problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc), Xc, yc)
             if first and not hasattr(self, "_params"):
-                self._params = self._em_initial_params(problem, check_random_state(
+                self._params = self._start_params(problem, check_random_state(
                     self.random_state))
             esteps, stats, bound, latent_cov = _engine.e_step(
                 model, executor, problem.blocks, self._params)
@@ -837,7 +877,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                 m_step_stats = filled if first else (self._online_stats * (1.0 - step)
                                                      + filled * step)
             params = model.m_step(m_step_stats * n_batch)
-        if not np.all(np.isfinite(params.weights)) or not np.isfinite(bound):
+        if not (_all_finite(params) and np.isfinite(bound)):
             raise ValueError(
                 "Online EM produced non-finite parameters; the batch may contain extreme "
                 "values. Standardise X and y, or increase reg_covar."

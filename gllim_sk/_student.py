@@ -259,8 +259,8 @@ class StudentGLLiMRegressor(GLLiMRegressor):
     Parameters
     ----------
     n_components, covariance_type, target_covariance_type, n_latent, reg_covar, max_iter, \
-tol, n_init, init_params, resp_init, random_state, warm_start, verbose, verbose_interval, \
-learning_offset, learning_decay
+tol, n_init, init_candidates, init_params, resp_init, random_state, warm_start, verbose, \
+verbose_interval, learning_offset, learning_decay
         As in :class:`GLLiMRegressor`. ``fit`` also takes dask arrays (exact EM on the
         workers), and ``partial_fit`` runs online EM: it blends the Student statistics,
         the sums of r E[log u] that update alpha included.
@@ -351,6 +351,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         max_iter=100,
         tol=1e-3,
         n_init=1,
+        init_candidates=10,
         init_params="kmeans",
         resp_init=None,
         random_state=None,
@@ -365,6 +366,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
             n_components, covariance_type=covariance_type,
             target_covariance_type=target_covariance_type, n_latent=n_latent,
             reg_covar=reg_covar, max_iter=max_iter, tol=tol, n_init=n_init,
+            init_candidates=init_candidates,
             init_params=init_params, resp_init=resp_init, random_state=random_state,
             warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval,
             learning_offset=learning_offset, learning_decay=learning_decay,

@@ -483,13 +483,13 @@ def test_random_state_reproducible(init_params):
 
 
 @pytest.mark.parametrize("target_covariance_type", ["full", "diag", "spherical", "tied"])
-def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_covariance_type):
+def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(target_covariance_type):
     # The "kmeans" initialisation refines k-means labels by EM on a Gaussian mixture of y,
     # run through GLLiM's own EM steps with no features. Run to convergence, it must land
     # on the mixture scikit-learn's GaussianMixture finds from the same labels.
     from sklearn.mixture import GaussianMixture
 
-    from gllim_sk import _gllim
+    from gllim_sk import _init
 
     rng = np.random.default_rng(3)
     centres = np.array([[0.0, 0.0], [4.0, 1.0], [1.0, 5.0]])
@@ -514,10 +514,8 @@ def test_kmeans_init_mixture_on_y_matches_gaussian_mixture(monkeypatch, target_c
         weights_init=one_hot.mean(0), means_init=means, precisions_init=precisions,
     ).fit(y)
 
-    monkeypatch.setattr(_gllim, "GMM_INIT_MAX_ITER", 1000)
-    monkeypatch.setattr(_gllim, "GMM_INIT_TOL", 1e-12)
-    estimator = GLLiMRegressor(3, target_covariance_type=target_covariance_type, reg_covar=1e-6)
-    resp = estimator._target_mixture_resp(y, np.ascontiguousarray(one_hot.T))
+    resp = _init.refine_by_target_mixture(y, np.ascontiguousarray(one_hot.T),
+                                          target_covariance_type, reg, 1000, 1e-12)
     assert_allclose(resp.T, reference.predict_proba(y), atol=1e-5)
 
 

@@ -30,14 +30,18 @@ def batches(X, y, size):
     return [(X[i : i + size], y[i : i + size]) for i in range(0, len(X), size)]
 
 
-def test_first_call_is_the_batch_fits_first_em_iteration(gllim_ref):
+@pytest.mark.parametrize("init_candidates", [1, 5])
+def test_first_call_is_the_batch_fits_first_em_iteration(gllim_ref, init_candidates):
+    # The first call starts as fit does on its batch (with several starting partitions,
+    # from the best of their short runs) and adds one EM iteration.
     X, y = make_data(gllim_ref)
-    kw = dict(n_components=3, random_state=0, covariance_type="full")
+    kw = dict(n_components=3, random_state=0, covariance_type="full", tol=0,
+              init_candidates=init_candidates)
     online = GLLiMRegressor(**kw).partial_fit(X[:300], y[:300])
-    two_m_steps = GLLiMRegressor(**kw, max_iter=2, tol=0).fit(X[:300], y[:300])
+    one_more = GLLiMRegressor(**kw, max_iter=2).fit(X[:300], y[:300])
     assert online.n_batch_iter_ == 1
     for p, q in zip(gllim_ref.dense_params(online).values(),
-                    gllim_ref.dense_params(two_m_steps).values(), strict=True):
+                    gllim_ref.dense_params(one_more).values(), strict=True):
         assert_allclose(p, q, rtol=1e-10, atol=1e-12)
 
 
@@ -48,7 +52,7 @@ def test_update_is_the_m_step_of_the_blended_statistics(gllim_ref, covariance_ty
     X, y = make_data(gllim_ref, seed=1)
     (X1, y1), (X2, y2) = (X[:500], y[:500]), (X[500:800], y[500:800])
     kw = dict(n_components=3, covariance_type=covariance_type, reg_covar=1e-10,
-              random_state=0, learning_offset=2.0, learning_decay=0.8)
+              random_state=0, learning_offset=2.0, learning_decay=0.8, init_candidates=1)
     initial = GLLiMRegressor(**kw, max_iter=1, tol=0).fit(X1, y1)  # the initial M-step
     online = GLLiMRegressor(**kw).partial_fit(X1, y1)
     first = gllim_ref.dense_params(online)

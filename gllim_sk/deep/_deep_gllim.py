@@ -467,17 +467,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         return gllim._fit_frozen_estep(X, y, resp) if frozen else gllim.fit(X, y)
 
     def _initial_resp(self, y, seed):
-        if self.n_components == 1:
-            return np.ones((len(y), 1))
-        from .._gllim import kmeans_responsibilities, refine_by_target_mixture, variance_scale
+        from .._init import target_mixture_resp
 
-        # k-means on y, then a Gaussian mixture of y run to convergence (the paper's init);
-        # its variance floor follows the targets' units, as GLLiMRegressor's.
+        # The paper's init, k-means on y refined by a Gaussian mixture of y, with the
+        # constants and the relative variance floor of GLLiMRegressor's initialisation.
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-        resp = refine_by_target_mixture(
-            y, kmeans_responsibilities(y, self.n_components, seed),
-            self.target_covariance_type, 1e-6 * variance_scale(y), max_iter=100, tol=1e-3,
-        )
+        resp = target_mixture_resp(y, self.n_components, self.target_covariance_type,
+                                   self.reg_covar, seed)
         return np.ascontiguousarray(resp.T)
 
     def _finetune_resp(self, gllim, X, y, frozen_resp, rng):
