@@ -976,8 +976,13 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                 or array_device(params.weights) != array_device(self.weights_)):
             device = array_device(self.weights_)
 
+            # To numpy through the arrays' own namespace: scikit-learn's move_to reads
+            # it with dispatch off (numpy), which cannot convert a CUDA tensor.
+            convert = (to_numpy if xp is np
+                       else lambda value: move_to(value, xp=xp, device=device))
+
             def move(obj):
-                fields = {name: (None if value is None else move_to(value, xp=xp, device=device))
+                fields = {name: (None if value is None else convert(value))
                           for name, value in vars(obj).items()}
                 return type(obj)(**fields)
 
