@@ -158,7 +158,11 @@ def make_hog_ir(n_components=50, *, n_latent=4, scales=DEFAULT_SCALES, n_jobs=No
         Parallel jobs for the HOG extraction.
     **gllim_params
         Further parameters of :class:`~gllim_sk.GLLiMRegressor` (``covariance_type``,
-        ``reg_covar``, ``max_iter``, ``random_state``, ...).
+        ``reg_covar``, ``max_iter``, ``random_state``, ...). ``init_candidates``
+        defaults to 1 here: the paper's single start from a partition of the angles.
+        The best-likelihood start among several (GLLiMRegressor's default) partitions
+        the 1,888 features as well and predicts worse on them (Table 1 script, synthetic
+        heads, K = 20: 7.14 degrees mean error against 5.51).
 
     Returns
     -------
@@ -176,7 +180,8 @@ def make_hog_ir(n_components=50, *, n_latent=4, scales=DEFAULT_SCALES, n_jobs=No
     return Pipeline(
         [
             ("hog", HOGPyramid(scales, n_jobs=n_jobs)),
-            ("gllim", GLLiMRegressor(n_components, n_latent=n_latent, **gllim_params)),
+            ("gllim", GLLiMRegressor(n_components, n_latent=n_latent,
+                                     **{"init_candidates": 1, **gllim_params})),
         ]
     )
 
@@ -274,5 +279,6 @@ def make_vgg_ir(n_components=50, *, weights="DEFAULT", input_size=224, batch_siz
     """
     return Pipeline([
         ("vgg", _vgg_step(weights, input_size, batch_size, device, vgg_params or {})),
-        ("gllim", GLLiMRegressor(n_components, **gllim_params)),
+        # The paper's single start from the angles, as make_hog_ir.
+        ("gllim", GLLiMRegressor(n_components, **{"init_candidates": 1, **gllim_params})),
     ])
