@@ -477,7 +477,7 @@ class ShkuratovModel(ForwardModel):
         self.bounds = _check_bounds([defaults[n] for n in names], len(names))
         if np.any(self.bounds[:, 0] < 0):
             raise ValueError("Shkuratov's parameters are non-negative; got a negative bound.")
-        i, e, psi, g = self.incidence_, self.emergence_, self.azimuth_, self.phase_
+        i, e, g = self.incidence_, self.emergence_, self.phase_
         if np.any(g >= np.pi - 1e-6):
             raise ValueError("Shkuratov's disk function needs phase angles below 180 degrees.")
         cos_i, cos_e = np.cos(i), np.cos(e)

@@ -58,7 +58,7 @@ def test_h_function_approximations_against_chandrasekhar(variant, tol):
 def test_henyey_greenstein_normalised_and_limits():
     # Mean over the sphere is 1: (1/2) int_{-1}^{1} P(cos g) d cos g.
     for b, c in [(0.0, 0.3), (0.4, -0.5), (0.8, 0.9)]:
-        val, _ = integrate.quad(lambda x: henyey_greenstein(x, b, c), -1, 1)
+        val, _ = integrate.quad(lambda x, b=b, c=c: henyey_greenstein(x, b, c), -1, 1)
         assert 0.5 * val == pytest.approx(1.0, rel=1e-8)
     assert np.allclose(henyey_greenstein(np.linspace(-1, 1, 7), 0.0, 0.4), 1.0)
     # c = 1: one backward lobe, 1 - b^2 over (1 - 2 b cos g + b^2)^1.5.
