@@ -262,7 +262,15 @@ class _Inverter:
         total = np.einsum("nk,nklm->nlm", w, cov) + np.einsum("nk,nkl,nkm->nlm", w, d, d)
         total = 0.5 * (total + np.swapaxes(total, 1, 2))
         std = np.sqrt(np.maximum(np.einsum("nll->nl", total), 0.0))
-        mw, mm, mc = merge_mixture(w, mu, cov, s["n_modes"])
+        # Merging costs O(K^3) per row: merge the heaviest components only (GLLiM's
+        # posterior weights are concentrated; what is dropped is reported by
+        # ``merge_components``).
+        keep = min(K, s["merge_components"])
+        top = np.argsort(-w, axis=1, kind="stable")[:, :keep]
+        rows = np.arange(n)[:, None]
+        wt = w[rows, top]
+        wt = wt / wt.sum(axis=1, keepdims=True)
+        mw, mm, mc = merge_mixture(wt, mu[rows, top], cov[rows, top], s["n_modes"])
         n_modes = _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
         out = [w, mu, np.ascontiguousarray(cov), mean, total, std, mw, mm, mc, n_modes]
         if y_true is not None:
@@ -324,9 +332,10 @@ class _Inverter:
 
 
 def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=3,
-           mode_threshold=0.1, separation=2.0, forward_model=None, log_prior=None,
-           importance=None, mode=0, likelihood_var=None, likelihood_cov=None, n_draws=1000,
-           n_imis_steps=0, imis_batch=None, y_true=None, names=None, random_state=None):
+           mode_threshold=0.1, separation=2.0, merge_components=10, forward_model=None,
+           log_prior=None, importance=None, mode=0, likelihood_var=None, likelihood_cov=None,
+           n_draws=1000, n_imis_steps=0, imis_batch=None, y_true=None, names=None,
+           random_state=None):
     """Invert a batch of observations with a fitted GLLiM: one result for the batch.
 
     Parameters
@@ -348,6 +357,11 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
     separation : float, default=2.0
         Modes closer than this Mahalanobis distance to a heavier mode (under their mean
         covariance) count as the same mode.
+    merge_components : int, default=10
+        The modes are merged from the ``merge_components`` heaviest components of each
+        posterior (renormalised), which bounds the cost of merging (cubic in the number
+        of components); ``n_components`` merges them all. The posterior mean, spread,
+        PITs and importance sampling always use the whole mixture.
     forward_model : callable or ForwardModel, default=None
         The physical model ``(m, L) -> (m, D)``: needed for importance sampling.
     log_prior : callable, default=None
@@ -399,6 +413,7 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
     if importance not in (None, "full", "mode"):
         raise ValueError(f"importance must be None, 'full' or 'mode', got {importance!r}.")
     for name, value, low in (("n_modes", n_modes, 1), ("mode", mode, 0),
+                             ("merge_components", merge_components, 1),
                              ("n_draws", n_draws, 2), ("n_imis_steps", n_imis_steps, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
@@ -442,7 +457,9 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
                 raise ValueError("likelihood_cov must be positive definite.") from None
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     settings = {"n_modes": int(n_modes), "mode_threshold": float(mode_threshold),
-                "separation": float(separation), "importance": importance, "mode": int(mode),
+                "separation": float(separation),
+                "merge_components": int(merge_components), "importance": importance,
+                "mode": int(mode),
                 "n_draws": int(n_draws), "n_imis_steps": int(n_imis_steps),
                 "imis_batch": imis_batch, "seed": seed}
     inverter = _Inverter(model, forward_model, log_prior, settings)
