@@ -181,10 +181,14 @@ def run_xllim(path, K, iters, n_is, seed):
 
 
 def run_sbi(path, budget, draws, seed):
+    import warnings
+
     import torch
     from sbi.inference import NPE
     from sbi.utils import BoxUniform
 
+    # sbi warns at every one-epoch call of the budgeted loop below.
+    warnings.simplefilter("ignore", UserWarning)
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     d = np.load(path)
@@ -200,9 +204,10 @@ def run_sbi(path, budget, draws, seed):
     while time.perf_counter() - t < budget:
         estimator = inference.train(max_num_epochs=epochs + 1, resume_training=epochs > 0,
                                     show_train_summary=False)
-        epochs += 1
-        if inference._converged:  # noqa: SLF001 - sbi's own early stopping
+        trained = len(inference.summary["training_loss"])
+        if trained <= epochs:  # sbi's own early stopping ended the training
             break
+        epochs = trained
     learn = time.perf_counter() - t
     posterior = inference.build_posterior(estimator)
     Xt = torch.tensor(d["Xt"], dtype=torch.float32)
@@ -227,12 +232,12 @@ def run_dask(n, K, iters, chunk, seed):
     from gllim_sk.physics import simulate
 
     with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB",
-                      dashboard_address=None) as cluster, Client(cluster):
+                      dashboard_address=None) as cluster, Client(cluster) as client:
         F = hapke()
         Y, X = simulate(F, n, method="sobol", noise_std=TRAIN_NOISE, relative_noise=True,
                         chunks=chunk, random_state=seed)
-        Y, X = Y.persist(), X.persist()
         t = time.perf_counter()
+        Y, X = Y.persist(), X.persist()
         X.sum().compute()
         sim = time.perf_counter() - t
         model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters,
@@ -240,8 +245,8 @@ def run_dask(n, K, iters, chunk, seed):
         t = time.perf_counter()
         model.fit(X, Y)
         fit = time.perf_counter() - t
-        worker_mem = [w["metrics"]["memory"] / 2**20
-                      for w in cluster.scheduler_info["workers"].values()]
+        worker_mem = sorted(v / 2**20 for v in client.run(
+            lambda: __import__("psutil").Process().memory_info().rss).values())
     return {"n": n, "fit_s": fit, "n_iter": model.n_iter_, "per_iter_s": fit / model.n_iter_,
             "simulate_s": sim, "client_peak_mib": peak_mib(), "worker_mib": worker_mem}
 
@@ -362,7 +367,7 @@ def main(argv=None):
                   f"{r['simulate_s']:.1f} s; fit {r['fit_s']:.1f} s for {r['n_iter']} EM "
                   f"iterations ({r['per_iter_s']:.1f} s per iteration, initialisation "
                   f"included); client peak {r['client_peak_mib']:.0f} MiB; workers "
-                  f"{', '.join(f'{m:.0f}' for m in r['worker_mib'])} MiB at the end")
+                  f"{', '.join(f'{m:.0f}' for m in r['worker_mib'])} MiB RSS at the end")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
