@@ -191,6 +191,7 @@ def run_sbi(path, budget, draws, seed):
     warnings.simplefilter("ignore", UserWarning)
     torch.manual_seed(seed)
     torch.set_num_threads(1)
+    os.chdir(os.path.dirname(path))  # sbi writes its logs into the working directory
     d = np.load(path)
     F = hapke()
     prior = BoxUniform(low=torch.tensor(F.bounds[:, 0], dtype=torch.float32),
