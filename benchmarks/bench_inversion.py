@@ -260,11 +260,19 @@ def _child(queue, func, args):
 
 
 def in_child(func, *args):
+    import queue as queue_module
+
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, func, args))
     proc.start()
-    status, value = queue.get()
+    while True:
+        try:
+            status, value = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():  # killed (out of memory...) without a word
+                return {"error": f"the child process died (exit code {proc.exitcode})"}
     proc.join()
     if status != "ok":
         return {"error": value}
