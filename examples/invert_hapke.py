@@ -28,6 +28,7 @@ problem next to xllim and sbi.
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +36,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from gllim_sk import GLLiMRegressor
 from gllim_sk.inversion import invert
@@ -50,6 +52,8 @@ parser.add_argument("--output-dir", type=Path,
                     default=Path(__file__).resolve().parent / "output")
 args = parser.parse_args()
 args.output_dir.mkdir(parents=True, exist_ok=True)
+# The candidates of the K choice run a fixed, small number of EM iterations on purpose.
+warnings.filterwarnings("ignore", category=ConvergenceWarning)
 
 # %%
 # The forward model and the simulations
