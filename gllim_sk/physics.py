@@ -129,6 +129,16 @@ def _check_bounds(bounds, n_params=None):
     return bounds
 
 
+def _named_bounds(names, defaults, bounds):
+    """(L, 2) bounds of ``names``: the defaults, replaced by those given by name."""
+    bounds = dict(bounds or {})
+    unknown = set(bounds) - set(names)
+    if unknown:
+        raise ValueError(f"bounds given for unknown parameters {sorted(unknown)}; "
+                         f"parameters are {list(names)}.")
+    return _check_bounds([bounds.get(n, defaults[n]) for n in names], len(names))
+
+
 class FunctionModel(ForwardModel):
     """Wrap a vectorised function of parameters as a :class:`ForwardModel`.
 
@@ -387,14 +397,8 @@ class HapkeModel(ForwardModel):
         defaults = {"omega": (0.0, 1.0), "theta_bar": (0.0, 30.0), "b": (0.0, 0.999),
                     "c": (-1.0, 1.0), "B0": (0.0, 1.0), "h": (0.001, 1.0)}
         names = ("omega", "theta_bar", "b", "c") + (("B0", "h") if opposition else ())
-        bounds = dict(bounds or {})
-        unknown = set(bounds) - set(names)
-        if unknown:
-            raise ValueError(f"bounds given for unknown parameters {sorted(unknown)}; "
-                             f"parameters are {list(names)}.")
-        defaults.update(bounds)
         self.names = names
-        self.bounds = _check_bounds([defaults[n] for n in names], len(names))
+        self.bounds = _named_bounds(names, defaults, bounds)
         physical = {"omega": (0.0, 1.0), "theta_bar": (0.0, 89.0), "b": (0.0, 0.999999),
                     "c": (-1.0, 1.0), "B0": (0.0, np.inf), "h": (1e-9, np.inf)}
         for name, (low, high) in zip(names, self.bounds, strict=True):
@@ -467,14 +471,8 @@ class ShkuratovModel(ForwardModel):
         names = ("A_N", "mu1", "m", "mu2", "nu")
         defaults = {"A_N": (0.0, 1.0), "mu1": (0.0, 3.0), "m": (0.0, 10.0),
                     "mu2": (0.0, 3.0), "nu": (0.0, 2.0)}
-        bounds = dict(bounds or {})
-        unknown = set(bounds) - set(names)
-        if unknown:
-            raise ValueError(f"bounds given for unknown parameters {sorted(unknown)}; "
-                             f"parameters are {list(names)}.")
-        defaults.update(bounds)
         self.names = names
-        self.bounds = _check_bounds([defaults[n] for n in names], len(names))
+        self.bounds = _named_bounds(names, defaults, bounds)
         if np.any(self.bounds[:, 0] < 0):
             raise ValueError("Shkuratov's parameters are non-negative; got a negative bound.")
         i, e, g = self.incidence_, self.emergence_, self.phase_
