@@ -169,6 +169,10 @@ def test_hapke_input_validation():
         HapkeModel([95], [20], azimuth=[0])
     with pytest.raises(ValueError, match="spherical triangle"):
         HapkeModel([10], [20], phase=[50])
+    with pytest.raises(ValueError, match="unknown parameters"):
+        HapkeModel([10], [20], azimuth=[0], bounds={"B0": (0, 1)})  # needs opposition
+    with pytest.raises(ValueError, match="bounds of theta_bar"):
+        HapkeModel([10], [20], azimuth=[0], bounds={"theta_bar": (0, 95)})
     model = HapkeModel([10], [20], azimuth=[0])
     with pytest.raises(ValueError, match="outside the bounds"):
         model(np.array([[1.5, 0, 0, 0]]))
