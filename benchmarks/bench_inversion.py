@@ -216,9 +216,10 @@ def run_sbi(path, budget, draws, seed):
     # With a short budget the flow leaks mass outside the prior box, and rejection
     # sampling then stalls: draw without rejection and clip to the bounds.
     # (in blocks of observations, to bound the sampler's memory).
-    parts = [posterior.sample_batched((draws,), x=Xt[a:a + 500], show_progress_bars=False,
-                                      reject_outside_prior=False)
-             for a in range(0, Xt.shape[0], 500)]
+    with torch.no_grad():  # no autograd graph kept for millions of draws
+        parts = [posterior.sample_batched((draws,), x=Xt[a:a + 500], show_progress_bars=False,
+                                          reject_outside_prior=False).detach()
+                 for a in range(0, Xt.shape[0], 500)]
     samples = torch.clamp(torch.cat(parts, dim=1), prior.base_dist.low, prior.base_dist.high)
     inv = time.perf_counter() - t
     s = samples.numpy()  # (draws, n, L)
