@@ -14,7 +14,8 @@ Each method runs in its own child process, so that its peak memory (``ru_maxrss`
 its own:
 
 - ``gllim``: :class:`gllim_sk.GLLiMRegressor` (K components, diagonal noise, full target
-  covariances, ``--iters`` EM iterations), then :func:`gllim_sk.inversion.invert` of the
+  covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
+  ``--gllim-iters`` EM iterations, default ``--iters``), then :func:`gllim_sk.inversion.invert` of the
   whole test set with the per-observation variances (posterior mixture, mean, 2 merged
   modes, PIT coverage); importance sampling on the first ``--n-is`` observations.
 - ``xllim`` (``pip install xllim``; skipped when absent): the same simulations, same K,
@@ -103,14 +104,14 @@ def coverage_of(pit):
 
 
 # --------------------------------------------------------------------- methods
-def run_gllim(path, K, iters, n_is, seed):
+def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint"):
     from gllim_sk import GLLiMRegressor
     from gllim_sk.inversion import invert
 
     d = np.load(path)
     F = hapke()
     model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters, tol=0.0,
-                           random_state=seed)
+                           init_params=init, random_state=seed)
     t = time.perf_counter()
     model.fit(d["X"], d["Y"])
     learn = time.perf_counter() - t
@@ -323,7 +324,11 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=100_000)
     p.add_argument("--n-test", type=int, default=10_000)
     p.add_argument("--K", type=int, default=50)
-    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--iters", type=int, default=50, help="EM iterations of xllim (and of "
+                   "gllim_sk unless --gllim-iters)")
+    p.add_argument("--gllim-iters", type=int, default=None)
+    p.add_argument("--gllim-init", default="kmeans_joint",
+                   help="init_params of GLLiMRegressor (kmeans_joint: k-means on [y, X])")
     p.add_argument("--n-is", type=int, default=1000)
     p.add_argument("--sbi-budget", type=float, default=None)
     p.add_argument("--sbi-draws", type=int, default=500)
@@ -344,8 +349,9 @@ def main(argv=None):
               f"(1% noise), {args.n_test} test observations (1-4% noise), K = {args.K}, "
               f"{args.iters} EM iterations; data made in {time.perf_counter() - t:.1f} s")
         if "gllim" in parts:
-            results["gllim"] = in_child(run_gllim, path, args.K, args.iters, args.n_is,
-                                        args.seed)
+            results["gllim"] = in_child(run_gllim, path, args.K,
+                                        args.gllim_iters or args.iters, args.n_is, args.seed,
+                                        args.gllim_init)
             show("gllim", results["gllim"])
         if "xllim" in parts:
             if available("xllim"):
