@@ -16,8 +16,8 @@ its own:
 - ``gllim``: :class:`gllim_sk.GLLiMRegressor` (K components, diagonal noise, full target
   covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
   ``--gllim-iters`` EM iterations, default ``--iters``), then
-  :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation variances (posterior mixture, mean, 2 merged
-  modes, PIT coverage); importance sampling on the first ``--n-is`` observations.
+  :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
+  variances (posterior mixture, mean, 2 merged modes, PIT coverage); importance sampling on the first ``--n-is`` observations.
 - ``xllim`` (``pip install xllim``; skipped when absent): the same simulations, same K,
   same covariance structures and number of EM iterations, its own initialisation;
   ``inverseDensities`` with the same variances. Coverage is computed from its full
