@@ -17,9 +17,10 @@ its own:
   covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
   ``--gllim-iters`` EM iterations, default ``--iters``), then
   :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
-  variances (posterior mixture, mean, 2 merged modes, PIT coverage); importance sampling on the first ``--n-is`` observations.
+  variances (posterior mixture, mean, 2 merged modes, PIT coverage); importance
+  sampling on the first ``--n-is`` observations.
 - ``xllim`` (``pip install xllim``; skipped when absent): the same simulations, same K,
-  same covariance structures and number of EM iterations, its own initialisation;
+  same covariance structures, ``--iters`` EM iterations, its own initialisation;
   ``inverseDensities`` with the same variances. Coverage is computed from its full
   posterior mixture with the same code.
 - ``sbi`` (``pip install sbi``; skipped when absent): neural posterior estimation
