@@ -96,8 +96,10 @@ plt.savefig(args.output_dir / "hapke_choose_K.png", dpi=100)
 # Learning and inverting
 # ----------------------
 t = time.perf_counter()
+# k-means on the joint [parameters, observations] starts EM closer to a good optimum
+# here than k-means on the parameters alone (see the benchmark).
 model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=100,
-                       random_state=args.seed).fit(X, Y)
+                       init_params="kmeans_joint", random_state=args.seed).fit(X, Y)
 print(f"learnt in {time.perf_counter() - t:.1f} s ({model.n_iter_} EM iterations)")
 t = time.perf_counter()
 result = invert(model, X_test, feature_noise_var=noise_var, n_modes=2, y_true=Y_test)
