@@ -1,0 +1,397 @@
+"""Inverting Hapke's model: gllim_sk side by side with xllim and sbi's NPE, and on dask.
+
+The problem (the one of ``examples/invert_hapke.py``): the four Hapke parameters
+(single-scattering albedo ``omega``, roughness ``theta_bar``, phase-function ``b`` and
+``c``) seen at 10 geometries of a multi-angle orbital observation (incidence near 45
+degrees, emergences swept from 70 degrees forward to 70 degrees backward, as the
+targeted observations of a spectro-imager give). Learning set: a Sobol design of
+``--n-train`` simulations with 1% relative noise; test set: ``--n-test`` observations
+of random parameters, each with its own relative noise drawn between 1% and 4%, whose
+variances are passed to the inversion (estimated from the noisy observation itself, as
+a user would).
+
+Each method runs in its own child process, so that its peak memory (``ru_maxrss``) is
+its own:
+
+- ``gllim``: :class:`gllim_sk.GLLiMRegressor` (K components, diagonal noise, full target
+  covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
+  ``--gllim-iters`` EM iterations, default ``--iters``), then
+  :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
+  variances (posterior mixture, mean, 2 merged modes, PIT coverage); importance
+  sampling on the first ``--n-is`` observations.
+- ``xllim`` (``pip install xllim``; skipped when absent): the same simulations, same K,
+  same covariance structures, ``--iters`` EM iterations, its own initialisation;
+  ``inverseDensities`` with the same variances. Coverage is computed from its full
+  posterior mixture with the same code.
+- ``sbi`` (``pip install sbi``; skipped when absent): neural posterior estimation
+  (sbi's default MAF) on the same simulations, trained for the wall-clock budget of
+  ``--sbi-budget`` seconds (default: the longer of gllim_sk's and xllim's learning
+  times), epoch by epoch; posterior means and coverage from ``--sbi-draws`` draws per
+  observation (it cannot use the per-observation variances: it learnt the 1% noise).
+- ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
+  fitted there (EM over the blocks); client peak memory and time per EM iteration.
+
+Run::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_inversion.py                 # everything
+    python benchmarks/bench_inversion.py --n-train 20000 --n-test 2000 --parts gllim,xllim
+
+Every number printed is from one run with ``--seed`` (default 0); the spread over seeds
+is not measured by this script (run it with other seeds).
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+INCIDENCE = np.full(10, 45.0)
+EMERGENCE = np.array([70.0, 55.0, 40.0, 25.0, 10.0, 5.0, 20.0, 35.0, 50.0, 65.0])
+# First five on the forward side of the sun (azimuth 180), last five backward (0).
+AZIMUTH = np.array([180.0] * 5 + [0.0] * 5)
+LEVELS = (0.5, 0.9, 0.95)
+TRAIN_NOISE = 0.01
+
+
+def hapke():
+    from gllim_sk.physics import HapkeModel
+
+    return HapkeModel(INCIDENCE, EMERGENCE, azimuth=AZIMUTH, variant="1993",
+                      bounds={"b": (0.0, 0.95)})
+
+
+def make_data(path, n_train, n_test, seed):
+    from gllim_sk.physics import simulate
+
+    F = hapke()
+    Y, X = simulate(F, n_train, method="sobol", noise_std=TRAIN_NOISE, relative_noise=True,
+                    random_state=seed)
+    rng = np.random.default_rng(seed + 1)
+    Yt, _ = simulate(F, n_test, method="random", random_state=seed + 1)
+    clean = F(Yt)
+    rel = rng.uniform(0.01, 0.04, size=(n_test, 1))
+    Xt = clean * (1 + rel * rng.standard_normal(clean.shape))
+    # The user knows the relative noise level of each observation, not the clean value.
+    var_obs = (rel * np.abs(Xt)) ** 2
+    np.savez(path, Y=Y, X=X, Yt=Yt, Xt=Xt, var_obs=var_obs)
+
+
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rmse(pred, truth):
+    return np.sqrt(np.mean((pred - truth) ** 2, axis=0)).tolist()
+
+
+def mixture_pit(weights, means, covs, y):
+    from scipy.special import ndtr
+
+    sd = np.sqrt(np.diagonal(covs, axis1=-2, axis2=-1))
+    if sd.ndim == 2:
+        sd = sd[None]
+    return np.einsum("nk,nkl->nl", weights, ndtr((y[:, None] - means) / sd))
+
+
+def coverage_of(pit):
+    dev = np.abs(pit - 0.5)
+    return [(dev <= a / 2).mean(axis=0).tolist() for a in LEVELS]
+
+
+# --------------------------------------------------------------------- methods
+def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint"):
+    from gllim_sk import GLLiMRegressor
+    from gllim_sk.inversion import invert
+
+    d = np.load(path)
+    F = hapke()
+    model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters, tol=0.0,
+                           init_params=init, random_state=seed)
+    t = time.perf_counter()
+    model.fit(d["X"], d["Y"])
+    learn = time.perf_counter() - t
+    t = time.perf_counter()
+    res = invert(model, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
+    inv = time.perf_counter() - t
+    full = invert(model, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2, y_true=d["Yt"])
+    out = {"learn_s": learn, "invert_s": inv, "rmse_mean": rmse(res.mean, d["Yt"]),
+           "coverage": full.coverage(LEVELS)["mixture"].tolist(),
+           "share_multimodal": res.share_multimodal, "n_iter": model.n_iter_}
+    if n_is:
+        sl = slice(0, n_is)
+        t = time.perf_counter()
+        r = invert(model, d["Xt"][sl], feature_noise_var=d["var_obs"][sl], n_modes=2,
+                   forward_model=F, importance="full", n_draws=1000, y_true=d["Yt"][sl],
+                   random_state=seed)
+        out |= {"is_s": time.perf_counter() - t, "n_is": n_is,
+                "rmse_mean_is_subset": rmse(r.mean, d["Yt"][sl]),
+                "rmse_is_mean": rmse(r.is_mean, d["Yt"][sl]),
+                "is_coverage": r.coverage(LEVELS)["importance"].tolist(),
+                "ess_median": float(np.median(r.effective_sample_size))}
+        t = time.perf_counter()
+        r = invert(model, d["Xt"][sl], feature_noise_var=d["var_obs"][sl], n_modes=2,
+                   forward_model=F, importance="full", n_draws=500, n_imis_steps=5,
+                   imis_batch=100, y_true=d["Yt"][sl], random_state=seed)
+        out |= {"imis_s": time.perf_counter() - t, "rmse_imis_mean": rmse(r.is_mean,
+                                                                           d["Yt"][sl]),
+                "imis_coverage": r.coverage(LEVELS)["importance"].tolist(),
+                "imis_ess_median": float(np.median(r.effective_sample_size))}
+    out["peak_mib"] = peak_mib()
+    return out
+
+
+def run_xllim(path, K, iters, n_is, seed):
+    import xllim
+
+    d = np.load(path)
+    # xllim's letters are swapped: its x is the low-dimensional parameter, its y the
+    # observations; arrays are (dimension, n_samples).
+    low = np.ascontiguousarray(d["Y"].T)
+    high = np.ascontiguousarray(d["X"].T)
+    D, L = high.shape[0], low.shape[0]
+    t = time.perf_counter()
+    model = xllim.GLLiM(K, D, L, "full", "diag")
+    # initialize(x, y, gllim_em_iterations, gllim_floor, kmeans_iterations,
+    #            gmm_em_iterations, gmm_floor, n_experiences, seed, verbose)
+    model.initialize(low, high, 10, 1e-6, 10, 10, 1e-6, 1, seed, 0)
+    # train(x, y, max_iterations, ll_ratio (0: run them all), floor, verbose)
+    model.train(low, high, iters, 0.0, 1e-6, 0)
+    learn = time.perf_counter() - t
+    obs = np.ascontiguousarray(d["Xt"].T)
+    err = np.ascontiguousarray(np.sqrt(d["var_obs"]).T)
+    t = time.perf_counter()
+    res = model.inverseDensities(obs, err, 2, 1e-10, 0)
+    inv = time.perf_counter() - t
+    g = res.fullGMM
+    mean = np.asarray(g.mean).T
+    w = np.asarray(g.weights)
+    means = np.asarray(g.means)
+    covs = np.asarray(g.covs)
+    # xllim 2.0's layouts: weights (n, K), means (L, n, K), shared covariances (L, L, K).
+    means = np.transpose(means, (1, 2, 0))
+    covs = np.transpose(covs, (2, 0, 1))
+    pit = mixture_pit(w, means, covs, d["Yt"])
+    return {"learn_s": learn, "invert_s": inv, "rmse_mean": rmse(mean, d["Yt"]),
+            "coverage": coverage_of(pit), "peak_mib": peak_mib(),
+            "note": "xllim's uncertainty argument given as standard deviations"}
+
+
+def run_sbi(path, budget, draws, seed):
+    import warnings
+
+    import torch
+    from sbi.inference import NPE
+    from sbi.utils import BoxUniform
+
+    # sbi warns at every one-epoch call of the budgeted loop below.
+    warnings.simplefilter("ignore", UserWarning)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    os.chdir(os.path.dirname(path))  # sbi writes its logs into the working directory
+    d = np.load(path)
+    F = hapke()
+    prior = BoxUniform(low=torch.tensor(F.bounds[:, 0], dtype=torch.float32),
+                       high=torch.tensor(F.bounds[:, 1], dtype=torch.float32))
+    inference = NPE(prior=prior, show_progress_bars=False)
+    inference.append_simulations(torch.tensor(d["Y"], dtype=torch.float32),
+                                 torch.tensor(d["X"], dtype=torch.float32))
+    t = time.perf_counter()
+    epochs = 0
+    estimator = None
+    while time.perf_counter() - t < budget:
+        estimator = inference.train(max_num_epochs=epochs + 1, resume_training=epochs > 0,
+                                    show_train_summary=False)
+        trained = len(inference.summary["training_loss"])
+        if trained <= epochs:  # sbi's own early stopping ended the training
+            break
+        epochs = trained
+    learn = time.perf_counter() - t
+    posterior = inference.build_posterior(estimator)
+    Xt = torch.tensor(d["Xt"], dtype=torch.float32)
+    t = time.perf_counter()
+    # With a short budget the flow leaks mass outside the prior box, and rejection
+    # sampling then stalls: draw without rejection and clip to the bounds.
+    # (in blocks of observations, to bound the sampler's memory).
+    with torch.no_grad():  # no autograd graph kept for millions of draws
+        parts = [posterior.sample_batched((draws,), x=Xt[a:a + 500], show_progress_bars=False,
+                                          reject_outside_prior=False).detach()
+                 for a in range(0, Xt.shape[0], 500)]
+    samples = torch.clamp(torch.cat(parts, dim=1), prior.base_dist.low, prior.base_dist.high)
+    inv = time.perf_counter() - t
+    s = samples.numpy()  # (draws, n, L)
+    mean = s.mean(axis=0)
+    pit = (s <= d["Yt"][None]).mean(axis=0)
+    return {"learn_s": learn, "invert_s": inv, "epochs": epochs, "rmse_mean": rmse(mean, d["Yt"]),
+            "coverage": coverage_of(pit), "peak_mib": peak_mib()}
+
+
+def run_dask(n, K, iters, chunk, seed):
+    from dask.distributed import Client, LocalCluster
+
+    from gllim_sk import GLLiMRegressor
+    from gllim_sk.physics import simulate
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="4GiB",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        F = hapke()
+        Y, X = simulate(F, n, method="sobol", noise_std=TRAIN_NOISE, relative_noise=True,
+                        chunks=chunk, random_state=seed)
+        t = time.perf_counter()
+        Y, X = Y.persist(), X.persist()
+        X.sum().compute()
+        sim = time.perf_counter() - t
+        model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters,
+                               tol=0.0, random_state=seed)
+        t = time.perf_counter()
+        model.fit(X, Y)
+        fit = time.perf_counter() - t
+        worker_mem = sorted(v / 2**20 for v in client.run(
+            lambda: __import__("psutil").Process().memory_info().rss).values())
+    return {"n": n, "fit_s": fit, "n_iter": model.n_iter_, "per_iter_s": fit / model.n_iter_,
+            "simulate_s": sim, "client_peak_mib": peak_mib(), "worker_mib": worker_mem}
+
+
+def _child(queue, func, args):
+    try:
+        queue.put(("ok", func(*args)))
+    except Exception as exc:  # reported by the parent, which carries on
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def in_child(func, *args):
+    import queue as queue_module
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, func, args))
+    proc.start()
+    while True:
+        try:
+            status, value = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():  # killed (out of memory...) without a word
+                return {"error": f"the child process died (exit code {proc.exitcode})"}
+    proc.join()
+    if status != "ok":
+        return {"error": value}
+    return value
+
+
+def available(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def show(name, r):
+    if "error" in r:
+        print(f"{name:7s} error: {r['error']}")
+        return
+    names = ("omega", "theta_bar", "b", "c")
+
+    def fmt(v):
+        return " ".join(f"{n}={x:.4f}" for n, x in zip(names, v, strict=True))
+
+    print(f"{name:7s} learn {r['learn_s']:8.2f} s   invert {r['invert_s']:8.3f} s   peak "
+          f"{r['peak_mib']:7.0f} MiB")
+    print(f"        RMSE of the posterior mean: {fmt(r['rmse_mean'])}")
+    print("        coverage 50/90/95%: " + "; ".join(
+        f"{n} " + "/".join(f"{c[j]:.3f}" for c in r["coverage"]) for j, n in enumerate(names)))
+    if "rmse_is_mean" in r:
+        print(f"        IS ({r['n_is']} obs, 1000 draws, {r['is_s']:.1f} s, median ESS "
+              f"{r['ess_median']:.1f}): RMSE GLLiM mean {fmt(r['rmse_mean_is_subset'])}")
+        print(f"            IS mean {fmt(r['rmse_is_mean'])}")
+        print("            IS coverage 50/90/95%: " + "; ".join(
+            f"{n} " + "/".join(f"{c[j]:.3f}" for c in r["is_coverage"])
+            for j, n in enumerate(names)))
+        print(f"        IMIS (500 + 5 x 100 draws, {r['imis_s']:.1f} s, median ESS "
+              f"{r['imis_ess_median']:.1f}): mean {fmt(r['rmse_imis_mean'])}")
+        print("            IMIS coverage 50/90/95%: " + "; ".join(
+            f"{n} " + "/".join(f"{c[j]:.3f}" for c in r["imis_coverage"])
+            for j, n in enumerate(names)))
+    if "epochs" in r:
+        print(f"        ({r['epochs']} epochs in the budget)")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n-train", type=int, default=100_000)
+    p.add_argument("--n-test", type=int, default=10_000)
+    p.add_argument("--K", type=int, default=50)
+    p.add_argument("--iters", type=int, default=50, help="EM iterations of xllim (and of "
+                   "gllim_sk unless --gllim-iters)")
+    p.add_argument("--gllim-iters", type=int, default=None)
+    p.add_argument("--gllim-init", default="kmeans_joint",
+                   help="init_params of GLLiMRegressor (kmeans_joint: k-means on [y, X])")
+    p.add_argument("--n-is", type=int, default=1000)
+    p.add_argument("--sbi-budget", type=float, default=None)
+    p.add_argument("--sbi-draws", type=int, default=500)
+    p.add_argument("--dask-n", type=int, default=4_000_000)
+    p.add_argument("--dask-iters", type=int, default=5)
+    p.add_argument("--dask-chunk", type=int, default=250_000)
+    p.add_argument("--parts", default="gllim,xllim,sbi,dask")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args(argv)
+    parts = set(args.parts.split(","))
+    results = {"args": vars(args)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data.npz")
+        t = time.perf_counter()
+        make_data(path, args.n_train, args.n_test, args.seed)
+        print(f"Hapke, 4 parameters, 10 geometries: {args.n_train} Sobol simulations "
+              f"(1% noise), {args.n_test} test observations (1-4% noise), K = {args.K}, "
+              f"{args.iters} EM iterations; data made in {time.perf_counter() - t:.1f} s")
+        if "gllim" in parts:
+            results["gllim"] = in_child(run_gllim, path, args.K,
+                                        args.gllim_iters or args.iters, args.n_is, args.seed,
+                                        args.gllim_init)
+            show("gllim", results["gllim"])
+        if "xllim" in parts:
+            if available("xllim"):
+                results["xllim"] = in_child(run_xllim, path, args.K, args.iters, args.n_is,
+                                            args.seed)
+                show("xllim", results["xllim"])
+                g, x = results.get("gllim", {}), results["xllim"]
+                if "learn_s" in g and "learn_s" in x:
+                    print(f"        speed-ups: learn x{x['learn_s'] / g['learn_s']:.1f}, "
+                          f"invert x{x['invert_s'] / g['invert_s']:.1f}")
+            else:
+                print("xllim   skipped: not installed (pip install xllim)")
+        if "sbi" in parts:
+            if available("sbi"):
+                budget = args.sbi_budget or max(
+                    [results.get(k, {}).get("learn_s", 0.0) for k in ("gllim", "xllim")]
+                    + [30.0])
+                print(f"sbi     NPE budget {budget:.1f} s")
+                results["sbi"] = in_child(run_sbi, path, budget, args.sbi_draws, args.seed)
+                show("sbi", results["sbi"])
+            else:
+                print("sbi     skipped: not installed (pip install sbi)")
+    if "dask" in parts:
+        r = in_child(run_dask, args.dask_n, args.K, args.dask_iters, args.dask_chunk,
+                     args.seed)
+        results["dask"] = r
+        if "error" in r:
+            print(f"dask    error: {r['error']}")
+        else:
+            print(f"dask    {r['n']} simulations on a 2-worker LocalCluster: made in "
+                  f"{r['simulate_s']:.1f} s; fit {r['fit_s']:.1f} s for {r['n_iter']} EM "
+                  f"iterations ({r['per_iter_s']:.1f} s per iteration, initialisation "
+                  f"included); client peak {r['client_peak_mib']:.0f} MiB; workers "
+                  f"{', '.join(f'{m:.0f}' for m in r['worker_mib'])} MiB RSS at the end")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

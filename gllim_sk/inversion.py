@@ -1,0 +1,480 @@
+"""Inverting a physical model with a fitted GLLiM: posteriors, modes, corrections, checks.
+
+:func:`invert` turns a batch of observations, each with its own measurement noise, into
+one :class:`InversionResult`: GLLiM's posterior mixture of every observation, its mean
+and spread, its merged modes with their weights, and (with the forward model) the
+importance-sampling or IMIS correction of the whole posterior or of one mode, with the
+effective sample size of each observation. Given the true parameters of held-out
+simulations, it also returns the probability integral transforms from which
+:meth:`InversionResult.coverage` measures the calibration of the posterior intervals.
+
+The pieces are those of :mod:`gllim_sk.posterior` (:func:`~gllim_sk.posterior.merge_mixture`,
+:func:`~gllim_sk.posterior.importance_sampling`) and the estimator's observation noise
+(``feature_noise_var``); dask arrays of observations give lazy results computed block by
+block of rows, on the workers.
+"""
+
+import warnings
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+from scipy.special import ndtr
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from . import _dask
+from .posterior import importance_sampling, merge_mixture
+
+__all__ = ["InversionResult", "invert"]
+
+LOG_2PI = np.log(2.0 * np.pi)
+# Rows per call of the importance sampler: it holds (rows, draws, L) samples.
+_IS_ROWS_ELEMENTS = 4_000_000
+
+
+@dataclass
+class InversionResult:
+    """The posterior of each observation of a batch, and what it says.
+
+    All arrays have the observations along their first axis. On dask observations the
+    arrays are lazy dask arrays; :meth:`compute` computes them all at once.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (n, K)
+        Weights of GLLiM's posterior mixture ``p(y | x)``.
+    means : ndarray of shape (n, K, L)
+        Its component means.
+    covariances : ndarray of shape (n, K, L, L)
+        Its component covariances (they include the observation's noise).
+    mean : ndarray of shape (n, L)
+        Posterior mean.
+    covariance : ndarray of shape (n, L, L)
+        Posterior covariance.
+    std : ndarray of shape (n, L)
+        Posterior standard deviations.
+    mode_weights : ndarray of shape (n, M)
+        Weights of the merged modes, largest first.
+    mode_means : ndarray of shape (n, M, L)
+        Their locations.
+    mode_covariances : ndarray of shape (n, M, L, L)
+        Their spread.
+    n_modes : ndarray of shape (n,)
+        Number of distinct modes: merged modes of weight at least ``mode_threshold``
+        counted once per group lying within ``separation`` (Mahalanobis distance under
+        their mean covariance) of a heavier one.
+    importance : {None, "full", "mode"}
+        Which posterior was corrected by importance sampling.
+    is_mean, is_covariance, is_std : ndarray or None
+        Importance-sampling estimates of the posterior mean, covariance and standard
+        deviations (None without importance sampling).
+    effective_sample_size : ndarray of shape (n,) or None
+        Kish's effective sample size of each observation's weights (0 where no draw had
+        positive density: such rows keep GLLiM's moments).
+    pit, is_pit : ndarray of shape (n, L) or None
+        With ``y_true``: the marginal posterior CDF of each parameter at its true value
+        (probability integral transform), under GLLiM's mixture and under the weighted
+        draws. Calibrated posteriors give uniform values.
+    names : tuple of str
+        Parameter names.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    mean: np.ndarray
+    covariance: np.ndarray
+    std: np.ndarray
+    mode_weights: np.ndarray
+    mode_means: np.ndarray
+    mode_covariances: np.ndarray
+    n_modes: np.ndarray
+    importance: str | None = None
+    is_mean: np.ndarray | None = None
+    is_covariance: np.ndarray | None = None
+    is_std: np.ndarray | None = None
+    effective_sample_size: np.ndarray | None = None
+    pit: np.ndarray | None = None
+    is_pit: np.ndarray | None = None
+    names: tuple = ()
+
+    def _arrays(self):
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("importance", "names") and getattr(self, f.name) is not None}
+
+    def compute(self):
+        """A copy with every lazy (dask) array computed, in one pass over the data."""
+        arrays = self._arrays()
+        lazy = {k: v for k, v in arrays.items() if _dask.is_dask_array(v)}
+        if not lazy:
+            return self
+        import dask
+
+        values = dask.compute(*lazy.values())
+        return replace(self, **dict(zip(lazy, values, strict=True)))
+
+    @property
+    def multimodal(self):
+        """Boolean (n,): whether each posterior has more than one distinct mode."""
+        return self.n_modes > 1
+
+    @property
+    def share_multimodal(self):
+        """Share of the observations whose posterior is multimodal."""
+        return float(np.mean(np.asarray(self.n_modes) > 1))
+
+    def coverage(self, levels=(0.5, 0.9, 0.95)):
+        """Coverage of the central posterior intervals (needs ``y_true`` at inversion).
+
+        The central interval of level ``a`` of a parameter contains its true value
+        exactly when the PIT lies within ``0.5 +- a / 2``.
+
+        Returns
+        -------
+        coverage : dict
+            ``{"mixture": array (n_levels, L)}``, plus ``"importance"`` when importance
+            sampling ran: the share of observations whose interval holds the truth.
+        """
+        if self.pit is None:
+            raise ValueError("Coverage needs the true parameters: call invert(..., y_true=...).")
+        levels = np.asarray(levels, dtype=float)
+        if levels.ndim != 1 or np.any((levels <= 0) | (levels >= 1)):
+            raise ValueError("levels must be a 1-D sequence of values in (0, 1).")
+        out = {}
+        for key, pit in (("mixture", self.pit), ("importance", self.is_pit)):
+            if pit is not None:
+                dev = np.abs(np.asarray(pit) - 0.5)
+                out[key] = np.stack([(dev <= 0.5 * a).mean(axis=0) for a in levels])
+        return out
+
+    def interval(self, level=0.9):
+        """Central interval of each parameter's marginal under GLLiM's mixture.
+
+        Returns ``(lower, upper)``, each (n, L), found by bisection of the mixture's
+        marginal CDF (to 1e-10 of the parameter's spread).
+        """
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1), got {level!r}.")
+        w = np.asarray(self.weights)[:, None, :, None]
+        m = np.asarray(self.means)[:, None]
+        s = np.sqrt(np.diagonal(np.asarray(self.covariances), axis1=-2, axis2=-1))[:, None]
+        q = np.array([0.5 - level / 2, 0.5 + level / 2])[None, :, None]
+        lo = (m - 12 * s).min(axis=2)
+        hi = (m + 12 * s).max(axis=2)
+        lo, hi = np.broadcast_to(lo, (lo.shape[0], 2, lo.shape[2])).copy(), \
+            np.broadcast_to(hi, (hi.shape[0], 2, hi.shape[2])).copy()
+        for _ in range(45):
+            mid = 0.5 * (lo + hi)
+            below = (w * ndtr((mid[:, :, None] - m) / s)).sum(axis=2) < q
+            lo = np.where(below, mid, lo)
+            hi = np.where(below, hi, mid)
+        mid = 0.5 * (lo + hi)
+        return mid[:, 0], mid[:, 1]
+
+    def summary(self):
+        """A dict of batch diagnostics: share multimodal, effective sample sizes, coverage."""
+        out = {"n_observations": int(np.shape(self.mean)[0]),
+               "share_multimodal": self.share_multimodal}
+        if self.effective_sample_size is not None:
+            ess = np.asarray(self.effective_sample_size)
+            out |= {"ess_median": float(np.median(ess)), "ess_min": float(ess.min()),
+                    "share_ess_below_10": float(np.mean(ess < 10))}
+        if self.pit is not None:
+            out["coverage"] = {k: v.tolist() for k, v in self.coverage().items()}
+        return out
+
+
+class _Proposal:
+    """A fixed Gaussian mixture in the estimator protocol of importance_sampling."""
+
+    def __init__(self, log_weights, means, covariances):
+        self.parts = (log_weights, means, covariances)
+
+    def _predictive_components(self, X):
+        return (*self.parts, None, np.float64)
+
+    def _check_X(self, X, method=None):
+        return (X,)
+
+
+def _count_modes(weights, means, covs, threshold, separation):
+    """Distinct modes per row: heavy enough, and not within ``separation`` of a heavier."""
+    n, M, L = means.shape
+    keep = weights >= threshold
+    count = np.zeros(n, dtype=int)
+    distinct = np.zeros((n, M), dtype=bool)
+    for j in range(M):
+        alone = keep[:, j].copy()
+        for i in range(j):
+            d = means[:, j] - means[:, i]
+            pooled = 0.5 * (covs[:, j] + covs[:, i]) + 1e-12 * np.eye(L)
+            dist2 = np.einsum("nl,nl->n", d, np.linalg.solve(pooled, d[..., None])[..., 0])
+            alone &= ~(distinct[:, i] & (dist2 < separation**2))
+        distinct[:, j] = alone
+        count += alone
+    return np.maximum(count, 1)
+
+
+def _gaussian_loglik(D, var=None, cov=None):
+    """log N(x; F(y), S) for augmented rows ``[x, variances]`` or a shared covariance."""
+    if cov is not None:
+        chol = np.linalg.cholesky(cov)
+        logdet = 2.0 * np.log(np.diag(chol)).sum()
+
+        def loglik(x_rep, fx):
+            z = np.linalg.solve(chol, (x_rep[:, :D] - fx[:, :D]).T)
+            return -0.5 * (D * LOG_2PI + logdet + np.einsum("dm,dm->m", z, z))
+
+        return loglik
+
+    def loglik(x_rep, fx):
+        v = x_rep[:, D:]
+        r = x_rep[:, :D] - fx[:, :D]
+        return -0.5 * (D * LOG_2PI + np.log(v).sum(axis=1) + (r * r / v).sum(axis=1))
+
+    return loglik
+
+
+class _Inverter:
+    """The inversion of one block of rows (what dask maps over the row blocks)."""
+
+    def __init__(self, model, forward_model, log_prior, settings):
+        self.model = model
+        self.forward_model = forward_model
+        self.log_prior = log_prior
+        self.settings = settings
+
+    @_dask.blockwise(shared={"feature_noise_var": 1, "feature_noise_cov": 2,
+                             "likelihood_var": 1, "likelihood_cov": 2},
+                     row_offset="first_row")
+    def run(self, X, y_true=None, *, feature_noise_var=None, feature_noise_cov=None,
+            likelihood_var=None, likelihood_cov=None, first_row=0):
+        s = self.settings
+        X = np.asarray(X, dtype=float)
+        n = X.shape[0]
+        w, mu, cov = self.model.predict_mixture(X, feature_noise_var=feature_noise_var,
+                                                feature_noise_cov=feature_noise_cov)
+        w, mu, cov = (np.asarray(a, dtype=float) for a in (w, mu, cov))
+        K, L = mu.shape[1:]
+        cov = np.broadcast_to(cov, (n, K, L, L)) if cov.ndim == 3 else cov
+        mean = np.einsum("nk,nkl->nl", w, mu)
+        d = mu - mean[:, None]
+        total = np.einsum("nk,nklm->nlm", w, cov) + np.einsum("nk,nkl,nkm->nlm", w, d, d)
+        total = 0.5 * (total + np.swapaxes(total, 1, 2))
+        std = np.sqrt(np.maximum(np.einsum("nll->nl", total), 0.0))
+        # Merging costs O(K^3) per row: merge the heaviest components only (GLLiM's
+        # posterior weights are concentrated; what is dropped is reported by
+        # ``merge_components``).
+        keep = min(K, s["merge_components"])
+        top = np.argsort(-w, axis=1, kind="stable")[:, :keep]
+        rows = np.arange(n)[:, None]
+        wt = w[rows, top]
+        wt = wt / wt.sum(axis=1, keepdims=True)
+        mw, mm, mc = merge_mixture(wt, mu[rows, top], cov[rows, top], s["n_modes"])
+        n_modes = _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
+        out = [w, mu, np.ascontiguousarray(cov), mean, total, std, mw, mm, mc, n_modes]
+        if y_true is not None:
+            y = np.asarray(y_true, dtype=float).reshape(n, L)
+            sd = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
+            out.append(np.einsum("nk,nkl->nl", w, ndtr((y[:, None] - mu) / sd)))
+        if s["importance"] is None:
+            return tuple(out)
+
+        # Importance sampling, of the whole mixture or of one merged mode.
+        if s["importance"] == "full":
+            prop = (np.log(np.maximum(w, 1e-300)), mu, cov)
+        else:
+            j = min(s["mode"], mw.shape[1] - 1)
+            prop = (np.zeros((n, 1)), mm[:, j:j + 1], mc[:, j:j + 1])
+        D = X.shape[1]
+        if likelihood_cov is not None:
+            aug = X
+            loglik = _gaussian_loglik(D, cov=np.asarray(likelihood_cov, dtype=float))
+
+            def forward(Y):
+                return self.forward_model(Y)
+        else:
+            var = np.broadcast_to(np.asarray(likelihood_var, dtype=float), (n, D))
+            aug = np.hstack([X, var])
+            loglik = _gaussian_loglik(D)
+
+            def forward(Y):
+                # The variance columns of the augmented rows have no model counterpart.
+                f = np.asarray(self.forward_model(Y), dtype=float)
+                return np.hstack([f, np.zeros_like(f)])
+        seed = np.random.SeedSequence([s["seed"], int(first_row)])
+        rng = np.random.RandomState(np.random.MT19937(seed))
+        total_draws = s["n_draws"] + s["n_imis_steps"] * (s["imis_batch"] or 0)
+        rows = max(1, _IS_ROWS_ELEMENTS // max(1, total_draws * L))
+        is_mean, is_cov, ess, is_pit = [], [], [], []
+        for a in range(0, n, rows):
+            sl = slice(a, min(a + rows, n))
+            with warnings.catch_warnings():
+                # Rows without any positive weight are reported by ESS = 0.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = importance_sampling(
+                    _Proposal(*(p[sl] for p in prop)), aug[sl], forward, self.log_prior,
+                    log_likelihood=loglik, n_draws=s["n_draws"],
+                    n_imis_steps=s["n_imis_steps"], imis_batch=s["imis_batch"],
+                    random_state=rng)
+            is_mean.append(res.mean)
+            is_cov.append(res.covariance)
+            ess.append(res.effective_sample_size)
+            if y_true is not None:
+                below = res.samples <= y[sl, None, :]
+                is_pit.append(np.einsum("ns,nsl->nl", res.weights, below))
+        is_cov = np.concatenate(is_cov)
+        out += [np.concatenate(is_mean), is_cov,
+                np.sqrt(np.maximum(np.einsum("nll->nl", is_cov), 0.0)), np.concatenate(ess)]
+        if y_true is not None:
+            out.append(np.concatenate(is_pit))
+        return tuple(out)
+
+
+def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=3,
+           mode_threshold=0.1, separation=2.0, merge_components=10, forward_model=None,
+           log_prior=None, importance=None, mode=0, likelihood_var=None, likelihood_cov=None,
+           n_draws=1000, n_imis_steps=0, imis_batch=None, y_true=None, names=None,
+           random_state=None):
+    """Invert a batch of observations with a fitted GLLiM: one result for the batch.
+
+    Parameters
+    ----------
+    model : fitted GLLiMRegressor or StudentGLLiMRegressor
+        Learnt from simulations ``(parameters, observations)``.
+    X : array-like or dask array of shape (n, D)
+        Observations.
+    feature_noise_var : float or array-like of shape (D,) or (n, D), default=None
+        Measurement-noise variances of the observations (shared or per observation),
+        added to the model's noise as in :meth:`~gllim_sk.GLLiMRegressor.predict`.
+    feature_noise_cov : array-like of shape (D, D), default=None
+        A full measurement-noise covariance shared by all observations, instead.
+    n_modes : int, default=3
+        Components kept when the posterior mixture is merged into modes
+        (:func:`~gllim_sk.posterior.merge_mixture`).
+    mode_threshold : float, default=0.1
+        Weight a merged mode needs to count as a mode.
+    separation : float, default=2.0
+        Modes closer than this Mahalanobis distance to a heavier mode (under their mean
+        covariance) count as the same mode.
+    merge_components : int, default=10
+        The modes are merged from the ``merge_components`` heaviest components of each
+        posterior (renormalised), which bounds the cost of merging (cubic in the number
+        of components); ``n_components`` merges them all. The posterior mean, spread,
+        PITs and importance sampling always use the whole mixture.
+    forward_model : callable or ForwardModel, default=None
+        The physical model ``(m, L) -> (m, D)``: needed for importance sampling.
+    log_prior : callable, default=None
+        Log prior density of parameters (m, L); default the model's ``log_prior``
+        (uniform on its bounds) when ``forward_model`` is a
+        :class:`~gllim_sk.physics.ForwardModel`.
+    importance : {None, "full", "mode"}, default=None
+        Importance-sample the whole posterior mixture ("full") or the merged mode of
+        index ``mode`` (0: the heaviest) as proposal; None skips it.
+    mode : int, default=0
+        Mode used as proposal with ``importance="mode"``.
+    likelihood_var : float or array-like of shape (D,) or (n, D), default=None
+        Noise variances of the likelihood ``N(x; F(y), S)`` used by importance sampling;
+        default ``feature_noise_var``.
+    likelihood_cov : array-like of shape (D, D), default=None
+        A full likelihood covariance instead (default ``feature_noise_cov``).
+    n_draws, n_imis_steps, imis_batch : int
+        Importance sampling's draws, IMIS steps and draws per IMIS step
+        (:func:`~gllim_sk.posterior.importance_sampling`).
+    y_true : array-like of shape (n, L), default=None
+        True parameters of held-out simulations: the result then holds the PITs from
+        which :meth:`InversionResult.coverage` measures calibration.
+    names : sequence of str, default=None
+        Parameter names (default: the forward model's, if any).
+    random_state : int, RandomState instance or None, default=None
+        Seeds importance sampling (each row block of a dask X draws from its own stream
+        derived from this seed and its first row, so results do not depend on chunking
+        of a numpy X into blocks of equal starts).
+
+    Returns
+    -------
+    result : InversionResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gllim_sk import GLLiMRegressor
+    >>> from gllim_sk.inversion import invert
+    >>> from gllim_sk.physics import FunctionModel, simulate
+    >>> F = FunctionModel(lambda y: np.hstack([y**2, np.cos(y)]), [[-1, 1]], 2)
+    >>> Y, X = simulate(F, 1000, noise_std=0.01, random_state=0)
+    >>> model = GLLiMRegressor(n_components=6, random_state=0).fit(X, Y)
+    >>> res = invert(model, X[:3], feature_noise_var=1e-4, forward_model=F,
+    ...              importance="full", n_draws=200, random_state=0)
+    >>> res.mean.shape, res.mode_means.shape, res.effective_sample_size.shape
+    ((3, 1), (3, 3, 1), (3,))
+    """
+    check_is_fitted(model)
+    if importance not in (None, "full", "mode"):
+        raise ValueError(f"importance must be None, 'full' or 'mode', got {importance!r}.")
+    for name, value, low in (("n_modes", n_modes, 1), ("mode", mode, 0),
+                             ("merge_components", merge_components, 1),
+                             ("n_draws", n_draws, 2), ("n_imis_steps", n_imis_steps, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if not 0 <= mode_threshold < 1 or not separation >= 0:
+        raise ValueError("mode_threshold must be in [0, 1) and separation >= 0.")
+    if importance is not None and mode >= n_modes:
+        raise ValueError(f"mode={mode} needs n_modes > {mode}; got n_modes={n_modes}.")
+    if np.ndim(feature_noise_var) == 3 or np.ndim(feature_noise_cov) == 3:
+        raise ValueError(
+            "Per-observation full noise covariances (n, D, D) are not supported: give "
+            "per-observation variances (n, D) or one shared (D, D) covariance."
+        )
+    from .physics import ForwardModel
+
+    if names is None:
+        names = tuple(forward_model.names) if isinstance(forward_model, ForwardModel) else ()
+    if importance is not None:
+        if forward_model is None or not callable(forward_model):
+            raise ValueError("Importance sampling needs forward_model, a callable.")
+        if log_prior is None:
+            if not isinstance(forward_model, ForwardModel):
+                raise ValueError("Give log_prior (forward_model is not a ForwardModel).")
+            log_prior = forward_model.log_prior
+        if likelihood_var is None and likelihood_cov is None:
+            likelihood_var, likelihood_cov = feature_noise_var, feature_noise_cov
+        if likelihood_var is None and likelihood_cov is None:
+            raise ValueError("Importance sampling needs the noise of the likelihood: give "
+                             "likelihood_var or likelihood_cov (or feature_noise_var/cov).")
+        if likelihood_var is not None and likelihood_cov is not None:
+            raise ValueError("Give likelihood_var or likelihood_cov, not both.")
+        if likelihood_var is not None:
+            lv = np.asarray(likelihood_var) if not _dask.is_dask_array(likelihood_var) \
+                else likelihood_var
+            if not _dask.is_dask_array(lv) and (not np.all(np.isfinite(lv)) or np.any(lv <= 0)):
+                raise ValueError("likelihood_var must hold finite, positive variances.")
+        else:
+            c = np.asarray(likelihood_cov, dtype=float)
+            try:
+                np.linalg.cholesky(c)
+            except np.linalg.LinAlgError:
+                raise ValueError("likelihood_cov must be positive definite.") from None
+    seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
+    settings = {"n_modes": int(n_modes), "mode_threshold": float(mode_threshold),
+                "separation": float(separation),
+                "merge_components": int(merge_components), "importance": importance,
+                "mode": int(mode),
+                "n_draws": int(n_draws), "n_imis_steps": int(n_imis_steps),
+                "imis_batch": imis_batch, "seed": seed}
+    inverter = _Inverter(model, forward_model, log_prior, settings)
+    args = (X,) if y_true is None else (X, y_true)
+    out = list(inverter.run(*args, feature_noise_var=feature_noise_var,
+                            feature_noise_cov=feature_noise_cov,
+                            likelihood_var=likelihood_var if importance else None,
+                            likelihood_cov=likelihood_cov if importance else None))
+    keys = ["weights", "means", "covariances", "mean", "covariance", "std", "mode_weights",
+            "mode_means", "mode_covariances", "n_modes"]
+    if y_true is not None:
+        keys.append("pit")
+    if importance is not None:
+        keys += ["is_mean", "is_covariance", "is_std", "effective_sample_size"]
+        if y_true is not None:
+            keys.append("is_pit")
+    return InversionResult(**dict(zip(keys, out, strict=True)), importance=importance,
+                           names=tuple(names))

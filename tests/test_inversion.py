@@ -1,0 +1,126 @@
+"""Inversion results checked against exact posteriors computed on a grid."""
+
+import numpy as np
+import pytest
+
+from gllim_sk import GLLiMRegressor
+from gllim_sk.inversion import invert
+from gllim_sk.physics import FunctionModel, simulate
+
+SIGMA = 0.05
+
+
+def square():
+    return FunctionModel(lambda y: np.hstack([y**2, 0.5 * y**2]), [[-1, 1]], 2, names=["y"])
+
+
+@pytest.fixture(scope="module")
+def bimodal():
+    F = square()
+    Y, X = simulate(F, 3000, noise_std=0.0, random_state=0)
+    model = GLLiMRegressor(n_components=10, random_state=0).fit(X, Y)
+    return F, model
+
+
+def grid_posterior(F, x, var):
+    """Exact posterior of the 1-D parameter under a uniform prior, on a fine grid."""
+    grid = np.linspace(-1, 1, 20001)[:, None]
+    fx = F(grid)
+    logp = -0.5 * (((x[None] - fx) ** 2) / var).sum(axis=1)
+    p = np.exp(logp - logp.max())
+    p /= p.sum()
+    return grid[:, 0], p
+
+
+def test_modes_of_a_two_solution_problem(bimodal):
+    F, model = bimodal
+    y = np.array([[-0.8], [0.7], [0.75]])
+    X = F(np.abs(y))  # the sign is not observable
+    res = invert(model, X, feature_noise_var=SIGMA**2, n_modes=3)
+    assert res.n_modes.tolist() == [2, 2, 2] and res.share_multimodal == 1.0
+    top2 = np.sort(res.mode_means[:, :2, 0], axis=1)
+    assert np.allclose(top2, np.column_stack([-np.abs(y[:, 0]), np.abs(y[:, 0])]), atol=0.06)
+    assert np.allclose(res.mode_weights[:, :2], 0.5, atol=0.15)
+    # The mean averages the two answers; the spread covers both.
+    assert np.all(np.abs(res.mean[:, 0]) < 0.15) and np.all(res.std[:, 0] > 0.5)
+
+
+def test_importance_sampling_matches_the_grid_posterior(bimodal):
+    F, model = bimodal
+    X = F(np.array([[0.6], [0.3]]))
+    var = np.array([[SIGMA**2, SIGMA**2], [0.02**2, 0.02**2]])  # per-observation noise
+    res = invert(model, X, feature_noise_var=var, forward_model=F, importance="full",
+                 n_draws=4000, n_imis_steps=3, random_state=0)
+    for n in range(2):
+        grid, p = grid_posterior(F, X[n], var[n])
+        mean = (p * grid).sum()
+        sd = np.sqrt((p * (grid - mean) ** 2).sum())
+        assert res.is_mean[n, 0] == pytest.approx(mean, abs=4 * sd / np.sqrt(
+            res.effective_sample_size[n]) + 1e-3)
+        assert res.is_std[n, 0] == pytest.approx(sd, rel=0.1)
+    # One mode as proposal: the posterior restricted near that root.
+    one = invert(model, X, feature_noise_var=var, forward_model=F, importance="mode",
+                 n_draws=4000, random_state=0)
+    roots = np.sign(one.mode_means[:, 0, 0]) * np.sqrt(X[:, 0])
+    assert np.allclose(one.is_mean[:, 0], roots, atol=0.03)
+    assert np.all(one.effective_sample_size > 100)
+
+
+def test_calibration_of_a_linear_gaussian_problem():
+    # x = A y + noise, y uniform on a box much wider than the posterior: the posterior is
+    # the Gaussian of the linear model, so the intervals must have their nominal coverage.
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(6, 2))
+    F = FunctionModel(lambda y: y @ A.T, [[-10, 10], [-10, 10]], 6)
+    Y, X = simulate(F, 4000, noise_std=0.3, method="random", random_state=1)
+    model = GLLiMRegressor(n_components=1, random_state=0).fit(X, Y)
+    Yt, Xt = simulate(F, 4000, noise_std=0.3, method="random", random_state=2)
+    inner = np.all(np.abs(Yt) < 8, axis=1)  # away from the prior's edges
+    res = invert(model, Xt[inner], y_true=Yt[inner])
+    cov = res.coverage((0.5, 0.9, 0.95))["mixture"]
+    n = inner.sum()
+    for level, row in zip((0.5, 0.9, 0.95), cov, strict=True):
+        # Within 4 binomial standard errors of the nominal level.
+        assert np.all(np.abs(row - level) < 4 * np.sqrt(level * (1 - level) / n))
+    # The bisection intervals agree with the PIT coverage.
+    lo, hi = res.interval(0.9)
+    inside = (Yt[inner] >= lo) & (Yt[inner] <= hi)
+    assert np.allclose(inside.mean(axis=0), cov[1], atol=2 / n)
+
+
+def test_importance_pit_and_dask_agree_with_numpy(bimodal):
+    da = pytest.importorskip("dask.array")
+    F, model = bimodal
+    Yt, Xt = simulate(F, 120, noise_std=SIGMA, method="random", random_state=3)
+    kw = dict(feature_noise_var=SIGMA**2, forward_model=F, importance="full", n_draws=300,
+              y_true=Yt, random_state=0)
+    ref = invert(model, Xt, **kw)
+    lazy = invert(model, da.from_array(Xt, chunks=40), **kw)
+    assert isinstance(lazy.mean, da.Array)
+    got = lazy.compute()
+    for name in ("weights", "mean", "std", "mode_means", "n_modes", "pit"):
+        assert np.allclose(getattr(got, name), getattr(ref, name))
+    # Importance sampling draws per block: different streams, same estimates within MC error.
+    # (The posteriors are symmetric with two modes: compare the spreads, |y| ~ sqrt(x).)
+    assert np.allclose(got.is_std, ref.is_std, rtol=0.15)
+    assert got.is_pit.shape == (120, 1) and np.all((got.is_pit >= 0) & (got.is_pit <= 1))
+    cov = got.coverage()
+    assert set(cov) == {"mixture", "importance"} and cov["mixture"].shape == (3, 1)
+
+
+def test_inversion_errors(bimodal):
+    F, model = bimodal
+    X = F(np.array([[0.5]]))
+    with pytest.raises(ValueError, match="forward_model"):
+        invert(model, X, feature_noise_var=0.01, importance="full")
+    with pytest.raises(ValueError, match="noise of the likelihood"):
+        invert(model, X, forward_model=F, importance="full")
+    with pytest.raises(ValueError, match="importance must be"):
+        invert(model, X, importance="all")
+    with pytest.raises(ValueError, match="y_true"):
+        invert(model, X).coverage()
+    with pytest.raises(ValueError, match="Per-observation full noise covariances"):
+        invert(model, X, feature_noise_cov=np.ones((1, 2, 2)))
+    before = X.copy()
+    invert(model, X, feature_noise_var=0.01)
+    assert np.array_equal(X, before)
