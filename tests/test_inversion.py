@@ -18,7 +18,10 @@ def square():
 def bimodal():
     F = square()
     Y, X = simulate(F, 3000, noise_std=0.0, random_state=0)
-    model = GLLiMRegressor(n_components=10, random_state=0).fit(X, Y)
+    # One start from the parameters: on this symmetric problem the best-of-10 default
+    # ends at a lower likelihood (-0.098 against -0.066 per sample) with unequal mode
+    # weights; this fixture tests the inversion, not the initialisation (issue 19).
+    model = GLLiMRegressor(n_components=10, init_candidates=1, random_state=0).fit(X, Y)
     return F, model
 
 
