@@ -159,3 +159,5 @@ for j, ax in enumerate(axes):
 fig.tight_layout()
 fig.savefig(args.output_dir / "hapke_predicted_vs_true.png", dpi=100)
 print("figures written to", args.output_dir)
+
+# sphinx_gallery_thumbnail_path = "_static/thumbnails/invert_hapke.png"
