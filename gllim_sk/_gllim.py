@@ -17,26 +17,21 @@ from ._compat import (
     Interval,
     StrOptions,
     _fit_context,
-    _is_numpy_namespace,
     array_device,
     array_namespace,
     check_same_namespace,
-    einsum,
-    get_namespace,
     move_to,
-    permute,
-    swap_last,
     to_numpy,
 )
 from ._init import scale_of_variances, variance_scale
-from .posterior import (
-    PosteriorMixin,
+from ._mixtures import (
+    PredictiveMixture,
+    check_noise_matrix,
+    check_noise_variances,
     gaussian_or_t_log_density,
     mahalanobis_logdet,
-    mixture_log_density,
-    sample_mixture_rows,
-    stream_key,
 )
+from ._predict import PredictiveMixin, _as_dtype, _input_namespace, _total  # noqa: F401
 
 __all__ = ["GLLiMRegressor"]
 
@@ -44,31 +39,11 @@ __all__ = ["GLLiMRegressor"]
 LATENT_NOISE_FLOOR = 1e-5
 # Online EM re-seeds a component whose weight falls below this fraction of 1/K.
 DEAD_COMPONENT_WEIGHT = 0.1
-def _input_namespace(*arrays):
-    """The namespace the inputs are computed in: numpy unless Array API dispatch is on
-    and they are arrays of another library."""
-    xp, is_array_api = get_namespace(*arrays)
-    if not is_array_api or _is_numpy_namespace(xp):
-        return np
-    return xp
-
-
 def _input_array(a):
     """``a`` as an array (lists and data frames become numpy arrays)."""
     if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
         return a
     return np.asarray(a)
-
-
-def _as_dtype(a, dtype):
-    xp = array_namespace(a)
-    return a.astype(dtype, copy=False) if xp is np else xp.astype(a, dtype)
-
-
-def _total(a):
-    """The sum of ``a`` (numpy's scalar for numpy arrays, a float otherwise)."""
-    xp = array_namespace(a)
-    return a.sum() if xp is np else float(xp.sum(xp.astype(a, xp.float64)))
 
 
 def _reseeded(esteps, component, Xc, yc, n_components):
@@ -137,7 +112,7 @@ def _all_finite(params):
                              for field in dataclasses.fields(params)))
 
 
-class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstimator):
+class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
     GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
@@ -1008,18 +983,9 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                     f"feature_noise_var must be a scalar, ({D},) or (n_samples, {D}) = "
                     f"({n_samples}, {D}); got shape {var.shape}."
                 )
-            if not np.all(np.isfinite(var)) or (var < 0).any():
-                raise ValueError("feature_noise_var must hold finite, non-negative variances.")
-            return var, None
-        cov = np.asarray(feature_noise_cov, dtype=np.float64)
-        if cov.shape != (D, D):
-            raise ValueError(f"feature_noise_cov must have shape ({D}, {D}); got {cov.shape}.")
-        if not np.all(np.isfinite(cov)) or not np.allclose(cov, cov.T, rtol=1e-10,
-                                                             atol=1e-12 * np.abs(cov).max()):
-            raise ValueError("feature_noise_cov must be a finite symmetric matrix.")
-        if np.linalg.eigvalsh(cov).min() < -1e-10 * max(np.abs(cov).max(), 1e-300):
-            raise ValueError("feature_noise_cov must be positive semi-definite.")
-        return None, 0.5 * (cov + cov.T)
+            return check_noise_variances(var, "feature_noise_var", positive=False), None
+        return None, check_noise_matrix(feature_noise_cov, D, "feature_noise_cov",
+                                        definite=False)
 
     def _noisy_forward_terms(self, X, method, feature_noise_var, feature_noise_cov):
         """With observation noise: unnormalised log gating terms log pi_k p(x | k) (K, n),
@@ -1042,14 +1008,17 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         )
         return log_terms, means + self.target_mean_, covs, dtype
 
-    def _mixture(self, X, method="predict", feature_noise_var=None, feature_noise_cov=None):
-        """Log gating weights (n, K), component means (n, K, L) and covariances ((K, L, L),
-        or (n, K, L, L) with observation noise) of p(y | x); the dtype of X."""
+    def _predictive_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None,
+                            method="predict"):
+        """The predictive hook: the mixture p(y | x) of the rows of X (see
+        :mod:`._predict`), Gaussian components with covariances (K, L, L), or (n, K, L,
+        L) with observation noise; in the namespace of the model. ``method`` names the
+        public method in error messages."""
         noisy = self._noisy_forward_terms(X, method, feature_noise_var, feature_noise_cov)
         if noisy is not None:
             log_terms, means, covs, dtype = noisy
             log_nu = log_terms - gm.logsumexp(log_terms, axis=0, keepdims=True)
-            return log_nu.T, means, covs, dtype
+            return PredictiveMixture(log_nu.T, means, covs, None, dtype)
         X, dtype = self._check_X(X, method)
         xp = array_namespace(X)
         _, forward = self._core()
@@ -1059,7 +1028,16 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             Xc = X - xp.astype(self.feature_mean_, dtype)
         log_nu, means = self._em_model(fitted=True).forward_mixture(Xc, forward)
         target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, dtype)
-        return log_nu, means + target_mean, xp.astype(forward.cov, means.dtype), dtype
+        return PredictiveMixture(log_nu, means + target_mean,
+                                 xp.astype(forward.cov, means.dtype), None, dtype)
+
+    def _target_log_prior(self, y):
+        """log pi_k + log N(y; c_k, Gamma_k), (K, n), for centred targets y."""
+        xp = array_namespace(y)
+        params, _ = self._core()
+        with np.errstate(divide="ignore"):
+            log_w = xp.log(params.weights)
+        return log_w[:, None] + gm.target_log_density(y, params.c, params.gamma)
 
     def _noisy_joint_terms(self, X, y, method, feature_noise_var, feature_noise_cov):
         """log pi_k + log p(x + e, y | k) (n, K) with observation noise e, or None."""
@@ -1071,349 +1049,9 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         delta, logdet = mahalanobis_logdet(y[:, None, :] - means, covs)
         return log_terms.T + gaussian_or_t_log_density(delta, logdet, y.shape[1])
 
-    def _shape_out(self, a):
-        """Drop the target axis for models fitted on 1-D y."""
-        return a[:, 0] if self._y_ndim == 1 else a
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
-                feature_noise_cov=None):
-        """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        return_std : bool, default=False
-            Also return the standard deviation of each target under p(y | x).
-        return_cov : bool, default=False
-            Also return the full covariance of the predictive mixture.
-        feature_noise_var : float or array-like of shape (n_features,) or \
-(n_samples, n_features), default=None
-            Variances of known measurement noise on the features, shared or per sample:
-            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
-            guide, "Observation noise").
-        feature_noise_cov : array-like of shape (n_features, n_features), default=None
-            A full noise covariance S shared by all samples (instead of
-            ``feature_noise_var``).
-
-        Returns
-        -------
-        y_mean : ndarray of shape (n_samples,) or (n_samples, n_targets)
-            Predictive means (1-D when the model was fitted on 1-D y).
-        y_std : ndarray of the same shape as y_mean
-            Only with ``return_std=True``.
-        y_cov : ndarray of shape (n_samples, n_targets, n_targets)
-            Only with ``return_cov=True``.
-        """
-        log_nu, means, covs, dtype = self._mixture(X, "predict", feature_noise_var,
-                                                   feature_noise_cov)
-        xp = array_namespace(means)
-        nu = xp.exp(log_nu)
-        mean = einsum(xp, "nk,nkl->nl", nu, means)
-        out = [self._shape_out(mean)]
-        if return_std or return_cov:
-            if covs.ndim == 4:  # per-sample covariances (observation noise)
-                second = einsum(xp, "nk,nklm->nlm", nu, covs)
-            else:
-                second = einsum(xp, "nk,klm->nlm", nu, covs)
-            second += einsum(xp, "nk,nkl,nkm->nlm", nu, means, means)
-            cov = second - mean[:, :, None] * mean[:, None, :]
-            cov = 0.5 * (cov + swap_last(xp, cov))
-            if return_std:
-                var = einsum(xp, "nll->nl", cov)
-                var = xp.maximum(var, xp.zeros_like(var))
-                out.append(self._shape_out(xp.sqrt(var)))
-            if return_cov:
-                out.append(cov)
-        out = [_as_dtype(a, dtype) for a in out]
-        return out[0] if len(out) == 1 else tuple(out)
-
-    def predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        """Return the predictive mixture p(y | x) for each sample.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        feature_noise_var : float or array-like of shape (n_features,) or \
-(n_samples, n_features), default=None
-            Variances of known measurement noise on the features, shared or per sample:
-            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
-            guide, "Observation noise").
-        feature_noise_cov : array-like of shape (n_features, n_features), default=None
-            A full noise covariance S shared by all samples (instead of
-            ``feature_noise_var``).
-
-        Returns
-        -------
-        weights : ndarray of shape (n_samples, n_components)
-            Posterior component weights nu*_k(x).
-        means : ndarray of shape (n_samples, n_components, n_targets)
-            Component means A*_k x + b*_k.
-        covariances : ndarray of shape (n_components, n_targets, n_targets)
-            Component covariances Sigma*_k (they do not depend on x); with observation
-            noise they do, and the shape is (n_samples, n_components, n_targets,
-            n_targets). On a dask X the weights and means are lazy dask arrays, and the
-            covariances an in-memory array (a dask array with observation noise).
-        """
-        if feature_noise_var is not None or feature_noise_cov is not None:
-            # The covariances depend on the sample: on dask arrays, per row block.
-            return self._noisy_predict_mixture(X, feature_noise_var=feature_noise_var,
-                                               feature_noise_cov=feature_noise_cov)
-        return self._predict_mixture(X)
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def _noisy_predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        return self._predict_mixture(X, feature_noise_var=feature_noise_var,
-                                     feature_noise_cov=feature_noise_cov)
-
-    # The covariances (K, L, L) do not depend on the sample: the dask path returns them
-    # once, as an in-memory array.
-    @_dask.blockwise(constant_outputs=(2,), shared=_dask.SHARED_NOISE)
-    def _predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        log_nu, means, covs, dtype = self._mixture(X, "predict_mixture", feature_noise_var,
-                                                   feature_noise_cov)
-        xp = array_namespace(means)
-        return (
-            _as_dtype(xp.exp(log_nu), dtype),
-            _as_dtype(means, dtype),
-            _as_dtype(covs, dtype),
-        )
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
-                            feature_noise_cov=None):
-        """Posterior probabilities of the components.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features), default=None
-            Features.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
-            Targets.
-        feature_noise_var, feature_noise_cov : array-like, default=None
-            Known observation noise on X, as in :meth:`predict`.
-
-        Returns
-        -------
-        resp : ndarray of shape (n_samples, n_components)
-            p(Z = k | x) when only X is given (the forward weights nu*_k(x)),
-            p(Z = k | y) when only y is given (prior-only responsibilities), and the
-            E-step responsibilities p(Z = k | x, y) of eq. (5) when both are.
-        """
-        check_is_fitted(self)
-        if X is None and y is None:
-            raise ValueError("component_posterior needs X, y or both.")
-        if y is None:
-            log_nu = self._mixture(X, "component_posterior", feature_noise_var,
-                                   feature_noise_cov)[0]
-            return array_namespace(log_nu).exp(log_nu)
-        if X is None:
-            y = self._check_y(y)
-            xp = array_namespace(y)
-            params, _ = self._core()
-            with np.errstate(divide="ignore"):
-                log_w = xp.log(params.weights)
-            logp = log_w[:, None] + gm.target_log_density(y, params.c, params.gamma)
-            return xp.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
-        terms = self._noisy_joint_terms(X, y, "component_posterior", feature_noise_var,
-                                        feature_noise_cov)
-        if terms is not None:
-            return np.exp(terms - gm.logsumexp(terms, axis=1, keepdims=True))
-        return self._joint_estep(X, y).resp.T
-
-    def _joint_estep(self, X, y):
-        X, _ = self._check_X(X, "joint_log_density")
-        y = self._check_y(y, X.shape[0])
-        xp = array_namespace(X)
-        params, _ = self._core()
-        if xp is np:
-            Xc = X.astype(np.float64) - self.feature_mean_
-        else:
-            Xc, y = X - xp.astype(self.feature_mean_, X.dtype), xp.astype(y, X.dtype)
-        model = self._em_model(fitted=True)
-        block = model.prepare_block(Xc, y)
-        return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def joint_log_density(self, X, y, *, feature_noise_var=None, feature_noise_cov=None):
-        """Log-density log p(x, y) of each pair under the fitted joint model.
-
-        With ``feature_noise_var`` or ``feature_noise_cov`` (as in :meth:`predict`), the
-        density of the noisy observation x + e, e ~ N(0, S), together with y.
-
-        Returns
-        -------
-        log_density : ndarray of shape (n_samples,)
-        """
-        terms = self._noisy_joint_terms(X, y, "joint_log_density", feature_noise_var,
-                                        feature_noise_cov)
-        if terms is not None:
-            return gm.logsumexp(terms, axis=1)
-        return self._joint_estep(X, y).log_prob
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def conditional_log_density(self, X, y, *, feature_noise_var=None,
-                                feature_noise_cov=None):
-        """Conditional log-density log p(y | x) of each pair under the forward mixture.
-
-        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
-        :meth:`predict`.
-
-        Returns
-        -------
-        log_density : ndarray of shape (n_samples,)
-        """
-        log_nu, means, covs, _ = self._mixture(X, "conditional_log_density", feature_noise_var,
-                                               feature_noise_cov)
-        xp = array_namespace(means)
-        y = xp.astype(self._check_y(y, log_nu.shape[0]), means.dtype)
-        target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, y.dtype)
-        if covs.ndim == 4:  # per-sample covariances (observation noise), numpy only
-            return mixture_log_density(y[:, None, :] + target_mean, log_nu, means, covs)[:, 0]
-        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(covs)
-        diff = y[:, None, :] - (means - target_mean)  # both centred
-        z = einsum(xp, "kij,nkj->nki", inv_chol, diff)
-        log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None, :]
-                           + einsum(xp, "nki,nki->nk", z, z))
-        return gm.logsumexp(log_nu + log_comp, axis=1)
-
-    def sample_y(self, X, n_samples=1, random_state=None, *, feature_noise_var=None,
-                 feature_noise_cov=None):
-        """Draw targets from the predictive mixture p(y | x).
-
-        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
-        :meth:`predict`.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples_X, n_features)
-            Features.
-        n_samples : int, default=1
-            Number of draws per row of X.
-        random_state : int, RandomState instance or None, default=None
-            Seed of the draws: it keys a counter-based generator (see the notes).
-
-        Returns
-        -------
-        y_samples : ndarray of shape (n_samples_X, n_targets, n_samples)
-            Draws; shape (n_samples_X, n_samples) for a model fitted on 1-D y (as
-            :meth:`sklearn.gaussian_process.GaussianProcessRegressor.sample_y`).
-
-        Notes
-        -----
-        The draws of row ``i`` of X are made from its own stretch of a counter-based
-        stream (numpy's Philox) keyed by ``random_state`` (an int seed gives a fixed
-        key; a ``RandomState`` gives one draw of its state): a row's draws depend on the
-        seed, on the row and on its index, not on the other rows. On a dask array the
-        draws are therefore made block by block on the workers, lazily, and equal the
-        in-memory draws for the same seed whatever the row blocks. With Array API inputs
-        they are made with numpy on the host and returned in the namespace and on the
-        device of ``X``.
-        """
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        key = stream_key(check_random_state(random_state))
-        draws = self._sample_rows(X, n_samples, key, feature_noise_var=feature_noise_var,
-                                  feature_noise_cov=feature_noise_cov)
-        return draws[:, 0, :] if self._y_ndim == 1 else draws
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE, row_offset="first_row")
-    def _sample_rows(self, X, n_samples, key, *, first_row=0, feature_noise_var=None,
-                     feature_noise_cov=None):
-        """Draws (n, L, n_samples) for the rows of X, which start at row ``first_row``."""
-        log_nu, means, scales, dof, dtype = self._predictive_components(
-            X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov)
-        draws = sample_mixture_rows(np.exp(log_nu), means, scales, n_samples, key,
-                                    first_row, dof)  # (n, s, L)
-        draws = np.transpose(draws, (0, 2, 1))
-        xp = _input_namespace(self.weights_)
-        if xp is np:
-            return draws.astype(dtype, copy=False)
-        return xp.asarray(draws, dtype=dtype, device=array_device(self.weights_))
-
-    def _predictive_components(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        """Log gating weights (n, K), means (n, K, L), covariances ((K, L, L) or
-        (n, K, L, L)) of p(y | x) as float64 numpy arrays, ``None`` degrees of freedom
-        (Gaussian components) and the dtype of X."""
-        log_nu, means, covs, dtype = self._mixture(X, "sample_y", feature_noise_var,
-                                                   feature_noise_cov)
-        return to_numpy(log_nu), to_numpy(means), to_numpy(covs), None, dtype
-
-    @_dask.blockwise()
-    def inverse_predict(self, y):
-        """The learned inverse map E[x | y] = sum_k p(Z = k | y) (A_k y + b_k).
-
-        On a dask array of targets the result is a lazy dask array, computed block by
-        block of rows.
-
-        Parameters
-        ----------
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Targets.
-
-        Returns
-        -------
-        X_mean : ndarray of shape (n_samples, n_features)
-        """
-        resp = self.component_posterior(y=y)
-        y = self._check_y(y)
-        xp = array_namespace(y)
-        n, L = y.shape
-        K = self.weights_.shape[0]  # fitted, whatever set_params did since
-        params, _ = self._core()
-        ry = xp.reshape(resp[:, :, None] * y[:, None, :], (n, K * L))
-        A_stack = xp.reshape(permute(xp, self.inverse_coef_, (0, 2, 1)), (K * L, -1))
-        return ry @ A_stack + resp @ (params.b + self.feature_mean_)  # y is centred
-
-    def score(self, X, y, sample_weight=None):
-        """The coefficient of determination R^2 of :meth:`predict` on (X, y).
-
-        scikit-learn's :func:`~sklearn.metrics.r2_score`, averaged uniformly over the
-        targets (as :meth:`sklearn.base.RegressorMixin.score`). When X, y or
-        ``sample_weight`` is a dask array, the sums it needs are reduced where the
-        blocks live and only they reach the client.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            True targets.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Sample weights.
-
-        Returns
-        -------
-        score : float
-        """
-        if not _dask.any_dask_array(X, y, sample_weight):
-            return super().score(X, y, sample_weight=sample_weight)
-        return _dask.r2_score(y, self.predict(X), sample_weight)
-
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):
         # The fitted shapes, not the parameters: set_params after fit must not change them.
         K, D, Lw = self.latent_coef_.shape
         return self._em_model(fitted=True).n_parameters(K, D, self.n_targets_, Lw)
 
-    def bic(self, X, y):
-        """Bayesian information criterion of the joint model on (X, y); lower is better.
-
-        Returns
-        -------
-        bic : float
-        """
-        log_density = self.joint_log_density(X, y)
-        return (-2.0 * _total(log_density)
-                + self._n_parameters() * np.log(log_density.shape[0]))
-
-    def aic(self, X, y):
-        """Akaike information criterion of the joint model on (X, y); lower is better.
-
-        Returns
-        -------
-        aic : float
-        """
-        return -2.0 * _total(self.joint_log_density(X, y)) + 2.0 * self._n_parameters()
