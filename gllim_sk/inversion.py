@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _dask
+from ._mixtures import PredictiveMixture
 from .posterior import importance_sampling, merge_mixture
 
 __all__ = ["InversionResult", "invert"]
@@ -185,16 +186,15 @@ class InversionResult:
 
 
 class _Proposal:
-    """A fixed Gaussian mixture in the estimator protocol of importance_sampling."""
+    """A fixed Gaussian mixture behind the predictive hook that importance_sampling
+    consumes."""
 
     def __init__(self, log_weights, means, covariances):
         self.parts = (log_weights, means, covariances)
 
-    def _predictive_components(self, X):
-        return (*self.parts, None, np.float64)
-
-    def _check_X(self, X, method=None):
-        return (X,)
+    def _predictive_mixture(self, X):
+        log_weights, means, covariances = self.parts
+        return PredictiveMixture(log_weights, means, covariances, None, np.float64)
 
 
 def _count_modes(weights, means, covs, threshold, separation):
