@@ -430,6 +430,12 @@ def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs, shar
     n_rows = first.shape[0]
     if np.isnan(n_rows):
         raise ValueError("Dask arrays need known row counts; call compute_chunk_sizes() first.")
+    if n_rows == 0:
+        # No block to map over: the method on the (empty) arrays in memory gives the
+        # error, or the result, that it gives on numpy arrays.
+        values = {name: value.compute() if is_dask_array(value) else value
+                  for name, value in values.items()}
+        return _call_with(estimator, method.__name__, values, len(args))
     for value in arrays.values():
         if np.shape(value)[0] != n_rows:
             raise ValueError(

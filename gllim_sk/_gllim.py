@@ -7,7 +7,8 @@ from numbers import Integral, Real
 from time import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn import get_config
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
@@ -19,7 +20,7 @@ from ._compat import (
     _fit_context,
     array_device,
     array_namespace,
-    check_same_namespace,
+    move_estimator_to,
     move_to,
     to_numpy,
 )
@@ -33,7 +34,7 @@ from ._mixtures import (
 )
 from ._predict import PredictiveMixin, _as_dtype, _input_namespace, _total  # noqa: F401
 
-__all__ = ["GLLiMRegressor"]
+__all__ = ["GLLiMRegressor", "move_model"]
 
 # Smallest noise variance of the latent model, relative to the feature's variance.
 LATENT_NOISE_FLOOR = 1e-5
@@ -44,6 +45,14 @@ def _input_array(a):
     if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
         return a
     return np.asarray(a)
+
+
+def _array_kind(a, plural=False):
+    """'torch array on cpu', 'numpy arrays', ...: the library and device of ``a``."""
+    kind = f"{type(a).__module__.split('.')[0]} array{'s' if plural else ''}"
+    if isinstance(a, np.ndarray) or not hasattr(a, "__dlpack__"):
+        return kind
+    return f"{kind} on {array_device(a)}"
 
 
 def _reseeded(esteps, component, Xc, yc, n_components):
@@ -273,8 +282,8 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
     other Array API arrays are fitted and predicted in their library and on their device,
     and the fitted attributes live there (in float64); float32 data keep float32 for the
     products over samples and float64 for their sums and the parameters. Move a fitted
-    model to another namespace or device with
-    ``sklearn.utils._array_api.move_estimator_to(model, xp, device)``. See the user guide.
+    model to the namespace and device of an array ``X`` with
+    :func:`gllim_sk.move_model` (``move_model(model, X)``). See the user guide.
 
     With ``n_latent > 0``, every noise variance is kept above 1e-5 times the variance of
     its feature (eigenvalues of full noise: above 1e-5 times the mean feature variance).
@@ -531,9 +540,40 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
             raise ValueError(f"{name} has rows that sum to 0; each row needs mass.")
         return resp / totals
 
+    def _check_namespace(self, X, method):
+        """Refuse X of another namespace or device than the fitted attributes, saying how
+        to bring the two together (scikit-learn's check names a private function, and
+        with dispatch off it checks nothing)."""
+        fitted_numpy = isinstance(self.weights_, np.ndarray)
+        X_numpy = _input_namespace(X) is np  # computed with numpy (dispatch off, or numpy)
+        if fitted_numpy and X_numpy:
+            return
+        if not (fitted_numpy or X_numpy):
+            if (array_namespace(X) is array_namespace(self.weights_)
+                    and array_device(X) == array_device(self.weights_)):
+                return
+        name = type(self).__name__
+        if fitted_numpy:
+            raise ValueError(
+                f"{name}.{method} got {_array_kind(X)} input, but the model was fitted on "
+                "numpy arrays. Pass numpy arrays, or move the model to the namespace and "
+                "device of X with gllim_sk.move_model(model, X)."
+            )
+        fitted = _array_kind(self.weights_, plural=True)
+        if get_config()["array_api_dispatch"]:
+            got, how = f"a {_array_kind(X)}", ""
+        else:
+            got = "read as numpy (Array API dispatch is off)"
+            how = " with sklearn.set_config(array_api_dispatch=True)"
+        raise ValueError(
+            f"{name}.{method}: the model was fitted on {fitted}, and X is {got}. Pass "
+            f"{fitted}{how}, or move the model to the namespace and device of X with "
+            "gllim_sk.move_model(model, X)."
+        )
+
     def _check_X(self, X, method="predict"):
         check_is_fitted(self)
-        check_same_namespace(X, self, attribute="weights_", method=method)
+        self._check_namespace(X, method)
         xp = _input_namespace(X)
         X = validate_data(self, X, dtype=[xp.float64, xp.float32], reset=False)
         return X, X.dtype
@@ -790,13 +830,17 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
         # Every call, not only the first (scikit-learn's _fit_context validates a
         # partial_fit once): set_params may have changed them since.
         self._validate_params()
-        if _input_namespace(X, y) is not np or (
-                hasattr(self, "weights_") and _input_namespace(self.weights_) is not np):
+        if _input_namespace(X, y) is not np:
             raise TypeError(
                 "partial_fit runs on numpy arrays only (online EM keeps its statistics on "
                 "the host); under Array API dispatch, fit takes arrays of other libraries. "
-                "Pass numpy arrays, or move the model to numpy with "
-                "sklearn.utils._array_api.move_estimator_to."
+                "Pass numpy arrays to partial_fit."
+            )
+        if hasattr(self, "weights_") and not isinstance(self.weights_, np.ndarray):
+            raise TypeError(
+                "partial_fit runs on numpy arrays only, and this model was fitted on "
+                f"{type(self.weights_).__module__.split('.')[0]} arrays: move it to numpy "
+                "first, with gllim_sk.move_model(model, X) for numpy X."
             )
         if hasattr(self, "_params"):
             self._check_structure_unchanged("partial_fit")
@@ -943,8 +987,9 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
     # ------------------------------------------------------------------ prediction
     def _core(self):
         """The internal parameters and forward caches, in the namespace and on the device
-        of the public attributes (moved there once when the model was moved, e.g. by
-        ``sklearn.utils._array_api.move_estimator_to``)."""
+        of the public attributes. :func:`move_model` moves them with the attributes; a
+        model whose public attributes were moved another way gets copies here (the
+        estimator is not changed by a prediction)."""
         xp = array_namespace(self.weights_)
         params, forward = self._params, self._forward
         if (array_namespace(params.weights) is not xp
@@ -962,8 +1007,23 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
                 return type(obj)(**fields)
 
             params, forward = move(params), move(forward)
-            self._params, self._forward = params, forward
         return params, forward
+
+    def __sklearn_array_api_convert__(self, converter):
+        """A copy whose arrays, those of the internal parameters included, are converted
+        by ``converter`` (the hook of scikit-learn's conversion of estimators, which
+        :func:`move_model` uses)."""
+        def convert(value):
+            if hasattr(value, "__dlpack__") or isinstance(value, (np.ndarray, np.generic)):
+                return converter(value)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return type(value)(**{name: convert(v) for name, v in vars(value).items()})
+            return value
+
+        new = clone(self)
+        for name, value in vars(self).items():
+            setattr(new, name, convert(value))
+        return new
 
     def _check_feature_noise(self, n_samples, feature_noise_var, feature_noise_cov):
         """Validated observation noise: (variances (1 or n, D) or None, covariance or None)."""
@@ -1055,3 +1115,47 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
         K, D, Lw = self.latent_coef_.shape
         return self._em_model(fitted=True).n_parameters(K, D, self.n_targets_, Lw)
 
+
+def move_model(model, like):
+    """A copy of a fitted GLLiM estimator whose arrays live where ``like`` lives.
+
+    Under scikit-learn's Array API dispatch a model fitted on torch tensors (or CuPy
+    arrays...) keeps its fitted attributes in that library and on that device, and takes
+    inputs of the same kind only. ``move_model`` moves all of its arrays, the internal
+    parameters included, to the namespace and device of the array ``like``: numpy (a
+    model to use on the host, or to continue with ``partial_fit``) or another library.
+
+    Parameters
+    ----------
+    model : fitted GLLiMRegressor
+        The estimator to move; it is not changed.
+    like : array
+        An array of the target namespace and device (numpy for the host).
+
+    Returns
+    -------
+    moved : GLLiMRegressor
+        A fitted copy of ``model`` in the namespace and on the device of ``like``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gllim_sk import GLLiMRegressor, move_model
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.uniform(-1, 1, (100, 1))
+    >>> X = np.hstack([y, y**2, np.sin(y)]) + 0.01 * rng.normal(size=(100, 3))
+    >>> model = GLLiMRegressor(2, random_state=0).fit(X, y)
+    >>> type(move_model(model, X).weights_).__name__
+    'ndarray'
+    """
+    check_is_fitted(model)
+    if isinstance(like, (np.ndarray, np.generic)):
+        xp, device = np, "cpu"
+    elif not model.__sklearn_tags__().array_api_support:
+        raise ValueError(
+            f"{type(model).__name__} computes with numpy arrays only and cannot be moved "
+            f"to {type(like).__module__.split('.')[0]} arrays; pass it numpy arrays."
+        )
+    else:
+        xp, device = array_namespace(like), array_device(like)
+    return move_estimator_to(model, xp, device)

@@ -229,8 +229,9 @@ def _require_numpy(X):
     """The Student model computes in numpy (scipy's special functions): say so clearly."""
     if _input_namespace(X) is not np:
         raise ValueError(
-            "StudentGLLiMRegressor computes with numpy arrays only; pass numpy inputs "
-            "(Array API dispatch is available for GLLiMRegressor)."
+            "StudentGLLiMRegressor computes with numpy arrays only (scipy's special "
+            "functions): pass numpy arrays (for a torch tensor, X.cpu().numpy()). "
+            "GLLiMRegressor takes arrays of other libraries under Array API dispatch."
         )
 
 
@@ -454,6 +455,10 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         scales = factor[:, :, None, None] * self._forward.cov[None]
         return PredictiveMixture(log_nu, means + self.target_mean_, scales, 2.0 * alpha + D,
                                  dtype)
+
+    def _check_namespace(self, X, method):
+        # The Student model lives in numpy only: moving it cannot help, numpy input can.
+        _require_numpy(X)
 
     @staticmethod
     def _reject_feature_noise(feature_noise_var, feature_noise_cov):
