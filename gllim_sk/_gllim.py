@@ -20,6 +20,7 @@ from ._compat import (
     _fit_context,
     array_device,
     array_namespace,
+    linalg_errors,
     move_estimator_to,
     move_to,
     to_numpy,
@@ -497,12 +498,7 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             try:
                 yield
-            except Exception as error:
-                # Each namespace has its own LinAlgError (numpy's; torch.linalg's, whose
-                # class is torch._C._LinAlgError): matched by name, importing no library.
-                if not any(cls.__name__.lstrip("_") == "LinAlgError"
-                           for cls in type(error).__mro__):
-                    raise
+            except linalg_errors() as error:  # numpy's, torch's...: not out-of-memory
                 raise self._non_finite_error() from error
 
     def _non_finite_error(self):
@@ -552,12 +548,14 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
             if (array_namespace(X) is array_namespace(self.weights_)
                     and array_device(X) == array_device(self.weights_)):
                 return
-        name = type(self).__name__
+        # The first sentence is scikit-learn's (its estimator checks look for it).
+        same = (f"Inputs passed to {type(self).__name__}.{method}() must use the same "
+                "namespace and the same device as those passed to fit(): ")
+        move = "move the model to the namespace and device of X with gllim_sk.move_model(model, X)."
         if fitted_numpy:
             raise ValueError(
-                f"{name}.{method} got {_array_kind(X)} input, but the model was fitted on "
-                "numpy arrays. Pass numpy arrays, or move the model to the namespace and "
-                "device of X with gllim_sk.move_model(model, X)."
+                f"{same}the model was fitted on numpy arrays, and X is a "
+                f"{_array_kind(X)}. Pass numpy arrays, or {move}"
             )
         fitted = _array_kind(self.weights_, plural=True)
         if get_config()["array_api_dispatch"]:
@@ -566,9 +564,8 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
             got = "read as numpy (Array API dispatch is off)"
             how = " with sklearn.set_config(array_api_dispatch=True)"
         raise ValueError(
-            f"{name}.{method}: the model was fitted on {fitted}, and X is {got}. Pass "
-            f"{fitted}{how}, or move the model to the namespace and device of X with "
-            "gllim_sk.move_model(model, X)."
+            f"{same}the model was fitted on {fitted}, and X is {got}. Pass {fitted}{how}, "
+            f"or {move}"
         )
 
     def _check_X(self, X, method="predict"):
@@ -688,16 +685,14 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
         if xp is not np:
             resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model
-        params, raw, _ = _engine.m_step_from_resp(model, problem.executor, problem.blocks,
-                                                  resp)
+        moments = _engine.m_step_from_resp(model, problem.executor, problem.blocks, resp)
         if self.n_latent == 0:
-            params.noise = model.finalize_noise(raw, params.weights)
-            return params
+            return moments.complete(model.finalize_noise(moments.raw, moments.weights))
         # Off numpy the latent PCA runs on the host, beside the array library's own
         # threads: BLAS on one thread there avoids oversubscribing the cores.
         with problem.executor.serial() if xp is not np else nullcontext():
-            return model.init_latent(problem.Xc, problem.y, resp, params, raw,
-                                     self.n_latent, random_state)
+            return model.init_latent(problem.Xc, problem.y, resp, moments, self.n_latent,
+                                     random_state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     @unchanged_on_failure

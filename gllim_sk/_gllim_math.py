@@ -44,6 +44,7 @@ from ._compat import (
     copy,
     einsum,
     eye,
+    linalg_errors,
     permute,
     reshape,
     swap_last,
@@ -457,6 +458,27 @@ class Params:
     noise: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class MStepMoments:
+    """The M-step before its noise is finalised: every parameter but the noise (and,
+    for the latent model's first M-step, the latent loadings W), the raw per-component
+    noise moments and the (unnormalised) weights that pool them. :meth:`complete` makes
+    the parameters; nothing is filled in afterwards."""
+
+    params_type: type
+    fields: dict  # the fields of ``params_type`` but ``noise``
+    raw: object
+    pool_weights: object
+
+    @property
+    def weights(self):
+        return self.fields["weights"]
+
+    def complete(self, noise, **changes):
+        """The parameters, with ``noise`` and the fields in ``changes`` (e.g. ``W``)."""
+        return self.params_type(**{**self.fields, **changes}, noise=noise)
+
+
 @dataclass
 class Block:
     """A block of training samples in the forms the EM steps use, computed once per fit.
@@ -765,7 +787,7 @@ def _cholesky_with_floor_xp(xp, S, reg, eig_floor=None):
         chol = xp.linalg.cholesky(S)
         if bool(xp.all(xp.isfinite(chol))):
             return chol
-    except Exception:  # noqa: BLE001 - each library raises its own error type
+    except linalg_errors():  # the namespace's own class; out-of-memory goes through
         pass
     vals, vecs = xp.linalg.eigh(S)
     vals = xp.clip(vals, min=reg)
@@ -800,7 +822,7 @@ def _solve_scaled_moments(Mzz, Mzx):
             if bool(xp.all(pivots > 1e-6 * scale)):
                 inv_chol = xp.linalg.inv(chol)
                 return (swap_last(xp, inv_chol) @ inv_chol) @ Mzx
-        except Exception:  # noqa: BLE001 - each library raises its own error type
+        except linalg_errors():  # the namespace's own class; out-of-memory goes through
             pass
         return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
     try:
@@ -1188,9 +1210,8 @@ class GLLiMModel:
     # -- M-step ----------------------------------------------------------------------------
     def m_step(self, stats):
         """Parameters from statistics summed over all samples."""
-        params, raw, pool_weights = self.m_step_moments(stats)
-        params.noise = self.finalize_noise(raw, pool_weights)
-        return params
+        moments = self.m_step_moments(stats)
+        return moments.complete(self.finalize_noise(moments.raw, moments.pool_weights))
 
     def finalize_noise(self, raw, weights):
         return self.noise.finalize(raw, weights, self.reg_covar, self.var_floor)
@@ -1207,8 +1228,9 @@ class GLLiMModel:
     def m_step_moments(self, stats):
         """The M-step with the noise left as raw moments.
 
-        Returns ``Params`` with ``noise=None``, the raw per-component noise moments and
-        the (unnormalised) mixture weights that pool them; :meth:`m_step` floors them.
+        Returns :class:`MStepMoments`: the parameters but the noise, the raw
+        per-component noise moments and the (unnormalised) mixture weights that pool
+        them; :meth:`m_step` floors them.
         """
         xp = array_namespace(stats.mass)
         mass = stats.mass
@@ -1266,15 +1288,15 @@ class GLLiMModel:
             target_moments = target_moments * scale[:, None, None]
         gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
-        params = Params(
+        fields = dict(
             weights=pis / (pis.sum() if xp is np else xp.sum(pis)), c=copy(xp, zbar[:, :L]),
             gamma=gamma,
             A=swap_last(xp, loadings_t[:, :L, :]), W=swap_last(xp, loadings_t[:, L:, :]),
-            b=b, noise=None,
+            b=b,
         )
-        return params, raw, pis
+        return MStepMoments(Params, fields, raw, pis)
 
-    def init_latent(self, Xc, y, resp, params, raw, n_latent, random_state):
+    def init_latent(self, Xc, y, resp, moments, n_latent, random_state):
         """Initialise W_k by a weighted PCA of the residuals of the Lw = 0 fit.
 
         W_k = U (Lambda - s2)^(1/2) with U, Lambda the leading principal directions and
@@ -1283,19 +1305,24 @@ class GLLiMModel:
         noise structure holds them) so that Sigma_k + W_k W_k' keeps the residual variance.
         The PCA runs with numpy on the host whatever the namespace (an initialisation,
         like k-means: K small eigen-problems, which some libraries solve slowly).
+        ``moments`` (:class:`MStepMoments`) is the M-step of the Lw = 0 fit; returns new
+        parameters.
         """
-        xp = array_namespace(params.A)
+        A, b = moments.fields["A"], moments.fields["b"]
+        xp = array_namespace(A)
         if xp is np:
-            W = _latent_loadings(Xc, y, resp, params.A, params.b, n_latent, random_state)
+            W = _latent_loadings(Xc, y, resp, A, b, n_latent, random_state)
         else:
-            host = [np.asarray(to_numpy(a), dtype=np.float64)
-                    for a in (Xc, y, resp, params.A, params.b)]
+            host = [np.asarray(to_numpy(a), dtype=np.float64) for a in (Xc, y, resp, A, b)]
             W = xp.asarray(_latent_loadings(*host, n_latent, random_state), dtype=xp.float64,
-                           device=array_device(params.A))
-        params.W = W
-        params.noise = self.finalize_noise(self.noise.remove_latent(raw, W, params.weights),
-                                           params.weights)
-        return params
+                           device=array_device(A))
+        return self.with_latent(moments, W)
+
+    def with_latent(self, moments, W):
+        """The parameters of ``moments`` with latent loadings ``W``: the noise loses W W'
+        (so that Sigma_k + W_k W_k' keeps the residual variance) and is finalised."""
+        raw = self.noise.remove_latent(moments.raw, W, moments.weights)
+        return moments.complete(self.finalize_noise(raw, moments.weights), W=W)
 
     # -- the forward mixture -----------------------------------------------------------------
     def forward(self, params):

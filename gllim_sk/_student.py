@@ -199,15 +199,14 @@ class StudentGLLiMModel(gm.GLLiMModel):
         return stats.mass / np.maximum(stats.cov_mass, np.finfo(float).tiny)
 
     def m_step_moments(self, stats):
-        params, *rest = super().m_step_moments(stats)
+        moments = super().m_step_moments(stats)
         if stats.log_u_sum is None:  # first M-step (u = 1): the initial alpha
-            alpha = np.full(params.weights.shape, float(self.alpha_init))
+            alpha = np.full(moments.weights.shape, float(self.alpha_init))
         else:
             mean_log_u = stats.log_u_sum / np.maximum(stats.cov_mass, np.finfo(float).tiny)
             alpha, _ = mean_log_weight_to_alpha(mean_log_u)
-        fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-        fields.pop("alpha", None)
-        return (StudentParams(**fields, alpha=alpha), *rest)
+        return dataclasses.replace(moments, params_type=StudentParams,
+                                   fields={**moments.fields, "alpha": alpha})
 
     def student_forward_terms(self, Xc, fwd, alpha):
         """Gating log-weights (n, K), means (n, K, L) and distances delta_x (n, K) of the

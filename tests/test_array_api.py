@@ -286,3 +286,42 @@ def test_student_refusals_suggest_numpy_not_moving():
             assert "move" not in str(info.value)
     with pytest.raises(ValueError, match="cannot be moved"):
         move_model(model, tensor(torch, X))
+
+
+def test_array_api_solves_catch_linear_algebra_errors_only(monkeypatch):
+    """A failed Cholesky falls back to the eigen-decomposition; an out-of-memory error
+    (any other error) surfaces."""
+    torch_on_device()
+    import torch as torch_module
+    from sklearn.externals import array_api_compat
+
+    from gllim_sk import _gllim_math as gm
+    torch = array_api_compat.array_namespace(torch_module.zeros(1))
+    S = tensor(torch_module, np.stack([np.eye(3), np.diag([1.0, 2.0, 3.0])]),
+               torch_module.float64)
+    M = tensor(torch_module, np.ones((2, 3, 1)), torch_module.float64)
+    expected = host(gm._cholesky_with_floor_xp(torch, S, 1e-9))
+    solved = host(gm._solve_scaled_moments(S, M))
+    real_cholesky = torch.linalg.cholesky
+    calls = []
+
+    def failing(error):
+        def cholesky(a, *args, **kwargs):
+            calls.append(error)
+            if len(calls) == 1:
+                raise error
+            return real_cholesky(a, *args, **kwargs)
+        return cholesky
+
+    monkeypatch.setattr(torch.linalg, "cholesky", failing(torch_module.linalg.LinAlgError("x")))
+    assert_allclose(host(gm._cholesky_with_floor_xp(torch, S, 1e-9)), expected, atol=1e-8)
+    calls.clear()
+    assert_allclose(host(gm._solve_scaled_moments(S, M)), solved, rtol=1e-8)
+    for error in (torch_module.OutOfMemoryError("CUDA out of memory"), MemoryError()):
+        calls.clear()
+        monkeypatch.setattr(torch.linalg, "cholesky", failing(error))
+        with pytest.raises(type(error)):
+            gm._cholesky_with_floor_xp(torch, S, 1e-9)
+        calls.clear()
+        with pytest.raises(type(error)):
+            gm._solve_scaled_moments(S, M)
