@@ -1,16 +1,14 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
 import dataclasses
-import functools
 from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 from time import time
 
 import numpy as np
-from sklearn import get_config
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from . import _dask, _engine, _init
 from . import _gllim_math as gm
@@ -25,104 +23,23 @@ from ._compat import (
     move_to,
     to_numpy,
 )
+from ._engine import unchanged_on_failure
+from ._gllim_math import LATENT_NOISE_FLOOR
 from ._init import scale_of_variances, variance_scale
+from ._inputs import InputsMixin
 from ._mixtures import (
     PredictiveMixture,
-    check_noise_matrix,
-    check_noise_variances,
     gaussian_or_t_log_density,
     mahalanobis_logdet,
 )
+from ._online import OnlineEMMixin
 from ._predict import PredictiveMixin, _as_dtype, _input_namespace, _total  # noqa: F401
 
 __all__ = ["GLLiMRegressor", "move_model"]
 
-# Smallest noise variance of the latent model, relative to the feature's variance.
-LATENT_NOISE_FLOOR = 1e-5
-# Online EM re-seeds a component whose weight falls below this fraction of 1/K.
-DEAD_COMPONENT_WEIGHT = 0.1
-def _input_array(a):
-    """``a`` as an array (lists and data frames become numpy arrays)."""
-    if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
-        return a
-    return np.asarray(a)
 
-
-def _array_kind(a, plural=False):
-    """'torch array on cpu', 'numpy arrays', ...: the library and device of ``a``."""
-    kind = f"{type(a).__module__.split('.')[0]} array{'s' if plural else ''}"
-    if isinstance(a, np.ndarray) or not hasattr(a, "__dlpack__"):
-        return kind
-    return f"{kind} on {array_device(a)}"
-
-
-def _reseeded(esteps, component, Xc, yc, n_components):
-    """The E-steps with ``component`` given responsibility 1 (and the others 0) on the
-    ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the sample of
-    least log-likelihood (online EM's re-seeding of a vanished component)."""
-    log_prob = np.concatenate([estep.log_prob for estep in esteps])
-    joint = np.hstack([Xc, yc])
-    spread = joint.std(axis=0)
-    joint = joint / np.where(spread > 0, spread, 1.0)
-    distance = ((joint - joint[np.argmin(log_prob)]) ** 2).sum(axis=1)
-    taken = np.zeros(len(log_prob), dtype=bool)
-    taken[np.argsort(distance)[: max(1, len(log_prob) // n_components)]] = True
-    out, start = [], 0
-    for estep in esteps:
-        rows = taken[start : start + estep.resp.shape[1]]
-        start += estep.resp.shape[1]
-        resp = estep.resp.copy()
-        resp[:, rows] = 0.0
-        resp[component, rows] = 1.0
-        out.append(dataclasses.replace(estep, resp=resp))
-    return out
-
-
-def unchanged_on_failure(method):
-    """Decorate a fitting method so that a call that raises changes nothing.
-
-    The estimator's attributes are put back as they were when the call began: a fitted
-    model stays exactly as it was, an unfitted one unfitted. A shallow copy is enough,
-    since fitting replaces attributes and never writes into the arrays they hold.
-    """
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        saved = dict(self.__dict__)
-        try:
-            return method(self, *args, **kwargs)
-        except BaseException:  # an interrupt, too, leaves the model as it was
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
-    return wrapper
-
-
-# Largest squared norm of a row that online EM takes: its statistics hold products of
-# two squared norms, which stay finite in float64 below it.
-MAX_SQUARED_NORM = float(np.sqrt(np.finfo(np.float64).max))
-
-
-def _check_batch_magnitude(X, y):
-    """Refuse a batch whose rows are too large for EM's statistics in float64."""
-    for name, values in (("X", X), ("y", y)):
-        with np.errstate(over="ignore"):
-            squared = np.einsum("ij,ij->i", values, values, dtype=np.float64)
-        bad = np.flatnonzero(~(squared <= MAX_SQUARED_NORM))
-        if bad.size:
-            raise ValueError(
-                f"{name} has {bad.size} row(s) too large for EM in float64 (the first, "
-                f"row {bad[0]}, has squared norm {squared[bad[0]]:.3g} > "
-                f"{MAX_SQUARED_NORM:.3g}): rescale the data or drop those rows."
-            )
-
-
-def _all_finite(params):
-    return all(value is None or np.all(np.isfinite(value))
-               for value in (getattr(params, field.name)
-                             for field in dataclasses.fields(params)))
-
-
-class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstimator):
+class GLLiMRegressor(PredictiveMixin, OnlineEMMixin, InputsMixin, _engine.EMMixin,
+                     RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
     GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
@@ -405,91 +322,6 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
         return tags
 
     # ------------------------------------------------------------------ validation
-    def _check_sizes(self, n_samples, n_features, n_targets):
-        """The checks of the training data's shape (numpy or dask arrays)."""
-        n, D, L = n_samples, n_features, n_targets
-        if L > D:
-            raise ValueError(
-                f"y has {L} columns but X has only {D} features: GLLiM regresses a "
-                "low-dimensional target from high-dimensional features (n_targets <= "
-                "n_features)."
-            )
-        if L + self.n_latent > D:
-            raise ValueError(
-                f"n_targets + n_latent = {L} + {self.n_latent} exceeds n_features = {D}."
-            )
-        if self.n_components > n:
-            raise ValueError(
-                f"n_components={self.n_components} must be <= n_samples={n}."
-            )
-
-    @staticmethod
-    def _check_spread(name, spread):
-        """With ``reg_covar=0``, refuse constant columns (``spread``: max - min per column)."""
-        constant = np.flatnonzero(spread == 0)
-        if constant.size:
-            raise ValueError(
-                f"{name} has constant column(s) {constant[:10].tolist()}: with "
-                "reg_covar=0 their variance is zero and the likelihood infinite. "
-                "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
-            )
-
-    def _validate_training_data(self, X, y):
-        if y is not None:
-            # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
-            check_array(y, accept_sparse=False, ensure_2d=False, dtype=None,
-                        ensure_all_finite=False, ensure_min_samples=0, input_name="y")
-        xp = _input_namespace(X)
-        if xp is not np:  # y follows X to its namespace and device
-            y = move_to(_input_array(y), xp=xp, device=array_device(X))
-        X, y = validate_data(
-            self, X, y, dtype=[xp.float64, xp.float32], multi_output=True, y_numeric=True,
-            ensure_min_samples=2,
-        )
-        xp = array_namespace(X)
-        y = np.asarray(y) if xp is np else y
-        self._y_ndim = y.ndim
-        y2 = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
-        self._check_sizes(*X.shape, y2.shape[1])
-        if self.reg_covar == 0:
-            for name, values in (("X", X), ("y", y2)):
-                self._check_spread(name, to_numpy(xp.max(values, axis=0)
-                                                  - xp.min(values, axis=0)))
-        if xp is np:  # numpy fits run in float64
-            return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
-        return X, xp.astype(y2, X.dtype)
-
-    def _structure(self, n_features, n_targets):
-        """The settings that shape the parameters: a warm start needs all of them equal."""
-        return {
-            "n_components": self.n_components, "n_latent": self.n_latent,
-            "covariance_type": self.covariance_type,
-            "target_covariance_type": self.target_covariance_type,
-            "n_features": n_features, "n_targets": n_targets,
-        }
-
-    def _check_structure_unchanged(self, method):
-        """Raise when a setting that shapes the parameters changed since the fit: ``method``
-        continues the fitted parameters, which cannot take the new setting."""
-        fitted = self._fitted_structure
-        changed = [f"{name}={getattr(self, name)!r} (fitted with {fitted[name]!r})"
-                   for name in ("n_components", "n_latent", "covariance_type",
-                                "target_covariance_type")
-                   if getattr(self, name) != fitted[name]]
-        if changed:
-            raise ValueError(
-                f"{method} continues the fitted model, but {', '.join(changed)} changed "
-                f"since the fit. Call fit to start over with the new settings, or set them "
-                f"back."
-            )
-
-    def _can_warm_start(self, n_features, n_targets):
-        """Whether ``fit`` continues from the previous parameters (see ``warm_start``)."""
-        return (
-            self.warm_start and hasattr(self, "_params")
-            and getattr(self, "_fitted_structure", None)
-            == self._structure(n_features, n_targets)
-        )
 
     @contextmanager
     def _singular_covariances_reported(self):
@@ -514,84 +346,6 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
             "EM reached a singular or non-finite covariance; the data may contain extreme "
             "values or many identical samples. Standardise X and y, or increase reg_covar."
         )
-
-    def _check_resp(self, resp, n_samples, name="resp_init"):
-        """Validated responsibilities (n_samples, n_components), rows normalised (numpy)."""
-        resp = to_numpy(resp)
-        if np.ndim(resp) != 2:
-            raise ValueError(
-                f"{name} must be a 2-D array of shape (n_samples, n_components), got "
-                f"an array with {np.ndim(resp)} dimension(s)."
-            )
-        resp = check_array(resp, dtype=np.float64, input_name=name)
-        if resp.shape != (n_samples, self.n_components):
-            raise ValueError(
-                f"{name} has shape {resp.shape}; expected (n_samples, n_components) = "
-                f"({n_samples}, {self.n_components})."
-            )
-        if (resp < 0).any():
-            raise ValueError(f"{name} has negative entries; responsibilities are >= 0.")
-        totals = resp.sum(axis=1, keepdims=True)
-        if (totals <= 0).any():
-            raise ValueError(f"{name} has rows that sum to 0; each row needs mass.")
-        return resp / totals
-
-    def _check_namespace(self, X, method):
-        """Refuse X of another namespace or device than the fitted attributes, saying how
-        to bring the two together (scikit-learn's check names a private function, and
-        with dispatch off it checks nothing)."""
-        fitted_numpy = isinstance(self.weights_, np.ndarray)
-        X_numpy = _input_namespace(X) is np  # computed with numpy (dispatch off, or numpy)
-        if fitted_numpy and X_numpy:
-            return
-        if not (fitted_numpy or X_numpy):
-            if (array_namespace(X) is array_namespace(self.weights_)
-                    and array_device(X) == array_device(self.weights_)):
-                return
-        # The first sentence is scikit-learn's (its estimator checks look for it).
-        same = (f"Inputs passed to {type(self).__name__}.{method}() must use the same "
-                "namespace and the same device as those passed to fit(): ")
-        move = "move the model to the namespace and device of X with gllim_sk.move_model(model, X)."
-        if fitted_numpy:
-            raise ValueError(
-                f"{same}the model was fitted on numpy arrays, and X is a "
-                f"{_array_kind(X)}. Pass numpy arrays, or {move}"
-            )
-        fitted = _array_kind(self.weights_, plural=True)
-        if get_config()["array_api_dispatch"]:
-            got, how = f"a {_array_kind(X)}", ""
-        else:
-            got = "read as numpy (Array API dispatch is off)"
-            how = " with sklearn.set_config(array_api_dispatch=True)"
-        raise ValueError(
-            f"{same}the model was fitted on {fitted}, and X is {got}. Pass {fitted}{how}, "
-            f"or {move}"
-        )
-
-    def _check_X(self, X, method="predict"):
-        check_is_fitted(self)
-        self._check_namespace(X, method)
-        xp = _input_namespace(X)
-        X = validate_data(self, X, dtype=[xp.float64, xp.float32], reset=False)
-        return X, X.dtype
-
-    def _check_y(self, y, n_samples=None):
-        xp = _input_namespace(self.weights_)
-        if xp is not np:
-            y = move_to(_input_array(y), xp=xp, device=array_device(self.weights_))
-        y = check_array(y, ensure_2d=False, dtype=xp.float64, input_name="y")
-        xp = array_namespace(y)
-        if y.ndim == 1:
-            y = xp.reshape(y, (-1, 1))
-        if y.ndim != 2 or y.shape[1] != self.n_targets_:
-            raise ValueError(
-                f"y has shape {y.shape}; expected {self.n_targets_} target column(s)."
-            )
-        if n_samples is not None and y.shape[0] != n_samples:
-            raise ValueError(
-                f"X and y have inconsistent numbers of samples: {n_samples} and {y.shape[0]}."
-            )
-        return y - xp.asarray(self.target_mean_, device=array_device(y))
 
     # ------------------------------------------------------------------ fitting
     # The EM model class; a variant estimator (StudentGLLiMRegressor) names its subclass.
@@ -782,126 +536,6 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
         """The noise and target floors: ``reg_covar`` times the data's variance scales."""
         return self.reg_covar * variance_scale(X), self.reg_covar * variance_scale(y)
 
-    @unchanged_on_failure
-    def partial_fit(self, X, y):
-        """Update the model with one batch of samples by online (stepwise) EM.
-
-        Online EM (Cappé and Moulines, 2009) keeps a running average of the sufficient
-        statistics per sample: each call runs the E-step of its batch under the current
-        parameters, blends the batch's statistics in with step size
-        ``(learning_offset + t) ** -learning_decay`` at the t-th update, and runs the
-        M-step of the blend. A component whose weight has fallen below a tenth of the
-        uniform ``1 / n_components`` is re-seeded (one per call): in that batch it takes
-        the ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the
-        sample of least likelihood, which stops a vanished component from staying wasted
-        while two clusters share another. The first call on an unfitted model initialises
-        from its batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
-        the data by the batch's means, takes the unit of the relative ``reg_covar`` from
-        the batch's variances and makes the first statistics; on a model fitted by ``fit``
-        it starts from the fitted parameters (and keeps the fit's centring and floors).
-        ``max_iter``, ``tol``, ``n_init`` and ``warm_start`` do not apply, and the settings
-        that shape the parameters (``n_components``, ``n_latent``, ``covariance_type``,
-        ``target_covariance_type``) cannot change between calls (a ``ValueError`` says so;
-        ``fit`` starts over with new ones).
-
-        Prefer :meth:`fit` (exact EM, on numpy or dask arrays) when the samples can be
-        passed over repeatedly: it reaches the maximum-likelihood fit. Prefer
-        ``partial_fit`` for a stream, for data read once, or when one pass must do: every
-        sample is seen once, each batch costs one E-step, and one pass comes close to the
-        batch fit (see the "Scaling up" page of the documentation for measured numbers).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            A batch of features.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Its targets.
-
-        Returns
-        -------
-        self : GLLiMRegressor
-            The updated estimator.
-        """
-        # Every call, not only the first (scikit-learn's _fit_context validates a
-        # partial_fit once): set_params may have changed them since.
-        self._validate_params()
-        if _input_namespace(X, y) is not np:
-            raise TypeError(
-                "partial_fit runs on numpy arrays only (online EM keeps its statistics on "
-                "the host); under Array API dispatch, fit takes arrays of other libraries. "
-                "Pass numpy arrays to partial_fit."
-            )
-        if hasattr(self, "weights_") and not isinstance(self.weights_, np.ndarray):
-            raise TypeError(
-                "partial_fit runs on numpy arrays only, and this model was fitted on "
-                f"{type(self.weights_).__module__.split('.')[0]} arrays: move it to numpy "
-                "first, with gllim_sk.move_model(model, X) for numpy X."
-            )
-        if hasattr(self, "_params"):
-            self._check_structure_unchanged("partial_fit")
-        first = not hasattr(self, "_online_stats")
-        if first and not hasattr(self, "_params"):
-            X, y = self._validate_training_data(X, y)
-            _check_batch_magnitude(X, y)
-            self.n_targets_ = y.shape[1]
-            self.feature_mean_, self.target_mean_ = X.mean(axis=0), y.mean(axis=0)
-            # reg_covar is relative to the variances of this first batch.
-            self._reg_floors = self._relative_floors(X, y)
-        else:
-            X, _ = self._check_X(X)
-            y = self._check_y(y, X.shape[0]) + self.target_mean_
-            _check_batch_magnitude(X, y)
-        Xc = X.astype(np.float64) - self.feature_mean_
-        yc = y - self.target_mean_
-        if first:
-            self._online_var_floor = (LATENT_NOISE_FLOOR * Xc.var(axis=0)
-                                      if self.n_latent > 0 else None)
-        model = self._em_model(self._online_var_floor)
-        work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        with (_engine.make_executor(X.shape[0], work) as executor,
-              self._singular_covariances_reported()):
-            problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc), Xc, yc)
-            if first and not hasattr(self, "_params"):
-                self._params = self._start_params(problem, check_random_state(
-                    self.random_state))
-            esteps, stats, bound, latent_cov = _engine.e_step(
-                model, executor, problem.blocks, self._params)
-            n_batch = X.shape[0]
-            step = 1.0 if first else (self.learning_offset + self.n_batch_iter_) ** (
-                -self.learning_decay)
-            if not first:
-                # A component whose weight fell below a tenth of the uniform 1/K is
-                # re-seeded: it takes the neighbourhood of the batch's worst-explained
-                # sample, instead of staying wasted while other components share clusters.
-                dead = np.flatnonzero(self._online_stats.resp_mass
-                                      < DEAD_COMPONENT_WEIGHT / self.n_components)
-                if dead.size:
-                    esteps = _reseeded(esteps, dead[0], Xc, yc, self.n_components)
-                    stats = _engine.stats_of(model, executor, problem.blocks, esteps,
-                                             latent_cov)
-            batch = stats * (1.0 / n_batch)  # statistics per sample
-            blend = batch if first else self._online_stats * (1.0 - step) + batch * step
-            # The M-step of the blend at the batch's scale; components that emptied get
-            # the batch's moments of all samples, as in EM.
-            empty = blend.mass * n_batch < gm.EMPTY_COMPONENT_MASS
-            m_step_stats = blend
-            if empty.any():
-                filled = _engine.stats_of(model, executor, problem.blocks, esteps, latent_cov,
-                                          fill=empty) * (1.0 / n_batch)
-                m_step_stats = filled if first else (self._online_stats * (1.0 - step)
-                                                     + filled * step)
-            params = model.m_step(m_step_stats * n_batch)
-        if not (_all_finite(params) and np.isfinite(bound)):
-            raise ValueError(
-                "Online EM produced non-finite parameters; the batch may contain extreme "
-                "values. Standardise X and y, or increase reg_covar."
-            )
-        self._online_stats = blend
-        self.n_batch_iter_ = 1 if first else self.n_batch_iter_ + 1
-        self.lower_bound_ = bound  # the batch's mean log-likelihood before its update
-        self._set_params_from(params)
-        return self
-
     def _fit_dask(self, X, y):
         """EM over dask arrays: the blocks stay on dask's workers (see ``_fit``)."""
         import dask
@@ -1019,28 +653,6 @@ class GLLiMRegressor(PredictiveMixin, _engine.EMMixin, RegressorMixin, BaseEstim
         for name, value in vars(self).items():
             setattr(new, name, convert(value))
         return new
-
-    def _check_feature_noise(self, n_samples, feature_noise_var, feature_noise_cov):
-        """Validated observation noise: (variances (1 or n, D) or None, covariance or None)."""
-        if feature_noise_var is None and feature_noise_cov is None:
-            return None, None
-        if feature_noise_var is not None and feature_noise_cov is not None:
-            raise ValueError("Give feature_noise_var or feature_noise_cov, not both.")
-        D = self.n_features_in_
-        if feature_noise_var is not None:
-            var = np.asarray(feature_noise_var, dtype=np.float64)
-            if var.ndim == 0:
-                var = np.full((1, D), float(var))
-            elif var.ndim == 1 and var.shape == (D,):
-                var = var[None]
-            elif var.shape != (n_samples, D):
-                raise ValueError(
-                    f"feature_noise_var must be a scalar, ({D},) or (n_samples, {D}) = "
-                    f"({n_samples}, {D}); got shape {var.shape}."
-                )
-            return check_noise_variances(var, "feature_noise_var", positive=False), None
-        return None, check_noise_matrix(feature_noise_cov, D, "feature_noise_cov",
-                                        definite=False)
 
     def _noisy_forward_terms(self, X, method, feature_noise_var, feature_noise_cov):
         """With observation noise: unnormalised log gating terms log pi_k p(x | k) (K, n),

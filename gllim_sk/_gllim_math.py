@@ -53,6 +53,8 @@ from ._compat import (
 )
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+# Smallest noise variance of the latent model, relative to the feature's variance.
+LATENT_NOISE_FLOOR = 1e-5
 # Components whose total responsibility falls below this many samples are "empty".
 EMPTY_COMPONENT_MASS = 1e-8
 # Responsibilities below exp(-300) relative to a sample's largest are raised to it: they

@@ -124,14 +124,9 @@ class PredictiveMixin:
         ----------
         X : array-like of shape (n_samples, n_features)
             Features.
-        feature_noise_var : float or array-like of shape (n_features,) or \
-(n_samples, n_features), default=None
-            Variances of known measurement noise on the features, shared or per sample:
-            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
-            guide, "Observation noise").
-        feature_noise_cov : array-like of shape (n_features, n_features), default=None
-            A full noise covariance S shared by all samples (instead of
-            ``feature_noise_var``).
+        feature_noise_var, feature_noise_cov : array-like, default=None
+            Known observation noise on the features, as in :meth:`predict` (the
+            Student model takes none).
 
         Returns
         -------
@@ -141,9 +136,11 @@ class PredictiveMixin:
             Component means A*_k x + b*_k.
         covariances : ndarray of shape (n_components, n_targets, n_targets)
             Component covariances Sigma*_k (they do not depend on x); with observation
-            noise they do, and the shape is (n_samples, n_components, n_targets,
-            n_targets). On a dask X the weights and means are lazy dask arrays, and the
-            covariances an in-memory array (a dask array with observation noise).
+            noise, and for the Student model (whose t components have covariance
+            ``inf`` where it does not exist), they do, and the shape is (n_samples,
+            n_components, n_targets, n_targets). On a dask X the weights and means are
+            lazy dask arrays, and the covariances an in-memory array (a dask array when
+            they depend on x).
         """
         if (feature_noise_var is not None or feature_noise_cov is not None
                 or self._per_sample_covariances):
