@@ -181,10 +181,7 @@ class PredictiveMixture:
         components whose covariance does not exist)."""
         if self.dof is None:
             return self.scales
-        factor = t_covariance_factor(self.dof)
-        if factor.ndim == 1:
-            factor = factor[None]
-        return self.scales * factor[..., None, None]
+        return self.scales * t_covariance_factor(self.dof)[..., None, None]
 
     def moments(self):
         """Mean (n, L) and covariance (n, L, L) of each row's mixture."""

@@ -397,7 +397,6 @@ def _proposal_moments(mixture):
         return mean, cov, cov
     factor = t_covariance_factor(mixture.dof)
     factor = np.where(np.isfinite(factor), factor, 1.0)
-    factor = factor[None] if factor.ndim == 1 else factor
     metric = PredictiveMixture(mixture.log_weights, mixture.means,
                                mixture.scales * factor[..., None, None], None,
                                mixture.dtype).moments()[1]
