@@ -643,6 +643,8 @@ class GLLiMRegressor(PredictiveMixin, OnlineEMMixin, InputsMixin, _engine.EMMixi
         by ``converter`` (the hook of scikit-learn's conversion of estimators, which
         :func:`move_model` uses)."""
         def convert(value):
+            if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+                return value  # feature names stay numpy
             if hasattr(value, "__dlpack__") or isinstance(value, (np.ndarray, np.generic)):
                 return converter(value)
             if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -325,3 +325,18 @@ def test_array_api_solves_catch_linear_algebra_errors_only(monkeypatch):
         calls.clear()
         with pytest.raises(type(error)):
             gm._solve_scaled_moments(S, M)
+
+
+def test_move_model_keeps_feature_names_on_the_host():
+    torch = torch_on_device()
+    pd = pytest.importorskip("pandas")
+    from gllim_sk import move_model
+
+    X, y, resp = standardised_data(seed=8)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(frame, y)
+    moved = move_model(model, tensor(torch, X[:1]))
+    assert isinstance(moved.weights_, torch.Tensor)
+    assert list(moved.feature_names_in_) == list(frame.columns)
+    back = move_model(moved, X)
+    assert_allclose(back.predict(frame), model.predict(frame), rtol=1e-12)
