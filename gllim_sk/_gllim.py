@@ -635,7 +635,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             subset = self._rows_problem(problem, rows, stack)
             scored = self._rows_problem(problem, held_out, stack)
             (bounds, params, n_iter, _), score = _init.best_start(
-                lambda i: self._em_initial_params(subset, random_state),
+                lambda i: self._em_initial_params(
+                    subset, random_state, init_params=_init.candidate_kind(self.init_params, i)),
                 # The runs on the subset are the initialisation's, whatever max_iter
                 # (which counts the iterations on all samples).
                 lambda params: self._run_em(subset, params, time(),
