@@ -634,6 +634,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         with ExitStack() as stack:
             subset = self._rows_problem(problem, rows, stack)
             scored = self._rows_problem(problem, held_out, stack)
+            target_var = _init.target_variances(scored.executor, scored.blocks)
             (bounds, params, n_iter, _), score = _init.best_start(
                 lambda i: self._em_initial_params(
                     subset, random_state, init_params=_init.candidate_kind(self.init_params, i)),
@@ -642,10 +643,10 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                 lambda params: self._run_em(subset, params, time(),
                                             max_iter=_init.CANDIDATE_MAX_ITER),
                 lambda params: _init.prediction_score(scored.model, scored.executor,
-                                                      scored.blocks, params),
+                                                      scored.blocks, params, target_var),
                 n_candidates,
             )
-        self._print(1, f"  best of {n_candidates} starts: R^2 sum {score:.5f} on "
+        self._print(1, f"  best of {n_candidates} starts: score {score:.5f} on "
                        f"{len(held_out)} other samples, lower bound {bounds[-1]:.5f} after "
                        f"{n_iter} iteration(s) on {len(rows)} samples")
         return params

@@ -42,7 +42,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from . import _engine
 from . import _gllim_math as gm
-from ._compat import array_namespace, to_numpy
+from ._compat import array_device, array_namespace, to_numpy
 
 # EM iterations of the Gaussian mixture on y that refines k-means: the GLLiM EM that
 # follows refines the responsibilities anyway.
@@ -222,20 +222,40 @@ def candidate_rows(n_samples, n_candidates, n_components, random_state):
     return np.sort(order[:n_rows]), np.sort(order[n_rows:2 * n_rows])
 
 
-def prediction_score(model, executor, blocks, params):
-    """How well the parameters ``params`` predict the targets of ``blocks``: the sum over
-    targets of R^2 of E[y | x] (the mean of the forward mixture), at most L.
+def target_variances(executor, blocks):
+    """The variance of each target over the samples of ``blocks`` (L,)."""
+    def block_sums(block):
+        xp = array_namespace(block.y)
+        y = xp.astype(block.y, xp.float64)
+        sums = [xp.sum(y, axis=0), xp.sum(y**2, axis=0)]
+        return None, np.stack([np.asarray(to_numpy(part), dtype=np.float64) for part in sums])
 
-    This, not the likelihood, chooses among the short runs: the joint likelihood of
-    (x, y) is dominated by the D features, and on real features (HOG, CNN activations)
-    a partition that clusters the features (people, lighting) can reach a higher
+    _, (total, squares) = executor.map_reduce(block_sums, blocks)
+    n = sum(executor.sizes(blocks))
+    return np.maximum(squares / n - (total / n) ** 2, 0.0)
+
+
+def prediction_score(model, executor, blocks, params, target_var):
+    """How well the parameters ``params`` predict the targets of ``blocks``, at most L:
+
+    ``L - mean_n sum_l rho(e_nl^2 / target_var_l)`` with ``rho(u) = u / (1 + u)``, where
+    ``e`` is the error of E[y | x] (the mean of the forward mixture). Where the errors
+    are small against the targets' spread this is the sum over targets of R^2; rho
+    bounds what one sample can weigh, so that a few outlying samples (corrupted
+    features, which the Student model exists for) cannot decide the choice.
+
+    This, not the likelihood, chooses among the runs: the joint likelihood of (x, y) is
+    dominated by the D features, and on real features (HOG, CNN activations) a
+    partition that clusters the features (people, lighting) can reach a higher
     likelihood than one that follows the targets while predicting them much worse.
     """
     fwd = model.forward(params)
     # The Student model's gating weights are those of t densities.
     student_terms = getattr(model, "student_forward_terms", None)
+    # A constant target is predicted perfectly by every start.
+    inv_var = np.where(target_var > 0, 1.0 / np.where(target_var > 0, target_var, 1.0), 0.0)
 
-    def block_sums(block):
+    def block_sum(block):
         xp = array_namespace(block.Xc)
         if student_terms is not None:
             log_nu, means, _ = student_terms(block.Xc, fwd, params.alpha)
@@ -243,16 +263,14 @@ def prediction_score(model, executor, blocks, params):
             log_nu, means = model.forward_mixture(block.Xc, fwd)
         y = xp.astype(block.y, xp.float64)
         error = y - xp.sum(xp.exp(log_nu)[:, :, None] * xp.astype(means, xp.float64), axis=1)
-        sums = [xp.sum(error**2, axis=0), xp.sum(y, axis=0), xp.sum(y**2, axis=0)]
-        return None, np.stack([np.asarray(to_numpy(part), dtype=np.float64) for part in sums])
+        u = error**2 * xp.asarray(inv_var, dtype=xp.float64, device=array_device(y))
+        return None, np.asarray(to_numpy(xp.sum(u / (1.0 + u))), dtype=np.float64)
 
-    _, (squared_error, total, squares) = executor.map_reduce(block_sums, blocks)
+    _, loss = executor.map_reduce(block_sum, blocks)
     n = sum(executor.sizes(blocks))
-    spread = squares - total**2 / n
-    if not np.all(np.isfinite(squared_error)):
+    if not np.isfinite(loss):
         return -np.inf
-    # A constant target (no spread) is predicted perfectly by every start.
-    return float(np.sum(1.0 - squared_error / np.where(spread > 0, spread, np.inf)))
+    return float(len(target_var) - loss / n)
 
 
 def candidate_kind(init_params, i):

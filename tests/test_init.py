@@ -43,20 +43,28 @@ def test_candidate_rows_are_disjoint_subsets():
 
 @pytest.mark.parametrize("estimator", [GLLiMRegressor, StudentGLLiMRegressor])
 @pytest.mark.parametrize("n_latent", [0, 1])
-def test_prediction_score_is_the_sum_of_r2_of_predict(gllim_ref, estimator, n_latent):
+def test_prediction_score_of_the_errors_of_predict(gllim_ref, estimator, n_latent):
     X, y = make_data(gllim_ref)
     model = estimator(3, n_latent=n_latent, init_candidates=1, max_iter=20,
                       random_state=0).fit(X[:1000], y[:1000])
-    X_new, y_new = X[1000:], y[1000:]
+    X_new, y_new = X[1000:].copy(), y[1000:]
+    X_new[:50] *= 10  # outliers: their weight in the score is bounded
     em_model = model._em_model(fitted=True)
     executor = _engine.SerialExecutor()
     # Centred as in the fit, in two blocks: the sums add up over blocks.
     Xc, yc = X_new - model.feature_mean_, y_new - model.target_mean_
     blocks = executor.blocks(em_model, Xc[:400], yc[:400]) + executor.blocks(
         em_model, Xc[400:], yc[400:])
-    score = _init.prediction_score(em_model, executor, blocks, model._params)
-    expected = r2_score(y_new, model.predict(X_new), multioutput="raw_values").sum()
-    assert_allclose(score, expected, rtol=1e-10)
+    target_var = _init.target_variances(executor, blocks)
+    assert_allclose(target_var, y_new.var(axis=0), rtol=1e-12)
+    score = _init.prediction_score(em_model, executor, blocks, model._params, target_var)
+    u = (y_new - model.predict(X_new)) ** 2 / y_new.var(axis=0)
+    assert_allclose(score, 2 - np.mean(np.sum(u / (1 + u), axis=1)), rtol=1e-10)
+    # Without outliers and with small errors, about the sum over targets of R^2.
+    clean = _init.prediction_score(em_model, executor, executor.blocks(
+        em_model, Xc[50:], yc[50:]), model._params, y_new[50:].var(axis=0))
+    r2 = r2_score(y_new[50:], model.predict(X_new[50:]), multioutput="raw_values").sum()
+    assert r2 <= clean < r2 + 0.1 * (2 - r2)  # u / (1 + u) <= u
 
 
 def test_the_start_that_predicts_best_continues(gllim_ref, monkeypatch):
