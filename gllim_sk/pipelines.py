@@ -163,7 +163,7 @@ def make_hog_ir(n_components=50, *, n_latent=4, scales=DEFAULT_SCALES, n_jobs=No
         the angles. On p-HOG features that start predicted better than the best of
         several starts run on subsets of the samples (GLLiMRegressor's default): on
         6,400 synthetic heads (K = 20, seeds 0-4) 5.23 +- 0.02 degrees mean error
-        against 5.33 +- 0.10. (On the Table 1 script's 1,600 training heads the default
+        against 5.43 +- 0.05. (On the Table 1 script's 1,600 training heads the default
         is one start anyway: fewer than 200 samples per component.)
 
     Returns
