@@ -646,7 +646,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                                                       scored.blocks, params, target_var),
                 n_candidates,
             )
-        self._print(1, f"  best of {n_candidates} starts: score {score:.5f} on "
+        self._print(1, f"  best of up to {n_candidates} starts: score {score:.5f} on "
                        f"{len(held_out)} other samples, lower bound {bounds[-1]:.5f} after "
                        f"{n_iter} iteration(s) on {len(rows)} samples")
         return params
