@@ -16,8 +16,8 @@ call and the deep GLLiM layer's initial mixture all start here, with the constan
   - *runs to convergence, not short runs*: from a partition of y, EM on badly separated
     components is slow, and after 10 iterations it is still far below the runs that are
     stuck in a poor optimum but got there fast (K = 20, badly separated, seeds 2 and 3:
-    the best after 10 iterations ended at 3.1-3.7x the oracle's error, where 1 and 4
-    of the partitions of y, continued, reached it);
+    the best after 10 iterations ended at 3.7x and 3.1x the oracle's error, where 4
+    and 1 of the partitions of y, continued, reached it);
   - *prediction, not likelihood*: on real features (the Table 1 p-HOG, D = 1,888),
     partitions that follow clusters of the features (people, lighting) reached a
     higher likelihood of (x, y) than partitions of the angles, and predicted them much
