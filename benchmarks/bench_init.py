@@ -9,8 +9,10 @@ Gaussian of (x, y), conditioned with a Cholesky solve), and its held-out RMSE. T
 fits, for each seed (``random_state``):
 
 * ``default``: ``GLLiMRegressor(K, covariance_type=..., n_latent=...)``, default settings
-  (``init_candidates=10``: ten short EM runs from different starting partitions on
-  subsets of the samples, the best continues on all of them);
+  (``init_candidates=10``: EM from up to ten partitions, of y and of [y, x] in turn,
+  on a tenth of the samples each, to convergence, stopping once three end at the same
+  best score; the one whose E[y | x] best predicts other samples continues on all of
+  them);
 * ``single``: the same with ``init_candidates=1`` (one starting partition, the
   initialisation before this benchmark existed);
 

@@ -1,7 +1,7 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
 import dataclasses
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from numbers import Integral, Real
 from time import time
 
@@ -93,17 +93,20 @@ class GLLiMRegressor(PredictiveMixin, OnlineEMMixin, InputsMixin, _engine.EMMixi
         Number of initialisations; the one with the highest final likelihood is kept.
     init_candidates : int, default=10
         Starting partitions tried per initialisation. Each (drawn by ``init_params``,
-        with its own k-means seeding; with "kmeans", partitions of ``y`` alternate with
-        partitions of the joint ``[y, X]``) runs up to 10 EM iterations on a random
-        subset of the samples (``1 / init_candidates`` of them, at least 100 per
-        component), and EM continues on all samples from the one of highest
-        likelihood. One partition of ``y`` often leads EM to a poor local optimum when
-        components overlap in ``y`` or in ``X``; the short runs find the optimum far
-        more often, at a fraction of the cost of ``n_init`` full runs (measured in
-        ``benchmarks/bench_init.py``). ``init_candidates=1`` starts from one partition
-        of ``init_params`` (there is one only with ``resp_init`` or
-        ``n_components=1``). :meth:`partial_fit`'s first call starts the same way on its
-        batch.
+        with its own k-means seeding) starts EM on a random subset of the samples
+        (``1 / init_candidates`` of them, at least 100 per component) until it converges
+        (``tol``, at most 100 iterations); the one whose conditional mean E[y | x]
+        predicts the targets of as many other samples best (the sum over targets of
+        R^2) continues on all samples. One partition of ``y`` often leads EM to a poor
+        local optimum when components overlap in ``y``; the best of several finds the
+        optimum far more often, for about the cost of one more run (measured in
+        ``benchmarks/bench_init.py``). Prediction, not likelihood, chooses: on real
+        features the likelihood of (x, y) can favour partitions that follow clusters
+        of the features over the targets. Fewer partitions are tried when there are
+        fewer than ``init_candidates * 100 * n_components`` samples, and one (the
+        single start of ``init_params``) below ``200 * n_components`` samples, with
+        ``resp_init`` or with ``n_components=1``; ``init_candidates=1`` asks for it.
+        :meth:`partial_fit`'s first call starts the same way on its batch.
     init_params : {"kmeans", "kmeans_joint", "random"}, default="kmeans"
         How initial responsibilities are made: "kmeans" runs k-means on ``y`` followed by
         up to 20 EM iterations of a Gaussian mixture on ``y`` with covariances of type
@@ -375,31 +378,51 @@ class GLLiMRegressor(PredictiveMixin, OnlineEMMixin, InputsMixin, _engine.EMMixi
         return _init.initial_resp(init_params, Xc, to_numpy(y), self.n_components,
                                   self.target_covariance_type, self.reg_covar, random_state)
 
-    def _n_candidates(self):
-        """Starting partitions tried per initialisation (one when they would all agree)."""
+    def _n_candidates(self, n_samples):
+        """Starting partitions tried per initialisation (one when they would all agree;
+        fewer than ``init_candidates`` on few samples, see :func:`._init.candidate_count`)."""
         if self.resp_init is not None or self.n_components == 1:
             return 1
-        return self.init_candidates
+        return _init.candidate_count(self.init_candidates, n_samples, self.n_components)
 
     def _start_params(self, problem, random_state):
         """The parameters EM starts from: with one candidate, the first M-step from the
-        starting partition; with several, the parameters of the best (by likelihood) of
-        short EM runs from as many starting partitions, on a random subset of the
-        samples (see :mod:`._init`). Online EM starts from them too, on its first batch."""
-        n_candidates = self._n_candidates()
+        starting partition; with several, the parameters of the best of EM runs from as
+        many starting partitions on a random subset of the samples, by how well they
+        predict the targets of other samples (see :mod:`._init`). Online EM starts from
+        them too, on its first batch."""
+        n = sum(problem.executor.sizes(problem.blocks))
+        n_candidates = self._n_candidates(n)
         if n_candidates == 1:
             return self._em_initial_params(problem, random_state)
-        kinds = _init.candidate_kinds(self.init_params, n_candidates)
-        # The short runs are the initialisation's, whatever max_iter (which counts the
-        # iterations on all samples).
-        short = _init.CANDIDATE_MAX_ITER
-        n = sum(problem.executor.sizes(problem.blocks))
-        rows = _init.candidate_rows(n, n_candidates, self.n_components, random_state)
-        if rows is None:
-            return self._best_short_run(problem, random_state, kinds, short)
+        rows, held_out = _init.candidate_rows(n, n_candidates, self.n_components,
+                                              random_state)
+        with ExitStack() as stack:
+            subset = self._rows_problem(problem, rows, stack)
+            scored = self._rows_problem(problem, held_out, stack)
+            target_var = _init.target_variances(scored.executor, scored.blocks)
+            (bounds, params, n_iter, _), score = _init.best_start(
+                lambda i: self._em_initial_params(
+                    subset, random_state, init_params=_init.candidate_kind(self.init_params, i)),
+                # The runs on the subset are the initialisation's, whatever max_iter
+                # (which counts the iterations on all samples).
+                lambda params: self._run_em(subset, params, time(),
+                                            max_iter=_init.CANDIDATE_MAX_ITER),
+                lambda params: _init.prediction_score(scored.model, scored.executor,
+                                                      scored.blocks, params, target_var),
+                n_candidates,
+            )
+        self._print(1, f"  best of up to {n_candidates} starts: score {score:.5f} on "
+                       f"{len(held_out)} other samples, lower bound {bounds[-1]:.5f} after "
+                       f"{n_iter} iteration(s) on {len(rows)} samples")
+        return params
+
+    def _rows_problem(self, problem, rows, stack):
+        """The EM problem of the samples ``rows`` of ``problem``, in the data's namespace
+        (a dask subset stays on the workers); its executor is entered on ``stack``."""
         Xc, y = problem.Xc, problem.y
         work = len(rows) * Xc.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        if _dask.any_dask_array(Xc):  # the subset stays on the workers too
+        if _dask.any_dask_array(Xc):
             Xc, y = _dask.take_rows(Xc, rows), _dask.take_rows(y, rows)
             executor = _engine.DaskExecutor()
         else:
@@ -410,20 +433,9 @@ class GLLiMRegressor(PredictiveMixin, OnlineEMMixin, InputsMixin, _engine.EMMixi
                 index = xp.asarray(rows, device=array_device(Xc))
                 Xc, y = xp.take(Xc, index, axis=0), xp.take(y, index, axis=0)
             executor = _engine.make_executor(len(rows), work, xp)
+        stack.enter_context(executor)
         model = problem.model
-        with executor:
-            subset = _engine.EMProblem(model, executor, executor.blocks(model, Xc, y), Xc, y)
-            return self._best_short_run(subset, random_state, kinds, short)
-
-    def _best_short_run(self, problem, random_state, kinds, max_iter):
-        bounds, params, n_iter, _ = _init.best_start(
-            lambda i: self._em_initial_params(problem, random_state, init_params=kinds[i]),
-            lambda params: self._run_em(problem, params, time(), max_iter=max_iter),
-            len(kinds),
-        )
-        self._print(1, f"  best of {len(kinds)} starts: lower bound {bounds[-1]:.5f} after "
-                       f"{n_iter} iteration(s) on {problem.Xc.shape[0]} samples")
-        return params
+        return _engine.EMProblem(model, executor, executor.blocks(model, Xc, y), Xc, y)
 
     def _em_initial_params(self, problem, random_state, resp=None, init_params=None):
         """The first M-step, from the initial responsibilities (or ``resp`` (K, n)) of
