@@ -48,6 +48,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from gllim_sk import GLLiMRegressor
 from gllim_sk._files import atomic_write, save_figure
 from gllim_sk.datasets import make_head_poses
 from gllim_sk.deep import DeepGLLiMRegressor, DeepRegressor, pretrain_head_backbone
@@ -144,7 +145,8 @@ def fit_pair(args, weights, data, train, seed, n_components, lr_l2, lr_em):
         out["l2"] = (l2, time.perf_counter() - tic)
     if lr_em is not None:
         em = DeepGLLiMRegressor(
-            n_components, embedding_dim=args.embedding_dim,
+            gllim=GLLiMRegressor(n_components, covariance_type="tied_spherical"),
+            embedding_dim=args.embedding_dim,
             trainable_layers=args.trainable_layers, n_alternations=args.alternations,
             n_epochs=args.epochs, learning_rate=lr_em, **common)
         tic = time.perf_counter()
@@ -254,7 +256,7 @@ def regime_part(args, weights):
                                                      args.trainable_layers)), **common)
             else:
                 est = DeepGLLiMRegressor(
-                    2, trainable_layers=args.trainable_layers, n_alternations=args.alternations,
+                    trainable_layers=args.trainable_layers, n_alternations=args.alternations,
                     n_epochs=args.epochs, **common)
             start = time.perf_counter()
             est.fit(data.images[train], data.target[train], groups=data.subject[train])

@@ -252,8 +252,10 @@ def build_row(row, args, settings, memory):
             verbose=args.verbose,
             **vgg,
         )
+    from gllim_sk import GLLiMRegressor
+
     return deep.DeepGLLiMRegressor(
-        n_components=settings["deep_components"],
+        gllim=GLLiMRegressor(settings["deep_components"], covariance_type="tied_spherical"),
         preset=deep_preset,
         random_state=seed,
         verbose=args.verbose,

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.special import betaln, digamma, gammaln, polygamma
 from sklearn.utils.validation import check_is_fitted
 
-from . import _dask
+from . import _dask, _engine
 from . import _gllim_math as gm
 from ._compat import Interval
 from ._gllim import GLLiMRegressor, _input_namespace
@@ -683,8 +683,6 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         """The frozen E-step of the t model: the partition ``resp`` (K, n) is held, and
         EM runs on the scale weights u and the degrees of freedom (without them the
         first M-step, with u = 1, would be the Gaussian model's)."""
-        from . import _engine
-
         model, executor, blocks = problem.model, problem.executor, problem.blocks
         params = self._em_initial_params(problem, random_state, resp=resp)
         partition = _engine.responsibilities_as_esteps(executor, blocks, resp)

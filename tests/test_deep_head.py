@@ -47,13 +47,16 @@ def test_noise_precision_and_fitted_arrays(Estimator, covariance_type):
         model = Estimator(2, covariance_type=covariance_type, target_covariance_type="diag",
                           random_state=0).fit(X, y)
     prec, cov = model.noise_precision(), np.asarray(model.noise_covariances_)
+    eye = np.eye(6)
     for k in range(2):
-        dense = {"diag": lambda: np.diag(cov[k]), "full": lambda: cov[k],
-                 "spherical": lambda: cov[k] * np.eye(6), "tied": lambda: cov,
-                 "tied_diag": lambda: np.diag(cov), "tied_spherical": lambda: cov * np.eye(6)}
+        dense = {"diag": np.diag(cov[k]) if cov.ndim == 2 else None,
+                 "full": cov[k] if cov.ndim == 3 else None,
+                 "spherical": cov[k] * eye if cov.ndim == 1 else None,
+                 "tied": cov if cov.ndim == 2 else None,
+                 "tied_diag": np.diag(cov) if cov.ndim == 1 else None,
+                 "tied_spherical": cov * eye if cov.ndim == 0 else None}[covariance_type]
         dense_prec = prec[k] if prec.ndim == 3 else np.diag(prec[k])
-        np.testing.assert_allclose(dense_prec @ dense[covariance_type](), np.eye(6),
-                                   atol=1e-8)
+        np.testing.assert_allclose(dense_prec @ dense, eye, atol=1e-8)
     # Rebuilt from its parameters and public arrays only: the same model.
     arrays = model.get_fitted_arrays()
     assert all(isinstance(v, (np.ndarray, int, float, bool)) for v in arrays.values())
@@ -176,6 +179,17 @@ def test_checkpoint_of_a_student_head_resumes_in_another_process(blobs, tmp_path
                       n_alternations=3).fit(images, y)
     np.testing.assert_allclose(np.load(tmp_path / "pred3.npy"), full.predict(images),
                                rtol=1e-6)
+
+
+def test_the_deep_code_calls_nothing_private_of_its_head():
+    import re
+
+    import gllim_sk.deep
+
+    # An attribute of a head (gllim, gllim_, head, _head...) that starts with "_".
+    private = re.compile(r"\b(gllim_?|head|_head)\._")
+    for path in Path(gllim_sk.deep.__file__).parent.glob("*.py"):
+        assert not private.findall(path.read_text()), path
 
 
 # ----------------------------------------------------------------------------- history

@@ -195,12 +195,29 @@ class PrintLog(Callback):
 
 
 class LRSchedule(Callback):
-    """Learning rate ``initial * decay ** (epoch // every)``, ``epoch`` counted over the fit."""
+    """Learning rate ``initial * decay ** ((epoch - 1) // every)`` of epoch ``epoch``.
+
+    :class:`DeepRegressor` runs one from its ``learning_rate``, ``lr_decay`` and
+    ``lr_decay_every``; one passed in ``callbacks`` runs after it and overrides it. It
+    needs per-epoch rows (not :class:`DeepGLLiMRegressor`'s alternations).
+
+    Parameters
+    ----------
+    initial : float
+    decay : float, default=1.0
+    every : int, default=1
+    """
 
     def __init__(self, initial, decay=1.0, every=1):
         self.initial, self.decay, self.every = initial, decay, every
 
     def on_epoch_begin(self, estimator, record, optimizer):
+        if optimizer is None:
+            raise TypeError(
+                f"LRSchedule sets the learning rate of each epoch's optimizer; "
+                f"{type(estimator).__name__} runs callbacks per alternation, without one: "
+                "set its learning_rate instead."
+            )
         lr = self.initial * self.decay ** ((record["epoch"] - 1) // self.every)
         for group in optimizer.param_groups:
             group["lr"] = lr
