@@ -178,6 +178,8 @@ def run(args):
                        "seconds": seconds, "n_corrupted": int(bad.sum())}
                 if w is not None:
                     row.update(weights_corrupted=w[bad].tolist(), weights_clean=w[~bad].tolist())
+                    student = (model.gllim_ if name in DEEP else model.named_steps["gllim"])
+                    row["dof"] = student.dof_.tolist()
                 if hasattr(model, "history_"):
                     row["val_curve"] = [None if v is None else float(np.mean(v))
                                         for v in model.history_[:, "val_mae"]]

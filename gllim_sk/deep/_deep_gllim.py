@@ -357,11 +357,15 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     >>> y = rng.uniform(-30, 30, size=(24, 2))
     >>> images = np.clip(rng.normal(0.5, 0.1, (24, 32, 32, 3))
     ...                  + y[:, :1, None, None] / 100, 0, 1)
-    >>> reg = DeepGLLiMRegressor(n_components=2, embedding_dim=8, input_size=32,
+    >>> from gllim_sk import StudentGLLiMRegressor
+    >>> reg = DeepGLLiMRegressor(gllim=StudentGLLiMRegressor(2, covariance_type="tied_spherical"),
+    ...                          embedding_dim=8, input_size=32,
     ...                          n_alternations=1, n_epochs=1, validation_fraction=0.25,
     ...                          device="cpu", random_state=0).fit(images, y)
     >>> reg.predict(images[:3]).shape
     (3, 2)
+    >>> reg.history_[:, "alternation"], reg.history_[-1, "epochs", :, "epoch"]
+    ([0, 1], [1])
     >>> reg.transform(images[:3]).shape
     (3, 8)
     """
