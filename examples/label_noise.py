@@ -80,7 +80,8 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--components", type=int, default=2, help="K of the deep heads")
     parser.add_argument("--hog-components", type=int, default=20, help="K of HOG-IR")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--n-jobs", type=int, default=None, help="jobs for the HOG features")
     parser.add_argument("--output-dir", type=Path, default=Path("label_noise_output"))
     return parser.parse_args(argv)
 
@@ -103,11 +104,10 @@ def make_method(name, args, weights, seed):
     from gllim_sk.deep import DeepGLLiMRegressor, DeepRegressor
 
     if name.startswith("HOG-IR"):
-        pipe = make_hog_ir(args.hog_components, random_state=seed)
-        if name.endswith("Student"):
-            gllim = pipe.named_steps["gllim"]
-            pipe.steps[-1] = ("gllim", StudentGLLiMRegressor(**gllim.get_params()))
-        return pipe
+        # The mixture of make_hog_ir (fitted on HOG features computed once, see run).
+        gllim = make_hog_ir(args.hog_components, random_state=seed).named_steps["gllim"]
+        return StudentGLLiMRegressor(**gllim.get_params()) if name.endswith("Student") \
+            else gllim
     common = {"model": args.model, "weights": weights, "input_size": args.image_size,
               "batch_size": 32, "device": args.device, "random_state": seed,
               "learning_rate": args.learning_rate}
@@ -121,12 +121,12 @@ def make_method(name, args, weights, seed):
                               **common)
 
 
-def sample_weights(name, model, images, y):
+def sample_weights(name, model, inputs, y):
     """Sum_k p(k | x, y) E[u | x, y, k] / alpha_k of each training pair (Student heads)."""
     if name == "Student head":
-        return model.gllim_.outlier_weights(model.transform(images), y)
+        return model.gllim_.outlier_weights(model.transform(inputs), y)
     if name == "HOG-IR Student":
-        return model.named_steps["gllim"].outlier_weights(model[:-1].transform(images), y)
+        return model.outlier_weights(inputs, y)
     return None
 
 
@@ -152,6 +152,11 @@ def run(args):
                            random_state=DATA["seed"])
     splitter = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=DATA["seed"])
     train, test = next(splitter.split(data.images, groups=data.subject))
+    inputs = {"deep": (data.images[train], data.images[test])}
+    if any(m.startswith("HOG") for m in args.methods):
+        # The HOG pyramid is fixed (no parameter is learned): computed once for all fits.
+        hog = make_hog_ir(n_jobs=args.n_jobs)[:-1]
+        inputs["hog"] = (hog.fit_transform(data.images[train]), hog.transform(data.images[test]))
     weights = None
     if any(m in DEEP for m in args.methods):
         from gllim_sk.deep import pretrain_head_backbone
@@ -165,20 +170,21 @@ def run(args):
                 if (name, rate, seed) in done:
                     continue
                 model = make_method(name, args, weights, seed)
+                X_train, X_test = inputs["deep" if name in DEEP else "hog"]
                 tic = time.perf_counter()
                 if name in DEEP:
-                    model.fit(data.images[train], y_noisy, groups=data.subject[train])
+                    model.fit(X_train, y_noisy, groups=data.subject[train])
                 else:
-                    model.fit(data.images[train], y_noisy)
+                    model.fit(X_train, y_noisy)
                 seconds = time.perf_counter() - tic
-                test_mae = mae(data.target[test], model.predict(data.images[test]))
-                w = sample_weights(name, model, data.images[train], y_noisy)
+                test_mae = mae(data.target[test], model.predict(X_test))
+                w = sample_weights(name, model, X_train, y_noisy)
                 row = {"method": name, "rate": rate, "seed": seed,
                        "test_mae": test_mae.tolist(), "test_mean": float(test_mae.mean()),
                        "seconds": seconds, "n_corrupted": int(bad.sum())}
                 if w is not None:
                     row.update(weights_corrupted=w[bad].tolist(), weights_clean=w[~bad].tolist())
-                    student = (model.gllim_ if name in DEEP else model.named_steps["gllim"])
+                    student = model.gllim_ if name in DEEP else model
                     row["dof"] = student.dof_.tolist()
                 if hasattr(model, "history_"):
                     row["val_curve"] = [None if v is None else float(np.mean(v))
