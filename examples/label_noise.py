@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import GroupShuffleSplit
 
-from gllim_sk import GLLiMRegressor, StudentGLLiMRegressor
+from gllim_sk import StudentGLLiMRegressor
 from gllim_sk._files import atomic_write, save_figure
 from gllim_sk.datasets import make_head_poses
 from gllim_sk.pipelines import make_hog_ir
@@ -101,7 +101,7 @@ def corrupt(y, rate, seed):
 
 
 def make_method(name, args, weights, seed):
-    from gllim_sk.deep import DeepGLLiMRegressor, DeepRegressor
+    from gllim_sk.deep import DeepGLLiMRegressor, DeepRegressor, default_head
 
     if name.startswith("HOG-IR"):
         # The mixture of make_hog_ir (fitted on HOG features computed once, see run).
@@ -114,8 +114,11 @@ def make_method(name, args, weights, seed):
     n_epochs = args.alternations * args.epochs
     if name == "L2 head":
         return DeepRegressor(phases=((2, 0), (n_epochs, args.trainable_layers)), **common)
-    head = {"GLLiM head": GLLiMRegressor, "Student head": StudentGLLiMRegressor}[name]
-    return DeepGLLiMRegressor(gllim=head(args.components, covariance_type="tied_spherical"),
+    # Both heads with DeepGLLiMRegressor's default settings but the kind of component.
+    head = default_head(n_components=args.components)
+    if name == "Student head":
+        head = StudentGLLiMRegressor(**head.get_params())
+    return DeepGLLiMRegressor(gllim=head,
                               trainable_layers=args.trainable_layers,
                               n_alternations=args.alternations, n_epochs=args.epochs,
                               **common)
@@ -190,10 +193,10 @@ def run(args):
                     row["val_curve"] = [None if v is None else float(np.mean(v))
                                         for v in model.history_[:, "val_mae"]]
                 runs.append(row)
-                print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
-                                  for k, v in row.items()
-                                  if not k.startswith("weights") and k != "val_curve"}),
-                      flush=True)
+                shown = {k: (round(v, 3) if isinstance(v, float) else v)
+                         for k, v in row.items() if k in ("method", "rate", "seed", "test_mae",
+                                                          "test_mean", "seconds")}
+                print(json.dumps(shown), flush=True)
                 with atomic_write(path, "w", encoding="utf-8") as handle:
                     json.dump({"args": {k: str(v) for k, v in vars(args).items()},
                                "runs": runs}, handle, indent=1)

@@ -48,10 +48,14 @@ from sklearn.model_selection import GroupShuffleSplit
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gllim_sk import GLLiMRegressor
 from gllim_sk._files import atomic_write, save_figure
 from gllim_sk.datasets import make_head_poses
-from gllim_sk.deep import DeepGLLiMRegressor, DeepRegressor, pretrain_head_backbone
+from gllim_sk.deep import (
+    DeepGLLiMRegressor,
+    DeepRegressor,
+    default_head,
+    pretrain_head_backbone,
+)
 from gllim_sk.pipelines import make_vgg_ir, make_vgg_svr
 
 
@@ -145,7 +149,7 @@ def fit_pair(args, weights, data, train, seed, n_components, lr_l2, lr_em):
         out["l2"] = (l2, time.perf_counter() - tic)
     if lr_em is not None:
         em = DeepGLLiMRegressor(
-            gllim=GLLiMRegressor(n_components, covariance_type="tied_spherical"),
+            gllim=default_head(n_components=n_components),
             embedding_dim=args.embedding_dim,
             trainable_layers=args.trainable_layers, n_alternations=args.alternations,
             n_epochs=args.epochs, learning_rate=lr_em, **common)

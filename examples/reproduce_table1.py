@@ -252,10 +252,8 @@ def build_row(row, args, settings, memory):
             verbose=args.verbose,
             **vgg,
         )
-    from gllim_sk import GLLiMRegressor
-
     return deep.DeepGLLiMRegressor(
-        gllim=GLLiMRegressor(settings["deep_components"], covariance_type="tied_spherical"),
+        gllim=deep.default_head(n_components=settings["deep_components"]),
         preset=deep_preset,
         random_state=seed,
         verbose=args.verbose,

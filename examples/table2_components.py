@@ -26,7 +26,6 @@ from pathlib import Path
 
 from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
 
-from gllim_sk import GLLiMRegressor
 from gllim_sk._files import atomic_write
 from gllim_sk.datasets import make_head_poses
 from gllim_sk.metrics import angle_error_scorer, angle_errors, get_angle_scorer
@@ -89,7 +88,7 @@ def cell(values):
 
 
 def main(args):
-    from gllim_sk.deep import DeepGLLiMRegressor
+    from gllim_sk.deep import DeepGLLiMRegressor, default_head
 
     settings = PRESETS[args.preset]
     n_samples = args.n_samples or settings["n_samples"]
@@ -107,7 +106,7 @@ def main(args):
                                random_state=args.random_state)
         outer = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=args.random_state)
         train, test = next(outer.split(data.images, data.target, groups=data.subject))
-        estimator = DeepGLLiMRegressor(gllim=GLLiMRegressor(covariance_type="tied_spherical"),
+        estimator = DeepGLLiMRegressor(gllim=default_head(),
                                        preset=args.preset, weights=args.weights,
                                        input_size=settings["input_size"],
                                        embedding_dim=embedding_dim, device=args.device,

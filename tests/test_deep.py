@@ -17,6 +17,7 @@ from gllim_sk.deep import (  # noqa: E402
     DeepGLLiMRegressor,
     DeepRegressor,
     VGGFeatures,
+    default_head,
 )
 from gllim_sk.deep._backbone import Backbone, load_model, to_input_tensor  # noqa: E402
 from gllim_sk.deep._deep_gllim import (  # noqa: E402
@@ -67,7 +68,7 @@ def tiny_gllim(**params):
 
 def head(n_components=2, **params):
     """The default head of DeepGLLiMRegressor with other settings."""
-    return GLLiMRegressor(n_components, **{"covariance_type": "tied_spherical", **params})
+    return default_head(n_components=n_components, **params)
 
 
 def tiny_regressor(**params):

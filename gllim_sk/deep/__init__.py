@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where torch is a
     ) from exc
 
 from ._base import Callback, EarlyStopping, History, LRSchedule, PrintLog
-from ._deep_gllim import DeepGLLiMRegressor, mixture_regression_loss
+from ._deep_gllim import DeepGLLiMRegressor, default_head, mixture_regression_loss
 from ._features import VGGFeatures
 from ._pretrain import pretrain_head_backbone
 from ._regressor import DeepRegressor
@@ -44,6 +44,7 @@ __all__ = [
     "LRSchedule",
     "PrintLog",
     "VGGFeatures",
+    "default_head",
     "mixture_regression_loss",
     "pretrain_head_backbone",
 ]

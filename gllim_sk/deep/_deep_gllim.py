@@ -34,7 +34,7 @@ from ._base import (
 from ._features import COMMON_CONSTRAINTS
 from ._torch import _from_torch_payload, seeded
 
-__all__ = ["DeepGLLiMRegressor", "mixture_regression_loss"]
+__all__ = ["DeepGLLiMRegressor", "default_head", "mixture_regression_loss"]
 
 # Settings that a ``preset`` fills in for parameters left at None.
 _PRESETS = {
@@ -76,6 +76,33 @@ _FLAT_HEAD_PARAMS = {"n_components": "n_components", "covariance_type": "covaria
 HEAD_INTERFACE = ("fit", "fit_frozen_estep", "predict", "component_posterior",
                   "expected_scale", "noise_precision", "get_fitted_arrays",
                   "set_fitted_arrays")
+
+
+def default_head(**params):
+    """DeepGLLiMRegressor's default mixture head, with ``params`` changed.
+
+    ``DeepGLLiMRegressor(gllim=default_head(n_components=5))`` changes the number of
+    components and keeps the other default settings of the head (isotropic shared
+    noise, as the authors), e.g. for a search over ``gllim__n_components``.
+
+    Parameters
+    ----------
+    **params
+        Parameters of :class:`~gllim_sk.GLLiMRegressor`.
+
+    Returns
+    -------
+    head : GLLiMRegressor
+
+    Examples
+    --------
+    >>> from gllim_sk.deep import default_head
+    >>> default_head(n_components=5).covariance_type
+    'tied_spherical'
+    """
+    from .._gllim import GLLiMRegressor
+
+    return GLLiMRegressor(**{**DEFAULT_HEAD, **params})
 
 
 def _head_state(head):
@@ -231,9 +258,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         ``resp_init`` and ``random_state`` and their methods ``fit``,
         ``fit_frozen_estep``, ``predict``, ``component_posterior``,
         ``expected_scale``, ``noise_precision``, ``get_fitted_arrays`` and
-        ``set_fitted_arrays``. ``None``: ``GLLiMRegressor(n_components=2,
-        covariance_type="tied_spherical", target_covariance_type="full")``
-        (isotropic shared noise, as the authors; the paper's best K on Biwi is 2).
+        ``set_fitted_arrays``. ``None``: :func:`default_head`,
+        ``GLLiMRegressor(n_components=2, covariance_type="tied_spherical",
+        target_covariance_type="full")`` (isotropic shared noise, as the authors; the
+        paper's best K on Biwi is 2).
         Its ``random_state`` is drawn from this estimator's, and its ``resp_init``
         is set by each fit; search its parameters as ``gllim__n_components``.
     covariance_type, target_covariance_type, reg_covar, gllim_max_iter, gllim_tol
@@ -462,12 +490,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     def _make_head(self):
         """The head to fit: a clone of ``gllim`` (or the default), with the deprecated
         flat parameters applied."""
-        from .._gllim import GLLiMRegressor
-
         flat = {head_name: getattr(self, name) for name, head_name in _FLAT_HEAD_PARAMS.items()
                 if not (isinstance(getattr(self, name), str)
                         and getattr(self, name) == "deprecated")}
-        head = GLLiMRegressor(**DEFAULT_HEAD) if self.gllim is None else clone(self.gllim)
+        head = default_head() if self.gllim is None else clone(self.gllim)
         if flat:
             names = sorted(k for k in _FLAT_HEAD_PARAMS if _FLAT_HEAD_PARAMS[k] in flat)
             if self.gllim is not None:
