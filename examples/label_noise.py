@@ -263,17 +263,23 @@ def plot(runs, path):
     left.set_ylabel("test mean absolute error (degrees)")
     left.legend()
     left.set_title("error against corruption rate (mean +- std over seeds)")
-    students = [r for r in runs if r["method"] == "Student head" and r["n_corrupted"]]
+    # The deep Student head's weights (those of HOG-IR's Student model without it).
+    shown = "Student head" if any(r["method"] == "Student head" for r in runs) \
+        else "HOG-IR Student"
+    students = [r for r in runs if r["method"] == shown and r["n_corrupted"]]
     if students:
         rate = max(r["rate"] for r in students)
         chosen = [r for r in students if r["rate"] == rate]
-        bins = np.linspace(0, max(max(r["weights_clean"] + r["weights_corrupted"])
-                                  for r in chosen), 40)
+        values = np.concatenate([r["weights_clean"] + r["weights_corrupted"] for r in chosen])
+        values = values[values > 0]
+        # Log bins: the weights of a t mixture span orders of magnitude.
+        bins = np.logspace(np.log10(values.min()), np.log10(values.max()), 40)
+        right.set_xscale("log")
         right.hist(np.concatenate([r["weights_clean"] for r in chosen]), bins=bins,
                    alpha=0.6, density=True, label="clean labels")
         right.hist(np.concatenate([r["weights_corrupted"] for r in chosen]), bins=bins,
                    alpha=0.6, density=True, label="corrupted labels")
-        right.set_title(f"Student head, {100 * rate:.0f} % corrupted: sample weights")
+        right.set_title(f"{shown}, {100 * rate:.0f} % corrupted: sample weights")
         right.set_xlabel("sum_k p(k | x, y) E[u | x, y, k] / alpha_k")
         right.legend()
     fig.tight_layout()
