@@ -181,6 +181,18 @@ def test_checkpoint_of_a_student_head_resumes_in_another_process(blobs, tmp_path
                                rtol=1e-6)
 
 
+def test_a_file_of_the_old_layout_is_a_clear_error(blobs, tmp_path):
+    from sklearn.base import clone
+
+    reg = tiny_gllim(n_alternations=0).fit(*blobs)
+    reg.save_params(tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    payload["attributes"]["gllim_"] = {"params": {"n_components": 2}, "state": {}}
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="earlier gllim_sk version"):
+        clone(reg).load_params(tmp_path / "old.pt")
+
+
 def test_the_deep_code_calls_nothing_private_of_its_head():
     import re
 

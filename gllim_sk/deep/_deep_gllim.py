@@ -114,6 +114,11 @@ def _head_state(head):
 
 
 def _head_from_state(saved):
+    if "arrays" not in saved:
+        raise ValueError(
+            "this file holds the mixture in the layout of an earlier gllim_sk version "
+            "(its private state); refit the estimator and save it again."
+        )
     module, _, name = saved["class"].partition(":")
     cls = getattr(importlib.import_module(module), name)
     return cls(**saved["params"]).set_fitted_arrays(saved["arrays"])
