@@ -8,14 +8,15 @@ estimators (:class:`DeepGLLiMRegressor`, :class:`DeepRegressor`,
 first access, so that ``import gllim_sk`` works where torch is not installed.
 """
 
-from ._gllim import GLLiMRegressor
+from ._gllim import GLLiMRegressor, move_model
 from ._student import StudentGLLiMRegressor
 
 __version__ = "0.1.0"
 
 _DEEP_NAMES = ("DeepGLLiMRegressor", "DeepRegressor", "VGGFeatures")
 
-__all__ = ["GLLiMRegressor", "StudentGLLiMRegressor", "__version__", *_DEEP_NAMES]
+__all__ = ["GLLiMRegressor", "StudentGLLiMRegressor", "__version__", "move_model",
+           *_DEEP_NAMES]
 
 
 def __getattr__(name):

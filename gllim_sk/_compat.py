@@ -7,6 +7,8 @@ itself), so that the numpy path runs exactly the code it always ran; other array
 CuPy, array-api-strict) go through their array-API namespace.
 """
 
+import sys
+
 import numpy as np
 from sklearn.base import _fit_context
 from sklearn.externals import array_api_compat
@@ -26,6 +28,7 @@ __all__ = [
     "check_same_namespace",
     "HasMethods", "Hidden", "Interval", "Options", "StrOptions", "_fit_context", "array_device",
     "array_namespace",
+    "linalg_errors",
     "concat", "copy", "einsum", "eye", "get_namespace", "move_estimator_to", "move_to",
     "permute", "reshape",
     "swap_last", "to_numpy", "zeros",
@@ -121,3 +124,17 @@ def eye(xp, n, like):
     if xp is np:
         return np.eye(n)
     return xp.eye(n, dtype=like.dtype, device=array_device(like))
+
+
+def linalg_errors():
+    """The linear-algebra error classes of the array libraries in use: numpy's, and
+    those of torch and CuPy when they are imported (a failed Cholesky raises them; an
+    out-of-memory error is none of them and goes through)."""
+    errors = [np.linalg.LinAlgError]
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "linalg"):
+        errors.append(torch.linalg.LinAlgError)
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and hasattr(cupy, "linalg"):
+        errors.append(getattr(cupy.linalg, "LinAlgError", np.linalg.LinAlgError))
+    return tuple(errors)

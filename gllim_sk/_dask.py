@@ -108,13 +108,10 @@ def initial_params(estimator, problem, random_state, init_params=None):
     K = est.n_components
     esteps = _initial_esteps(est, executor, blocks, random_state,
                              init_params or est.init_params, problem.Xc.shape[1])
-    params, raw, _ = _engine.m_step_from_esteps(model, executor, blocks, esteps,
-                                                np.zeros((K, 0, 0)))
+    moments = _engine.m_step_from_esteps(model, executor, blocks, esteps, np.zeros((K, 0, 0)))
     if est.n_latent == 0:
-        params.noise = model.finalize_noise(raw, params.weights)
-        return params
-    return _init_latent(model, executor, blocks, esteps, params, raw, est.n_latent,
-                        random_state)
+        return moments.complete(model.finalize_noise(moments.raw, moments.weights))
+    return _init_latent(model, executor, blocks, esteps, moments, est.n_latent, random_state)
 
 
 def _estep_of_resp(resp):
@@ -292,19 +289,19 @@ def ppca_loadings(lam, vt, total):
     return vt.T * np.sqrt(np.maximum(lam - s2, 0.0))
 
 
-def _init_latent(model, executor, blocks, esteps, params, raw, n_latent, random_state):
+def _init_latent(model, executor, blocks, esteps, moments, n_latent, random_state):
     """:meth:`GLLiMModel.init_latent` from statistics summed over blocks: each component's
     weighted residual Gram matrix (D x D) instead of its residual rows, the same PCA with
     an exact eigendecomposition. When the K Gram matrices would exceed LATENT_GRAM_MAX_FLOATS
     their leading directions come from a subspace iteration over the blocks instead (as the
     in-memory fit uses a randomised SVD at large D): no D x D matrix is formed."""
-    K, D, _ = params.A.shape
+    A, b = moments.fields["A"], moments.fields["b"]
+    K, D, _ = A.shape
     min_rows = max(2 * n_latent + 2, 10)
 
     def pass_over(directions=None):
         return executor.map_reduce(
-            lambda block, estep: _latent_pca_block(block, estep, params.A, params.b, min_rows,
-                                                   directions),
+            lambda block, estep: _latent_pca_block(block, estep, A, b, min_rows, directions),
             blocks, esteps)[1]
 
     leading = {}  # component -> (variances, directions (m, D)) of the weighted residuals
@@ -339,10 +336,7 @@ def _init_latent(model, executor, blocks, esteps, params, raw, n_latent, random_
             s, vt = gm._leading_right_singular(resid, n_dirs, random_state)
             W[k, :, :n_dirs] = ppca_loadings(s[:n_dirs] ** 2, vt[:n_dirs],
                                              np.einsum("nd,nd->", resid, resid))
-    params.W = W
-    params.noise = model.finalize_noise(model.noise.remove_latent(raw, W, params.weights),
-                                        params.weights)
-    return params
+    return model.with_latent(moments, W)
 
 
 # ---------------------------------------------------------------------------- prediction
@@ -430,6 +424,12 @@ def _map_over_row_blocks(method, estimator, args, kwargs, constant_outputs, shar
     n_rows = first.shape[0]
     if np.isnan(n_rows):
         raise ValueError("Dask arrays need known row counts; call compute_chunk_sizes() first.")
+    if n_rows == 0:
+        # No block to map over: the method on the (empty) arrays in memory gives the
+        # error, or the result, that it gives on numpy arrays.
+        values = {name: value.compute() if is_dask_array(value) else value
+                  for name, value in values.items()}
+        return _call_with(estimator, method.__name__, values, len(args))
     for value in arrays.values():
         if np.shape(value)[0] != n_rows:
             raise ValueError(

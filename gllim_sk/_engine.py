@@ -518,6 +518,25 @@ def m_step_from_esteps(model, executor, blocks, esteps, no_latent):
     return m_step(model, executor, blocks, esteps, stats, no_latent, raw=True)
 
 
+def unchanged_on_failure(method):
+    """Decorate a fitting method so that a call that raises changes nothing.
+
+    The estimator's attributes are put back as they were when the call began: a fitted
+    model stays exactly as it was, an unfitted one unfitted. A shallow copy is enough,
+    since fitting replaces attributes and never writes into the arrays they hold.
+    """
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        saved = dict(self.__dict__)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:  # an interrupt, too, leaves the model as it was
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+    return wrapper
+
+
 # ------------------------------------------------------------------------ the EM loop
 class EMMixin:
     """The EM loop of an estimator, once: initialisations, warm start, tolerance,

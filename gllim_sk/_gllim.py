@@ -1,15 +1,14 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
 import dataclasses
-import functools
 from contextlib import contextmanager, nullcontext
 from numbers import Integral, Real
 from time import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from . import _dask, _engine, _init
 from . import _gllim_math as gm
@@ -17,127 +16,30 @@ from ._compat import (
     Interval,
     StrOptions,
     _fit_context,
-    _is_numpy_namespace,
     array_device,
     array_namespace,
-    check_same_namespace,
-    einsum,
-    get_namespace,
+    linalg_errors,
+    move_estimator_to,
     move_to,
-    permute,
-    swap_last,
     to_numpy,
 )
+from ._engine import unchanged_on_failure
+from ._gllim_math import LATENT_NOISE_FLOOR
 from ._init import scale_of_variances, variance_scale
-from .posterior import (
-    PosteriorMixin,
+from ._inputs import InputsMixin
+from ._mixtures import (
+    PredictiveMixture,
     gaussian_or_t_log_density,
     mahalanobis_logdet,
-    mixture_log_density,
-    sample_mixture_rows,
-    stream_key,
 )
+from ._online import OnlineEMMixin
+from ._predict import PredictiveMixin, _as_dtype, _input_namespace, _total  # noqa: F401
 
-__all__ = ["GLLiMRegressor"]
-
-# Smallest noise variance of the latent model, relative to the feature's variance.
-LATENT_NOISE_FLOOR = 1e-5
-# Online EM re-seeds a component whose weight falls below this fraction of 1/K.
-DEAD_COMPONENT_WEIGHT = 0.1
-def _input_namespace(*arrays):
-    """The namespace the inputs are computed in: numpy unless Array API dispatch is on
-    and they are arrays of another library."""
-    xp, is_array_api = get_namespace(*arrays)
-    if not is_array_api or _is_numpy_namespace(xp):
-        return np
-    return xp
+__all__ = ["GLLiMRegressor", "move_model"]
 
 
-def _input_array(a):
-    """``a`` as an array (lists and data frames become numpy arrays)."""
-    if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
-        return a
-    return np.asarray(a)
-
-
-def _as_dtype(a, dtype):
-    xp = array_namespace(a)
-    return a.astype(dtype, copy=False) if xp is np else xp.astype(a, dtype)
-
-
-def _total(a):
-    """The sum of ``a`` (numpy's scalar for numpy arrays, a float otherwise)."""
-    xp = array_namespace(a)
-    return a.sum() if xp is np else float(xp.sum(xp.astype(a, xp.float64)))
-
-
-def _reseeded(esteps, component, Xc, yc, n_components):
-    """The E-steps with ``component`` given responsibility 1 (and the others 0) on the
-    ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the sample of
-    least log-likelihood (online EM's re-seeding of a vanished component)."""
-    log_prob = np.concatenate([estep.log_prob for estep in esteps])
-    joint = np.hstack([Xc, yc])
-    spread = joint.std(axis=0)
-    joint = joint / np.where(spread > 0, spread, 1.0)
-    distance = ((joint - joint[np.argmin(log_prob)]) ** 2).sum(axis=1)
-    taken = np.zeros(len(log_prob), dtype=bool)
-    taken[np.argsort(distance)[: max(1, len(log_prob) // n_components)]] = True
-    out, start = [], 0
-    for estep in esteps:
-        rows = taken[start : start + estep.resp.shape[1]]
-        start += estep.resp.shape[1]
-        resp = estep.resp.copy()
-        resp[:, rows] = 0.0
-        resp[component, rows] = 1.0
-        out.append(dataclasses.replace(estep, resp=resp))
-    return out
-
-
-def unchanged_on_failure(method):
-    """Decorate a fitting method so that a call that raises changes nothing.
-
-    The estimator's attributes are put back as they were when the call began: a fitted
-    model stays exactly as it was, an unfitted one unfitted. A shallow copy is enough,
-    since fitting replaces attributes and never writes into the arrays they hold.
-    """
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        saved = dict(self.__dict__)
-        try:
-            return method(self, *args, **kwargs)
-        except BaseException:  # an interrupt, too, leaves the model as it was
-            self.__dict__.clear()
-            self.__dict__.update(saved)
-            raise
-    return wrapper
-
-
-# Largest squared norm of a row that online EM takes: its statistics hold products of
-# two squared norms, which stay finite in float64 below it.
-MAX_SQUARED_NORM = float(np.sqrt(np.finfo(np.float64).max))
-
-
-def _check_batch_magnitude(X, y):
-    """Refuse a batch whose rows are too large for EM's statistics in float64."""
-    for name, values in (("X", X), ("y", y)):
-        with np.errstate(over="ignore"):
-            squared = np.einsum("ij,ij->i", values, values, dtype=np.float64)
-        bad = np.flatnonzero(~(squared <= MAX_SQUARED_NORM))
-        if bad.size:
-            raise ValueError(
-                f"{name} has {bad.size} row(s) too large for EM in float64 (the first, "
-                f"row {bad[0]}, has squared norm {squared[bad[0]]:.3g} > "
-                f"{MAX_SQUARED_NORM:.3g}): rescale the data or drop those rows."
-            )
-
-
-def _all_finite(params):
-    return all(value is None or np.all(np.isfinite(value))
-               for value in (getattr(params, field.name)
-                             for field in dataclasses.fields(params)))
-
-
-class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstimator):
+class GLLiMRegressor(PredictiveMixin, OnlineEMMixin, InputsMixin, _engine.EMMixin,
+                     RegressorMixin, BaseEstimator):
     r"""Gaussian Locally-Linear Mapping: a mixture of K linear inverse regressions.
 
     GLLiM models the *low-dimensional* target ``y`` (L values) as the input of K affine
@@ -298,8 +200,8 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     other Array API arrays are fitted and predicted in their library and on their device,
     and the fitted attributes live there (in float64); float32 data keep float32 for the
     products over samples and float64 for their sums and the parameters. Move a fitted
-    model to another namespace or device with
-    ``sklearn.utils._array_api.move_estimator_to(model, xp, device)``. See the user guide.
+    model to the namespace and device of an array ``X`` with
+    :func:`gllim_sk.move_model` (``move_model(model, X)``). See the user guide.
 
     With ``n_latent > 0``, every noise variance is kept above 1e-5 times the variance of
     its feature (eigenvalues of full noise: above 1e-5 times the mean feature variance).
@@ -420,91 +322,6 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         return tags
 
     # ------------------------------------------------------------------ validation
-    def _check_sizes(self, n_samples, n_features, n_targets):
-        """The checks of the training data's shape (numpy or dask arrays)."""
-        n, D, L = n_samples, n_features, n_targets
-        if L > D:
-            raise ValueError(
-                f"y has {L} columns but X has only {D} features: GLLiM regresses a "
-                "low-dimensional target from high-dimensional features (n_targets <= "
-                "n_features)."
-            )
-        if L + self.n_latent > D:
-            raise ValueError(
-                f"n_targets + n_latent = {L} + {self.n_latent} exceeds n_features = {D}."
-            )
-        if self.n_components > n:
-            raise ValueError(
-                f"n_components={self.n_components} must be <= n_samples={n}."
-            )
-
-    @staticmethod
-    def _check_spread(name, spread):
-        """With ``reg_covar=0``, refuse constant columns (``spread``: max - min per column)."""
-        constant = np.flatnonzero(spread == 0)
-        if constant.size:
-            raise ValueError(
-                f"{name} has constant column(s) {constant[:10].tolist()}: with "
-                "reg_covar=0 their variance is zero and the likelihood infinite. "
-                "Set reg_covar > 0 (the default is 1e-6) or drop those columns."
-            )
-
-    def _validate_training_data(self, X, y):
-        if y is not None:
-            # validate_data accepts sparse y for multi-output; GLLiM's targets are dense.
-            check_array(y, accept_sparse=False, ensure_2d=False, dtype=None,
-                        ensure_all_finite=False, ensure_min_samples=0, input_name="y")
-        xp = _input_namespace(X)
-        if xp is not np:  # y follows X to its namespace and device
-            y = move_to(_input_array(y), xp=xp, device=array_device(X))
-        X, y = validate_data(
-            self, X, y, dtype=[xp.float64, xp.float32], multi_output=True, y_numeric=True,
-            ensure_min_samples=2,
-        )
-        xp = array_namespace(X)
-        y = np.asarray(y) if xp is np else y
-        self._y_ndim = y.ndim
-        y2 = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
-        self._check_sizes(*X.shape, y2.shape[1])
-        if self.reg_covar == 0:
-            for name, values in (("X", X), ("y", y2)):
-                self._check_spread(name, to_numpy(xp.max(values, axis=0)
-                                                  - xp.min(values, axis=0)))
-        if xp is np:  # numpy fits run in float64
-            return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
-        return X, xp.astype(y2, X.dtype)
-
-    def _structure(self, n_features, n_targets):
-        """The settings that shape the parameters: a warm start needs all of them equal."""
-        return {
-            "n_components": self.n_components, "n_latent": self.n_latent,
-            "covariance_type": self.covariance_type,
-            "target_covariance_type": self.target_covariance_type,
-            "n_features": n_features, "n_targets": n_targets,
-        }
-
-    def _check_structure_unchanged(self, method):
-        """Raise when a setting that shapes the parameters changed since the fit: ``method``
-        continues the fitted parameters, which cannot take the new setting."""
-        fitted = self._fitted_structure
-        changed = [f"{name}={getattr(self, name)!r} (fitted with {fitted[name]!r})"
-                   for name in ("n_components", "n_latent", "covariance_type",
-                                "target_covariance_type")
-                   if getattr(self, name) != fitted[name]]
-        if changed:
-            raise ValueError(
-                f"{method} continues the fitted model, but {', '.join(changed)} changed "
-                f"since the fit. Call fit to start over with the new settings, or set them "
-                f"back."
-            )
-
-    def _can_warm_start(self, n_features, n_targets):
-        """Whether ``fit`` continues from the previous parameters (see ``warm_start``)."""
-        return (
-            self.warm_start and hasattr(self, "_params")
-            and getattr(self, "_fitted_structure", None)
-            == self._structure(n_features, n_targets)
-        )
 
     @contextmanager
     def _singular_covariances_reported(self):
@@ -513,12 +330,7 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             try:
                 yield
-            except Exception as error:
-                # Each namespace has its own LinAlgError (numpy's; torch.linalg's, whose
-                # class is torch._C._LinAlgError): matched by name, importing no library.
-                if not any(cls.__name__.lstrip("_") == "LinAlgError"
-                           for cls in type(error).__mro__):
-                    raise
+            except linalg_errors() as error:  # numpy's, torch's...: not out-of-memory
                 raise self._non_finite_error() from error
 
     def _non_finite_error(self):
@@ -534,52 +346,6 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             "EM reached a singular or non-finite covariance; the data may contain extreme "
             "values or many identical samples. Standardise X and y, or increase reg_covar."
         )
-
-    def _check_resp(self, resp, n_samples, name="resp_init"):
-        """Validated responsibilities (n_samples, n_components), rows normalised (numpy)."""
-        resp = to_numpy(resp)
-        if np.ndim(resp) != 2:
-            raise ValueError(
-                f"{name} must be a 2-D array of shape (n_samples, n_components), got "
-                f"an array with {np.ndim(resp)} dimension(s)."
-            )
-        resp = check_array(resp, dtype=np.float64, input_name=name)
-        if resp.shape != (n_samples, self.n_components):
-            raise ValueError(
-                f"{name} has shape {resp.shape}; expected (n_samples, n_components) = "
-                f"({n_samples}, {self.n_components})."
-            )
-        if (resp < 0).any():
-            raise ValueError(f"{name} has negative entries; responsibilities are >= 0.")
-        totals = resp.sum(axis=1, keepdims=True)
-        if (totals <= 0).any():
-            raise ValueError(f"{name} has rows that sum to 0; each row needs mass.")
-        return resp / totals
-
-    def _check_X(self, X, method="predict"):
-        check_is_fitted(self)
-        check_same_namespace(X, self, attribute="weights_", method=method)
-        xp = _input_namespace(X)
-        X = validate_data(self, X, dtype=[xp.float64, xp.float32], reset=False)
-        return X, X.dtype
-
-    def _check_y(self, y, n_samples=None):
-        xp = _input_namespace(self.weights_)
-        if xp is not np:
-            y = move_to(_input_array(y), xp=xp, device=array_device(self.weights_))
-        y = check_array(y, ensure_2d=False, dtype=xp.float64, input_name="y")
-        xp = array_namespace(y)
-        if y.ndim == 1:
-            y = xp.reshape(y, (-1, 1))
-        if y.ndim != 2 or y.shape[1] != self.n_targets_:
-            raise ValueError(
-                f"y has shape {y.shape}; expected {self.n_targets_} target column(s)."
-            )
-        if n_samples is not None and y.shape[0] != n_samples:
-            raise ValueError(
-                f"X and y have inconsistent numbers of samples: {n_samples} and {y.shape[0]}."
-            )
-        return y - xp.asarray(self.target_mean_, device=array_device(y))
 
     # ------------------------------------------------------------------ fitting
     # The EM model class; a variant estimator (StudentGLLiMRegressor) names its subclass.
@@ -673,16 +439,14 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         if xp is not np:
             resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
         model = problem.model
-        params, raw, _ = _engine.m_step_from_resp(model, problem.executor, problem.blocks,
-                                                  resp)
+        moments = _engine.m_step_from_resp(model, problem.executor, problem.blocks, resp)
         if self.n_latent == 0:
-            params.noise = model.finalize_noise(raw, params.weights)
-            return params
+            return moments.complete(model.finalize_noise(moments.raw, moments.weights))
         # Off numpy the latent PCA runs on the host, beside the array library's own
         # threads: BLAS on one thread there avoids oversubscribing the cores.
         with problem.executor.serial() if xp is not np else nullcontext():
-            return model.init_latent(problem.Xc, problem.y, resp, params, raw,
-                                     self.n_latent, random_state)
+            return model.init_latent(problem.Xc, problem.y, resp, moments, self.n_latent,
+                                     random_state)
 
     @_fit_context(prefer_skip_nested_validation=True)
     @unchanged_on_failure
@@ -772,122 +536,6 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         """The noise and target floors: ``reg_covar`` times the data's variance scales."""
         return self.reg_covar * variance_scale(X), self.reg_covar * variance_scale(y)
 
-    @unchanged_on_failure
-    def partial_fit(self, X, y):
-        """Update the model with one batch of samples by online (stepwise) EM.
-
-        Online EM (Cappé and Moulines, 2009) keeps a running average of the sufficient
-        statistics per sample: each call runs the E-step of its batch under the current
-        parameters, blends the batch's statistics in with step size
-        ``(learning_offset + t) ** -learning_decay`` at the t-th update, and runs the
-        M-step of the blend. A component whose weight has fallen below a tenth of the
-        uniform ``1 / n_components`` is re-seeded (one per call): in that batch it takes
-        the ``n / n_components`` samples nearest, in standardised ``[x, y]``, to the
-        sample of least likelihood, which stops a vanished component from staying wasted
-        while two clusters share another. The first call on an unfitted model initialises
-        from its batch as ``fit`` does (``init_params``, ``resp_init`` of the batch's size), centres
-        the data by the batch's means, takes the unit of the relative ``reg_covar`` from
-        the batch's variances and makes the first statistics; on a model fitted by ``fit``
-        it starts from the fitted parameters (and keeps the fit's centring and floors).
-        ``max_iter``, ``tol``, ``n_init`` and ``warm_start`` do not apply, and the settings
-        that shape the parameters (``n_components``, ``n_latent``, ``covariance_type``,
-        ``target_covariance_type``) cannot change between calls (a ``ValueError`` says so;
-        ``fit`` starts over with new ones).
-
-        Prefer :meth:`fit` (exact EM, on numpy or dask arrays) when the samples can be
-        passed over repeatedly: it reaches the maximum-likelihood fit. Prefer
-        ``partial_fit`` for a stream, for data read once, or when one pass must do: every
-        sample is seen once, each batch costs one E-step, and one pass comes close to the
-        batch fit (see the "Scaling up" page of the documentation for measured numbers).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            A batch of features.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Its targets.
-
-        Returns
-        -------
-        self : GLLiMRegressor
-            The updated estimator.
-        """
-        # Every call, not only the first (scikit-learn's _fit_context validates a
-        # partial_fit once): set_params may have changed them since.
-        self._validate_params()
-        if _input_namespace(X, y) is not np or (
-                hasattr(self, "weights_") and _input_namespace(self.weights_) is not np):
-            raise TypeError(
-                "partial_fit runs on numpy arrays only (online EM keeps its statistics on "
-                "the host); under Array API dispatch, fit takes arrays of other libraries. "
-                "Pass numpy arrays, or move the model to numpy with "
-                "sklearn.utils._array_api.move_estimator_to."
-            )
-        if hasattr(self, "_params"):
-            self._check_structure_unchanged("partial_fit")
-        first = not hasattr(self, "_online_stats")
-        if first and not hasattr(self, "_params"):
-            X, y = self._validate_training_data(X, y)
-            _check_batch_magnitude(X, y)
-            self.n_targets_ = y.shape[1]
-            self.feature_mean_, self.target_mean_ = X.mean(axis=0), y.mean(axis=0)
-            # reg_covar is relative to the variances of this first batch.
-            self._reg_floors = self._relative_floors(X, y)
-        else:
-            X, _ = self._check_X(X)
-            y = self._check_y(y, X.shape[0]) + self.target_mean_
-            _check_batch_magnitude(X, y)
-        Xc = X.astype(np.float64) - self.feature_mean_
-        yc = y - self.target_mean_
-        if first:
-            self._online_var_floor = (LATENT_NOISE_FLOOR * Xc.var(axis=0)
-                                      if self.n_latent > 0 else None)
-        model = self._em_model(self._online_var_floor)
-        work = X.shape[0] * X.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
-        with (_engine.make_executor(X.shape[0], work) as executor,
-              self._singular_covariances_reported()):
-            problem = _engine.EMProblem(model, executor, executor.blocks(model, Xc, yc), Xc, yc)
-            if first and not hasattr(self, "_params"):
-                self._params = self._start_params(problem, check_random_state(
-                    self.random_state))
-            esteps, stats, bound, latent_cov = _engine.e_step(
-                model, executor, problem.blocks, self._params)
-            n_batch = X.shape[0]
-            step = 1.0 if first else (self.learning_offset + self.n_batch_iter_) ** (
-                -self.learning_decay)
-            if not first:
-                # A component whose weight fell below a tenth of the uniform 1/K is
-                # re-seeded: it takes the neighbourhood of the batch's worst-explained
-                # sample, instead of staying wasted while other components share clusters.
-                dead = np.flatnonzero(self._online_stats.resp_mass
-                                      < DEAD_COMPONENT_WEIGHT / self.n_components)
-                if dead.size:
-                    esteps = _reseeded(esteps, dead[0], Xc, yc, self.n_components)
-                    stats = _engine.stats_of(model, executor, problem.blocks, esteps,
-                                             latent_cov)
-            batch = stats * (1.0 / n_batch)  # statistics per sample
-            blend = batch if first else self._online_stats * (1.0 - step) + batch * step
-            # The M-step of the blend at the batch's scale; components that emptied get
-            # the batch's moments of all samples, as in EM.
-            empty = blend.mass * n_batch < gm.EMPTY_COMPONENT_MASS
-            m_step_stats = blend
-            if empty.any():
-                filled = _engine.stats_of(model, executor, problem.blocks, esteps, latent_cov,
-                                          fill=empty) * (1.0 / n_batch)
-                m_step_stats = filled if first else (self._online_stats * (1.0 - step)
-                                                     + filled * step)
-            params = model.m_step(m_step_stats * n_batch)
-        if not (_all_finite(params) and np.isfinite(bound)):
-            raise ValueError(
-                "Online EM produced non-finite parameters; the batch may contain extreme "
-                "values. Standardise X and y, or increase reg_covar."
-            )
-        self._online_stats = blend
-        self.n_batch_iter_ = 1 if first else self.n_batch_iter_ + 1
-        self.lower_bound_ = bound  # the batch's mean log-likelihood before its update
-        self._set_params_from(params)
-        return self
-
     def _fit_dask(self, X, y):
         """EM over dask arrays: the blocks stay on dask's workers (see ``_fit``)."""
         import dask
@@ -968,8 +616,9 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
     # ------------------------------------------------------------------ prediction
     def _core(self):
         """The internal parameters and forward caches, in the namespace and on the device
-        of the public attributes (moved there once when the model was moved, e.g. by
-        ``sklearn.utils._array_api.move_estimator_to``)."""
+        of the public attributes. :func:`move_model` moves them with the attributes; a
+        model whose public attributes were moved another way gets copies here (the
+        estimator is not changed by a prediction)."""
         xp = array_namespace(self.weights_)
         params, forward = self._params, self._forward
         if (array_namespace(params.weights) is not xp
@@ -987,39 +636,25 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
                 return type(obj)(**fields)
 
             params, forward = move(params), move(forward)
-            self._params, self._forward = params, forward
         return params, forward
 
-    def _check_feature_noise(self, n_samples, feature_noise_var, feature_noise_cov):
-        """Validated observation noise: (variances (1 or n, D) or None, covariance or None)."""
-        if feature_noise_var is None and feature_noise_cov is None:
-            return None, None
-        if feature_noise_var is not None and feature_noise_cov is not None:
-            raise ValueError("Give feature_noise_var or feature_noise_cov, not both.")
-        D = self.n_features_in_
-        if feature_noise_var is not None:
-            var = np.asarray(feature_noise_var, dtype=np.float64)
-            if var.ndim == 0:
-                var = np.full((1, D), float(var))
-            elif var.ndim == 1 and var.shape == (D,):
-                var = var[None]
-            elif var.shape != (n_samples, D):
-                raise ValueError(
-                    f"feature_noise_var must be a scalar, ({D},) or (n_samples, {D}) = "
-                    f"({n_samples}, {D}); got shape {var.shape}."
-                )
-            if not np.all(np.isfinite(var)) or (var < 0).any():
-                raise ValueError("feature_noise_var must hold finite, non-negative variances.")
-            return var, None
-        cov = np.asarray(feature_noise_cov, dtype=np.float64)
-        if cov.shape != (D, D):
-            raise ValueError(f"feature_noise_cov must have shape ({D}, {D}); got {cov.shape}.")
-        if not np.all(np.isfinite(cov)) or not np.allclose(cov, cov.T, rtol=1e-10,
-                                                             atol=1e-12 * np.abs(cov).max()):
-            raise ValueError("feature_noise_cov must be a finite symmetric matrix.")
-        if np.linalg.eigvalsh(cov).min() < -1e-10 * max(np.abs(cov).max(), 1e-300):
-            raise ValueError("feature_noise_cov must be positive semi-definite.")
-        return None, 0.5 * (cov + cov.T)
+    def __sklearn_array_api_convert__(self, converter):
+        """A copy whose arrays, those of the internal parameters included, are converted
+        by ``converter`` (the hook of scikit-learn's conversion of estimators, which
+        :func:`move_model` uses)."""
+        def convert(value):
+            if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+                return value  # feature names stay numpy
+            if hasattr(value, "__dlpack__") or isinstance(value, (np.ndarray, np.generic)):
+                return converter(value)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return type(value)(**{name: convert(v) for name, v in vars(value).items()})
+            return value
+
+        new = clone(self)
+        for name, value in vars(self).items():
+            setattr(new, name, convert(value))
+        return new
 
     def _noisy_forward_terms(self, X, method, feature_noise_var, feature_noise_cov):
         """With observation noise: unnormalised log gating terms log pi_k p(x | k) (K, n),
@@ -1042,14 +677,17 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         )
         return log_terms, means + self.target_mean_, covs, dtype
 
-    def _mixture(self, X, method="predict", feature_noise_var=None, feature_noise_cov=None):
-        """Log gating weights (n, K), component means (n, K, L) and covariances ((K, L, L),
-        or (n, K, L, L) with observation noise) of p(y | x); the dtype of X."""
+    def _predictive_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None,
+                            method="predict"):
+        """The predictive hook: the mixture p(y | x) of the rows of X (see
+        :mod:`._predict`), Gaussian components with covariances (K, L, L), or (n, K, L,
+        L) with observation noise; in the namespace of the model. ``method`` names the
+        public method in error messages."""
         noisy = self._noisy_forward_terms(X, method, feature_noise_var, feature_noise_cov)
         if noisy is not None:
             log_terms, means, covs, dtype = noisy
             log_nu = log_terms - gm.logsumexp(log_terms, axis=0, keepdims=True)
-            return log_nu.T, means, covs, dtype
+            return PredictiveMixture(log_nu.T, means, covs, None, dtype)
         X, dtype = self._check_X(X, method)
         xp = array_namespace(X)
         _, forward = self._core()
@@ -1059,7 +697,16 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
             Xc = X - xp.astype(self.feature_mean_, dtype)
         log_nu, means = self._em_model(fitted=True).forward_mixture(Xc, forward)
         target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, dtype)
-        return log_nu, means + target_mean, xp.astype(forward.cov, means.dtype), dtype
+        return PredictiveMixture(log_nu, means + target_mean,
+                                 xp.astype(forward.cov, means.dtype), None, dtype)
+
+    def _target_log_prior(self, y):
+        """log pi_k + log N(y; c_k, Gamma_k), (K, n), for centred targets y."""
+        xp = array_namespace(y)
+        params, _ = self._core()
+        with np.errstate(divide="ignore"):
+            log_w = xp.log(params.weights)
+        return log_w[:, None] + gm.target_log_density(y, params.c, params.gamma)
 
     def _noisy_joint_terms(self, X, y, method, feature_noise_var, feature_noise_cov):
         """log pi_k + log p(x + e, y | k) (n, K) with observation noise e, or None."""
@@ -1071,352 +718,11 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
         delta, logdet = mahalanobis_logdet(y[:, None, :] - means, covs)
         return log_terms.T + gaussian_or_t_log_density(delta, logdet, y.shape[1])
 
-    def _shape_out(self, a):
-        """Drop the target axis for models fitted on 1-D y."""
-        return a[:, 0] if self._y_ndim == 1 else a
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
-                feature_noise_cov=None):
-        """Predict the conditional mean E[y | x] of the forward mixture (eq. 4).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        return_std : bool, default=False
-            Also return the standard deviation of each target under p(y | x).
-        return_cov : bool, default=False
-            Also return the full covariance of the predictive mixture.
-        feature_noise_var : float or array-like of shape (n_features,) or \
-(n_samples, n_features), default=None
-            Variances of known measurement noise on the features, shared or per sample:
-            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
-            guide, "Observation noise").
-        feature_noise_cov : array-like of shape (n_features, n_features), default=None
-            A full noise covariance S shared by all samples (instead of
-            ``feature_noise_var``).
-
-        Returns
-        -------
-        y_mean : ndarray of shape (n_samples,) or (n_samples, n_targets)
-            Predictive means (1-D when the model was fitted on 1-D y).
-        y_std : ndarray of the same shape as y_mean
-            Only with ``return_std=True``.
-        y_cov : ndarray of shape (n_samples, n_targets, n_targets)
-            Only with ``return_cov=True``.
-        """
-        log_nu, means, covs, dtype = self._mixture(X, "predict", feature_noise_var,
-                                                   feature_noise_cov)
-        xp = array_namespace(means)
-        nu = xp.exp(log_nu)
-        mean = einsum(xp, "nk,nkl->nl", nu, means)
-        out = [self._shape_out(mean)]
-        if return_std or return_cov:
-            if covs.ndim == 4:  # per-sample covariances (observation noise)
-                second = einsum(xp, "nk,nklm->nlm", nu, covs)
-            else:
-                second = einsum(xp, "nk,klm->nlm", nu, covs)
-            second += einsum(xp, "nk,nkl,nkm->nlm", nu, means, means)
-            cov = second - mean[:, :, None] * mean[:, None, :]
-            cov = 0.5 * (cov + swap_last(xp, cov))
-            if return_std:
-                var = einsum(xp, "nll->nl", cov)
-                var = xp.maximum(var, xp.zeros_like(var))
-                out.append(self._shape_out(xp.sqrt(var)))
-            if return_cov:
-                out.append(cov)
-        out = [_as_dtype(a, dtype) for a in out]
-        return out[0] if len(out) == 1 else tuple(out)
-
-    def predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        """Return the predictive mixture p(y | x) for each sample.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        feature_noise_var : float or array-like of shape (n_features,) or \
-(n_samples, n_features), default=None
-            Variances of known measurement noise on the features, shared or per sample:
-            the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
-            guide, "Observation noise").
-        feature_noise_cov : array-like of shape (n_features, n_features), default=None
-            A full noise covariance S shared by all samples (instead of
-            ``feature_noise_var``).
-
-        Returns
-        -------
-        weights : ndarray of shape (n_samples, n_components)
-            Posterior component weights nu*_k(x).
-        means : ndarray of shape (n_samples, n_components, n_targets)
-            Component means A*_k x + b*_k.
-        covariances : ndarray of shape (n_components, n_targets, n_targets)
-            Component covariances Sigma*_k (they do not depend on x); with observation
-            noise they do, and the shape is (n_samples, n_components, n_targets,
-            n_targets). On a dask X the weights and means are lazy dask arrays, and the
-            covariances an in-memory array (a dask array with observation noise).
-        """
-        if feature_noise_var is not None or feature_noise_cov is not None:
-            # The covariances depend on the sample: on dask arrays, per row block.
-            return self._noisy_predict_mixture(X, feature_noise_var=feature_noise_var,
-                                               feature_noise_cov=feature_noise_cov)
-        return self._predict_mixture(X)
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def _noisy_predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        return self._predict_mixture(X, feature_noise_var=feature_noise_var,
-                                     feature_noise_cov=feature_noise_cov)
-
-    # The covariances (K, L, L) do not depend on the sample: the dask path returns them
-    # once, as an in-memory array.
-    @_dask.blockwise(constant_outputs=(2,), shared=_dask.SHARED_NOISE)
-    def _predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        log_nu, means, covs, dtype = self._mixture(X, "predict_mixture", feature_noise_var,
-                                                   feature_noise_cov)
-        xp = array_namespace(means)
-        return (
-            _as_dtype(xp.exp(log_nu), dtype),
-            _as_dtype(means, dtype),
-            _as_dtype(covs, dtype),
-        )
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
-                            feature_noise_cov=None):
-        """Posterior probabilities of the components.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features), default=None
-            Features.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
-            Targets.
-        feature_noise_var, feature_noise_cov : array-like, default=None
-            Known observation noise on X, as in :meth:`predict`.
-
-        Returns
-        -------
-        resp : ndarray of shape (n_samples, n_components)
-            p(Z = k | x) when only X is given (the forward weights nu*_k(x)),
-            p(Z = k | y) when only y is given (prior-only responsibilities), and the
-            E-step responsibilities p(Z = k | x, y) of eq. (5) when both are.
-        """
-        check_is_fitted(self)
-        if X is None and y is None:
-            raise ValueError("component_posterior needs X, y or both.")
-        if y is None:
-            log_nu = self._mixture(X, "component_posterior", feature_noise_var,
-                                   feature_noise_cov)[0]
-            return array_namespace(log_nu).exp(log_nu)
-        if X is None:
-            y = self._check_y(y)
-            xp = array_namespace(y)
-            params, _ = self._core()
-            with np.errstate(divide="ignore"):
-                log_w = xp.log(params.weights)
-            logp = log_w[:, None] + gm.target_log_density(y, params.c, params.gamma)
-            return xp.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
-        terms = self._noisy_joint_terms(X, y, "component_posterior", feature_noise_var,
-                                        feature_noise_cov)
-        if terms is not None:
-            return np.exp(terms - gm.logsumexp(terms, axis=1, keepdims=True))
-        return self._joint_estep(X, y).resp.T
-
-    def _joint_estep(self, X, y):
-        X, _ = self._check_X(X, "joint_log_density")
-        y = self._check_y(y, X.shape[0])
-        xp = array_namespace(X)
-        params, _ = self._core()
-        if xp is np:
-            Xc = X.astype(np.float64) - self.feature_mean_
-        else:
-            Xc, y = X - xp.astype(self.feature_mean_, X.dtype), xp.astype(y, X.dtype)
-        model = self._em_model(fitted=True)
-        block = model.prepare_block(Xc, y)
-        return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def joint_log_density(self, X, y, *, feature_noise_var=None, feature_noise_cov=None):
-        """Log-density log p(x, y) of each pair under the fitted joint model.
-
-        With ``feature_noise_var`` or ``feature_noise_cov`` (as in :meth:`predict`), the
-        density of the noisy observation x + e, e ~ N(0, S), together with y.
-
-        Returns
-        -------
-        log_density : ndarray of shape (n_samples,)
-        """
-        terms = self._noisy_joint_terms(X, y, "joint_log_density", feature_noise_var,
-                                        feature_noise_cov)
-        if terms is not None:
-            return gm.logsumexp(terms, axis=1)
-        return self._joint_estep(X, y).log_prob
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def conditional_log_density(self, X, y, *, feature_noise_var=None,
-                                feature_noise_cov=None):
-        """Conditional log-density log p(y | x) of each pair under the forward mixture.
-
-        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
-        :meth:`predict`.
-
-        Returns
-        -------
-        log_density : ndarray of shape (n_samples,)
-        """
-        log_nu, means, covs, _ = self._mixture(X, "conditional_log_density", feature_noise_var,
-                                               feature_noise_cov)
-        xp = array_namespace(means)
-        y = xp.astype(self._check_y(y, log_nu.shape[0]), means.dtype)
-        target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, y.dtype)
-        if covs.ndim == 4:  # per-sample covariances (observation noise), numpy only
-            return mixture_log_density(y[:, None, :] + target_mean, log_nu, means, covs)[:, 0]
-        cov_inv, logdet, inv_chol = gm.spd_inverse_and_logdet(covs)
-        diff = y[:, None, :] - (means - target_mean)  # both centred
-        z = einsum(xp, "kij,nkj->nki", inv_chol, diff)
-        log_comp = -0.5 * (y.shape[1] * gm.LOG_2PI + logdet[None, :]
-                           + einsum(xp, "nki,nki->nk", z, z))
-        return gm.logsumexp(log_nu + log_comp, axis=1)
-
-    def sample_y(self, X, n_samples=1, random_state=None, *, feature_noise_var=None,
-                 feature_noise_cov=None):
-        """Draw targets from the predictive mixture p(y | x).
-
-        ``feature_noise_var`` and ``feature_noise_cov`` add known observation noise, as in
-        :meth:`predict`.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples_X, n_features)
-            Features.
-        n_samples : int, default=1
-            Number of draws per row of X.
-        random_state : int, RandomState instance or None, default=None
-            Seed of the draws: it keys a counter-based generator (see the notes).
-
-        Returns
-        -------
-        y_samples : ndarray of shape (n_samples_X, n_targets, n_samples)
-            Draws; shape (n_samples_X, n_samples) for a model fitted on 1-D y (as
-            :meth:`sklearn.gaussian_process.GaussianProcessRegressor.sample_y`).
-
-        Notes
-        -----
-        The draws of row ``i`` of X are made from its own stretch of a counter-based
-        stream (numpy's Philox) keyed by ``random_state`` (an int seed gives a fixed
-        key; a ``RandomState`` gives one draw of its state): a row's draws depend on the
-        seed, on the row and on its index, not on the other rows. On a dask array the
-        draws are therefore made block by block on the workers, lazily, and equal the
-        in-memory draws for the same seed whatever the row blocks. With Array API inputs
-        they are made with numpy on the host and returned in the namespace and on the
-        device of ``X``.
-        """
-        if not isinstance(n_samples, Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-        key = stream_key(check_random_state(random_state))
-        draws = self._sample_rows(X, n_samples, key, feature_noise_var=feature_noise_var,
-                                  feature_noise_cov=feature_noise_cov)
-        return draws[:, 0, :] if self._y_ndim == 1 else draws
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE, row_offset="first_row")
-    def _sample_rows(self, X, n_samples, key, *, first_row=0, feature_noise_var=None,
-                     feature_noise_cov=None):
-        """Draws (n, L, n_samples) for the rows of X, which start at row ``first_row``."""
-        log_nu, means, scales, dof, dtype = self._predictive_components(
-            X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov)
-        draws = sample_mixture_rows(np.exp(log_nu), means, scales, n_samples, key,
-                                    first_row, dof)  # (n, s, L)
-        draws = np.transpose(draws, (0, 2, 1))
-        xp = _input_namespace(self.weights_)
-        if xp is np:
-            return draws.astype(dtype, copy=False)
-        return xp.asarray(draws, dtype=dtype, device=array_device(self.weights_))
-
-    def _predictive_components(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        """Log gating weights (n, K), means (n, K, L), covariances ((K, L, L) or
-        (n, K, L, L)) of p(y | x) as float64 numpy arrays, ``None`` degrees of freedom
-        (Gaussian components) and the dtype of X."""
-        log_nu, means, covs, dtype = self._mixture(X, "sample_y", feature_noise_var,
-                                                   feature_noise_cov)
-        return to_numpy(log_nu), to_numpy(means), to_numpy(covs), None, dtype
-
-    @_dask.blockwise()
-    def inverse_predict(self, y):
-        """The learned inverse map E[x | y] = sum_k p(Z = k | y) (A_k y + b_k).
-
-        On a dask array of targets the result is a lazy dask array, computed block by
-        block of rows.
-
-        Parameters
-        ----------
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            Targets.
-
-        Returns
-        -------
-        X_mean : ndarray of shape (n_samples, n_features)
-        """
-        resp = self.component_posterior(y=y)
-        y = self._check_y(y)
-        xp = array_namespace(y)
-        n, L = y.shape
-        K = self.weights_.shape[0]  # fitted, whatever set_params did since
-        params, _ = self._core()
-        ry = xp.reshape(resp[:, :, None] * y[:, None, :], (n, K * L))
-        A_stack = xp.reshape(permute(xp, self.inverse_coef_, (0, 2, 1)), (K * L, -1))
-        return ry @ A_stack + resp @ (params.b + self.feature_mean_)  # y is centred
-
-    def score(self, X, y, sample_weight=None):
-        """The coefficient of determination R^2 of :meth:`predict` on (X, y).
-
-        scikit-learn's :func:`~sklearn.metrics.r2_score`, averaged uniformly over the
-        targets (as :meth:`sklearn.base.RegressorMixin.score`). When X, y or
-        ``sample_weight`` is a dask array, the sums it needs are reduced where the
-        blocks live and only they reach the client.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-            True targets.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Sample weights.
-
-        Returns
-        -------
-        score : float
-        """
-        if not _dask.any_dask_array(X, y, sample_weight):
-            return super().score(X, y, sample_weight=sample_weight)
-        return _dask.r2_score(y, self.predict(X), sample_weight)
-
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self):
         # The fitted shapes, not the parameters: set_params after fit must not change them.
         K, D, Lw = self.latent_coef_.shape
         return self._em_model(fitted=True).n_parameters(K, D, self.n_targets_, Lw)
-
-    def bic(self, X, y):
-        """Bayesian information criterion of the joint model on (X, y); lower is better.
-
-        Returns
-        -------
-        bic : float
-        """
-        log_density = self.joint_log_density(X, y)
-        return (-2.0 * _total(log_density)
-                + self._n_parameters() * np.log(log_density.shape[0]))
-
-    def aic(self, X, y):
-        """Akaike information criterion of the joint model on (X, y); lower is better.
-
-        Returns
-        -------
-        aic : float
-        """
-        return -2.0 * _total(self.joint_log_density(X, y)) + 2.0 * self._n_parameters()
 
     # ------------------------------------------------------------------ the deep head's interface
     # What a deep model's alternation needs from its mixture head (DeepGLLiMRegressor
@@ -1577,3 +883,48 @@ class GLLiMRegressor(PosteriorMixin, _engine.EMMixin, RegressorMixin, BaseEstima
 
     def _restored_params(self, arrays, **fields):
         return gm.Params(**fields)
+
+
+def move_model(model, like):
+    """A copy of a fitted GLLiM estimator whose arrays live where ``like`` lives.
+
+    Under scikit-learn's Array API dispatch a model fitted on torch tensors (or CuPy
+    arrays...) keeps its fitted attributes in that library and on that device, and takes
+    inputs of the same kind only. ``move_model`` moves all of its arrays, the internal
+    parameters included, to the namespace and device of the array ``like``: numpy (a
+    model to use on the host, or to continue with ``partial_fit``) or another library.
+
+    Parameters
+    ----------
+    model : fitted GLLiMRegressor
+        The estimator to move; it is not changed.
+    like : array
+        An array of the target namespace and device (numpy for the host).
+
+    Returns
+    -------
+    moved : GLLiMRegressor
+        A fitted copy of ``model`` in the namespace and on the device of ``like``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gllim_sk import GLLiMRegressor, move_model
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.uniform(-1, 1, (100, 1))
+    >>> X = np.hstack([y, y**2, np.sin(y)]) + 0.01 * rng.normal(size=(100, 3))
+    >>> model = GLLiMRegressor(2, random_state=0).fit(X, y)
+    >>> type(move_model(model, X).weights_).__name__
+    'ndarray'
+    """
+    check_is_fitted(model)
+    if isinstance(like, (np.ndarray, np.generic)):
+        xp, device = np, "cpu"
+    elif not model.__sklearn_tags__().array_api_support:
+        raise ValueError(
+            f"{type(model).__name__} computes with numpy arrays only and cannot be moved "
+            f"to {type(like).__module__.split('.')[0]} arrays; pass it numpy arrays."
+        )
+    else:
+        xp, device = array_namespace(like), array_device(like)
+    return move_estimator_to(model, xp, device)

@@ -31,10 +31,8 @@ covariances (always stored full here).
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-from scipy.linalg import cho_solve, solve_triangular
 from sklearn.utils.extmath import randomized_svd
 
 from ._compat import (
@@ -50,8 +48,36 @@ from ._compat import (
     to_numpy,
     zeros,
 )
+from ._forward import Forward, ForwardMixin  # noqa: F401
+from ._kernels import (  # noqa: F401  (the kernels are used as gm.<name> elsewhere)
+    LOG_2PI,
+    _cholesky_with_floor,
+    _cholesky_with_floor_xp,
+    _index,
+    _matmul_transposed,
+    _pair_weights,
+    _pairs,
+    _solve_moments,
+    _solve_scaled_moments,
+    _target_quadratic,
+    _to_float64,
+    _triu,
+    _unpack_pairs,
+    _with_ones_row,
+    logsumexp,
+    spd_inverse_and_logdet,
+    target_log_density,
+)
+from ._structures import (  # noqa: F401
+    NOISE_STRUCTURES,
+    TARGET_STRUCTURES,
+    NoiseStructure,
+    TargetStructure,
+    _finalize_gamma,
+)
 
-LOG_2PI = float(np.log(2.0 * np.pi))
+# Smallest noise variance of the latent model, relative to the feature's variance.
+LATENT_NOISE_FLOOR = 1e-5
 # Components whose total responsibility falls below this many samples are "empty".
 EMPTY_COMPONENT_MASS = 1e-8
 # Responsibilities below exp(-300) relative to a sample's largest are raised to it: they
@@ -60,384 +86,6 @@ EMPTY_COMPONENT_MASS = 1e-8
 LOG_RESP_FLOOR = -300.0
 # Added to every component's mass so that no mixture weight is exactly zero.
 _TINY_MASS = float(10 * np.finfo(float).eps)
-
-
-# ------------------------------------------------------------------------ noise structures
-class _DiagonalNoise:
-    """Sigma_k held as variances ``var`` (K, D); shared kinds hold broadcast copies."""
-
-    name = ""
-    spherical = False  # the x-terms need squared norms only, not squared features
-    dense_quadratic = False  # x' Sigma^-1 x needs its own solve (not the squared features)
-
-    def n_squared(self, n_features):
-        """Columns of squared features the E-step and M-step use."""
-        return 1 if self.spherical else n_features
-
-    def squared_features(self, Xc, out=None):
-        """(n, 1) squared row norms for the spherical kinds, else (n, D) squares."""
-        xp = array_namespace(Xc)
-        if xp is not np:
-            return xp.sum(Xc * Xc, axis=1)[:, None] if self.spherical else Xc * Xc
-        if self.spherical:
-            if out is None:
-                return np.einsum("nd,nd->n", Xc, Xc)[:, None]
-            np.einsum("nd,nd->n", Xc, Xc, out=out[:, 0])
-            return out
-        return np.multiply(Xc, Xc, out=out)
-
-    def block_moments(self, block, resp, weighted=False):
-        """Extra statistics of the M-step: none (the squared features cover it)."""
-        return None
-
-    def solve(self, var, M):
-        """Sigma_k^-1 M_k for a stack M (K, D, m)."""
-        return M / var[:, :, None]
-
-    def solve_rows(self, var, Mt):
-        """(Sigma_k^-1 M_k)' for a stack Mt = M' (K, m, D)."""
-        return Mt / var[:, None, :]
-
-    def logdet(self, var, n_components):
-        xp = array_namespace(var)
-        return np.log(var).sum(axis=1) if xp is np else xp.sum(xp.log(var), axis=1)
-
-    def squared_weights(self, var, n_sq):
-        """E-step weights of the squared features: -Sigma_k^-1 / 2 as (K, Dq)."""
-        return -0.5 / var[:, :n_sq]
-
-    def quad_features(self, var, Xc, sq, n_components):
-        """x_n' Sigma_k^-1 x_n for all k, n: (K, n)."""
-        if self.spherical:
-            return (1.0 / var[:, :1]) @ sq.T
-        return _matmul_transposed(sq, (1.0 / var).T)
-
-    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis, scale=None):
-        """Per-component noise moments before pooling and flooring, (K, D).
-
-        ``scale`` (K,), when given, multiplies each component's moments (a variant with
-        per-sample weights u divides by sum r rather than sum r u; see
-        :meth:`GLLiMModel.covariance_scale`).
-        """
-        xp = array_namespace(xbar)
-        n_sq = self.n_squared(xbar.shape[1])
-        second = stats.moments[:, :n_sq] / stats.mass[:, None]  # (K, D) or (K, 1)
-        if self.spherical:  # only the trace is needed
-            K, D = xbar.shape
-            raw = (second[:, 0] - xp.sum(xbar**2, axis=1) - xp.sum(explained, axis=1)) / D
-            if xp is np:
-                raw = np.repeat(raw[:, None], D, axis=1)
-            else:
-                raw = xp.broadcast_to(raw[:, None], (K, D))
-        else:
-            raw = second - xbar**2 - explained
-        return raw if scale is None else raw * scale[:, None]
-
-    def remove_latent(self, raw, W, weights):
-        """Take diag(W_k W_k') out of the noise moments (latent initialisation)."""
-        return raw - einsum(array_namespace(W), "kdl,kdl->kd", W, W)
-
-    def finalize(self, raw, pis, reg, var_floor=None):
-        """Clip, pool across components as the kind says, and add ``reg``."""
-        xp = array_namespace(raw)
-        # Clip what cancellation in the expanded moments made negative.
-        var = np.maximum(raw, 0.0) if xp is np else xp.maximum(raw, xp.zeros_like(raw))
-        if var_floor is not None:
-            # Clipping is the constrained maximiser of the per-feature M-step objective.
-            var = xp.maximum(var, xp.broadcast_to(var_floor, var.shape))
-        return self._pool(var, pis) + reg
-
-    def _pool(self, var, pis):
-        return var
-
-    def precision(self, var):
-        """Sigma_k^-1: (K, D) for the diagonal family."""
-        return 1.0 / var
-
-    def dense(self, var, k):
-        """Sigma_k as a dense (D, D) matrix (numpy)."""
-        return np.diag(var[k])
-
-    def n_parameters(self, n_components, n_features):
-        raise NotImplementedError
-
-
-class DiagNoise(_DiagonalNoise):
-    name = "diag"
-
-    def public(self, var):
-        return copy(array_namespace(var), var)
-
-    def n_parameters(self, n_components, n_features):
-        return n_components * n_features
-
-
-class SphericalNoise(_DiagonalNoise):
-    name = "spherical"
-    spherical = True
-
-    def _pool(self, var, pis):
-        xp = array_namespace(var)
-        mean = xp.mean(var, axis=1, keepdims=True)
-        return np.repeat(mean, var.shape[1], axis=1) if xp is np else xp.broadcast_to(
-            mean, var.shape)
-
-    def public(self, var):
-        return copy(array_namespace(var), var[:, 0])
-
-    def n_parameters(self, n_components, n_features):
-        return n_components
-
-
-class TiedDiagNoise(_DiagonalNoise):
-    name = "tied_diag"
-
-    def _pool(self, var, pis):
-        return array_namespace(var).broadcast_to(pis @ var, var.shape)
-
-    def public(self, var):
-        return copy(array_namespace(var), var[0, :])
-
-    def n_parameters(self, n_components, n_features):
-        return n_features
-
-
-class TiedSphericalNoise(_DiagonalNoise):
-    name = "tied_spherical"
-    spherical = True
-
-    def _pool(self, var, pis):
-        xp = array_namespace(var)
-        if xp is np:
-            return np.full(var.shape, float(pis @ var.mean(axis=1)))
-        return xp.broadcast_to(pis @ xp.mean(var, axis=1), var.shape)
-
-    def public(self, var):
-        xp = array_namespace(var)
-        return np.asarray(var[0, 0]) if xp is np else copy(xp, var[0, 0])
-
-    def n_parameters(self, n_components, n_features):
-        return 1
-
-
-class _CholeskyNoise:
-    """Sigma_k held as lower Cholesky factors ``chol``: (K, D, D), or (1, D, D) when tied.
-
-    O(D^2) memory and O(n D^2) time: for small D.
-    """
-
-    name = ""
-    spherical = False
-    dense_quadratic = True
-
-    def n_squared(self, n_features):
-        return 0
-
-    def squared_features(self, Xc, out=None):
-        return out
-
-    def _chol(self, chol, k):
-        return chol[0 if chol.shape[0] == 1 else k, ...]
-
-    def solve(self, chol, M):
-        xp = array_namespace(chol)
-        if xp is np:
-            return np.stack([cho_solve((self._chol(chol, k), True), M[k], check_finite=False)
-                             for k in range(M.shape[0])])
-        inv_chol = xp.linalg.inv(chol)
-        return swap_last(xp, inv_chol) @ (inv_chol @ M)
-
-    def solve_rows(self, chol, Mt):
-        xp = array_namespace(chol)
-        return swap_last(xp, self.solve(chol, swap_last(xp, Mt)))
-
-    def logdet(self, chol, n_components):
-        xp = array_namespace(chol)
-        if xp is np:
-            diag = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) * 2.0
-            return np.broadcast_to(diag, (n_components,)).copy()
-        diag = xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=1) * 2.0
-        return xp.broadcast_to(diag, (n_components,))
-
-    def squared_weights(self, chol, n_sq):
-        return None
-
-    def quad_features(self, chol, Xc, sq, n_components):
-        xp = array_namespace(chol)
-        if xp is not np:
-            z = xp.linalg.inv(xp.astype(chol, Xc.dtype)) @ Xc.T  # (K or 1, D, n)
-            quad = xp.sum(z * z, axis=1)
-            return copy(xp, xp.broadcast_to(quad, (n_components, Xc.shape[0])))
-        out = np.empty((n_components, Xc.shape[0]))
-        for k in range(chol.shape[0]):
-            z = solve_triangular(chol[k], Xc.T, lower=True, check_finite=False)
-            out[k] = np.einsum("dn,dn->n", z, z)
-        if chol.shape[0] == 1:  # tied: one factor for all components
-            out[1:] = out[0]
-        return out
-
-    def finalize(self, raw, pis, reg, var_floor=None):
-        xp = array_namespace(raw)
-        if var_floor is None:
-            eig_floor = None
-        else:
-            eig_floor = float(np.mean(var_floor)) if xp is np else xp.mean(var_floor)
-        if xp is np:
-            return np.stack([_cholesky_with_floor(S.copy(), reg, eig_floor) for S in raw])
-        return _cholesky_with_floor_xp(xp, raw, reg, eig_floor)
-
-    def precision(self, chol):
-        """Sigma_k^-1 as dense (K or 1, D, D) matrices."""
-        xp = array_namespace(chol)
-        inv_chol = xp.linalg.inv(chol)
-        return swap_last(xp, inv_chol) @ inv_chol
-
-    def dense(self, chol, k):
-        """Sigma_k as a dense (D, D) matrix."""
-        lk = self._chol(chol, k)
-        return lk @ lk.T
-
-
-class FullNoise(_CholeskyNoise):
-    name = "full"
-
-    def block_moments(self, block, resp, weighted=False):
-        """Sums of r_nk x_n x_n', (K, D, D)."""
-        Xc = block.Xc
-        xp = array_namespace(Xc)
-        if xp is not np:  # in float64: the full noise is for small D
-            X64, r64 = _to_float64(Xc), _to_float64(resp)
-            return (X64.T[None, ...] * r64[:, None, :]) @ X64
-        return np.stack([(Xc.T * resp[k]) @ Xc for k in range(resp.shape[0])])
-
-    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis, scale=None):
-        xp = array_namespace(xbar)
-        raw = stats.noise_moments / stats.mass[:, None, None]
-        raw -= xbar[:, :, None] * xbar[:, None, :]
-        raw -= swap_last(xp, loadings_t) @ Mzx
-        return raw if scale is None else raw * scale[:, None, None]
-
-    def remove_latent(self, raw, W, weights):
-        return raw - W @ swap_last(array_namespace(W), W)
-
-    def public(self, chol):
-        return chol @ swap_last(array_namespace(chol), chol)
-
-    def n_parameters(self, n_components, n_features):
-        return n_components * n_features * (n_features + 1) / 2
-
-
-class TiedNoise(_CholeskyNoise):
-    name = "tied"
-
-    def block_moments(self, block, resp, weighted=False):
-        """Sums of x_n x_n' over the block (D, D), the same every iteration: kept.
-
-        With per-sample weights (``weighted``), the sums of (sum_k r_nk) x_n x_n'.
-        """
-        if weighted:
-            X64 = _to_float64(block.Xc)
-            return (X64.T * array_namespace(resp).sum(_to_float64(resp), axis=0)) @ X64
-        return block.feature_gram
-
-    def raw(self, stats, xbar, loadings_t, Mzx, explained, pis, scale=None):
-        xp = array_namespace(xbar)
-        raw = stats.noise_moments / stats.n_samples
-        if scale is not None:  # the pooled per-component terms carry the scale
-            pis = pis * scale
-        raw = raw - einsum(xp, "k,kd,ke->de", pis, xbar, xbar)
-        raw -= einsum(xp, "k,kld,kle->de", pis, loadings_t, Mzx)
-        return raw[None, ...]
-
-    def remove_latent(self, raw, W, weights):
-        return raw - einsum(array_namespace(W), "k,kdl,kel->de", weights, W, W)[None, ...]
-
-    def public(self, chol):
-        return chol[0, ...] @ chol[0, ...].T
-
-    def n_parameters(self, n_components, n_features):
-        return n_features * (n_features + 1) / 2
-
-
-NOISE_STRUCTURES = {
-    cls.name: cls()
-    for cls in (FullNoise, DiagNoise, SphericalNoise, TiedNoise, TiedDiagNoise,
-                TiedSphericalNoise)
-}
-
-
-# ----------------------------------------------------------------------- target structures
-class FullTarget:
-    name = "full"
-
-    def project(self, gamma, pis):
-        return gamma
-
-    def public(self, gamma):
-        return gamma
-
-    def n_parameters(self, n_components, n_targets):
-        return n_components * n_targets * (n_targets + 1) / 2
-
-
-class DiagTarget(FullTarget):
-    name = "diag"
-
-    def project(self, gamma, pis):
-        xp = array_namespace(gamma)
-        return einsum(xp, "kii->ki", gamma)[:, :, None] * eye(xp, gamma.shape[1], gamma)[None, ...]
-
-    def public(self, gamma):
-        xp = array_namespace(gamma)
-        return copy(xp, einsum(xp, "kii->ki", gamma))
-
-    def n_parameters(self, n_components, n_targets):
-        return n_components * n_targets
-
-
-class SphericalTarget(FullTarget):
-    name = "spherical"
-
-    def project(self, gamma, pis):
-        xp = array_namespace(gamma)
-        L = gamma.shape[1]
-        return einsum(xp, "kii->k", gamma)[:, None, None] / L * eye(xp, L, gamma)[None, ...]
-
-    def public(self, gamma):
-        return copy(array_namespace(gamma), gamma[:, 0, 0])
-
-    def n_parameters(self, n_components, n_targets):
-        return n_components
-
-
-class TiedTarget(FullTarget):
-    name = "tied"
-
-    def project(self, gamma, pis):
-        xp = array_namespace(gamma)
-        pooled = xp.broadcast_to(einsum(xp, "k,kij->ij", pis, gamma), gamma.shape)
-        return copy(xp, pooled)
-
-    def public(self, gamma):
-        return copy(array_namespace(gamma), gamma[0, ...])
-
-    def n_parameters(self, n_components, n_targets):
-        return n_targets * (n_targets + 1) / 2
-
-
-TARGET_STRUCTURES = {cls.name: cls() for cls in (FullTarget, DiagTarget, SphericalTarget,
-                                                 TiedTarget)}
-
-
-def _finalize_gamma(target, gamma, pis, reg):
-    xp = array_namespace(gamma)
-    K, L, _ = gamma.shape
-    gamma = target.project(gamma, pis)
-    gamma = 0.5 * (gamma + swap_last(xp, gamma))
-    if xp is np:
-        gamma.reshape(K, L * L)[:, :: L + 1] += reg  # the diagonals
-        return gamma
-    return gamma + reg * eye(xp, L, gamma)[None, ...]
 
 
 # ------------------------------------------------------------------------------ containers
@@ -455,6 +103,27 @@ class Params:
     W: np.ndarray  # (K, D, Lw)
     b: np.ndarray  # (K, D)
     noise: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class MStepMoments:
+    """The M-step before its noise is finalised: every parameter but the noise (and,
+    for the latent model's first M-step, the latent loadings W), the raw per-component
+    noise moments and the (unnormalised) weights that pool them. :meth:`complete` makes
+    the parameters; nothing is filled in afterwards."""
+
+    params_type: type
+    fields: dict  # the fields of ``params_type`` but ``noise``
+    raw: object
+    pool_weights: object
+
+    @property
+    def weights(self):
+        return self.fields["weights"]
+
+    def complete(self, noise, **changes):
+        """The parameters, with ``noise`` and the fields in ``changes`` (e.g. ``W``)."""
+        return self.params_type(**{**self.fields, **changes}, noise=noise)
 
 
 @dataclass
@@ -586,235 +255,6 @@ class BlockEStep:
     sample_weight: np.ndarray | None = None  # (K, n) per-sample weights of a variant
 
 
-@dataclass
-class Forward:
-    """The forward mixture p(y | x) in centred coordinates, with prediction caches."""
-
-    weights: np.ndarray  # (K,)
-    means_x: np.ndarray  # (K, D) c*_k (centred)
-    coef: np.ndarray  # (K, L, D) A*_k
-    intercept: np.ndarray  # (K, L) b*_k (centred coordinates)
-    cov: np.ndarray  # (K, L, L) Sigma*_k
-    gemm: np.ndarray  # (D, (1 + Lw + L) * K): [Sigma^-1 c*, Sigma^-1 W, P], component last
-    const: np.ndarray  # (K,) log pi - (D log 2pi + log|Gamma*_k| + c*' Sigma^-1 c*) / 2
-    logdet_x: np.ndarray  # (K,) log|Gamma*_k|, Gamma*_k = Sigma_k + W_k W_k' + A_k Gamma_k A_k'
-    t0: np.ndarray  # (K, Lw) W' Sigma^-1 c*
-    u0: np.ndarray  # (K, L) P' c*
-    latent_cov: np.ndarray  # (K, Lw, Lw)
-    noise: np.ndarray
-
-
-# ------------------------------------------------------------------------- small kernels
-def _matmul_transposed(a, b):
-    """(a @ b).T as a C-contiguous array.
-
-    Written straight into a Fortran-ordered buffer: no transposed copy, and OpenBLAS
-    splits this orientation of a short-and-wide product across threads much better.
-    """
-    if not isinstance(a, np.ndarray):
-        return (a @ b).T
-    out = np.empty((a.shape[0], b.shape[1]), order="F")
-    return np.matmul(a, b, out=out).T
-
-
-@lru_cache
-def _triu(L1):
-    """Row and column indices of the upper triangle of an L1 x L1 matrix, and the weight
-    (1 on the diagonal, 2 off it) of each entry in a symmetric quadratic form."""
-    rows, cols = np.triu_indices(L1)
-    return rows, cols, np.where(rows == cols, 1.0, 2.0)
-
-
-def _to_float64(a):
-    """``a`` in float64 (numpy arrays are already)."""
-    if isinstance(a, np.ndarray):
-        return a
-    xp = array_namespace(a)
-    return a if a.dtype == xp.float64 else xp.astype(a, xp.float64)
-
-
-def _index(xp, values, like):
-    """Integer indices ``values`` as an array of ``xp`` on the device of ``like``."""
-    return xp.asarray(values, dtype=xp.int64, device=array_device(like))
-
-
-def _pairs(y1):
-    """The products y1_i y1_j (i <= j) of the rows of y1 (L1, n), as (n, P)."""
-    xp = array_namespace(y1)
-    rows, cols, _ = _triu(y1.shape[0])
-    if xp is np:
-        return y1[rows].T * y1[cols].T
-    return (xp.take(y1, _index(xp, rows, y1), axis=0)
-            * xp.take(y1, _index(xp, cols, y1), axis=0)).T
-
-
-def _pair_weights(M):
-    """Weights w_k (K, P) with w_k . pairs_n = y1_n' M_k y1_n for symmetric M (K, L1, L1)."""
-    xp = array_namespace(M)
-    K, L1, _ = M.shape
-    rows, cols, scale = _triu(L1)
-    if xp is np:
-        return M[:, rows, cols] * scale
-    flat = xp.take(xp.reshape(M, (K, L1 * L1)), _index(xp, rows * L1 + cols, M), axis=1)
-    return flat * xp.asarray(scale, dtype=M.dtype, device=array_device(M))
-
-
-def _unpack_pairs(sums, L1):
-    """Symmetric (K, L1, L1) matrices from their upper triangles (K, P)."""
-    xp = array_namespace(sums)
-    rows, cols, _ = _triu(L1)
-    if xp is np:
-        out = np.empty((sums.shape[0], L1, L1))
-        out[:, rows, cols] = sums
-        out[:, cols, rows] = sums
-        return out
-    position = np.empty((L1, L1), dtype=np.int64)
-    position[rows, cols] = np.arange(rows.size)
-    position[cols, rows] = np.arange(rows.size)
-    full = xp.take(sums, _index(xp, position.ravel(), sums), axis=1)
-    return xp.reshape(full, (sums.shape[0], L1, L1))
-
-
-def _target_quadratic(c, precision):
-    """M_k with y1' M_k y1 = (y - c_k)' Gamma_k^-1 (y - c_k): (K, L + 1, L + 1)."""
-    xp = array_namespace(c)
-    K, L = c.shape
-    pc = einsum(xp, "kij,kj->ki", precision, c)
-    if xp is not np:
-        top = xp.concat([precision, -pc[:, :, None]], axis=2)
-        corner = einsum(xp, "ki,ki->k", pc, c)[:, None, None]
-        return xp.concat([top, xp.concat([-pc[:, None, :], corner], axis=2)], axis=1)
-    M = np.empty((K, L + 1, L + 1))
-    M[:, :L, :L] = precision
-    M[:, :L, L] = -pc
-    M[:, L, :L] = -pc
-    M[:, L, L] = np.einsum("ki,ki->k", pc, c)
-    return M
-
-
-def logsumexp(a, axis, keepdims=False):
-    """log(sum(exp(a))) along ``axis``; a lean version for the hot loop."""
-    xp = array_namespace(a)
-    top = xp.max(a, axis=axis, keepdims=True)
-    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-    out = xp.log(xp.sum(xp.exp(a - top), axis=axis, keepdims=True)) + top
-    return out if keepdims else xp.squeeze(out, axis=axis)
-
-
-def spd_inverse_and_logdet(M):
-    """Inverse, log-determinant and inverse Cholesky factor of a stack of small SPD matrices."""
-    xp = array_namespace(M)
-    chol = xp.linalg.cholesky(M)
-    inv_chol = xp.linalg.inv(chol)
-    inv = swap_last(xp, inv_chol) @ inv_chol
-    if xp is np:
-        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    else:
-        logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
-    return inv, logdet, inv_chol
-
-
-def _with_ones_row(y):
-    """y1 = [y, 1]' (L + 1, n) of targets ``y`` (n, L)."""
-    xp = array_namespace(y)
-    n, L = y.shape
-    if xp is not np:
-        return xp.concat([y.T, xp.ones((1, n), dtype=y.dtype, device=array_device(y))], axis=0)
-    y1 = np.empty((L + 1, n))
-    y1[:L] = y.T
-    y1[L] = 1.0
-    return y1
-
-
-def target_log_density(y, c, gamma):
-    """log N(y_n; c_k, Gamma_k) for all k, n: (K, n), from centred targets ``y`` (n, L)."""
-    xp = array_namespace(y)
-    L = y.shape[1]
-    precision, logdet, _ = spd_inverse_and_logdet(gamma)
-    quad = _matmul_transposed(_pairs(_with_ones_row(y)),
-                              _pair_weights(_target_quadratic(c, precision)).T)
-    quad = xp.maximum(quad, xp.zeros_like(quad))  # the expanded form can dip below zero
-    return -0.5 * (L * LOG_2PI + logdet[:, None] + quad)
-
-
-def _cholesky_with_floor(S, reg, eig_floor=None):
-    S = 0.5 * (S + S.T)
-    if eig_floor is not None:
-        # Clipping eigenvalues is the constrained maximiser for a full covariance.
-        vals, vecs = np.linalg.eigh(S)
-        S = (vecs * np.maximum(vals, eig_floor)) @ vecs.T
-    S[np.diag_indices_from(S)] += reg
-    try:
-        return np.linalg.cholesky(S)
-    except np.linalg.LinAlgError:
-        # Rounding made the matrix indefinite: project onto the PSD cone, then floor.
-        vals, vecs = np.linalg.eigh(S)
-        vals = np.maximum(vals, reg)
-        return np.linalg.cholesky((vecs * vals) @ vecs.T)
-
-
-def _cholesky_with_floor_xp(xp, S, reg, eig_floor=None):
-    """:func:`_cholesky_with_floor` for a stack (K, D, D) in any namespace."""
-    S = 0.5 * (S + swap_last(xp, S))
-    if eig_floor is not None:
-        vals, vecs = xp.linalg.eigh(S)
-        vals = xp.maximum(vals, xp.broadcast_to(eig_floor, vals.shape))
-        S = (vecs * vals[:, None, :]) @ swap_last(xp, vecs)
-    S = S + reg * eye(xp, S.shape[-1], S)[None, ...]
-    try:
-        chol = xp.linalg.cholesky(S)
-        if bool(xp.all(xp.isfinite(chol))):
-            return chol
-    except Exception:  # noqa: BLE001 - each library raises its own error type
-        pass
-    vals, vecs = xp.linalg.eigh(S)
-    vals = xp.clip(vals, min=reg)
-    return xp.linalg.cholesky((vecs * vals[:, None, :]) @ swap_last(xp, vecs))
-
-
-def _solve_moments(Mzz, Mzx):
-    """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
-    # Mzz mixes the targets' units with the latent factors' unit variance: scaling it to
-    # unit diagonal keeps the conditioning test and the pseudo-inverse independent of
-    # the targets' scale (the solution is the same when Mzz is invertible).
-    xp = array_namespace(Mzz)
-    if xp is np:
-        diag = np.diagonal(Mzz, axis1=1, axis2=2)
-        unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
-    else:
-        diag = xp.linalg.diagonal(Mzz)
-        unit = 1.0 / xp.sqrt(xp.where(diag > 0, diag, xp.ones_like(diag)))
-    Mzz = Mzz * unit[:, :, None] * unit[:, None, :]
-    return unit[:, :, None] * _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
-
-
-def _solve_scaled_moments(Mzz, Mzx):
-    xp = array_namespace(Mzz)
-    if xp is not np:
-        if Mzz.shape[1] == 0:
-            return zeros(xp, (Mzz.shape[0], 0, Mzx.shape[2]), Mzx)
-        try:
-            chol = xp.linalg.cholesky(Mzz)
-            pivots = xp.min(xp.linalg.diagonal(chol), axis=1)
-            scale = xp.sqrt(xp.max(xp.linalg.diagonal(Mzz), axis=1))
-            if bool(xp.all(pivots > 1e-6 * scale)):
-                inv_chol = xp.linalg.inv(chol)
-                return (swap_last(xp, inv_chol) @ inv_chol) @ Mzx
-        except Exception:  # noqa: BLE001 - each library raises its own error type
-            pass
-        return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
-    try:
-        chol = np.linalg.cholesky(Mzz)
-        pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
-        scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
-        if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
-            inv_chol = np.linalg.inv(chol)
-            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol) @ Mzx
-    except np.linalg.LinAlgError:
-        pass
-    return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
-
-
 def _leading_right_singular(M, n_dirs, random_state):
     """Leading singular values and right singular vectors of M (m, D)."""
     m, D = M.shape
@@ -862,7 +302,7 @@ def _latent_loadings(Xc, y, resp, A, b, n_latent, random_state):
 
 
 # ------------------------------------------------------------------------------ the model
-class GLLiMModel:
+class GLLiMModel(ForwardMixin):
     """The EM steps of (hybrid) GLLiM for one choice of structures and settings.
 
     The EM engine (:mod:`gllim_sk._engine`) drives it through four hooks: :meth:`plan`
@@ -1188,9 +628,8 @@ class GLLiMModel:
     # -- M-step ----------------------------------------------------------------------------
     def m_step(self, stats):
         """Parameters from statistics summed over all samples."""
-        params, raw, pool_weights = self.m_step_moments(stats)
-        params.noise = self.finalize_noise(raw, pool_weights)
-        return params
+        moments = self.m_step_moments(stats)
+        return moments.complete(self.finalize_noise(moments.raw, moments.pool_weights))
 
     def finalize_noise(self, raw, weights):
         return self.noise.finalize(raw, weights, self.reg_covar, self.var_floor)
@@ -1207,8 +646,9 @@ class GLLiMModel:
     def m_step_moments(self, stats):
         """The M-step with the noise left as raw moments.
 
-        Returns ``Params`` with ``noise=None``, the raw per-component noise moments and
-        the (unnormalised) mixture weights that pool them; :meth:`m_step` floors them.
+        Returns :class:`MStepMoments`: the parameters but the noise, the raw
+        per-component noise moments and the (unnormalised) mixture weights that pool
+        them; :meth:`m_step` floors them.
         """
         xp = array_namespace(stats.mass)
         mass = stats.mass
@@ -1266,15 +706,15 @@ class GLLiMModel:
             target_moments = target_moments * scale[:, None, None]
         gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
-        params = Params(
+        fields = dict(
             weights=pis / (pis.sum() if xp is np else xp.sum(pis)), c=copy(xp, zbar[:, :L]),
             gamma=gamma,
             A=swap_last(xp, loadings_t[:, :L, :]), W=swap_last(xp, loadings_t[:, L:, :]),
-            b=b, noise=None,
+            b=b,
         )
-        return params, raw, pis
+        return MStepMoments(Params, fields, raw, pis)
 
-    def init_latent(self, Xc, y, resp, params, raw, n_latent, random_state):
+    def init_latent(self, Xc, y, resp, moments, n_latent, random_state):
         """Initialise W_k by a weighted PCA of the residuals of the Lw = 0 fit.
 
         W_k = U (Lambda - s2)^(1/2) with U, Lambda the leading principal directions and
@@ -1283,169 +723,26 @@ class GLLiMModel:
         noise structure holds them) so that Sigma_k + W_k W_k' keeps the residual variance.
         The PCA runs with numpy on the host whatever the namespace (an initialisation,
         like k-means: K small eigen-problems, which some libraries solve slowly).
+        ``moments`` (:class:`MStepMoments`) is the M-step of the Lw = 0 fit; returns new
+        parameters.
         """
-        xp = array_namespace(params.A)
+        A, b = moments.fields["A"], moments.fields["b"]
+        xp = array_namespace(A)
         if xp is np:
-            W = _latent_loadings(Xc, y, resp, params.A, params.b, n_latent, random_state)
+            W = _latent_loadings(Xc, y, resp, A, b, n_latent, random_state)
         else:
-            host = [np.asarray(to_numpy(a), dtype=np.float64)
-                    for a in (Xc, y, resp, params.A, params.b)]
+            host = [np.asarray(to_numpy(a), dtype=np.float64) for a in (Xc, y, resp, A, b)]
             W = xp.asarray(_latent_loadings(*host, n_latent, random_state), dtype=xp.float64,
-                           device=array_device(params.A))
-        params.W = W
-        params.noise = self.finalize_noise(self.noise.remove_latent(raw, W, params.weights),
-                                           params.weights)
-        return params
+                           device=array_device(A))
+        return self.with_latent(moments, W)
+
+    def with_latent(self, moments, W):
+        """The parameters of ``moments`` with latent loadings ``W``: the noise loses W W'
+        (so that Sigma_k + W_k W_k' keeps the residual variance) and is finalised."""
+        raw = self.noise.remove_latent(moments.raw, W, moments.weights)
+        return moments.complete(self.finalize_noise(raw, moments.weights), W=W)
 
     # -- the forward mixture -----------------------------------------------------------------
-    def forward(self, params):
-        """Forward parameters of eq. (3), with the latent part integrated out."""
-        xp = array_namespace(params.A)
-        K, D, L = params.A.shape
-        Lw = params.W.shape[2]
-        noise = params.noise
-        SA = self.noise.solve(noise, params.A)
-        SW = self.noise.solve(noise, params.W)
-        latent_cov, neg_logdet_s, _ = spd_inverse_and_logdet(
-            eye(xp, Lw, params.A)[None, ...] + swap_last(xp, params.W) @ SW
-        )
-        # P_k = (Sigma_k + W_k W_k^T)^-1 A_k by Woodbury.
-        P = SA - SW @ (latent_cov @ (swap_last(xp, SW) @ params.A))
-        gamma_inv, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        cov_inv = gamma_inv + swap_last(xp, params.A) @ P
-        cov = xp.linalg.inv(cov_inv)
-        cov = 0.5 * (cov + swap_last(xp, cov))
-        _, logdet_cov = xp.linalg.slogdet(cov)
-        coef = cov @ swap_last(xp, P)
-        intercept = einsum(
-            xp, "kij,kj->ki", cov,
-            einsum(xp, "kij,kj->ki", gamma_inv, params.c)
-            - einsum(xp, "kdl,kd->kl", P, params.b),
-        )
-        means_x = einsum(xp, "kdl,kl->kd", params.A, params.c) + params.b
-        Sc = self.noise.solve(noise, means_x[:, :, None])[:, :, 0]
-        logdet_gamma_star = self.noise.logdet(noise, K) + neg_logdet_s + logdet_gamma - logdet_cov
-        with np.errstate(divide="ignore"):
-            log_w = xp.log(params.weights)
-        const = log_w - 0.5 * (D * LOG_2PI + logdet_gamma_star
-                               + einsum(xp, "kd,kd->k", Sc, means_x))
-        stack = concat(xp, [Sc[:, :, None], SW, P], axis=2)  # (K, D, 1 + Lw + L)
-        gemm = reshape(xp, permute(xp, stack, (1, 2, 0)), (D, -1))
-        return Forward(
-            weights=params.weights, means_x=means_x, coef=coef, intercept=intercept, cov=cov,
-            gemm=np.ascontiguousarray(gemm) if xp is np else gemm, const=const,
-            logdet_x=logdet_gamma_star,
-            t0=einsum(xp, "kdl,kd->kl", SW, means_x), u0=einsum(xp, "kdl,kd->kl", P, means_x),
-            latent_cov=latent_cov, noise=noise,
-        )
-
-    def forward_mixture(self, Xc, fwd):
-        """Posterior log-weights log nu_k(x) (n, K) and means A*_k x + b*_k (n, K, L)."""
-        xp = array_namespace(Xc)
-        log_nu, means = self.forward_terms(Xc, fwd)
-        log_nu -= logsumexp(log_nu, axis=0, keepdims=True)
-        return log_nu.T, permute(xp, means, (2, 1, 0))
-
-    def forward_terms(self, Xc, fwd):
-        """Unnormalised log nu_k(x) = log pi_k + log N(x; c*_k, Gamma*_k) (K, n), and the
-        means A*_k x + b*_k as (L, K, n), in float64 (float32 features: the products over
-        samples run in float32)."""
-        xp = array_namespace(Xc)
-        if self.noise.dense_quadratic:  # full noise kinds (small D): products in float64
-            Xc = _to_float64(Xc)
-        n, D = Xc.shape
-        K, L, _ = fwd.coef.shape
-        Lw = fwd.t0.shape[1]
-        gemm = fwd.gemm if Xc.dtype == fwd.gemm.dtype else xp.astype(fwd.gemm, Xc.dtype)
-        # Component-by-sample layout, as in the E-step: H[j, k, n].
-        H = _to_float64(reshape(xp, _matmul_transposed(Xc, gemm), (1 + Lw + L, K, n)))
-        t = H[1 : 1 + Lw, ...] - fwd.t0.T[:, :, None]
-        hu = H[1 + Lw :, ...]
-        u = hu - fwd.u0.T[:, :, None]
-        if self.noise.dense_quadratic:
-            quad = self.noise.quad_features(fwd.noise, _to_float64(Xc), None, K)
-        else:
-            sq = self.noise.squared_features(Xc)
-            noise = fwd.noise if Xc.dtype == fwd.noise.dtype else xp.astype(fwd.noise, Xc.dtype)
-            quad = _to_float64(self.noise.quad_features(noise, Xc, sq, K))
-        quad -= 2.0 * H[0, ...]
-        if Lw:
-            quad -= einsum(xp, "lkn,lkn->kn", t, einsum(xp, "klm,mkn->lkn", fwd.latent_cov, t))
-        quad -= einsum(xp, "lkn,lkn->kn", u, einsum(xp, "klm,mkn->lkn", fwd.cov, u))
-        # quad lacks the constant c*' Sigma^-1 c*, which sits in fwd.const.
-        log_nu = fwd.const[:, None] - 0.5 * quad
-        means = einsum(xp, "klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
-        return log_nu, means
-
-    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None):
-        """The forward mixture when the observed features carry known extra noise.
-
-        The observations are x + e, e ~ N(0, S), so Sigma_k becomes Sigma_k + S in
-        Gamma*_k and in the star parameters. ``noise_var`` holds variances, (1, D) shared
-        or (n, D) per sample; ``noise_cov`` is a shared (D, D) covariance. The latent
-        factors join the targets, z = [y, w] with prior N([c_k, 0], diag(Gamma_k, I)),
-        and y's block of the posterior of z is the answer.
-
-        Returns the unnormalised log gating weights log pi_k + log N(x; c*_k, Gamma*_k + S)
-        (K, n), the component means (n, K, L) and covariances (n, K, L, L), in centred
-        coordinates. A diagonal Sigma_k with
-        variances S costs O(n D K (L + Lw)^2); otherwise each Sigma_k + S is a dense
-        D x D matrix, factorised once per component for a shared S and once per sample
-        and component for per-sample variances.
-        """
-        n, D = Xc.shape
-        K, _, L = params.A.shape
-        Lw = params.W.shape[2]
-        Lz = L + Lw
-        Az = np.concatenate([params.A, params.W], axis=2)  # (K, D, Lz)
-        gamma_inv, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        prior_prec = np.zeros((K, Lz, Lz))
-        prior_prec[:, :L, :L] = gamma_inv
-        prior_prec[:, L:, L:] = np.eye(Lw)
-        means_x = np.einsum("kdl,kl->kd", params.A, params.c) + params.b
-        diagonal = noise_cov is None and not self.noise.dense_quadratic
-        with np.errstate(divide="ignore"):
-            log_w = np.log(params.weights)
-        log_nu = np.empty((K, n))
-        means = np.empty((n, K, L))
-        covs = np.empty((n, K, L, L))
-        for k in range(K):
-            r = Xc - means_x[k]  # (n, D)
-            if diagonal:
-                V = params.noise[k] + noise_var  # (1 or n, D)
-                inv_V = 1.0 / V
-                Vr = r * inv_V
-                # A' V^-1 A for every sample as one product, no (n, D, Lz) temporary.
-                pairs = (Az[k][:, :, None] * Az[k][:, None, :]).reshape(D, Lz * Lz)
-                gram = (inv_V @ pairs).reshape(-1, Lz, Lz)
-                logdet_V = np.log(V).sum(axis=1)
-            else:
-                sigma = self.noise.dense(params.noise, k)
-                if noise_cov is not None:
-                    V = (sigma + noise_cov)[None]
-                else:
-                    V = sigma[None] + noise_var[:, :, None] * np.eye(D)
-                chol = np.linalg.cholesky(V)  # (1 or n, D, D)
-                logdet_V = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-                VA = np.linalg.solve(V, np.broadcast_to(Az[k], (V.shape[0], D, Lz)))
-                gram = np.einsum("dl,ndm->nlm", Az[k], VA)
-                if V.shape[0] == 1:
-                    Vr = np.linalg.solve(V[0], r.T).T
-                else:
-                    Vr = np.linalg.solve(V, r[:, :, None])[:, :, 0]
-            precision = prior_prec[k] + gram
-            post_cov = np.linalg.inv(precision)  # (1 or n, Lz, Lz)
-            post_cov = 0.5 * (post_cov + np.swapaxes(post_cov, 1, 2))
-            u = Vr @ Az[k]  # (n, Lz)
-            shift = np.einsum("nlm,nm->nl", np.broadcast_to(post_cov, (n, Lz, Lz)), u)
-            delta = np.einsum("nd,nd->n", r, Vr) - np.einsum("nl,nl->n", u, shift)
-            # Determinant lemma: log|Gamma*| = log|V| + log|Gamma| + log|precision|.
-            logdet_x = logdet_V + logdet_gamma[k] + np.linalg.slogdet(precision)[1]
-            log_nu[k] = log_w[k] - 0.5 * (D * LOG_2PI + logdet_x + delta)
-            means[:, k] = params.c[k] + shift[:, :L]
-            covs[:, k] = post_cov[:, :L, :L]
-        return log_nu, means, covs
-
     def n_parameters(self, n_components, n_features, n_targets, n_latent):
         """Free parameters: weights, c, Gamma, A, b, Sigma, and W up to rotation."""
         K, D, L, Lw = n_components, n_features, n_targets, n_latent

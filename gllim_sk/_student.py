@@ -35,7 +35,7 @@ from . import _dask, _engine
 from . import _gllim_math as gm
 from ._compat import Interval
 from ._gllim import GLLiMRegressor, _input_namespace
-from .posterior import mahalanobis_logdet, mixture_log_density
+from ._mixtures import PredictiveMixture, mahalanobis_logdet
 
 # The degrees of freedom are kept in [2 ALPHA_MIN, 2 ALPHA_MAX]: beyond the upper bound
 # the t is a Gaussian for every practical purpose and a larger alpha only rescales
@@ -200,15 +200,14 @@ class StudentGLLiMModel(gm.GLLiMModel):
         return stats.mass / np.maximum(stats.cov_mass, np.finfo(float).tiny)
 
     def m_step_moments(self, stats):
-        params, *rest = super().m_step_moments(stats)
+        moments = super().m_step_moments(stats)
         if stats.log_u_sum is None:  # first M-step (u = 1): the initial alpha
-            alpha = np.full(params.weights.shape, float(self.alpha_init))
+            alpha = np.full(moments.weights.shape, float(self.alpha_init))
         else:
             mean_log_u = stats.log_u_sum / np.maximum(stats.cov_mass, np.finfo(float).tiny)
             alpha, _ = mean_log_weight_to_alpha(mean_log_u)
-        fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-        fields.pop("alpha", None)
-        return (StudentParams(**fields, alpha=alpha), *rest)
+        return dataclasses.replace(moments, params_type=StudentParams,
+                                   fields={**moments.fields, "alpha": alpha})
 
     def student_forward_terms(self, Xc, fwd, alpha):
         """Gating log-weights (n, K), means (n, K, L) and distances delta_x (n, K) of the
@@ -230,8 +229,9 @@ def _require_numpy(X):
     """The Student model computes in numpy (scipy's special functions): say so clearly."""
     if _input_namespace(X) is not np:
         raise ValueError(
-            "StudentGLLiMRegressor computes with numpy arrays only; pass numpy inputs "
-            "(Array API dispatch is available for GLLiMRegressor)."
+            "StudentGLLiMRegressor computes with numpy arrays only (scipy's special "
+            "functions): pass numpy arrays (for a torch tensor, X.cpu().numpy()). "
+            "GLLiMRegressor takes arrays of other libraries under Array API dispatch."
         )
 
 
@@ -434,20 +434,31 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         super().__setstate__(state)
 
     # ------------------------------------------------------------------ prediction
-    def _student_mixture(self, X):
-        """Gating log-weights (n, K), component means (n, K, L), t scale matrices
-        (n, K, L, L) and degrees of freedom (K,) of p(y | x); the dtype of X."""
+    # Its component covariances depend on x (through delta^x): predict_mixture returns
+    # them per sample.
+    _per_sample_covariances = True
+
+    def _predictive_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None,
+                            method="predict"):
+        """The predictive hook (see :mod:`._predict`): t components with ``dof_[k] + D``
+        degrees of freedom and scale matrices (n, K, L, L), as numpy arrays."""
+        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
         _require_numpy(X)
-        X, dtype = self._check_X(X)
+        X, dtype = self._check_X(X, method)
         Xc = X.astype(np.float64) - self.feature_mean_
-        log_nu, means, delta = self._em_model(fitted=True).student_forward_terms(
-            Xc, self._forward, self._params.alpha
-        )
         alpha = self._params.alpha
+        log_nu, means, delta = self._em_model(fitted=True).student_forward_terms(
+            Xc, self._forward, alpha
+        )
         D = Xc.shape[1]
         factor = (1.0 + 0.5 * delta) / (alpha + 0.5 * D)  # (n, K)
         scales = factor[:, :, None, None] * self._forward.cov[None]
-        return log_nu, means + self.target_mean_, scales, 2.0 * alpha + D, dtype
+        return PredictiveMixture(log_nu, means + self.target_mean_, scales, 2.0 * alpha + D,
+                                 dtype)
+
+    def _check_namespace(self, X, method):
+        # The Student model lives in numpy only: moving it cannot help, numpy input can.
+        _require_numpy(X)
 
     @staticmethod
     def _reject_feature_noise(feature_noise_var, feature_noise_cov):
@@ -462,143 +473,6 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         self._reject_feature_noise(feature_noise_var, feature_noise_cov)
         return None
 
-    def _mixture(self, X, method="predict", feature_noise_var=None, feature_noise_cov=None):
-        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
-        log_nu, means, scales, dof, dtype = self._student_mixture(X)
-        return log_nu, means, self._t_covariances(scales, dof[None, :]), dtype
-
-    def _predictive_components(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
-        return self._student_mixture(X)
-
-    @staticmethod
-    def _t_covariances(scales, dof):
-        """Covariances scale * dof / (dof - 2) of t components; inf where dof <= 2."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            factor = np.where(dof > 2.0, dof / (dof - 2.0), np.inf)
-        return scales * factor[..., None, None]
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
-                feature_noise_cov=None):
-        """Predict the conditional mean E[y | x] of the Student forward mixture.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        return_std : bool, default=False
-            Also return the standard deviation of each target under p(y | x): the square
-            root of the diagonal of the mixture's covariance (see the class notes;
-            ``inf`` where a component's covariance does not exist).
-        return_cov : bool, default=False
-            Also return the covariance of the predictive mixture.
-        feature_noise_var, feature_noise_cov : None
-            Not available for the Student model (``NotImplementedError``).
-
-        Returns
-        -------
-        y_mean : ndarray of shape (n_samples,) or (n_samples, n_targets)
-        y_std : ndarray of the same shape as y_mean
-            Only with ``return_std=True``.
-        y_cov : ndarray of shape (n_samples, n_targets, n_targets)
-            Only with ``return_cov=True``.
-        """
-        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
-        log_nu, means, scales, dof, dtype = self._student_mixture(X)
-        nu = np.exp(log_nu)
-        mean = np.einsum("nk,nkl->nl", nu, means)
-        out = [self._shape_out(mean).astype(dtype, copy=False)]
-        if return_std or return_cov:
-            covs = self._t_covariances(scales, dof[None, :])
-            with np.errstate(invalid="ignore"):
-                cov = np.einsum("nk,nklm->nlm", nu, covs)
-            cov += np.einsum("nk,nkl,nkm->nlm", nu, means, means)
-            cov -= mean[:, :, None] * mean[:, None, :]
-            cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
-            if return_std:
-                var = np.maximum(np.einsum("nll->nl", cov), 0.0)
-                out.append(self._shape_out(np.sqrt(var)).astype(dtype, copy=False))
-            if return_cov:
-                out.append(cov.astype(dtype, copy=False))
-        return out[0] if len(out) == 1 else tuple(out)
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def predict_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None):
-        """Return the Student predictive mixture p(y | x) for each sample.
-
-        Component k of sample n is a t with ``dof_[k] + n_features_in_`` degrees of
-        freedom (see the class notes).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        feature_noise_var, feature_noise_cov : None
-            Not available for the Student model (``NotImplementedError``).
-
-        Returns
-        -------
-        weights : ndarray of shape (n_samples, n_components)
-            Gating weights nu_k(x), from the t marginals of x.
-        means : ndarray of shape (n_samples, n_components, n_targets)
-            Component means A*_k x + b*_k.
-        covariances : ndarray of shape (n_samples, n_components, n_targets, n_targets)
-            Component covariances; they depend on x through delta^x (``inf`` where the
-            covariance does not exist).
-        """
-        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
-        log_nu, means, scales, dof, dtype = self._student_mixture(X)
-        return (
-            np.exp(log_nu).astype(dtype, copy=False),
-            means.astype(dtype, copy=False),
-            self._t_covariances(scales, dof[None, :]).astype(dtype, copy=False),
-        )
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def conditional_log_density(self, X, y, *, feature_noise_var=None,
-                                feature_noise_cov=None):
-        """Conditional log-density log p(y | x) of each pair under the forward mixture.
-
-        Observation noise is not available for the Student model.
-
-        Returns
-        -------
-        log_density : ndarray of shape (n_samples,)
-        """
-        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
-        log_nu, means, scales, dof, _ = self._student_mixture(X)
-        y = self._check_y(y, log_nu.shape[0]) + self.target_mean_
-        return mixture_log_density(y[:, None, :], log_nu, means, scales, dof)[:, 0]
-
-    def sample_y(self, X, n_samples=1, random_state=None, *, feature_noise_var=None,
-                 feature_noise_cov=None):
-        """Draw targets from the Student predictive mixture p(y | x).
-
-        As :meth:`GLLiMRegressor.sample_y` (the same row-keyed generator: the draws on a
-        dask array are lazy and equal the in-memory ones), with the t components of
-        :meth:`predict_mixture`. Observation noise is not available for the Student model.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples_X, n_features)
-            Features.
-        n_samples : int, default=1
-            Number of draws per row of X.
-        random_state : int, RandomState instance or None, default=None
-            Seed of the draws.
-        feature_noise_var, feature_noise_cov : None
-            Not available for the Student model (``NotImplementedError``).
-
-        Returns
-        -------
-        y_samples : ndarray of shape (n_samples_X, n_targets, n_samples)
-            Draws; shape (n_samples_X, n_samples) for a model fitted on 1-D y.
-        """
-        return super().sample_y(X, n_samples, random_state,
-                                feature_noise_var=feature_noise_var,
-                                feature_noise_cov=feature_noise_cov)
-
     def _target_log_prior(self, y):
         """log pi_k + log t(y; c_k, Gamma_k, alpha_k), (K, n), for centred y."""
         params = self._params
@@ -607,33 +481,6 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         with np.errstate(divide="ignore"):
             log_w = np.log(params.weights)
         return log_w[:, None] + t_log_density(delta, logdet, params.alpha[:, None], y.shape[1])
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def component_posterior(self, X=None, y=None, *, feature_noise_var=None,
-                            feature_noise_cov=None):
-        """Posterior probabilities of the components (t densities; see GLLiMRegressor).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features), default=None
-            Features.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
-            Targets.
-
-        feature_noise_var, feature_noise_cov : None
-            Not available for the Student model (``NotImplementedError``).
-
-        Returns
-        -------
-        resp : ndarray of shape (n_samples, n_components)
-            p(Z = k | x), p(Z = k | y) or p(Z = k | x, y), as given.
-        """
-        self._reject_feature_noise(feature_noise_var, feature_noise_cov)
-        if X is None and y is not None:
-            check_is_fitted(self)
-            logp = self._target_log_prior(self._check_y(y))
-            return np.exp(logp - gm.logsumexp(logp, axis=0, keepdims=True)).T
-        return super().component_posterior(X, y)
 
     @_dask.blockwise()
     def outlier_weights(self, X, y):

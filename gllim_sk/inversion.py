@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _dask
+from ._mixtures import PredictiveMixture, check_noise_matrix, check_noise_variances
 from .posterior import importance_sampling, merge_mixture
 
 __all__ = ["InversionResult", "invert"]
@@ -185,16 +186,15 @@ class InversionResult:
 
 
 class _Proposal:
-    """A fixed Gaussian mixture in the estimator protocol of importance_sampling."""
+    """A fixed Gaussian mixture behind the predictive hook that importance_sampling
+    consumes."""
 
     def __init__(self, log_weights, means, covariances):
         self.parts = (log_weights, means, covariances)
 
-    def _predictive_components(self, X):
-        return (*self.parts, None, np.float64)
-
-    def _check_X(self, X, method=None):
-        return (X,)
+    def _predictive_mixture(self, X):
+        log_weights, means, covariances = self.parts
+        return PredictiveMixture(log_weights, means, covariances, None, np.float64)
 
 
 def _count_modes(weights, means, covs, threshold, separation):
@@ -447,14 +447,11 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         if likelihood_var is not None:
             lv = np.asarray(likelihood_var) if not _dask.is_dask_array(likelihood_var) \
                 else likelihood_var
-            if not _dask.is_dask_array(lv) and (not np.all(np.isfinite(lv)) or np.any(lv <= 0)):
-                raise ValueError("likelihood_var must hold finite, positive variances.")
+            if not _dask.is_dask_array(lv):  # as importance_sampling's noise_covariance
+                check_noise_variances(lv, "likelihood_var", positive=True)
         else:
-            c = np.asarray(likelihood_cov, dtype=float)
-            try:
-                np.linalg.cholesky(c)
-            except np.linalg.LinAlgError:
-                raise ValueError("likelihood_cov must be positive definite.") from None
+            likelihood_cov = check_noise_matrix(likelihood_cov, np.shape(likelihood_cov)[-1],
+                                                "likelihood_cov", definite=True)
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     settings = {"n_modes": int(n_modes), "mode_threshold": float(mode_threshold),
                 "separation": float(separation),

@@ -15,153 +15,45 @@ people who invert physical models ask for:
 
 The mixtures here may have Gaussian or Student-t components: ``dof`` is ``None`` for
 Gaussian ones, otherwise the components' degrees of freedom, and ``scales`` are then
-the t scale matrices (covariance = scale * dof / (dof - 2)).
+the t scale matrices (covariance = scale * dof / (dof - 2)). The densities and draws of
+such mixtures (:func:`mixture_log_density`, :func:`sample_mixture`,
+:func:`sample_mixture_rows`) are importable from here as well.
 """
 
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, chdtri, gammaln, logsumexp, ndtri
 from sklearn.utils import check_random_state
 
 from . import _dask
+from ._compat import to_numpy
+from ._mixtures import (  # noqa: F401  (the densities and draws are documented here)
+    LOG_2PI,
+    PredictiveMixture,
+    check_noise_matrix,
+    check_noise_variances,
+    gaussian_or_t_log_density,
+    mahalanobis_logdet,
+    mixture_log_density,
+    row_uniforms,
+    sample_mixture,
+    sample_mixture_rows,
+    stream_key,
+    t_covariance_factor,
+)
 
 __all__ = ["ImportanceSamplingResult", "importance_sampling", "merge_mixture"]
 
-LOG_2PI = np.log(2.0 * np.pi)
 # Samples of the merge are processed in blocks of this many: the initial pairwise
 # costs hold (block, K, K, L, L) merged covariances.
 _MERGE_BLOCK_ELEMENTS = 2_000_000
 # Forward-model evaluations per call, in rows times features.
 _FORWARD_BLOCK_ELEMENTS = 5_000_000
-
-
-# --------------------------------------------------------------------- densities
-def mahalanobis_logdet(diff, scales):
-    """Squared Mahalanobis distances and log-determinants for a stack of SPD matrices.
-
-    ``diff`` is (..., L) and ``scales`` (..., L, L), broadcasting against each other;
-    returns ``(delta, logdet)`` with ``delta = diff' scales^-1 diff``.
-    """
-    chol = np.linalg.cholesky(scales)
-    z = np.linalg.solve(chol, diff[..., None])[..., 0]
-    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    return np.einsum("...i,...i->...", z, z), logdet
-
-
-def gaussian_or_t_log_density(delta, logdet, dim, dof=None):
-    """Log-density of a Gaussian (``dof=None``) or multivariate t from its distance.
-
-    ``delta`` is the squared Mahalanobis distance under the scale matrix, ``logdet``
-    the scale's log-determinant, ``dim`` the dimension and ``dof`` the degrees of
-    freedom (scipy's ``multivariate_t(shape=scale, df=dof)``); all broadcast.
-    """
-    if dof is None:
-        return -0.5 * (dim * LOG_2PI + logdet + delta)
-    dof = np.asarray(dof, dtype=float)
-    # log Gamma((dof + dim)/2) - log Gamma(dof/2) through betaln: exact for large dof.
-    return (
-        gammaln(0.5 * dim) - betaln(0.5 * dof, 0.5 * dim)
-        - 0.5 * dim * np.log(dof * np.pi) - 0.5 * logdet
-        - 0.5 * (dof + dim) * np.log1p(delta / dof)
-    )
-
-
-def mixture_log_density(y, log_weights, means, scales, dof=None):
-    """log sum_k w_k f_k(y) for each of n mixtures at m points each.
-
-    ``y`` is (n, m, L); ``log_weights`` (n, K); ``means`` (n, K, L); ``scales``
-    (K, L, L) or (n, K, L, L); ``dof`` None, (K,) or (n, K). Returns (n, m).
-    """
-    if scales.ndim == 3:
-        scales = scales[None]
-    chol = np.linalg.cholesky(scales)  # (n|1, K, L, L)
-    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    diff = y[:, :, None, :] - means[:, None, :, :]  # (n, m, K, L)
-    n, m, K, L = diff.shape
-    chol_b = np.broadcast_to(chol, (n, K, L, L))
-    # Solve per (n, k) for all m points at once: (n, K, L, m).
-    z = np.linalg.solve(chol_b, np.transpose(diff, (0, 2, 3, 1)))
-    delta = np.einsum("nklm,nklm->nmk", z, z)
-    logdet = np.broadcast_to(logdet, (n, K))[:, None, :]
-    if dof is not None:
-        dof = np.broadcast_to(np.asarray(dof, dtype=float), (n, K))[:, None, :]
-    log_comp = gaussian_or_t_log_density(delta, logdet, L, dof)
-    with np.errstate(divide="ignore"):
-        return logsumexp(log_comp + log_weights[:, None, :], axis=2)
-
-
-def sample_mixture(weights, means, scales, n_draws, rng, dof=None):
-    """Draw ``n_draws`` points from each of n mixtures: (n, n_draws, L).
-
-    Shapes as in :func:`mixture_log_density`; ``weights`` need not be normalised.
-    """
-    n, K, L = means.shape
-    choice = rng.uniform(size=(n, n_draws))
-    normal = rng.standard_normal((n, n_draws, L))
-    return _mixture_draws(weights, means, scales, choice, normal, dof, rng.chisquare)
-
-
-def _mixture_draws(weights, means, scales, choice, normal, dof, chisquare):
-    """Mixture draws (n, s, L) from uniforms ``choice`` (n, s) that pick the components,
-    standard normals ``normal`` (n, s, L) and, for t components, ``chisquare(dof_ns)``,
-    chi-square draws of the picked components' degrees of freedom (n, s)."""
-    n, K, L = means.shape
-    cum = np.cumsum(weights, axis=1)
-    u = choice * cum[:, -1:]
-    comp = np.minimum((u[:, :, None] > cum[:, None, :]).sum(axis=2), K - 1)
-    if scales.ndim == 3:
-        scales = scales[None]
-    chol = np.broadcast_to(np.linalg.cholesky(scales), (n, K, L, L))
-    rows = np.arange(n)[:, None]
-    noise = np.einsum("nslm,nsm->nsl", chol[rows, comp], normal)
-    if dof is not None:
-        dof_nk = np.broadcast_to(np.asarray(dof, dtype=float), (n, K))[rows, comp]
-        # t = Gaussian / sqrt(chi2_dof / dof)
-        noise /= np.sqrt(chisquare(dof_nk) / dof_nk)[:, :, None]
-    return means[rows, comp] + noise
-
-
-def stream_key(random_state):
-    """The 128-bit key (two ints) of :func:`row_uniforms`'s stream, drawn from a numpy
-    ``RandomState`` (as from ``check_random_state``)."""
-    return tuple(int(v) for v in random_state.randint(2**63, size=2, dtype=np.int64))
-
-
-# Philox makes four 64-bit values per step of its counter.
-_PHILOX_VALUES_PER_COUNT = 4
-
-
-def row_uniforms(key, first_row, n_rows, per_row):
-    """Uniforms in (0, 1), (n_rows, per_row), for rows ``first_row`` onwards of a stream.
-
-    Row ``r`` takes its values from its own stretch of a counter-based generator (numpy's
-    :class:`~numpy.random.Philox` keyed by ``key``), from counter ``r * ceil(per_row /
-    4)`` on: the values of a row do not depend on which other rows are drawn with it,
-    so that rows drawn in blocks, in any blocks, get the values of rows drawn at once.
-    Each value has 52 random bits, centred in its interval: the smallest is 2^-53, the
-    largest 1 - 2^-53.
-    """
-    stride = -(-per_row // _PHILOX_VALUES_PER_COUNT)
-    bits = np.random.Philox(key=np.array(key, dtype=np.uint64), counter=first_row * stride)
-    raw = bits.random_raw(n_rows * stride * _PHILOX_VALUES_PER_COUNT)
-    raw = raw.reshape(n_rows, stride * _PHILOX_VALUES_PER_COUNT)[:, :per_row]
-    return ((raw >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
-
-
-def sample_mixture_rows(weights, means, scales, n_draws, key, first_row=0, dof=None):
-    """:func:`sample_mixture` for rows ``first_row`` onwards, from :func:`row_uniforms`.
-
-    Each row's draws come from its own uniforms (standard normals and chi-squares by
-    their inverse distribution functions): the draws of a row are the same whichever
-    block of rows it is drawn in.
-    """
-    n, K, L = means.shape
-    width = 2 + L if dof is not None else 1 + L
-    u = row_uniforms(key, first_row, n, n_draws * width).reshape(n, n_draws, width)
-    return _mixture_draws(weights, means, scales, u[:, :, 0], ndtri(u[:, :, 1 : L + 1]), dof,
-                          lambda dof_ns: chdtri(dof_ns, u[:, :, L + 1]))
+# Singular covariances (point masses) get this multiple of their mixture's scale on the
+# diagonal in the merging costs only, which keeps Runnalls' bound finite; the merged
+# moments stay exact.
+_MERGE_COST_JITTER = 1e-9
 
 
 # --------------------------------------------------------------------- merging
@@ -177,29 +69,32 @@ def _merged_moments(w_i, m_i, P_i, w_j, m_j, P_j):
     return w, mean, cov
 
 
-def _runnalls_cost(w_i, m_i, P_i, ld_i, w_j, m_j, P_j, ld_j):
+def _runnalls_cost(w_i, m_i, P_i, ld_i, w_j, m_j, P_j, ld_j, jitter):
     """Runnalls' upper bound on the KL divergence caused by merging components i and j.
 
-    B(i, j) = ((w_i + w_j) log|P_ij| - w_i log|P_i| - w_j log|P_j|) / 2.
+    B(i, j) = ((w_i + w_j) log|P_ij| - w_i log|P_i| - w_j log|P_j|) / 2, with ``jitter``
+    (n, 1) added to the diagonal of every covariance (``ld`` are the log-determinants of
+    the jittered ones; the jitter is 0 except on rows with a singular covariance).
     """
     w, _, cov = _merged_moments(w_i, m_i, P_i, w_j, m_j, P_j)
-    logdet = np.linalg.slogdet(cov)[1]
+    logdet = np.linalg.slogdet(cov + jitter[..., None, None] * np.eye(cov.shape[-1]))[1]
     return 0.5 * (w * logdet - w_i * ld_i - w_j * ld_j)
 
 
-def _merge_block(weights, means, covs, n_keep):
+def _merge_block(weights, means, covs, n_keep, jitter):
     n, K, L = means.shape
     weights = weights.copy()
     means = means.copy()
     covs = covs.copy()
-    logdets = np.linalg.slogdet(covs)[1]
+    jitter = jitter[:, None]
+    logdets = np.linalg.slogdet(covs + jitter[..., None, None] * np.eye(L))[1]
     active = np.ones((n, K), dtype=bool)
     rows = np.arange(n)
     iu, ju = np.triu_indices(K, k=1)
     cost = np.full((n, K, K), np.inf)
     cost[:, iu, ju] = _runnalls_cost(
         weights[:, iu], means[:, iu], covs[:, iu], logdets[:, iu],
-        weights[:, ju], means[:, ju], covs[:, ju], logdets[:, ju],
+        weights[:, ju], means[:, ju], covs[:, ju], logdets[:, ju], jitter,
     )
     ks = np.arange(K)
     for _ in range(K - n_keep):
@@ -208,7 +103,7 @@ def _merge_block(weights, means, covs, n_keep):
         w, m, P = _merged_moments(weights[rows, i], means[rows, i], covs[rows, i],
                                   weights[rows, j], means[rows, j], covs[rows, j])
         weights[rows, i], means[rows, i], covs[rows, i] = w, m, P
-        logdets[rows, i] = np.linalg.slogdet(P)[1]
+        logdets[rows, i] = np.linalg.slogdet(P + jitter[..., None] * np.eye(L))[1]
         weights[rows, j] = 0.0
         active[rows, j] = False
         cost[rows, j, :] = np.inf
@@ -216,7 +111,7 @@ def _merge_block(weights, means, covs, n_keep):
         # Costs between the merged component and every other one.
         new = _runnalls_cost(
             weights[rows, i][:, None], means[rows, i][:, None], covs[rows, i][:, None],
-            logdets[rows, i][:, None], weights, means, covs, logdets,
+            logdets[rows, i][:, None], weights, means, covs, logdets, jitter,
         )
         new[~active] = np.inf
         new[rows, i] = np.inf
@@ -242,11 +137,15 @@ def merge_mixture(weights, means, covariances, n_components=2):
     Parameters
     ----------
     weights : array-like of shape (n_samples, K)
-        Mixture weights of each sample's mixture (rows sum to 1).
+        Mixture weights of each sample's mixture: non-negative, with a positive sum in
+        every row (rows that do not sum to 1 keep their total).
     means : array-like of shape (n_samples, K, L)
         Component means.
     covariances : array-like of shape (K, L, L) or (n_samples, K, L, L)
-        Component covariances, shared by all samples or per sample.
+        Component covariances, shared by all samples or per sample: finite, symmetric
+        and positive semi-definite. Singular ones (point masses) are merged too: their
+        merging costs are taken with a tiny multiple of the mixture's scale on the
+        diagonal, and the merged moments stay exact.
     n_components : int, default=2
         Largest number of components M to keep.
 
@@ -290,11 +189,18 @@ def merge_mixture(weights, means, covariances, n_components=2):
         raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
     if (weights < 0).any() or not np.all(np.isfinite(weights)):
         raise ValueError("weights must be finite and non-negative.")
+    empty = np.flatnonzero(weights.sum(axis=1) <= 0)
+    if empty.size:
+        raise ValueError(
+            f"weights of {empty.size} row(s) sum to 0 (the first is row {empty[0]}): each "
+            "mixture needs a positive total weight."
+        )
     if not (np.all(np.isfinite(means)) and np.all(np.isfinite(covariances))):
         raise ValueError(
             "means and covariances must be finite (a Student-t component with at most 2 "
             "degrees of freedom has no covariance and cannot be merged by moments)."
         )
+    jitter = _singular_jitter(weights, means, covariances)
     n_keep = min(int(n_components), K)
     # Zero weights would make the merged weights 0/0; a floor far below any real weight
     # keeps the arithmetic defined without changing the moments measurably.
@@ -302,7 +208,7 @@ def merge_mixture(weights, means, covariances, n_components=2):
     block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, K * K * L * L))
     parts = [
         _merge_block(floored[a : a + block], means[a : a + block], covariances[a : a + block],
-                     n_keep)
+                     n_keep, jitter[a : a + block])
         for a in range(0, n, block)
     ]
     if not parts:
@@ -310,6 +216,35 @@ def merge_mixture(weights, means, covariances, n_components=2):
     out_w, out_m, out_c = (np.concatenate(p, axis=0) for p in zip(*parts, strict=True))
     out_w = np.where(out_w <= 1e-300, 0.0, out_w)
     return out_w, out_m, out_c
+
+
+def _singular_jitter(weights, means, covariances):
+    """The diagonal jitter (n,) of each row's merging costs: 0 where every covariance is
+    positive definite, else a tiny multiple of the mixture's scale (the mean variance of
+    its components and of its means). Refuses non-symmetric or indefinite covariances."""
+    n, K, L = means.shape
+    scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
+    asym = np.abs(covariances - np.swapaxes(covariances, -1, -2)).max(axis=(-2, -1),
+                                                                      initial=0.0)
+    if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
+        raise ValueError("covariances must be symmetric matrices.")
+    low = np.linalg.eigvalsh(covariances).min(axis=-1)
+    if (low < -1e-10 * scale).any():
+        raise ValueError(
+            f"covariances must be positive semi-definite; the smallest eigenvalue is "
+            f"{low.min():.3g}."
+        )
+    singular = (low <= 0).any(axis=1)
+    jitter = np.zeros(n)
+    if singular.any():
+        w = weights[singular] / weights[singular].sum(axis=1, keepdims=True)
+        m = means[singular]
+        centred = m - np.einsum("nk,nkl->nl", w, m)[:, None]
+        spread = np.einsum("nk,nkl,nkl->n", w, centred, centred) / L
+        within = np.einsum("nk,nkll->n", w, covariances[singular]) / L
+        row_scale = spread + within
+        jitter[singular] = _MERGE_COST_JITTER * np.where(row_scale > 0, row_scale, 1.0)
+    return jitter
 
 
 # --------------------------------------------------------------------- importance sampling
@@ -346,31 +281,33 @@ class ImportanceSamplingResult:
 
 
 def _gaussian_log_likelihood(noise_covariance, n_features):
-    """log N(x; F(y), S) as a vectorised callable of (x, F(y)), both (m, D)."""
+    """log N(x; F(y), S) as a vectorised callable of (x, F(y)), both (m, D).
+
+    ``S`` is validated as ``feature_noise_var`` / ``feature_noise_cov`` are by the
+    estimators, but must be positive definite: a likelihood needs a density.
+    """
     S = np.asarray(noise_covariance, dtype=float)
-    if S.ndim == 0:
-        S = np.full(n_features, float(S))
-    if S.ndim == 1:
-        if S.shape != (n_features,) or not np.all(S > 0) or not np.all(np.isfinite(S)):
+    if S.ndim <= 1:
+        if S.ndim == 1 and S.shape != (n_features,):
             raise ValueError(
-                f"A diagonal noise_covariance must hold {n_features} positive finite "
-                f"variances; got shape {S.shape}."
+                f"A diagonal noise_covariance must hold {n_features} variances; got shape "
+                f"{S.shape}."
             )
+        S = np.broadcast_to(check_noise_variances(S, "noise_covariance", positive=True),
+                            (n_features,))
         logdet = np.log(S).sum()
 
         def loglik(x, fx):
             return -0.5 * (n_features * LOG_2PI + logdet + (((x - fx) ** 2) / S).sum(axis=1))
 
         return loglik
-    if S.shape != (n_features, n_features):
+    if S.ndim != 2:
         raise ValueError(
             f"noise_covariance must be a scalar, (D,) or (D, D) with D = {n_features}; "
             f"got shape {S.shape}."
         )
-    try:
-        chol = np.linalg.cholesky(0.5 * (S + S.T))
-    except np.linalg.LinAlgError:
-        raise ValueError("noise_covariance is not positive definite.") from None
+    S = check_noise_matrix(S, n_features, "noise_covariance", definite=True)
+    chol = np.linalg.cholesky(S)
     logdet = 2.0 * np.log(np.diag(chol)).sum()
 
     def loglik(x, fx):
@@ -380,7 +317,7 @@ def _gaussian_log_likelihood(noise_covariance, n_features):
     return loglik
 
 
-def _evaluate(func, arg, expected_shape, name):
+def _evaluate(func, arg, expected_shape, name, log_density=False):
     out = np.asarray(func(arg), dtype=float)
     if out.shape != expected_shape:
         raise ValueError(
@@ -389,6 +326,11 @@ def _evaluate(func, arg, expected_shape, name):
         )
     if np.isnan(out).any():
         raise ValueError(f"{name} returned NaN.")
+    if log_density and (out == np.inf).any():
+        raise ValueError(
+            f"{name} returned +inf for {int((out == np.inf).sum())} of {out.size} inputs: a "
+            "log-density must be finite, or -inf where the density is 0."
+        )
     return out
 
 
@@ -397,14 +339,14 @@ def _log_target(X_block, draws, forward_model, log_prior, log_likelihood):
     b, s, L = draws.shape
     D = X_block.shape[1]
     flat = draws.reshape(b * s, L)
-    prior = _evaluate(log_prior, flat, (b * s,), "log_prior")
+    prior = _evaluate(log_prior, flat, (b * s,), "log_prior", log_density=True)
     out = np.full(b * s, -np.inf)
     inside = np.isfinite(prior)
     if inside.any():
         fx = _evaluate(forward_model, flat[inside], (int(inside.sum()), D), "forward_model")
         x_rep = np.repeat(X_block, s, axis=0)[inside]
         out[inside] = _evaluate(lambda a: log_likelihood(x_rep, a), fx, (fx.shape[0],),
-                                "log_likelihood") + prior[inside]
+                                "log_likelihood", log_density=True) + prior[inside]
     return out.reshape(b, s)
 
 
@@ -442,6 +384,63 @@ def _imis_component(draws, w, log_w, n_neighbours, base_cov, jitter):
     cov = np.einsum("bj,bjl,bjm->blm", nw, d, d)
     cov += jitter[:, None, None] * np.eye(L)
     return centre, cov
+
+
+# The three steps of the sampler, on one block of rows: the proposal, the weights, IMIS.
+def _proposal_moments(mixture):
+    """Mean (n, L) and covariance (n, L, L) of the proposal (GLLiM's predictive mixture),
+    ``inf`` where a t component has no covariance (dof <= 2); and the metric (n, L, L)
+    of IMIS's nearest draws: that covariance, with the t's scale matrix for components
+    that have none (a finite, positive definite matrix in every case)."""
+    mean, cov = mixture.moments()
+    if mixture.dof is None:
+        return mean, cov, cov
+    factor = t_covariance_factor(mixture.dof)
+    factor = np.where(np.isfinite(factor), factor, 1.0)
+    metric = PredictiveMixture(mixture.log_weights, mixture.means,
+                               mixture.scales * factor[..., None, None], None,
+                               mixture.dtype).moments()[1]
+    return mean, cov, metric
+
+
+def _proposal_draws(mixture, n_draws, rng):
+    """Draws (b, n_draws, L) from the predictive mixture and their log-density under it."""
+    draws = sample_mixture(np.exp(mixture.log_weights), mixture.means, mixture.scales,
+                           n_draws, rng, mixture.dof)
+    return draws, _proposal_log_density(mixture, draws)
+
+
+def _proposal_log_density(mixture, draws):
+    return mixture_log_density(draws, mixture.log_weights, mixture.means, mixture.scales,
+                               mixture.dof)
+
+
+def _imis_steps(mixture, draws, log_target, log_q0, n_steps, batch, metric, rng, target):
+    """``n_steps`` IMIS steps from the draws of the predictive mixture: each adds a
+    Gaussian at the heaviest draw, draws ``batch`` points from it and re-weights every
+    draw against the mixture of all proposals. Returns the draws and log-weights."""
+    b, n_draws, L = draws.shape
+    log_w = log_target - log_q0
+    centres, covs = [], []
+    base_cov = metric + 1e-12 * np.eye(L)
+    jitter = 1e-9 * np.maximum(np.einsum("bll->b", base_cov) / L, 1e-300)
+    for step in range(n_steps):
+        w, *_ = _weighted_moments(draws, log_w)
+        centre, cov = _imis_component(draws, w, log_w, min(batch, draws.shape[1]),
+                                      base_cov, jitter)
+        centres.append(centre)
+        covs.append(cov)
+        new = sample_mixture(np.ones((b, 1)), centre[:, None], cov[:, None], batch, rng)
+        draws = np.concatenate([draws, new], axis=1)
+        log_target = np.concatenate([log_target, target(new)], axis=1)
+        # Mixture proposal: n_draws from q0 and ``batch`` from each added Gaussian.
+        n_so_far = n_draws + (step + 1) * batch
+        log_q0 = _proposal_log_density(mixture, draws)
+        log_h = mixture_log_density(draws, np.zeros((b, step + 1)), np.stack(centres, axis=1),
+                                    np.stack(covs, axis=1))
+        log_q = np.logaddexp(np.log(n_draws) + log_q0, np.log(batch) + log_h)
+        log_w = log_target - (log_q - np.log(n_so_far))
+    return draws, log_w
 
 
 def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=None,
@@ -500,7 +499,20 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
     support, or the likelihood underflows) cannot be corrected: they keep the proposal's
     mean and covariance, get an effective sample size of 0, and a warning says how many
     there are. A small effective sample size relative to ``n_draws`` says the proposal
-    and the posterior differ much; more draws or IMIS steps then help.
+    and the posterior differ much; more draws or IMIS steps then help. Where the
+    proposal's covariance does not exist (a Student proposal with a component of at
+    most 2 degrees of freedom) such rows get an infinite covariance, as
+    ``predict(return_std=True)`` gives an infinite standard deviation there.
+
+    ``log_prior`` and ``log_likelihood`` must return finite values or ``-inf``: ``NaN``
+    or ``+inf`` (an infinite density, which no weight can normalise) raise a
+    ``ValueError`` naming the function. ``noise_covariance`` is validated as the
+    estimators' ``feature_noise_var`` and ``feature_noise_cov`` are (finite; a matrix
+    symmetric), and must be positive definite.
+
+    The sampler calls the model only through its predictive mixture (the hook behind
+    every prediction of the GLLiM estimators), in three steps: the proposal's draws,
+    their weights under the target, and the IMIS steps.
 
     Examples
     --------
@@ -523,74 +535,43 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
     if (noise_covariance is None) == (log_likelihood is None):
         raise ValueError("Give exactly one of noise_covariance and log_likelihood.")
     for name, value, low in (("n_draws", n_draws, 2), ("n_imis_steps", n_imis_steps, 0)):
-        if not isinstance(value, (int, np.integer)) or value < low:
+        if (not isinstance(value, (int, np.integer)) or isinstance(value, bool)
+                or value < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
     rng = check_random_state(random_state)
     if _dask.is_dask_array(X):  # in memory, as the notes say
         X = X.compute()
-    log_w_mix, means, scales, dof, _ = model._predictive_components(X)
-    X = np.asarray(model._check_X(X)[0], dtype=float)
+    # The estimator's predictive hook validates X (and says what is wrong with it).
+    mixture = model._predictive_mixture(X).to_numpy()
+    X = np.asarray(to_numpy(X) if hasattr(X, "__dlpack__") else X, dtype=float)
     n, D = X.shape
-    K, L = means.shape[1:]
+    L = mixture.means.shape[2]
     if imis_batch is None:
         imis_batch = max(n_draws // 10, 2 * L + 2)
-    if not isinstance(imis_batch, (int, np.integer)) or imis_batch < L + 1:
+    if (not isinstance(imis_batch, (int, np.integer)) or isinstance(imis_batch, bool)
+            or imis_batch < L + 1):
         raise ValueError(f"imis_batch must be an integer >= L + 1 = {L + 1}, got {imis_batch!r}.")
     if log_likelihood is None:
         log_likelihood = _gaussian_log_likelihood(noise_covariance, D)
     elif not callable(log_likelihood):
         raise TypeError("log_likelihood must be a callable (X_rep, F) -> (m,).")
 
-    # Moments of the proposal (the uncorrected GLLiM posterior).
-    w_mix = np.exp(log_w_mix)
-    cov_comp = scales if dof is None else scales * (dof / (dof - 2.0))[..., None, None]
-    cov_comp = np.broadcast_to(cov_comp if cov_comp.ndim == 4 else cov_comp[None], (n, K, L, L))
-    prop_mean = np.einsum("nk,nkl->nl", w_mix, means)
-    prop_cov = np.einsum("nk,nklm->nlm", w_mix, cov_comp)
-    prop_cov += np.einsum("nk,nkl,nkm->nlm", w_mix, means, means)
-    prop_cov -= prop_mean[:, :, None] * prop_mean[:, None, :]
-
+    prop_mean, prop_cov, metric = _proposal_moments(mixture)
     total_draws = n_draws + n_imis_steps * imis_batch
     rows_per_block = max(1, _FORWARD_BLOCK_ELEMENTS // max(1, total_draws * max(D, L)))
     samples = np.empty((n, total_draws, L))
     log_weights = np.empty((n, total_draws))
     for a in range(0, n, rows_per_block):
         sl = slice(a, min(a + rows_per_block, n))
-        b = sl.stop - sl.start
-        sc = scales if scales.ndim == 3 else scales[sl]
-        dof_b = None if dof is None else (dof if np.ndim(dof) == 1 else dof[sl])
-        draws = sample_mixture(w_mix[sl], means[sl], sc, n_draws, rng, dof_b)
-        log_target = _log_target(X[sl], draws, forward_model, log_prior, log_likelihood)
-        log_q0 = mixture_log_density(draws, log_w_mix[sl], means[sl], sc, dof_b)
-        log_w = log_target - log_q0
-        # IMIS: log of sum over added components of N(draw; centre_j, cov_j), per draw.
-        added_centres, added_covs = [], []
-        base_cov = prop_cov[sl] + 1e-12 * np.eye(L)
-        jitter = 1e-9 * np.maximum(np.einsum("bll->b", base_cov) / L, 1e-300)
-        for step in range(n_imis_steps):
-            w, *_ = _weighted_moments(draws, log_w)
-            centre, cov = _imis_component(draws, w, log_w, min(imis_batch, draws.shape[1]),
-                                          base_cov, jitter)
-            added_centres.append(centre)
-            added_covs.append(cov)
-            new = sample_mixture(np.ones((b, 1)), centre[:, None], cov[:, None], imis_batch,
-                                 rng)
-            draws = np.concatenate([draws, new], axis=1)
-            log_target = np.concatenate(
-                [log_target, _log_target(X[sl], new, forward_model, log_prior, log_likelihood)],
-                axis=1,
-            )
-            # Mixture proposal: n_draws from q0 and imis_batch from each added Gaussian.
-            n_so_far = n_draws + (step + 1) * imis_batch
-            log_q0 = mixture_log_density(draws, log_w_mix[sl], means[sl], sc, dof_b)
-            log_h = mixture_log_density(
-                draws, np.zeros((b, step + 1)), np.stack(added_centres, axis=1),
-                np.stack(added_covs, axis=1),
-            )
-            log_q = np.logaddexp(np.log(n_draws) + log_q0, np.log(imis_batch) + log_h)
-            log_w = log_target - (log_q - np.log(n_so_far))
-        samples[sl] = draws
-        log_weights[sl] = log_w
+
+        def target(draws, X_block=X[sl]):
+            return _log_target(X_block, draws, forward_model, log_prior, log_likelihood)
+
+        block = mixture.rows(sl)
+        draws, log_q0 = _proposal_draws(block, n_draws, rng)
+        samples[sl], log_weights[sl] = _imis_steps(block, draws, target(draws), log_q0,
+                                                   n_imis_steps, imis_batch, metric[sl],
+                                                   rng, target)
 
     weights, mean, cov, ess, dead = _weighted_moments(samples, log_weights)
     if dead.any():
@@ -608,56 +589,3 @@ def importance_sampling(model, X, forward_model, log_prior, *, noise_covariance=
         covariance=0.5 * (cov + np.swapaxes(cov, 1, 2)), effective_sample_size=ess,
         proposal_mean=prop_mean,
     )
-
-
-# --------------------------------------------------------------------- estimator side
-class PosteriorMixin:
-    """Posterior tools shared by the GLLiM estimators.
-
-    An estimator supplies ``predict_mixture``, and ``_predictive_components(X, *,
-    feature_noise_var=None, feature_noise_cov=None)``: the predictive mixture's log
-    weights (n, K), means (n, K, L), scale matrices ((K, L, L) or (n, K, L, L)) and
-    degrees of freedom (``None`` for Gaussian components) as float64 numpy arrays, and
-    the dtype of the predictions (what :func:`importance_sampling` and ``sample_y`` draw
-    from).
-    """
-
-    @_dask.blockwise(shared=_dask.SHARED_NOISE)
-    def predict_modes(self, X, n_modes=2, *, feature_noise_var=None, feature_noise_cov=None):
-        """Posterior modes: the predictive mixture of each sample merged into ``n_modes``.
-
-        Components are merged greedily by Runnalls' Kullback-Leibler bound, preserving
-        weights, means and covariances (:func:`gllim_sk.posterior.merge_mixture`). In an
-        ambiguous inverse problem, where several targets explain the same features, the
-        merged components sit at the different answers while :meth:`predict` averages
-        them.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features.
-        n_modes : int, default=2
-            Largest number of modes M to return.
-        feature_noise_var, feature_noise_cov : array-like, default=None
-            Known observation noise, as in :meth:`predict_mixture`.
-
-        Returns
-        -------
-        weights : ndarray of shape (n_samples, M')
-            Mode weights, largest first (``M' = min(M, n_components)``).
-        means : ndarray of shape (n_samples, M', n_targets)
-            Mode locations.
-        covariances : ndarray of shape (n_samples, M', n_targets, n_targets)
-            Spread of each mode.
-
-        Notes
-        -----
-        Each sample's modes depend on that sample alone: on a dask array of features the
-        three outputs are lazy dask arrays, merged block by block of rows.
-        """
-        weights, means, covariances = self.predict_mixture(
-            X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov
-        )
-        dtype = np.asarray(means).dtype
-        out = merge_mixture(weights, means, covariances, n_modes)
-        return tuple(a.astype(dtype, copy=False) for a in out)

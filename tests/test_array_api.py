@@ -174,17 +174,22 @@ def test_kmeans_initialisation_and_warm_start_with_torch():
 
 def test_model_moves_back_to_numpy():
     torch = torch_on_device()
-    from sklearn.utils._array_api import move_estimator_to
+    from gllim_sk import move_model
 
     X, y, resp = standardised_data(seed=3)
     with sklearn.config_context(array_api_dispatch=True):
         model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(tensor(torch, X),
                                                                   tensor(torch, y))
         on_device = host(model.predict(tensor(torch, X[:20])))
-        with pytest.raises(ValueError, match="same namespace"):
+        with pytest.raises(ValueError, match=r"fitted on torch arrays.*move_model"):
             model.predict(X[:20])
-    moved = move_estimator_to(model, np, "cpu")
+    # With dispatch off, numpy input is refused by a message, not an operand-type error.
+    with pytest.raises(ValueError, match=r"dispatch is off.*move_model\(model, X\)"):
+        model.predict(X[:20])
+    moved = move_model(model, X)
     assert isinstance(moved.weights_, np.ndarray)
+    assert isinstance(moved._params.A, np.ndarray)  # the internal parameters move too
+    assert isinstance(model.weights_, torch.Tensor)  # the original is not changed
     prediction = moved.predict(X[:20])
     assert isinstance(prediction, np.ndarray)
     assert_allclose(prediction, on_device, rtol=1e-12)
@@ -206,3 +211,132 @@ def test_torch_singular_covariance_is_the_clear_error_of_numpy(covariance_type):
     with sklearn.config_context(array_api_dispatch=True):
         with pytest.raises(ValueError, match="singular covariance.*reg_covar > 0"):
             model.fit(tensor(torch, X), tensor(torch, y))
+
+
+def test_a_moved_model_predicts_without_changing():
+    """move_model moves the internal parameters too; a prediction changes nothing."""
+    torch = torch_on_device()
+    from gllim_sk import move_model
+
+    X, y, resp = standardised_data(seed=4)
+    model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(X, y)
+    moved = move_model(model, tensor(torch, X[:1]))
+    assert isinstance(moved._params.A, torch.Tensor)
+    before = dict(vars(moved))
+    with sklearn.config_context(array_api_dispatch=True):
+        prediction = host(moved.predict(tensor(torch, X[:20])))
+    assert all(vars(moved)[name] is value for name, value in before.items())
+    assert_allclose(prediction, model.predict(X[:20]), rtol=1e-12)
+
+
+def test_every_prediction_returns_the_input_kind():
+    torch = torch_on_device()
+    X, y, resp = standardised_data(seed=5)
+    reference = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(X, y)
+    with sklearn.config_context(array_api_dispatch=True):
+        model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(tensor(torch, X),
+                                                                  tensor(torch, y))
+        X_t = tensor(torch, X[:30])
+        outputs = {
+            "predict_modes": model.predict_modes(X_t, n_modes=2),
+            "predict_mixture": model.predict_mixture(X_t),
+            "predict": model.predict(X_t, return_std=True, return_cov=True),
+            "sample_y": (model.sample_y(X_t, 3, random_state=0),),
+            "conditional_log_density": (model.conditional_log_density(X_t, tensor(torch, y[:30])),),
+            "component_posterior": (model.component_posterior(X_t),),
+        }
+    for name, values in outputs.items():
+        for value in values:
+            assert isinstance(value, torch.Tensor), name
+    modes = reference.predict_modes(X[:30], n_modes=2)
+    for got, expected in zip(outputs["predict_modes"], modes, strict=True):
+        assert_allclose(host(got), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_partial_fit_names_what_to_move():
+    torch = torch_on_device()
+    from gllim_sk import move_model
+
+    X, y, resp = standardised_data(seed=6)
+    model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(X, y)
+    with sklearn.config_context(array_api_dispatch=True):
+        # A numpy model given torch input: the input must be numpy (moving cannot help).
+        with pytest.raises(TypeError, match="Pass numpy arrays to partial_fit") as info:
+            model.partial_fit(tensor(torch, X), tensor(torch, y))
+        assert "move_model" not in str(info.value)
+        on_device = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(tensor(torch, X),
+                                                                      tensor(torch, y))
+    with pytest.raises(TypeError, match=r"fitted on torch arrays: move it to numpy"):
+        on_device.partial_fit(X, y)
+    move_model(on_device, X).partial_fit(X, y)  # what the message says works
+
+
+def test_student_refusals_suggest_numpy_not_moving():
+    torch = torch_on_device()
+    from gllim_sk import StudentGLLiMRegressor, move_model
+
+    X, y, resp = standardised_data(seed=7)
+    model = StudentGLLiMRegressor(3, resp_init=resp, max_iter=5).fit(X, y)
+    with sklearn.config_context(array_api_dispatch=True):
+        for call in (lambda: model.predict(tensor(torch, X)),
+                     lambda: model.joint_log_density(tensor(torch, X), tensor(torch, y)),
+                     lambda: model.outlier_weights(tensor(torch, X), tensor(torch, y))):
+            with pytest.raises(ValueError, match="numpy arrays only") as info:
+                call()
+            assert "move" not in str(info.value)
+    with pytest.raises(ValueError, match="cannot be moved"):
+        move_model(model, tensor(torch, X))
+
+
+def test_array_api_solves_catch_linear_algebra_errors_only(monkeypatch):
+    """A failed Cholesky falls back to the eigen-decomposition; an out-of-memory error
+    (any other error) surfaces."""
+    torch_on_device()
+    import torch as torch_module
+    from sklearn.externals import array_api_compat
+
+    from gllim_sk import _gllim_math as gm
+    torch = array_api_compat.array_namespace(torch_module.zeros(1))
+    S = tensor(torch_module, np.stack([np.eye(3), np.diag([1.0, 2.0, 3.0])]),
+               torch_module.float64)
+    M = tensor(torch_module, np.ones((2, 3, 1)), torch_module.float64)
+    expected = host(gm._cholesky_with_floor_xp(torch, S, 1e-9))
+    solved = host(gm._solve_scaled_moments(S, M))
+    real_cholesky = torch.linalg.cholesky
+    calls = []
+
+    def failing(error):
+        def cholesky(a, *args, **kwargs):
+            calls.append(error)
+            if len(calls) == 1:
+                raise error
+            return real_cholesky(a, *args, **kwargs)
+        return cholesky
+
+    monkeypatch.setattr(torch.linalg, "cholesky", failing(torch_module.linalg.LinAlgError("x")))
+    assert_allclose(host(gm._cholesky_with_floor_xp(torch, S, 1e-9)), expected, atol=1e-8)
+    calls.clear()
+    assert_allclose(host(gm._solve_scaled_moments(S, M)), solved, rtol=1e-8)
+    for error in (torch_module.OutOfMemoryError("CUDA out of memory"), MemoryError()):
+        calls.clear()
+        monkeypatch.setattr(torch.linalg, "cholesky", failing(error))
+        with pytest.raises(type(error)):
+            gm._cholesky_with_floor_xp(torch, S, 1e-9)
+        calls.clear()
+        with pytest.raises(type(error)):
+            gm._solve_scaled_moments(S, M)
+
+
+def test_move_model_keeps_feature_names_on_the_host():
+    torch = torch_on_device()
+    pd = pytest.importorskip("pandas")
+    from gllim_sk import move_model
+
+    X, y, resp = standardised_data(seed=8)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    model = GLLiMRegressor(3, resp_init=resp, max_iter=5).fit(frame, y)
+    moved = move_model(model, tensor(torch, X[:1]))
+    assert isinstance(moved.weights_, torch.Tensor)
+    assert list(moved.feature_names_in_) == list(frame.columns)
+    back = move_model(moved, X)
+    assert_allclose(back.predict(frame), model.predict(frame), rtol=1e-12)

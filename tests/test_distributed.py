@@ -436,3 +436,24 @@ def test_dask_score_gathers_only_sums(gllim_ref, dask_client, monkeypatch):
                     rtol=1e-10)
     with pytest.raises(ValueError, match="rows"):
         model.score(Xd, yd[:-1])
+
+
+def test_empty_dask_input_gives_the_numpy_error(gllim_ref):
+    """No rows: the same clear error as on numpy arrays, not one from dask's internals."""
+    X, y = make_data(gllim_ref, n_samples=100)
+    model = GLLiMRegressor(2, random_state=0).fit(X, y)
+    empty = da.zeros((0, X.shape[1]), chunks=(10, -1))
+    for method in (model.predict, model.sample_y, model.predict_modes):
+        with pytest.raises(ValueError, match="0 sample") as numpy_error:
+            method(X[:0])
+        with pytest.raises(ValueError, match="0 sample") as dask_error:
+            method(empty)
+        assert str(dask_error.value) == str(numpy_error.value)
+
+
+@pytest.mark.parametrize("n_samples", [True, 0, 2.0, -1])
+def test_sample_y_refuses_a_count_that_is_no_positive_integer(gllim_ref, n_samples):
+    X, y = make_data(gllim_ref, n_samples=100)
+    model = GLLiMRegressor(2, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        model.sample_y(X[:3], n_samples)

@@ -124,6 +124,17 @@ def test_inversion_errors(bimodal):
         invert(model, X).coverage()
     with pytest.raises(ValueError, match="Per-observation full noise covariances"):
         invert(model, X, feature_noise_cov=np.ones((1, 2, 2)))
+    # The likelihood's noise is checked as importance_sampling's noise_covariance is.
+    D = X.shape[1]
+    skew = 0.01 * np.eye(D)
+    skew[0, 1] = 0.005
+    for kw, match in (({"likelihood_cov": skew}, "likelihood_cov must be a symmetric"),
+                      ({"likelihood_cov": np.zeros((D, D))}, "likelihood_cov must be positive "
+                                                             "definite"),
+                      ({"likelihood_var": -0.01}, "likelihood_var must hold positive"),
+                      ({"likelihood_var": np.nan}, "likelihood_var must be finite")):
+        with pytest.raises(ValueError, match=match):
+            invert(model, X, forward_model=F, importance="full", **kw)
     before = X.copy()
     invert(model, X, feature_noise_var=0.01)
     assert np.array_equal(X, before)

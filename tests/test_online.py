@@ -168,7 +168,7 @@ def test_vanished_component_is_reseeded(gllim_ref, monkeypatch):
         return model, model.joint_log_density(X_test, y_test).mean()
 
     reseeded, score = one_pass()
-    monkeypatch.setattr("gllim_sk._gllim.DEAD_COMPONENT_WEIGHT", 0.0)
+    monkeypatch.setattr("gllim_sk._online.DEAD_COMPONENT_WEIGHT", 0.0)
     wasted, wasted_score = one_pass()
     assert wasted.weights_.min() < 1e-3
     assert reseeded.weights_.min() > 0.1

@@ -13,6 +13,7 @@ from numpy.testing import assert_allclose
 from scipy.stats import kstest, multivariate_normal, multivariate_t, norm, t
 
 from gllim_sk import GLLiMRegressor
+from gllim_sk._mixtures import PredictiveMixture
 from gllim_sk.posterior import (
     importance_sampling,
     merge_mixture,
@@ -118,6 +119,47 @@ def test_merge_rejects_bad_shapes():
         merge_mixture(-w, m, c, 2)
     with pytest.raises(ValueError, match="must be finite"):
         merge_mixture(w, m, np.full_like(c, np.inf), 2)
+
+
+def test_merge_of_point_masses_keeps_all_the_mass():
+    """Zero covariances (the issue's example): the two nearby point masses merge, with
+    the moments of their pair; nothing is lost."""
+    w2, m2, c2 = merge_mixture([[0.3, 0.25, 0.45]], [[[-1.0], [-1.1], [2.0]]],
+                               np.zeros((3, 1, 1)), 2)
+    pair_mean = (0.3 * -1.0 + 0.25 * -1.1) / 0.55
+    pair_var = (0.3 * (-1.0 - pair_mean) ** 2 + 0.25 * (-1.1 - pair_mean) ** 2) / 0.55
+    assert_allclose(w2, [[0.55, 0.45]], rtol=1e-12)
+    assert_allclose(m2[0, :, 0], [pair_mean, 2.0], rtol=1e-12)
+    assert_allclose(c2[0, :, 0, 0], [pair_var, 0.0], atol=1e-15)
+    # Mixed rows: a singular component among regular ones, moments preserved exactly.
+    rng = np.random.default_rng(4)
+    weights, means, covs = random_mixtures(rng, 6, 5, 2, per_sample_cov=True)
+    covs[:, 1] = 0.0
+    covs[:3, 2] = np.outer([1.0, 2.0], [1.0, 2.0])  # rank one
+    w3, m3, c3 = merge_mixture(weights, means, covs, 2)
+    mean, cov = mixture_moments(weights, means, covs)
+    assert_allclose(w3.sum(axis=1), 1.0, rtol=1e-12)
+    assert_allclose(mixture_moments(w3, m3, c3)[0], mean, atol=1e-10)
+    assert_allclose(mixture_moments(w3, m3, c3)[1], cov, atol=1e-9)
+
+
+def test_merge_refuses_what_has_no_moments_to_merge():
+    w, m, c = random_mixtures(np.random.default_rng(0), 3, 4, 2)
+    negative = c.copy()
+    negative[1] = -negative[1]
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        merge_mixture(w, m, negative, 2)
+    skew = c.copy()
+    skew[0, 0, 1] += 1.0
+    with pytest.raises(ValueError, match="symmetric"):
+        merge_mixture(w, m, skew, 2)
+    empty = w.copy()
+    empty[1] = 0.0
+    with pytest.raises(ValueError, match="sum to 0"):
+        merge_mixture(empty, m, c, 2)
+    # Weights that do not sum to 1 keep their total.
+    w2, _, _ = merge_mixture(3.0 * w, m, c, 2)
+    assert_allclose(w2.sum(axis=1), 3.0, rtol=1e-12)
 
 
 def ambiguous_features(y, rng=None, noise=0.03):
@@ -330,7 +372,7 @@ def test_importance_sampling_validates_its_inputs(coarse_problem):
     with pytest.raises(ValueError, match="forward_model returned an array of shape"):
         importance_sampling(model, X_test, lambda Y: Y, uniform_log_prior,
                             noise_covariance=1.0, n_draws=10)
-    with pytest.raises(ValueError, match="positive finite"):
+    with pytest.raises(ValueError, match="positive variances"):
         importance_sampling(model, X_test, forward, uniform_log_prior,
                             noise_covariance=[1.0, -1.0, 1.0], n_draws=10)
     with pytest.raises(ValueError, match="n_draws"):
@@ -342,6 +384,92 @@ def test_importance_sampling_validates_its_inputs(coarse_problem):
         importance_sampling(model, X_test, forward, uniform_log_prior, noise_covariance=1.0,
                             n_draws=20, random_state=0)
     np.testing.assert_array_equal(X_test, X_copy)  # inputs are not modified
+
+
+def test_importance_sampling_refuses_infinite_log_densities(coarse_problem):
+    model, X_test = coarse_problem
+
+    def loglik(x, fx):
+        out = -0.5 * ((x - fx) ** 2).sum(axis=1) / NOISE**2
+        out[0] = np.inf
+        return out
+
+    with pytest.raises(ValueError, match=r"log_likelihood returned \+inf"):
+        importance_sampling(model, X_test[:2], forward, uniform_log_prior,
+                            log_likelihood=loglik, n_draws=20, random_state=0)
+
+    def prior(Y):
+        out = uniform_log_prior(Y)
+        out[3] = np.inf
+        return out
+
+    with pytest.raises(ValueError, match=r"log_prior returned \+inf"):
+        importance_sampling(model, X_test[:2], forward, prior, noise_covariance=NOISE**2,
+                            n_draws=20, random_state=0)
+
+
+def test_noise_covariance_is_checked_as_the_estimators_check_theirs(coarse_problem):
+    """The same decisions as feature_noise_cov / feature_noise_var of the estimators."""
+    model, X_test = coarse_problem
+    skew = np.eye(3) * NOISE**2
+    skew[0, 1] = 1e-4
+    nan = np.full((3, 3), np.nan)
+    for value, match in ((skew, "symmetric"), (nan, "finite"), (-1.0, "positive"),
+                         ([np.nan, 1.0, 1.0], "finite")):
+        with pytest.raises(ValueError, match=f"noise_covariance must .*{match}"):
+            importance_sampling(model, X_test[:2], forward, uniform_log_prior,
+                                noise_covariance=value, n_draws=10)
+    with pytest.raises(ValueError, match="feature_noise_cov must be a symmetric"):
+        model.predict(X_test[:2], feature_noise_cov=skew)
+    with pytest.raises(ValueError, match="feature_noise_cov must be finite"):
+        model.predict(X_test[:2], feature_noise_cov=nan)
+    with pytest.raises(ValueError, match="feature_noise_var must hold non-negative"):
+        model.predict(X_test[:2], feature_noise_var=-1.0)
+    # Positive semi-definite is enough for known noise, not for a likelihood.
+    singular = np.diag([NOISE**2, NOISE**2, 0.0])
+    model.predict(X_test[:2], feature_noise_cov=singular)
+    with pytest.raises(ValueError, match="noise_covariance must be positive definite"):
+        importance_sampling(model, X_test[:2], forward, uniform_log_prior,
+                            noise_covariance=singular, n_draws=10)
+
+
+class _FixedProposal:
+    """Any estimator's predictive hook: a fixed mixture of t components."""
+
+    def __init__(self, mixture):
+        self.mixture = mixture
+
+    def _predictive_mixture(self, X):
+        return self.mixture
+
+
+def test_importance_sampling_with_t_components_of_at_most_two_degrees_of_freedom():
+    """dof <= 2: no covariance. IMIS still runs (its metric uses the t's scale), the
+    corrected moments are those of the weighted draws, and a row without a valid draw
+    keeps the proposal's mean with an infinite covariance (as predict's std is inf)."""
+    n, K = 3, 2
+    means = np.array([[[-0.5], [0.5]]] * n)
+    log_w = np.log(np.full((n, K), 0.5))
+    scales = np.full((K, 1, 1), 0.2)
+    dof = np.array([1.5, 2.0])
+    model = _FixedProposal(PredictiveMixture(log_w, means, scales, dof, np.float64))
+    X = np.array([[0.3, 0.09], [-0.4, 0.16], [50.0, 0.0]])
+
+    def F(Y):
+        return np.hstack([Y, Y**2])
+
+    def loglik(x, fx):  # the third row has no draw with positive density
+        out = -0.5 * ((x - fx) ** 2).sum(axis=1) / 0.05**2
+        return np.where(x[:, 0] > 10, -np.inf, out)
+
+    with pytest.warns(RuntimeWarning, match="1 of 3 rows"):
+        res = importance_sampling(model, X, F, uniform_log_prior, log_likelihood=loglik,
+                                  n_draws=2000, n_imis_steps=3, random_state=0)
+    assert_allclose(res.mean[:2, 0], [0.3, -0.4], atol=0.02)
+    assert np.all(res.covariance[:2, 0, 0] > 0) and np.all(res.covariance[:2] < 0.01)
+    assert_allclose(res.mean[2], [0.0], atol=1e-12)  # the proposal's mean
+    assert res.covariance[2, 0, 0] == np.inf
+    assert_allclose(res.proposal_mean[:, 0], 0.0, atol=1e-12)
 
 
 # --------------------------------------------------------------------------- observation noise

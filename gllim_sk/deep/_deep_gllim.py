@@ -64,8 +64,8 @@ _RESUMABLE_PARAMS = ("n_alternations", "verbose", "device", "checkpoint_dir", "c
                      "callbacks")
 
 # The head used when ``gllim`` is None: the settings of the deprecated flat parameters'
-# defaults (isotropic shared noise, as the authors).
-DEFAULT_HEAD = dict(n_components=2, covariance_type="tied_spherical",
+# defaults (one full noise covariance shared by the components).
+DEFAULT_HEAD = dict(n_components=2, covariance_type="tied",
                     target_covariance_type="full", reg_covar=1e-6, max_iter=100, tol=1e-3)
 # Deprecated flat parameters -> the head's parameter they set.
 _FLAT_HEAD_PARAMS = {"n_components": "n_components", "covariance_type": "covariance_type",
@@ -82,8 +82,9 @@ def default_head(**params):
     """DeepGLLiMRegressor's default mixture head, with ``params`` changed.
 
     ``DeepGLLiMRegressor(gllim=default_head(n_components=5))`` changes the number of
-    components and keeps the other default settings of the head (isotropic shared
-    noise, as the authors), e.g. for a search over ``gllim__n_components``.
+    components and keeps the other default settings of the head (one full noise
+    covariance shared by the components), e.g. for a search over
+    ``gllim__n_components``.
 
     Parameters
     ----------
@@ -98,7 +99,7 @@ def default_head(**params):
     --------
     >>> from gllim_sk.deep import default_head
     >>> default_head(n_components=5).covariance_type
-    'tied_spherical'
+    'tied'
     """
     from .._gllim import GLLiMRegressor
 
@@ -124,9 +125,20 @@ def _head_from_state(saved):
     return cls(**saved["params"]).set_fitted_arrays(saved["arrays"])
 
 
-def _noise_precision(gllim, device):
-    """Sigma_k^-1 as a tensor: (K, E) for the diagonal family, (K, E, E) for full/tied."""
-    return torch.as_tensor(gllim.noise_precision(), dtype=torch.float32, device=device)
+def _noise_precision(gllim, device, loss_noise="mixture"):
+    """The noise precisions of the network's loss, as a float32 tensor.
+
+    ``loss_noise="mixture"``: Sigma_k^-1, of shape (K, E) for the diagonal family and
+    (K, E, E) for full/tied. ``"isotropic"``: the precision of the isotropic part of each
+    component's noise, ``E / tr(Sigma_k)``, repeated to shape (K, E).
+    """
+    prec = gllim.noise_precision()
+    if loss_noise == "isotropic":
+        E = prec.shape[1]
+        variances = (np.linalg.inv(prec).diagonal(axis1=-2, axis2=-1) if prec.ndim == 3
+                     else 1.0 / prec)
+        prec = np.repeat(E / variances.sum(axis=1, keepdims=True), E, axis=1)
+    return torch.as_tensor(np.array(prec), dtype=torch.float32, device=device)
 
 
 _DEPRECATED = Hidden(StrOptions({"deprecated"}))
@@ -198,10 +210,10 @@ def _as_history(rows):
     return History({**row, "epochs": History(row.get("epochs", []))} for row in rows)
 
 
-def _dataset_loss(gllim, X, y, resp):
-    """Mean eq. (9) loss (per feature) of features ``X`` under a fitted mixture."""
+def _dataset_loss(gllim, X, y, resp, loss_noise):
+    """Mean network loss (per feature) of features ``X`` under a fitted mixture."""
     as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
-    precision = _noise_precision(gllim, torch.device("cpu")).double()
+    precision = _noise_precision(gllim, torch.device("cpu"), loss_noise).double()
     loss = mixture_regression_loss(as_tensor(X), as_tensor(y), as_tensor(resp),
                                    as_tensor(gllim.inverse_coef_),
                                    as_tensor(gllim.inverse_intercept_), precision)
@@ -223,9 +235,9 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
        those responsibilities (M-steps only: the partition stays the one of the
        targets) for the first ``n_frozen_estep`` fits, by default all of them; after
        those, full EM warm-started from the previous responsibilities (``resp_init``);
-    3. the network fine-tuned for ``n_epochs`` epochs on the loss of eq. (9) (eq. (8)
-       for non-isotropic noise, see :func:`mixture_regression_loss`), with the mixture
-       held fixed; each sample's term under component k is weighted by
+    3. the network fine-tuned for ``n_epochs`` epochs on the loss of eq. (9) (with
+       ``loss_noise="mixture"``, eq. (8); see :func:`mixture_regression_loss`), with the
+       mixture held fixed; each sample's term under component k is weighted by
        ``r_nk * gllim.expected_scale(x, y)[n, k]``: 1 for the Gaussian head, the
        E-step's expected scale u for the Student head, small for images whose label
        no component explains (e.g. a wrong label);
@@ -240,14 +252,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     the same numbers as recomputing it. The BatchNorm has no learnable scale or shift:
     it is there to keep the features from collapsing onto the mixture's means.
 
-    Three choices keep the joint EM from a degenerate solution in which the network
-    and the mixture explain the features ever better while the features lose the
-    pose (the user guide's "Why the joint EM collapsed" measures each): the E-step
-    stays at the targets' partition (``n_frozen_estep="all"``), the embedding is narrow
-    enough for the training set, and the backbone's BatchNorm statistics stay the
-    pretrained ones (``freeze_batchnorm``). From random weights (``weights=None``) the
-    fine-tuning still seldom lowers the validation error; the kept weights are then
-    those of the initial fit.
+    Four choices keep the joint EM from raising the error on new people (the user
+    guide's "Why the joint EM collapsed" measures each): the E-step stays at the
+    targets' partition (``n_frozen_estep="all"``), the embedding is narrow enough for the
+    training set, the backbone's BatchNorm statistics stay the pretrained ones
+    (``freeze_batchnorm``), and the mixture's noise is a full shared covariance
+    (the default head's ``covariance_type="tied"``) while the network's loss keeps the
+    authors' isotropic eq. (9) (``loss_noise="isotropic"``).
 
     Parameters
     ----------
@@ -264,11 +275,22 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         ``fit_frozen_estep``, ``predict``, ``component_posterior``,
         ``expected_scale``, ``noise_precision``, ``get_fitted_arrays`` and
         ``set_fitted_arrays``. ``None``: :func:`default_head`,
-        ``GLLiMRegressor(n_components=2, covariance_type="tied_spherical",
-        target_covariance_type="full")`` (isotropic shared noise, as the authors; the
-        paper's best K on Biwi is 2).
+        ``GLLiMRegressor(n_components=2, covariance_type="tied",
+        target_covariance_type="full")``: one full noise covariance shared by the
+        components (the paper's best K on Biwi is 2). The authors' isotropic
+        ``"tied_spherical"`` predicts poorly from fine-tuned features: the fine-tuning
+        makes the features' residual correlated across dimensions, and a forward model
+        that ignores the correlation gets worse while the features get better (the user
+        guide measures this).
         Its ``random_state`` is drawn from this estimator's, and its ``resp_init``
         is set by each fit; search its parameters as ``gllim__n_components``.
+    loss_noise : {"isotropic", "mixture"}, default="isotropic"
+        Noise covariance in the network's loss. ``"isotropic"``: eq. (9), each
+        component's noise replaced by its isotropic part ``tr(Sigma_k) / E * I`` (with a
+        frozen E-step, the fitted A_k, b_k do not depend on the noise structure, so
+        this is exactly the authors' loss). ``"mixture"``: eq. (8) with the full
+        Sigma_k^-1, which lets the network shrink the features' noise along the
+        mixture's low-variance directions, a degenerate direction of the likelihood.
     covariance_type, target_covariance_type, reg_covar, gllim_max_iter, gllim_tol
         Deprecated (see ``n_components``).
     model : str or torch.nn.Module, default="vgg16"
@@ -407,6 +429,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         **COMMON_CONSTRAINTS,
         "n_components": [Interval(Integral, 1, None, closed="left"), _DEPRECATED],
         "gllim": [HasMethods(list(HEAD_INTERFACE)), None],
+        "loss_noise": [StrOptions({"isotropic", "mixture"})],
         "covariance_type": [StrOptions(set(NOISE_STRUCTURES)), _DEPRECATED],
         "target_covariance_type": [StrOptions(set(TARGET_STRUCTURES)), _DEPRECATED],
         "preset": [StrOptions(set(_PRESETS))],
@@ -436,7 +459,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                      "n_frozen_estep", "batch_size", "learning_rate")
     _nesterov = True
 
-    def __init__(self, n_components="deprecated", *, gllim=None,
+    def __init__(self, n_components="deprecated", *, gllim=None, loss_noise="isotropic",
                  covariance_type="deprecated", target_covariance_type="deprecated",
                  model="vgg16", weights=None, preset="quick",
                  embedding_dim=None, pca_bias="center", responsibilities="exact",
@@ -448,6 +471,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                  device="auto", mixed_precision=False, random_state=None, verbose=0):
         self.n_components = n_components
         self.gllim = gllim
+        self.loss_noise = loss_noise
         self.covariance_type = covariance_type
         self.target_covariance_type = target_covariance_type
         self.model = model
@@ -734,7 +758,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
             # r_nk times the head's weight of each sample (the Student head's u_nk).
             weights = resp * state.gllim.expected_scale(state.X_train, state.y_train)
             row["loss_before"] = _dataset_loss(state.gllim, state.X_train, state.y_train,
-                                               weights)
+                                               weights, self.loss_noise)
             epochs = self._finetune(state.gllim, state.inputs, state.split, state.y_train,
                                     weights, state.generator,
                                     first_epoch=(alternation - 1) * n_epochs)
@@ -743,7 +767,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                        train_time=sum(r["train_time"] for r in epochs),
                        finetune_time=time.perf_counter() - tic)
             state.X_train = self._features(state.inputs, state.split)
-            row["loss"] = _dataset_loss(state.gllim, state.X_train, state.y_train, weights)
+            row["loss"] = _dataset_loss(state.gllim, state.X_train, state.y_train, weights,
+                                        self.loss_noise)
         # Fit the mixture on the features: M-steps only from the initial
         # responsibilities for the first n_frozen fits, then full EM.
         frozen = alternation < state.n_frozen
@@ -802,7 +827,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                                               device=device)
         targets, weights = as_tensor(y_train), as_tensor(resp)
         coef, intercept = as_tensor(gllim.inverse_coef_), as_tensor(gllim.inverse_intercept_)
-        precision = _noise_precision(gllim, device)
+        precision = _noise_precision(gllim, device, self.loss_noise)
 
         # The gradient of eq. (9) grows with the precisions, which grow as the features
         # fit the mixture better; optimising eq. (9) times the mean noise variance keeps

@@ -1,0 +1,232 @@
+"""The small kernels of the numerical core: each written once, for numpy and for the
+Array API namespaces (numpy arrays take numpy's own code, as tuned for the CPU).
+
+Pair products of y1 = [y, 1], log-sum-exp, SPD inverses and log-determinants, Cholesky
+factors with a floor, and the moment solves of the M-step.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+
+from ._compat import (
+    array_device,
+    array_namespace,
+    einsum,
+    eye,
+    linalg_errors,
+    swap_last,
+    zeros,
+)
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def _matmul_transposed(a, b):
+    """(a @ b).T as a C-contiguous array.
+
+    Written straight into a Fortran-ordered buffer: no transposed copy, and OpenBLAS
+    splits this orientation of a short-and-wide product across threads much better.
+    """
+    if not isinstance(a, np.ndarray):
+        return (a @ b).T
+    out = np.empty((a.shape[0], b.shape[1]), order="F")
+    return np.matmul(a, b, out=out).T
+
+
+@lru_cache
+def _triu(L1):
+    """Row and column indices of the upper triangle of an L1 x L1 matrix, and the weight
+    (1 on the diagonal, 2 off it) of each entry in a symmetric quadratic form."""
+    rows, cols = np.triu_indices(L1)
+    return rows, cols, np.where(rows == cols, 1.0, 2.0)
+
+
+def _to_float64(a):
+    """``a`` in float64 (numpy arrays are already)."""
+    if isinstance(a, np.ndarray):
+        return a
+    xp = array_namespace(a)
+    return a if a.dtype == xp.float64 else xp.astype(a, xp.float64)
+
+
+def _index(xp, values, like):
+    """Integer indices ``values`` as an array of ``xp`` on the device of ``like``."""
+    return xp.asarray(values, dtype=xp.int64, device=array_device(like))
+
+
+def _pairs(y1):
+    """The products y1_i y1_j (i <= j) of the rows of y1 (L1, n), as (n, P)."""
+    xp = array_namespace(y1)
+    rows, cols, _ = _triu(y1.shape[0])
+    if xp is np:
+        return y1[rows].T * y1[cols].T
+    return (xp.take(y1, _index(xp, rows, y1), axis=0)
+            * xp.take(y1, _index(xp, cols, y1), axis=0)).T
+
+
+def _pair_weights(M):
+    """Weights w_k (K, P) with w_k . pairs_n = y1_n' M_k y1_n for symmetric M (K, L1, L1)."""
+    xp = array_namespace(M)
+    K, L1, _ = M.shape
+    rows, cols, scale = _triu(L1)
+    if xp is np:
+        return M[:, rows, cols] * scale
+    flat = xp.take(xp.reshape(M, (K, L1 * L1)), _index(xp, rows * L1 + cols, M), axis=1)
+    return flat * xp.asarray(scale, dtype=M.dtype, device=array_device(M))
+
+
+def _unpack_pairs(sums, L1):
+    """Symmetric (K, L1, L1) matrices from their upper triangles (K, P)."""
+    xp = array_namespace(sums)
+    rows, cols, _ = _triu(L1)
+    if xp is np:
+        out = np.empty((sums.shape[0], L1, L1))
+        out[:, rows, cols] = sums
+        out[:, cols, rows] = sums
+        return out
+    position = np.empty((L1, L1), dtype=np.int64)
+    position[rows, cols] = np.arange(rows.size)
+    position[cols, rows] = np.arange(rows.size)
+    full = xp.take(sums, _index(xp, position.ravel(), sums), axis=1)
+    return xp.reshape(full, (sums.shape[0], L1, L1))
+
+
+def _target_quadratic(c, precision):
+    """M_k with y1' M_k y1 = (y - c_k)' Gamma_k^-1 (y - c_k): (K, L + 1, L + 1)."""
+    xp = array_namespace(c)
+    K, L = c.shape
+    pc = einsum(xp, "kij,kj->ki", precision, c)
+    if xp is not np:
+        top = xp.concat([precision, -pc[:, :, None]], axis=2)
+        corner = einsum(xp, "ki,ki->k", pc, c)[:, None, None]
+        return xp.concat([top, xp.concat([-pc[:, None, :], corner], axis=2)], axis=1)
+    M = np.empty((K, L + 1, L + 1))
+    M[:, :L, :L] = precision
+    M[:, :L, L] = -pc
+    M[:, L, :L] = -pc
+    M[:, L, L] = np.einsum("ki,ki->k", pc, c)
+    return M
+
+
+def logsumexp(a, axis, keepdims=False):
+    """log(sum(exp(a))) along ``axis``; a lean version for the hot loop."""
+    xp = array_namespace(a)
+    top = xp.max(a, axis=axis, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    out = xp.log(xp.sum(xp.exp(a - top), axis=axis, keepdims=True)) + top
+    return out if keepdims else xp.squeeze(out, axis=axis)
+
+
+def spd_inverse_and_logdet(M):
+    """Inverse, log-determinant and inverse Cholesky factor of a stack of small SPD matrices."""
+    xp = array_namespace(M)
+    chol = xp.linalg.cholesky(M)
+    inv_chol = xp.linalg.inv(chol)
+    inv = swap_last(xp, inv_chol) @ inv_chol
+    if xp is np:
+        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    else:
+        logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
+    return inv, logdet, inv_chol
+
+
+def _with_ones_row(y):
+    """y1 = [y, 1]' (L + 1, n) of targets ``y`` (n, L)."""
+    xp = array_namespace(y)
+    n, L = y.shape
+    if xp is not np:
+        return xp.concat([y.T, xp.ones((1, n), dtype=y.dtype, device=array_device(y))], axis=0)
+    y1 = np.empty((L + 1, n))
+    y1[:L] = y.T
+    y1[L] = 1.0
+    return y1
+
+
+def target_log_density(y, c, gamma):
+    """log N(y_n; c_k, Gamma_k) for all k, n: (K, n), from centred targets ``y`` (n, L)."""
+    xp = array_namespace(y)
+    L = y.shape[1]
+    precision, logdet, _ = spd_inverse_and_logdet(gamma)
+    quad = _matmul_transposed(_pairs(_with_ones_row(y)),
+                              _pair_weights(_target_quadratic(c, precision)).T)
+    quad = xp.maximum(quad, xp.zeros_like(quad))  # the expanded form can dip below zero
+    return -0.5 * (L * LOG_2PI + logdet[:, None] + quad)
+
+
+def _cholesky_with_floor(S, reg, eig_floor=None):
+    S = 0.5 * (S + S.T)
+    if eig_floor is not None:
+        # Clipping eigenvalues is the constrained maximiser for a full covariance.
+        vals, vecs = np.linalg.eigh(S)
+        S = (vecs * np.maximum(vals, eig_floor)) @ vecs.T
+    S[np.diag_indices_from(S)] += reg
+    try:
+        return np.linalg.cholesky(S)
+    except np.linalg.LinAlgError:
+        # Rounding made the matrix indefinite: project onto the PSD cone, then floor.
+        vals, vecs = np.linalg.eigh(S)
+        vals = np.maximum(vals, reg)
+        return np.linalg.cholesky((vecs * vals) @ vecs.T)
+
+
+def _cholesky_with_floor_xp(xp, S, reg, eig_floor=None):
+    """:func:`_cholesky_with_floor` for a stack (K, D, D) in any namespace."""
+    S = 0.5 * (S + swap_last(xp, S))
+    if eig_floor is not None:
+        vals, vecs = xp.linalg.eigh(S)
+        vals = xp.maximum(vals, xp.broadcast_to(eig_floor, vals.shape))
+        S = (vecs * vals[:, None, :]) @ swap_last(xp, vecs)
+    S = S + reg * eye(xp, S.shape[-1], S)[None, ...]
+    try:
+        chol = xp.linalg.cholesky(S)
+        if bool(xp.all(xp.isfinite(chol))):
+            return chol
+    except linalg_errors():  # the namespace's own class; out-of-memory goes through
+        pass
+    vals, vecs = xp.linalg.eigh(S)
+    vals = xp.clip(vals, min=reg)
+    return xp.linalg.cholesky((vecs * vals[:, None, :]) @ swap_last(xp, vecs))
+
+
+def _solve_moments(Mzz, Mzx):
+    """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
+    # Mzz mixes the targets' units with the latent factors' unit variance: scaling it to
+    # unit diagonal keeps the conditioning test and the pseudo-inverse independent of
+    # the targets' scale (the solution is the same when Mzz is invertible).
+    xp = array_namespace(Mzz)
+    if xp is np:
+        diag = np.diagonal(Mzz, axis1=1, axis2=2)
+        unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
+    else:
+        diag = xp.linalg.diagonal(Mzz)
+        unit = 1.0 / xp.sqrt(xp.where(diag > 0, diag, xp.ones_like(diag)))
+    Mzz = Mzz * unit[:, :, None] * unit[:, None, :]
+    return unit[:, :, None] * _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
+
+
+def _solve_scaled_moments(Mzz, Mzx):
+    xp = array_namespace(Mzz)
+    if xp is not np:
+        if Mzz.shape[1] == 0:
+            return zeros(xp, (Mzz.shape[0], 0, Mzx.shape[2]), Mzx)
+        try:
+            chol = xp.linalg.cholesky(Mzz)
+            pivots = xp.min(xp.linalg.diagonal(chol), axis=1)
+            scale = xp.sqrt(xp.max(xp.linalg.diagonal(Mzz), axis=1))
+            if bool(xp.all(pivots > 1e-6 * scale)):
+                inv_chol = xp.linalg.inv(chol)
+                return (swap_last(xp, inv_chol) @ inv_chol) @ Mzx
+        except linalg_errors():  # the namespace's own class; out-of-memory goes through
+            pass
+        return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
+    try:
+        chol = np.linalg.cholesky(Mzz)
+        pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
+        scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
+        if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
+            inv_chol = np.linalg.inv(chol)
+            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol) @ Mzx
+    except np.linalg.LinAlgError:
+        pass
+    return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
