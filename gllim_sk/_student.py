@@ -508,20 +508,13 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
     def expected_scale(self, X, y):
         """E[u | x, y, Z = k] = (alpha_k + p/2) / (1 + delta_nk / 2) of each pair.
 
-        The weight of pair n in component k's M-step: about 1 for a pair that the
-        component explains as well as a typical one, small for a pair far from it. A
-        network trained on this model's negative log-likelihood weights the squared
-        residual of sample n under component k by ``r_nk * expected_scale_nk``, so that
-        pairs that no component explains (e.g. wrong labels) stop pulling the features.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : array-like of shape (n_samples,) or (n_samples, n_targets)
-
-        Returns
-        -------
-        scale : ndarray of shape (n_samples, n_components)
+        The weight of pair n in component k's M-step: about alpha_k (the prior mean of
+        u) for a pair that the component explains as well as a typical one, small for a
+        pair far from it. A network trained on this model's negative log-likelihood
+        weights the squared residual of sample n under component k by
+        ``r_nk * expected_scale_nk``, so that pairs that no component explains (e.g.
+        wrong labels) pull the features less. Parameters and shape as
+        :meth:`GLLiMRegressor.expected_scale`.
         """
         check_is_fitted(self)
         return np.ascontiguousarray(self._joint_estep(X, y).sample_weight.T)
