@@ -128,7 +128,8 @@ def test_student_head_weights_the_loss_by_the_expected_scale(blobs):
     assert u[:6].mean() < u[6:].mean()  # the wrong labels weigh less
     A, b = gllim.inverse_coef_[0], gllim.inverse_intercept_[0]
     quad = ((y @ A.T + b - X) ** 2).sum(1) / float(gllim.noise_covariances_)
-    expected = np.mean(u * quad) / X.shape[1]
+    # The weights r u divided by their mean (the Gaussian head's scale of the loss).
+    expected = np.mean(u * quad) / X.shape[1] / np.mean(u)
     assert reg.history_[1, "loss_before"] == pytest.approx(expected, rel=1e-4)
     assert np.isfinite(reg.history_[1, "loss"])
 

@@ -238,9 +238,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     3. the network fine-tuned for ``n_epochs`` epochs on the loss of eq. (9) (with
        ``loss_noise="mixture"``, eq. (8); see :func:`mixture_regression_loss`), with the
        mixture held fixed; each sample's term under component k is weighted by
-       ``r_nk * gllim.expected_scale(x, y)[n, k]``: 1 for the Gaussian head, the
-       E-step's expected scale u for the Student head, small for images whose label
-       no component explains (e.g. a wrong label);
+       ``r_nk * gllim.expected_scale(x, y)[n, k]`` (divided by its mean over the
+       training set): 1 for the Gaussian head, the E-step's expected scale u for the
+       Student head, small for images whose label no component explains (e.g. a
+       wrong label);
     4. steps 2-3 repeated ``n_alternations`` times; a held-out validation fraction keeps
        the best network and mixture.
 
@@ -755,8 +756,11 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
             resp = self._finetune_resp(state.gllim, state.X_train, state.y_train,
                                        state.initial_resp if frozen_before else None,
                                        state.draw_rng)
-            # r_nk times the head's weight of each sample (the Student head's u_nk).
+            # r_nk times the head's weight of each sample (the Student head's u_nk),
+            # divided by their mean: u is about alpha_k for a typical sample, and the
+            # learning rate keeps the step size it has with the Gaussian head (u = 1).
             weights = resp * state.gllim.expected_scale(state.X_train, state.y_train)
+            weights /= weights.sum() / resp.sum()
             row["loss_before"] = _dataset_loss(state.gllim, state.X_train, state.y_train,
                                                weights, self.loss_noise)
             epochs = self._finetune(state.gllim, state.inputs, state.split, state.y_train,
