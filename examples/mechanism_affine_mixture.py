@@ -66,7 +66,7 @@ def run(seed, args):
     mae = lambda model, X: float(np.abs(model.predict(X) - data.target[test]).mean())  # noqa: E731
     out = {}
     for name, n_alternations in (("initial (no fine-tuning)", 0), ("joint EM", args.alternations)):
-        reg = DeepGLLiMRegressor(2, model=PixelMLP(seed=seed), embedding_dim=4,
+        reg = DeepGLLiMRegressor(model=PixelMLP(seed=seed), embedding_dim=4,
                                  trainable_layers=2, n_alternations=n_alternations,
                                  n_epochs=args.epochs, learning_rate=args.learning_rate,
                                  **common).fit(data.images[train], data.target[train])

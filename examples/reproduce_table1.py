@@ -253,7 +253,7 @@ def build_row(row, args, settings, memory):
             **vgg,
         )
     return deep.DeepGLLiMRegressor(
-        n_components=settings["deep_components"],
+        gllim=deep.default_head(n_components=settings["deep_components"]),
         preset=deep_preset,
         random_state=seed,
         verbose=args.verbose,

@@ -88,7 +88,7 @@ def cell(values):
 
 
 def main(args):
-    from gllim_sk.deep import DeepGLLiMRegressor
+    from gllim_sk.deep import DeepGLLiMRegressor, default_head
 
     settings = PRESETS[args.preset]
     n_samples = args.n_samples or settings["n_samples"]
@@ -106,17 +106,18 @@ def main(args):
                                random_state=args.random_state)
         outer = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=args.random_state)
         train, test = next(outer.split(data.images, data.target, groups=data.subject))
-        estimator = DeepGLLiMRegressor(preset=args.preset, weights=args.weights,
+        estimator = DeepGLLiMRegressor(gllim=default_head(),
+                                       preset=args.preset, weights=args.weights,
                                        input_size=settings["input_size"],
                                        embedding_dim=embedding_dim, device=args.device,
                                        random_state=args.random_state, verbose=args.verbose)
-        search = GridSearchCV(estimator, {"n_components": args.n_components},
+        search = GridSearchCV(estimator, {"gllim__n_components": args.n_components},
                               scoring=scoring, refit="mean", cv=GroupKFold(n_splits=n_folds),
                               error_score="raise")
         search.fit(data.images[train], data.target[train], groups=data.subject[train])
         cv_errors = {
             k: tuple(-search.cv_results_[f"mean_test_{a}"][i] for a in ANGLES)
-            for i, k in enumerate(search.cv_results_["param_n_components"])
+            for i, k in enumerate(search.cv_results_["param_gllim__n_components"])
         }
         best_k = search.best_params_["n_components"]
         test = angle_errors(data.target[test], search.predict(data.images[test]))

@@ -94,9 +94,10 @@ def make_model(args, settings):
         from gllim_sk.pipelines import make_hog_ir
 
         return make_hog_ir(args.n_components or 20, random_state=args.random_state)
-    from gllim_sk.deep import DeepGLLiMRegressor
+    from gllim_sk.deep import DeepGLLiMRegressor, default_head
 
-    return DeepGLLiMRegressor(n_components=args.n_components or 2, preset=args.preset,
+    return DeepGLLiMRegressor(gllim=default_head(n_components=args.n_components or 2),
+                              preset=args.preset,
                               weights=args.weights, input_size=settings["input_size"],
                               embedding_dim=args.embedding_dim or settings["embedding_dim"],
                               device=args.device, random_state=args.random_state,

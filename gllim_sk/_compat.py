@@ -21,12 +21,12 @@ from sklearn.utils._array_api import (
     move_to,
 )
 from sklearn.utils._array_api import device as array_device
-from sklearn.utils._param_validation import HasMethods, Interval, Options, StrOptions
+from sklearn.utils._param_validation import HasMethods, Hidden, Interval, Options, StrOptions
 
 __all__ = [
     "_is_numpy_namespace",
     "check_same_namespace",
-    "HasMethods", "Interval", "Options", "StrOptions", "_fit_context", "array_device",
+    "HasMethods", "Hidden", "Interval", "Options", "StrOptions", "_fit_context", "array_device",
     "array_namespace",
     "linalg_errors",
     "concat", "copy", "einsum", "eye", "get_namespace", "move_estimator_to", "move_to",

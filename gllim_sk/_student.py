@@ -29,8 +29,9 @@ from numbers import Real
 
 import numpy as np
 from scipy.special import betaln, digamma, gammaln, polygamma
+from sklearn.utils.validation import check_is_fitted
 
-from . import _dask
+from . import _dask, _engine
 from . import _gllim_math as gm
 from ._compat import Interval
 from ._gllim import GLLiMRegressor, _input_namespace
@@ -500,3 +501,53 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         estep = self._joint_estep(X, y)
         u = estep.sample_weight / self._params.alpha[:, None]
         return (estep.resp * u).sum(axis=0)
+
+    # ------------------------------------------------------------------ the deep head's interface
+    _FITTED_ARRAYS = GLLiMRegressor._FITTED_ARRAYS + ("dof_",)
+
+    def expected_scale(self, X, y):
+        """E[u | x, y, Z = k] = (alpha_k + p/2) / (1 + delta_nk / 2) of each pair.
+
+        The weight of pair n in component k's M-step: about alpha_k (the prior mean of
+        u) for a pair that the component explains as well as a typical one, small for a
+        pair far from it. A network trained on this model's negative log-likelihood
+        weights the squared residual of sample n under component k by
+        ``r_nk * expected_scale_nk``, so that pairs that no component explains (e.g.
+        wrong labels) pull the features less. Parameters and shape as
+        :meth:`GLLiMRegressor.expected_scale`.
+        """
+        check_is_fitted(self)
+        return np.ascontiguousarray(self._joint_estep(X, y).sample_weight.T)
+
+    def _fit_frozen(self, problem, resp, random_state):
+        """The frozen E-step of the t model: the partition ``resp`` (K, n) is held, and
+        EM runs on the scale weights u and the degrees of freedom (without them the
+        first M-step, with u = 1, would be the Gaussian model's)."""
+        model, executor, blocks = problem.model, problem.executor, problem.blocks
+        params = self._em_initial_params(problem, random_state, resp=resp)
+        partition = _engine.responsibilities_as_esteps(executor, blocks, resp)
+        bounds, converged = [], False
+        for n_iter in range(1, self.max_iter + 1):
+            esteps, _, bound, latent_cov = _engine.e_step(model, executor, blocks, params,
+                                                          with_stats=False)
+            bounds.append(bound)
+            if not np.isfinite(bound):
+                raise self._non_finite_error()
+            if n_iter > 1 and abs(bounds[-1] - bounds[-2]) < self.tol:
+                converged = True
+                break
+            if n_iter == self.max_iter:
+                break
+            for estep, held in zip(esteps, partition, strict=True):
+                estep.resp = held.resp  # the t weights of this E-step, the held partition
+            stats = _engine.stats_of(model, executor, blocks, esteps, latent_cov)
+            params = _engine.m_step(model, executor, blocks, esteps, stats, latent_cov)
+        self.converged_ = converged
+        self.n_iter_ = len(bounds)
+        self.lower_bounds_ = bounds
+        self.lower_bound_ = bounds[-1]
+        return params
+
+    def _restored_params(self, arrays, **fields):
+        alpha = 0.5 * np.asarray(arrays["dof_"], dtype=np.float64)
+        return StudentParams(**fields, alpha=alpha)

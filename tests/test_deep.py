@@ -17,6 +17,7 @@ from gllim_sk.deep import (  # noqa: E402
     DeepGLLiMRegressor,
     DeepRegressor,
     VGGFeatures,
+    default_head,
 )
 from gllim_sk.deep._backbone import Backbone, load_model, to_input_tensor  # noqa: E402
 from gllim_sk.deep._deep_gllim import (  # noqa: E402
@@ -63,6 +64,11 @@ def tiny_gllim(**params):
                     validation_fraction=0.25, device="cpu", random_state=0)
     defaults.update(params)
     return DeepGLLiMRegressor(**defaults)
+
+
+def head(n_components=2, **params):
+    """The default head of DeepGLLiMRegressor with other settings."""
+    return default_head(n_components=n_components, **params)
 
 
 def tiny_regressor(**params):
@@ -292,7 +298,7 @@ def test_deep_gllim_shapes_and_history(fitted_gllim, blobs):
 
 def test_deep_gllim_one_dimensional_target(blobs):
     images, y = blobs
-    reg = tiny_gllim(n_components=1, n_alternations=1).fit(images, y[:, 0])
+    reg = tiny_gllim(gllim=head(1), n_alternations=1).fit(images, y[:, 0])
     assert reg.predict(images[:4]).shape == (4,)
 
 
@@ -339,7 +345,8 @@ def test_authors_responsibilities(blobs, responsibilities):
 @pytest.mark.parametrize("covariance_type", ["diag", "tied"])
 def test_other_noise_types_train(blobs, covariance_type):
     images, y = blobs
-    reg = tiny_gllim(covariance_type=covariance_type, n_alternations=1).fit(images, y)
+    reg = tiny_gllim(gllim=head(covariance_type=covariance_type), n_alternations=1)
+    reg.fit(images, y)
     assert np.isfinite(reg.history_[-1]["loss"])
 
 
@@ -368,22 +375,23 @@ def test_inputs_are_not_modified(blobs):
 
 
 def test_clone_get_set_params():
-    reg = tiny_gllim(n_components=3)
+    reg = tiny_gllim(gllim=head(3))
     params = reg.get_params()
-    assert params["n_components"] == 3 and params["preset"] == "quick"
+    assert params["gllim__n_components"] == 3 and params["preset"] == "quick"
     cloned = clone(reg)
-    assert cloned.get_params()["n_components"] == 3
+    assert cloned.get_params()["gllim__n_components"] == 3
     assert cloned.model is not reg.model  # modules are deep-copied
-    cloned.set_params(n_components=1, learning_rate=0.5)
-    assert cloned.n_components == 1 and reg.n_components == 3
+    cloned.set_params(gllim__n_components=1, learning_rate=0.5)
+    assert cloned.gllim.n_components == 1 and reg.gllim.n_components == 3
 
 
 def test_grid_search_over_n_components(blobs):
     images, y = blobs
-    search = GridSearchCV(tiny_gllim(n_alternations=1), {"n_components": [1, 2]},
+    search = GridSearchCV(tiny_gllim(gllim=head(), n_alternations=1),
+                          {"gllim__n_components": [1, 2]},
                           cv=KFold(2, shuffle=True, random_state=0))
     search.fit(images, y)
-    assert search.best_params_["n_components"] in (1, 2)
+    assert search.best_params_["gllim__n_components"] in (1, 2)
     assert search.predict(images[:3]).shape == (3, 2)
 
 
@@ -440,7 +448,7 @@ def test_checkpoint_resume_equals_uninterrupted_fit(blobs, tmp_path):
         np.testing.assert_allclose(a["epoch_losses"], b["epoch_losses"], rtol=1e-6)
     np.testing.assert_allclose(resumed.predict(images), full.predict(images), rtol=1e-6)
     with pytest.raises(ValueError, match="checkpoint of another fit"):
-        tiny_gllim(n_components=1, checkpoint_dir=tmp_path).fit(images, y)
+        tiny_gllim(gllim=head(1), checkpoint_dir=tmp_path).fit(images, y)
 
 
 def test_interrupted_fit_resumes(blobs, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from gllim_sk.deep import (  # noqa: E402
     DeepRegressor,
     DeviceWarning,
     VGGFeatures,
+    default_head,
     pretrain_head_backbone,
 )
 from gllim_sk.deep._backbone import Backbone, last_linear  # noqa: E402
@@ -100,7 +101,7 @@ def test_deep_estimators_train_other_families(make):
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(24, 32, 32, 3)).astype(np.float32)
     y = rng.normal(size=(24, 2))
-    gllim = DeepGLLiMRegressor(2, model=make(), embedding_dim=4, input_size=32,
+    gllim = DeepGLLiMRegressor(model=make(), embedding_dim=4, input_size=32,
                                n_alternations=1, n_epochs=1, trainable_layers=2,
                                batch_size=8, validation_fraction=0.25, device="cpu",
                                random_state=0).fit(images, y)
@@ -193,7 +194,7 @@ def _mechanism_fit(data, n_alternations, **params):
                     n_alternations=n_alternations, n_epochs=3, n_frozen_estep=1,
                     batch_size=32, learning_rate=1e-3, validation_fraction=0.0,
                     device="cpu", random_state=0)
-    return DeepGLLiMRegressor(2, **{**defaults, **params}).fit(data.images, data.target)
+    return DeepGLLiMRegressor(**{**defaults, **params}).fit(data.images, data.target)
 
 
 def _affine_r2(features, y, component):
@@ -258,7 +259,7 @@ def test_paper_preset_runs_end_to_end_on_the_cpu_at_a_tiny_size():
     data = make_head_poses(32, image_size=32, n_subjects=8, random_state=0)
     tiny = dict(preset="paper", input_size=32, batch_size=8, device="cpu", random_state=0)
     # No validation: the last alternation's weights are kept, so the trained stages moved.
-    deep = DeepGLLiMRegressor(2, n_alternations=2, n_epochs=1, embedding_dim=8,
+    deep = DeepGLLiMRegressor(n_alternations=2, n_epochs=1, embedding_dim=8,
                               validation_fraction=0.0, **tiny)
     deep.fit(data.images, data.target)
     # The paper's trainable part: VGG-16 blocks 4-5 and the fully-connected layers.
@@ -268,7 +269,7 @@ def test_paper_preset_runs_end_to_end_on_the_cpu_at_a_tiny_size():
     assert stages[-5:] == ["block4", "block5", "pool", "fc6", "fc7"]
     # Same seed, no fine-tuning: the initial weights. Blocks 1-3 are untouched, the
     # trained stages moved.
-    start = DeepGLLiMRegressor(2, n_alternations=0, embedding_dim=8, validation_fraction=0.0,
+    start = DeepGLLiMRegressor(n_alternations=0, embedding_dim=8, validation_fraction=0.0,
                                **tiny)
     start.fit(data.images, data.target)
     for name, before, after in zip(stages, start.network_.backbone.stages,
@@ -315,7 +316,7 @@ def test_fine_tuning_at_zero_learning_rate_leaves_the_features_unchanged(estimat
     drift = {}
     for freeze in (True, False):
         if estimator == "gllim":
-            fits = [DeepGLLiMRegressor(2, embedding_dim=8, trainable_layers=2, n_epochs=1,
+            fits = [DeepGLLiMRegressor(embedding_dim=8, trainable_layers=2, n_epochs=1,
                                        n_alternations=n, n_frozen_estep=2,
                                        freeze_batchnorm=freeze, **common)
                     .fit(data.images, data.target) for n in (0, 1)]
@@ -357,7 +358,7 @@ def test_joint_em_keeps_the_partition_of_the_targets_instead_of_collapsing():
     images, y, who = _nuisance_images(240, 0)
     fits = {}
     for n_frozen in (1, None):  # None: the preset's default
-        reg = DeepGLLiMRegressor(2, covariance_type="tied_spherical",
+        reg = DeepGLLiMRegressor(gllim=default_head(covariance_type="tied_spherical"),
                                  model=PixelMLP(width=64), embedding_dim=48,
                                  trainable_layers=2, input_size=32, n_alternations=8,
                                  n_epochs=2, n_frozen_estep=n_frozen, batch_size=32,
@@ -389,13 +390,13 @@ def test_fine_tuned_features_are_predicted_with_a_full_noise_covariance():
     for covariance_type in ("tied_spherical", None):  # None: the default
         params = {} if covariance_type is None else {"covariance_type": covariance_type}
         for seed in range(3):
-            reg = DeepGLLiMRegressor(2, model=PixelMLP(width=256), trainable_layers=2,
-                                     input_size=32, n_alternations=2, n_epochs=2,
-                                     batch_size=32, learning_rate=1e-2, device="cpu",
-                                     random_state=seed, **params)
+            reg = DeepGLLiMRegressor(gllim=default_head(**params), model=PixelMLP(width=256),
+                                     trainable_layers=2, input_size=32, n_alternations=2,
+                                     n_epochs=2, batch_size=32, learning_rate=1e-2,
+                                     device="cpu", random_state=seed)
             reg.fit(data.images, data.target, groups=data.subject)
             curves[covariance_type, seed] = [np.mean(h["val_mae"]) for h in reg.history_]
-    assert DeepGLLiMRegressor().covariance_type == "tied"
+    assert default_head().covariance_type == "tied"  # DeepGLLiMRegressor's default head
     for seed in range(3):
         isotropic, default = curves["tied_spherical", seed], curves[None, seed]
         # The network's trajectory is the same in both (eq. (9) with the same A_k,

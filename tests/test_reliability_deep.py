@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from test_deep import TinyVGG, blob_images, tiny_gllim, tiny_regressor  # noqa: E402
+from test_deep import TinyVGG, blob_images, head, tiny_gllim, tiny_regressor  # noqa: E402
 from torch import nn  # noqa: E402
 
 from gllim_sk.deep import DeepGLLiMRegressor, DeepRegressor, VGGFeatures  # noqa: E402
@@ -233,7 +233,8 @@ def test_damaged_checkpoint_is_ignored_with_a_warning(blobs, tmp_path):
 def test_initial_responsibilities_do_not_depend_on_the_targets_units(blobs):
     # The Gaussian mixture on y that starts the deep fit had an absolute variance floor.
     y = blobs[1]
-    reg = tiny_gllim(n_components=3)
+    reg = tiny_gllim(gllim=head(3))
+    reg._head = reg._make_head()
     np.testing.assert_allclose(reg._initial_resp(y * 1e-8, 0), reg._initial_resp(y, 0),
                                atol=1e-8)
 
@@ -253,4 +254,4 @@ def test_too_few_images_for_the_components_names_n_components(blobs):
     images, y = blobs
     with pytest.raises(ValueError, match=r"at least 40 are needed \(two per mixture "
                                          r"component, n_components=20\)"):
-        tiny_gllim(n_components=20).fit(images, y)
+        tiny_gllim(gllim=head(20)).fit(images, y)

@@ -7,12 +7,17 @@
   person-disjoint validation split, seeds): :meth:`~DeepEstimatorBase._begin_fit`;
 - the network's initialisation in overridable steps (``initialize_backbone``,
   ``initialize_head``, ``initialize_network``, ``initialize_optimizer``);
-- the training loop (:meth:`~DeepEstimatorBase.run_epochs` -> ``train_step``) with
-  per-epoch callbacks: :class:`LRSchedule`, :class:`BatchNormRecalibration`,
-  :class:`KeepBest` and :class:`Checkpoint`;
-- one history format: ``history_`` is a list of dicts, one per record, each with at
-  least ``epoch`` (fine-tuning epochs run so far), ``loss``, ``val_mae``, ``time``
-  and ``train_time`` (seconds spent in SGD steps only, for throughput).
+- the training loops (:meth:`~DeepEstimatorBase.run_epochs` -> ``train_step`` per
+  epoch, :meth:`~DeepEstimatorBase.run_training` per alternation) and the callbacks
+  they run: :class:`LRSchedule`, :class:`BatchNormRecalibration`, :class:`Validation`,
+  :class:`KeepBest`, :class:`Checkpoint`, :class:`EarlyStopping`, :class:`PrintLog`;
+- one history: ``history_`` is a :class:`History`, a list of rows (dicts) indexable
+  skorch-style, each with at least ``epoch`` (fine-tuning epochs run so far), ``loss``,
+  ``val_mae``, ``learning_rate``, ``time`` and ``train_time`` (seconds spent in SGD
+  steps only, for throughput);
+- callbacks given as the ``callbacks`` parameter (:class:`EarlyStopping`,
+  :class:`PrintLog`, or any :class:`Callback`), run by the training loop after the
+  estimator's own.
 """
 
 import dataclasses
@@ -67,12 +72,71 @@ class FitSetup:
 
 
 # ---------------------------------------------------------------------------------------
-# Callbacks: called by ``run_epochs`` before and after every epoch with the estimator
-# and the epoch's record (a dict that becomes an entry of ``history_``).
+# History: one row (a dict) per epoch of DeepRegressor or per alternation of
+# DeepGLLiMRegressor, indexable the skorch way.
+
+
+class History(list):
+    """The training history of a deep estimator: a list of rows (dicts), skorch-style.
+
+    Rows are epochs (:class:`DeepRegressor`) or alternations
+    (:class:`DeepGLLiMRegressor`, whose rows hold their fine-tuning epochs as rows under
+    ``"epochs"``) and share the keys ``epoch`` (fine-tuning epochs run so far),
+    ``loss``, ``val_mae`` (per target, or None), ``learning_rate``, ``train_time``
+    (seconds in SGD steps) and ``time``. Besides list indexing (``history[-1]`` is the
+    last row, a dict), a tuple selects inside the rows: ``history[-1, "val_mae"]``,
+    ``history[:, "loss"]`` (rows without the key are skipped),
+    ``history[-1, "epochs", :, "loss"]``.
+
+    Examples
+    --------
+    >>> from gllim_sk.deep import History
+    >>> h = History([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.5}])
+    >>> h[:, "loss"], h[-1, "epoch"]
+    ([2.0, 1.5], 2)
+    """
+
+    def __getitem__(self, index):
+        if isinstance(index, tuple):
+            return _select(list(self), index)
+        out = super().__getitem__(index)
+        return History(out) if isinstance(index, slice) else out
+
+    def new_row(self, **values):
+        """Append a row with ``values`` and return it."""
+        self.append(dict(values))
+        return self[-1]
+
+
+def _select(value, keys):
+    if not keys:
+        return value
+    key, rest = keys[0], keys[1:]
+    if isinstance(key, slice):
+        rows = value[key]
+        if rest and isinstance(rest[0], str):  # skip the rows without the key
+            rows = [row for row in rows if rest[0] in row]
+        return [_select(row, rest) for row in rows]
+    return _select(value[key], rest)
+
+
+# ---------------------------------------------------------------------------------------
+# Callbacks: called by the training loop (``run_epochs``, ``run_training``) with the
+# estimator and the current row of ``history_``.
 
 
 class Callback:
-    """Per-epoch hook; subclasses override ``on_epoch_begin`` and/or ``on_epoch_end``."""
+    """A training hook, as skorch's: override any of the four methods.
+
+    ``on_epoch_begin`` and ``on_epoch_end`` run around every row of the history
+    (an epoch of :class:`DeepRegressor`, an alternation of
+    :class:`DeepGLLiMRegressor`); ``optimizer`` is the epoch's SGD optimizer, or None
+    where a row spans several (the alternations). A callback stops training by
+    setting ``estimator.stop_training_ = True``.
+    """
+
+    def on_train_begin(self, estimator):
+        pass
 
     def on_epoch_begin(self, estimator, record, optimizer):
         pass
@@ -80,14 +144,80 @@ class Callback:
     def on_epoch_end(self, estimator, record):
         pass
 
+    def on_train_end(self, estimator):
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when the mean ``monitor`` has not improved for ``patience`` rows.
+
+    Parameters
+    ----------
+    patience : int, default=3
+    monitor : str, default="val_mae"
+        A key of the rows (lower is better); rows where it is None are ignored.
+    threshold : float, default=0.0
+        Smallest decrease that counts as an improvement.
+    """
+
+    def __init__(self, patience=3, monitor="val_mae", threshold=0.0):
+        self.patience, self.monitor, self.threshold = patience, monitor, threshold
+
+    def on_train_begin(self, estimator):
+        self.best_, self.waited_ = np.inf, 0
+
+    def on_epoch_end(self, estimator, record):
+        value = record.get(self.monitor)
+        if value is None:
+            return
+        score = float(np.mean(value))
+        if score < self.best_ - self.threshold:
+            self.best_, self.waited_ = score, 0
+            return
+        self.waited_ += 1
+        if self.waited_ >= self.patience:
+            estimator.stop_training_ = True
+            record["stopped_early"] = True
+
+
+class PrintLog(Callback):
+    """Print one line per row: its epoch, loss, mean validation error and time."""
+
+    def __init__(self, sink=print):
+        self.sink = sink
+
+    def on_epoch_end(self, estimator, record):
+        val = record.get("val_mae")
+        val = "-" if val is None else f"{float(np.mean(val)):.4g}"
+        self.sink(f"{type(estimator).__name__} epoch {record['epoch']}: loss "
+                  f"{record.get('loss', float('nan')):.4g}, val_mae {val}, "
+                  f"{record.get('time', 0.0):.1f} s")
+
 
 class LRSchedule(Callback):
-    """Learning rate ``initial * decay ** (epoch // every)``, ``epoch`` counted over the fit."""
+    """Learning rate ``initial * decay ** ((epoch - 1) // every)`` of epoch ``epoch``.
+
+    :class:`DeepRegressor` runs one from its ``learning_rate``, ``lr_decay`` and
+    ``lr_decay_every``; one passed in ``callbacks`` runs after it and overrides it. It
+    needs per-epoch rows (not :class:`DeepGLLiMRegressor`'s alternations).
+
+    Parameters
+    ----------
+    initial : float
+    decay : float, default=1.0
+    every : int, default=1
+    """
 
     def __init__(self, initial, decay=1.0, every=1):
         self.initial, self.decay, self.every = initial, decay, every
 
     def on_epoch_begin(self, estimator, record, optimizer):
+        if optimizer is None:
+            raise TypeError(
+                f"LRSchedule sets the learning rate of each epoch's optimizer; "
+                f"{type(estimator).__name__} runs callbacks per alternation, without one: "
+                "set its learning_rate instead."
+            )
         lr = self.initial * self.decay ** ((record["epoch"] - 1) // self.every)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -372,8 +502,9 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
                    history=None, desc=None):
         """Train for ``n_epochs``; return one record per epoch (callbacks fill them in).
 
-        With ``history`` (a list), each record is appended to it as soon as its epoch
-        ends, before the ``on_epoch_end`` callbacks (which complete it).
+        With ``history`` (a :class:`History`), each record is appended to it as soon as
+        its epoch ends, before the ``on_epoch_end`` callbacks (which complete it). The
+        loop ends early when a callback sets ``stop_training_``.
 
         Each epoch visits the training images in a random order drawn from
         ``generator`` (so that training is reproducible), in minibatches of
@@ -386,6 +517,7 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
                               desc=desc):
             tic = time.perf_counter()
             record = {"epoch": epoch + 1, **(record_extra or {})}
+            record["learning_rate"] = optimizer.param_groups[0]["lr"]
             for callback in callbacks:
                 callback.on_epoch_begin(self, record, optimizer)
             self.set_trainable(split)
@@ -401,7 +533,8 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
                 count += len(index)
             _synchronize(inputs.device)
             record.update(loss=total / max(count, 1), val_mae=None, n_trained=count,
-                          train_time=time.perf_counter() - train_tic)
+                          train_time=time.perf_counter() - train_tic,
+                          time=time.perf_counter() - tic)
             self.network_.eval()
             records.append(record)
             if history is not None:
@@ -409,7 +542,54 @@ class DeepEstimatorBase(TorchStateMixin, BaseEstimator):
             for callback in callbacks:
                 callback.on_epoch_end(self, record)
             record["time"] = time.perf_counter() - tic
+            if getattr(self, "stop_training_", False):
+                break
         return records
+
+    def run_training(self, steps, step, callbacks, *, desc=None, initial=0, total=None):
+        """The outer training loop: one row of ``history_`` per element of ``steps``.
+
+        ``step(value, row)`` does the work of the row (it fills ``row`` in); the
+        callbacks run around it (``optimizer`` None) and may stop the loop by setting
+        ``stop_training_``.
+        """
+        for value in progress(steps, self.verbose, desc=desc, initial=initial, total=total):
+            tic = time.perf_counter()
+            row = {}
+            for callback in callbacks:
+                callback.on_epoch_begin(self, row, None)
+            step(value, row)
+            row["time"] = time.perf_counter() - tic
+            self.history_.append(row)
+            for callback in callbacks:
+                callback.on_epoch_end(self, row)
+            row["time"] = time.perf_counter() - tic
+            if self.stop_training_:
+                break
+
+    def begin_training(self, callbacks):
+        """Start ``history_`` and the callbacks (``on_train_begin``)."""
+        self.history_ = History()
+        self.stop_training_ = False
+        for callback in callbacks:
+            callback.on_train_begin(self)
+
+    def end_training(self, callbacks):
+        for callback in callbacks:
+            callback.on_train_end(self)
+
+    def user_callbacks(self):
+        """The ``callbacks`` parameter as a list of clones (the user's stay unchanged)."""
+        import copy
+
+        callbacks = [] if self.callbacks is None else list(self.callbacks)
+        for callback in callbacks:
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks must be Callback instances (gllim_sk.deep.Callback), got "
+                    f"{type(callback).__name__}."
+                )
+        return [copy.deepcopy(c) for c in callbacks]
 
 
 def _synchronize(device):

@@ -1,6 +1,8 @@
 """DeepGLLiMRegressor (VGG-IR-FT): a network and a GLLiM trained jointly by EM."""
 
+import dataclasses
 import hashlib
+import importlib
 import os
 import time
 import warnings
@@ -9,28 +11,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import RegressorMixin
+from sklearn.base import RegressorMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .._compat import Interval, StrOptions, _fit_context
+from .._compat import HasMethods, Hidden, Interval, StrOptions, _fit_context
 from .._gllim_math import NOISE_STRUCTURES, TARGET_STRUCTURES
 from .._images import check_images
 from ._base import (
     MIN_IMAGE_SIZE,
     BatchNormRecalibration,
+    Callback,
     Checkpoint,
     DeepEstimatorBase,
+    History,
     KeepBest,
     Network,
     Validation,
     image_tags,
 )
 from ._features import COMMON_CONSTRAINTS
-from ._torch import _from_torch_payload, progress, seeded
+from ._torch import _from_torch_payload, seeded
 
-__all__ = ["DeepGLLiMRegressor", "mixture_regression_loss"]
+__all__ = ["DeepGLLiMRegressor", "default_head", "mixture_regression_loss"]
 
 # Settings that a ``preset`` fills in for parameters left at None.
 _PRESETS = {
@@ -51,28 +55,74 @@ DEFAULT_EMBEDDING_DIM = 512
 IMAGES_PER_EMBEDDING_FEATURE = 10
 EMBEDDING_WIDTH_FRACTION = 4
 # Version of the checkpoint layout; a checkpoint of another layout is not resumed.
-_CHECKPOINT_FORMAT = 2
+_CHECKPOINT_FORMAT = 3
 
 _CHECKPOINT_NAME = "deep_gllim_checkpoint.pt"
 # Parameters that do not change the result of a fit: a checkpoint written under other
 # values of these can be resumed.
-_RESUMABLE_PARAMS = ("n_alternations", "verbose", "device", "checkpoint_dir", "cache")
+_RESUMABLE_PARAMS = ("n_alternations", "verbose", "device", "checkpoint_dir", "cache",
+                     "callbacks")
+
+# The head used when ``gllim`` is None: the settings of the deprecated flat parameters'
+# defaults (one full noise covariance shared by the components).
+DEFAULT_HEAD = dict(n_components=2, covariance_type="tied",
+                    target_covariance_type="full", reg_covar=1e-6, max_iter=100, tol=1e-3)
+# Deprecated flat parameters -> the head's parameter they set.
+_FLAT_HEAD_PARAMS = {"n_components": "n_components", "covariance_type": "covariance_type",
+                     "target_covariance_type": "target_covariance_type",
+                     "reg_covar": "reg_covar", "gllim_max_iter": "max_iter",
+                     "gllim_tol": "tol"}
+# What DeepGLLiMRegressor calls on its head (besides get_params / set_params).
+HEAD_INTERFACE = ("fit", "fit_frozen_estep", "predict", "component_posterior",
+                  "expected_scale", "noise_precision", "get_fitted_arrays",
+                  "set_fitted_arrays")
 
 
-def _gllim_state(gllim):
-    """A fitted GLLiMRegressor as plain values and arrays (weights_only-loadable)."""
-    params = {k: v for k, v in gllim.get_params().items() if k != "resp_init"}
-    state = {k: v for k, v in gllim.__getstate__().items()
-             if k not in params and k != "resp_init"}
-    return {"params": params, "state": state}
+def default_head(**params):
+    """DeepGLLiMRegressor's default mixture head, with ``params`` changed.
 
+    ``DeepGLLiMRegressor(gllim=default_head(n_components=5))`` changes the number of
+    components and keeps the other default settings of the head (one full noise
+    covariance shared by the components), e.g. for a search over
+    ``gllim__n_components``.
 
-def _gllim_from_state(saved):
+    Parameters
+    ----------
+    **params
+        Parameters of :class:`~gllim_sk.GLLiMRegressor`.
+
+    Returns
+    -------
+    head : GLLiMRegressor
+
+    Examples
+    --------
+    >>> from gllim_sk.deep import default_head
+    >>> default_head(n_components=5).covariance_type
+    'tied'
+    """
     from .._gllim import GLLiMRegressor
 
-    gllim = GLLiMRegressor(**saved["params"])
-    gllim.__setstate__(saved["state"])
-    return gllim
+    return GLLiMRegressor(**{**DEFAULT_HEAD, **params})
+
+
+def _head_state(head):
+    """A fitted head as its class, ``get_params`` and fitted arrays (weights_only-loadable)."""
+    cls = type(head)
+    params = {k: v for k, v in head.get_params(deep=False).items() if k != "resp_init"}
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "params": params,
+            "arrays": head.get_fitted_arrays()}
+
+
+def _head_from_state(saved):
+    if "arrays" not in saved:
+        raise ValueError(
+            "this file holds the mixture in the layout of an earlier gllim_sk version "
+            "(its private state); refit the estimator and save it again."
+        )
+    module, _, name = saved["class"].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(**saved["params"]).set_fitted_arrays(saved["arrays"])
 
 
 def _noise_precision(gllim, device, loss_noise="mixture"):
@@ -82,15 +132,34 @@ def _noise_precision(gllim, device, loss_noise="mixture"):
     (K, E, E) for full/tied. ``"isotropic"``: the precision of the isotropic part of each
     component's noise, ``E / tr(Sigma_k)``, repeated to shape (K, E).
     """
-    K, E, _ = gllim.inverse_coef_.shape
-    model = gllim._em_model(fitted=True)
-    prec = np.broadcast_to(model.noise.precision(gllim._params.noise),
-                           (K, E) + (E,) * model.noise.dense_quadratic)
+    prec = gllim.noise_precision()
     if loss_noise == "isotropic":
+        E = prec.shape[1]
         variances = (np.linalg.inv(prec).diagonal(axis1=-2, axis2=-1) if prec.ndim == 3
                      else 1.0 / prec)
         prec = np.repeat(E / variances.sum(axis=1, keepdims=True), E, axis=1)
     return torch.as_tensor(np.array(prec), dtype=torch.float32, device=device)
+
+
+_DEPRECATED = Hidden(StrOptions({"deprecated"}))
+
+
+@dataclasses.dataclass
+class _Alternation:
+    """What the alternations of Algorithm 1 share: the network's training inputs, the
+    current features and mixture, the responsibilities, and the random streams."""
+
+    split: int
+    inputs: object
+    y_train: np.ndarray
+    n_frozen: int
+    gllim_seed: int
+    generator: torch.Generator
+    draw_rng: np.random.RandomState
+    X_train: np.ndarray = None
+    initial_resp: np.ndarray = None
+    resp: np.ndarray = None
+    gllim: object = None
 
 
 def mixture_regression_loss(features, targets, resp, coef, intercept, precision):
@@ -136,6 +205,11 @@ def mixture_regression_loss(features, targets, resp, coef, intercept, precision)
     return (resp * quad).sum(1) / features.shape[1]
 
 
+def _as_history(rows):
+    """Rows read back from a file as a History (the epochs of each row too)."""
+    return History({**row, "epochs": History(row.get("epochs", []))} for row in rows)
+
+
 def _dataset_loss(gllim, X, y, resp, loss_noise):
     """Mean network loss (per feature) of features ``X`` under a fitted mixture."""
     as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
@@ -151,8 +225,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
 
     A network ``phi`` (the backbone up to fc7, a linear ``embedding_dim``-unit layer
     initialised from the PCA of the training fc7 features, and a BatchNorm) maps images
-    to features ``x``; a :class:`~gllim_sk.GLLiMRegressor` models them as ``K`` affine
-    functions of the targets, ``x = A_k y + b_k + e_k``. ``fit`` follows Algorithm 1:
+    to features ``x``; a mixture head ``gllim`` (a :class:`~gllim_sk.GLLiMRegressor`
+    by default, or a robust :class:`~gllim_sk.StudentGLLiMRegressor`) models them as
+    ``K`` affine functions of the targets, ``x = A_k y + b_k + e_k``. ``fit`` follows
+    Algorithm 1:
 
     1. initial responsibilities by k-means followed by a Gaussian mixture on ``y``;
     2. GLLiM fitted on the features of the training images, with the E-step frozen at
@@ -161,7 +237,11 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
        those, full EM warm-started from the previous responsibilities (``resp_init``);
     3. the network fine-tuned for ``n_epochs`` epochs on the loss of eq. (9) (with
        ``loss_noise="mixture"``, eq. (8); see :func:`mixture_regression_loss`), with the
-       mixture held fixed;
+       mixture held fixed; each sample's term under component k is weighted by
+       ``r_nk * gllim.expected_scale(x, y)[n, k]`` (divided by its mean over the
+       training set): 1 for the Gaussian head, the E-step's expected scale u for the
+       Student head, small for images whose label no component explains (e.g. a
+       wrong label);
     4. steps 2-3 repeated ``n_alternations`` times; a held-out validation fraction keeps
        the best network and mixture.
 
@@ -177,21 +257,34 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     guide's "Why the joint EM collapsed" measures each): the E-step stays at the
     targets' partition (``n_frozen_estep="all"``), the embedding is narrow enough for the
     training set, the backbone's BatchNorm statistics stay the pretrained ones
-    (``freeze_batchnorm``), and the mixture's noise is a full shared covariance while
-    the network's loss keeps the authors' isotropic eq. (9) (``covariance_type="tied"``,
-    ``loss_noise="isotropic"``).
+    (``freeze_batchnorm``), and the mixture's noise is a full shared covariance
+    (the default head's ``covariance_type="tied"``) while the network's loss keeps the
+    authors' isotropic eq. (9) (``loss_noise="isotropic"``).
 
     Parameters
     ----------
-    n_components : int, default=2
-        Number of affine components K (the paper's best on Biwi is 2).
-    covariance_type : str, default="tied"
-        Noise covariance structure Sigma_k of the GLLiM layer (see
-        :class:`~gllim_sk.GLLiMRegressor`): by default one full covariance shared by the
-        components. The authors' isotropic ``"tied_spherical"`` predicts poorly from
-        fine-tuned features: the fine-tuning makes the features' residual correlated
-        across dimensions, and a forward model that ignores the correlation gets worse
-        while the features get better (the user guide measures this).
+    n_components : int
+        Deprecated: give ``gllim=GLLiMRegressor(n_components=...)``. Like the other
+        flat parameters of the head (``covariance_type``, ``target_covariance_type``,
+        ``reg_covar``, ``gllim_max_iter`` -> ``max_iter``, ``gllim_tol`` -> ``tol``), it
+        still sets that parameter of the head, with a ``FutureWarning``.
+    gllim : estimator, default=None
+        The mixture head, cloned at fit: :class:`~gllim_sk.GLLiMRegressor` or
+        :class:`~gllim_sk.StudentGLLiMRegressor`, or any estimator with their
+        parameters ``n_components``, ``target_covariance_type``, ``reg_covar``,
+        ``resp_init`` and ``random_state`` and their methods ``fit``,
+        ``fit_frozen_estep``, ``predict``, ``component_posterior``,
+        ``expected_scale``, ``noise_precision``, ``get_fitted_arrays`` and
+        ``set_fitted_arrays``. ``None``: :func:`default_head`,
+        ``GLLiMRegressor(n_components=2, covariance_type="tied",
+        target_covariance_type="full")``: one full noise covariance shared by the
+        components (the paper's best K on Biwi is 2). The authors' isotropic
+        ``"tied_spherical"`` predicts poorly from fine-tuned features: the fine-tuning
+        makes the features' residual correlated across dimensions, and a forward model
+        that ignores the correlation gets worse while the features get better (the user
+        guide measures this).
+        Its ``random_state`` is drawn from this estimator's, and its ``resp_init``
+        is set by each fit; search its parameters as ``gllim__n_components``.
     loss_noise : {"isotropic", "mixture"}, default="isotropic"
         Noise covariance in the network's loss. ``"isotropic"``: eq. (9), each
         component's noise replaced by its isotropic part ``tr(Sigma_k) / E * I`` (with a
@@ -199,8 +292,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         this is exactly the authors' loss). ``"mixture"``: eq. (8) with the full
         Sigma_k^-1, which lets the network shrink the features' noise along the
         mixture's low-variance directions, a degenerate direction of the likelihood.
-    target_covariance_type : str, default="full"
-        Structure of the target covariances Gamma_k.
+    covariance_type, target_covariance_type, reg_covar, gllim_max_iter, gllim_tol
+        Deprecated (see ``n_components``).
     model : str or torch.nn.Module, default="vgg16"
         Backbone; see :class:`VGGFeatures`.
     weights : str, path-like or None, default=None
@@ -253,13 +346,6 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     momentum : float, default=0.9
     validation_fraction : float, default=0.2
         Fraction of the images held out to select the best alternation (0: keep the last).
-    gllim_max_iter : int, default=100
-        EM iterations per GLLiM fit.
-    gllim_tol : float, default=1e-3
-        EM tolerance per GLLiM fit.
-    reg_covar : float, default=1e-6
-        Variance floor of the GLLiM layer, relative to the variance of the features and
-        targets (see :class:`~gllim_sk.GLLiMRegressor`).
     freeze_batchnorm : bool, default=True
         Keep the BatchNorm layers of the fine-tuned backbone stages (ResNets and other
         families that have them; VGG-16 has none) in evaluation mode while training:
@@ -271,8 +357,15 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         trunk is frozen).
     checkpoint_dir : str or path-like, default=None
         Directory where the state is saved after every alternation
-        (``deep_gllim_checkpoint.pt``). A fit that finds a checkpoint of the same data
-        and parameters there resumes from it; other checkpoints are an error.
+        (``deep_gllim_checkpoint.pt``): the network's weights, the random streams, the
+        responsibilities, the history, and the current and best heads as their class,
+        ``get_params`` and ``get_fitted_arrays`` (read back with
+        ``torch.load(weights_only=True)``). A fit that finds a checkpoint of the same
+        data and parameters there resumes from it; other checkpoints are an error.
+    callbacks : list of Callback, default=None
+        Run after every alternation, after the estimator's own (validation,
+        keep-best, checkpoint), e.g. :class:`EarlyStopping` or :class:`PrintLog`.
+        Copies run; the given objects are not changed.
     device : str or torch.device, default="auto"
     mixed_precision : bool, default=False
         bfloat16 autocast for the forward passes.
@@ -286,11 +379,16 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     ----------
     network_ : torch.nn.Module
         The fine-tuned network (backbone and the added layer with its BatchNorm).
-    gllim_ : GLLiMRegressor
-        The mixture fitted on the network's features.
-    history_ : list of dict
-        One entry per GLLiM fit (``alternation`` 0 is the initial one, before any
-        fine-tuning). ``loss_before`` and ``loss``: the eq. (9) loss (mean over the
+    gllim_ : estimator
+        The mixture head fitted on the network's features (a fitted clone of
+        ``gllim``).
+    history_ : History
+        One row per GLLiM fit (``alternation`` 0 is the initial one, before any
+        fine-tuning), e.g. ``history_[:, "val_mae"]``. ``epoch``: fine-tuning epochs
+        so far; ``epochs``: the rows of the fine-tuning epochs that preceded this fit
+        (``history_[-1, "epochs", :, "loss"]``), and ``epoch_losses`` their
+        ``loss``; ``learning_rate`` of those epochs (None for alternation 0);
+        ``loss_before`` and ``loss``: the eq. (9) loss (mean over the
         training images, divided by ``embedding_dim``; :func:`mixture_regression_loss`)
         of the fine-tuning that preceded this fit, with its mixture and
         responsibilities, on the evaluation-mode features before and after it (NaN for
@@ -315,21 +413,26 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     >>> y = rng.uniform(-30, 30, size=(24, 2))
     >>> images = np.clip(rng.normal(0.5, 0.1, (24, 32, 32, 3))
     ...                  + y[:, :1, None, None] / 100, 0, 1)
-    >>> reg = DeepGLLiMRegressor(n_components=2, embedding_dim=8, input_size=32,
+    >>> from gllim_sk import StudentGLLiMRegressor
+    >>> reg = DeepGLLiMRegressor(gllim=StudentGLLiMRegressor(2, covariance_type="tied_spherical"),
+    ...                          embedding_dim=8, input_size=32,
     ...                          n_alternations=1, n_epochs=1, validation_fraction=0.25,
     ...                          device="cpu", random_state=0).fit(images, y)
     >>> reg.predict(images[:3]).shape
     (3, 2)
+    >>> reg.history_[:, "alternation"], reg.history_[-1, "epochs", :, "epoch"]
+    ([0, 1], [1])
     >>> reg.transform(images[:3]).shape
     (3, 8)
     """
 
     _parameter_constraints = {
         **COMMON_CONSTRAINTS,
-        "n_components": [Interval(Integral, 1, None, closed="left")],
-        "covariance_type": [StrOptions(set(NOISE_STRUCTURES))],
+        "n_components": [Interval(Integral, 1, None, closed="left"), _DEPRECATED],
+        "gllim": [HasMethods(list(HEAD_INTERFACE)), None],
         "loss_noise": [StrOptions({"isotropic", "mixture"})],
-        "target_covariance_type": [StrOptions(set(TARGET_STRUCTURES))],
+        "covariance_type": [StrOptions(set(NOISE_STRUCTURES)), _DEPRECATED],
+        "target_covariance_type": [StrOptions(set(TARGET_STRUCTURES)), _DEPRECATED],
         "preset": [StrOptions(set(_PRESETS))],
         "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
         "pca_bias": [StrOptions({"center", "zero"})],
@@ -343,12 +446,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "gllim_max_iter": [Interval(Integral, 1, None, closed="left")],
-        "gllim_tol": [Interval(Real, 0, None, closed="left")],
-        "reg_covar": [Interval(Real, 0, None, closed="left")],
+        "gllim_max_iter": [Interval(Integral, 1, None, closed="left"), _DEPRECATED],
+        "gllim_tol": [Interval(Real, 0, None, closed="left"), _DEPRECATED],
+        "reg_covar": [Interval(Real, 0, None, closed="left"), _DEPRECATED],
         "freeze_batchnorm": ["boolean"],
         "cache": [StrOptions({"auto"}), "boolean"],
         "checkpoint_dir": [str, os.PathLike, None],
+        "callbacks": [list, tuple, None],
         "random_state": ["random_state"],
     }
     _presets = _PRESETS
@@ -356,17 +460,20 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                      "n_frozen_estep", "batch_size", "learning_rate")
     _nesterov = True
 
-    def __init__(self, n_components=2, *, covariance_type="tied", loss_noise="isotropic",
-                 target_covariance_type="full", model="vgg16", weights=None, preset="quick",
+    def __init__(self, n_components="deprecated", *, gllim=None, loss_noise="isotropic",
+                 covariance_type="deprecated", target_covariance_type="deprecated",
+                 model="vgg16", weights=None, preset="quick",
                  embedding_dim=None, pca_bias="center", responsibilities="exact",
                  n_alternations=None, n_frozen_estep=None, n_epochs=None, trainable_layers=None,
                  input_size=None, batch_size=None, learning_rate=None, momentum=0.9,
-                 validation_fraction=0.2, gllim_max_iter=100, gllim_tol=1e-3, reg_covar=1e-6,
-                 freeze_batchnorm=True, cache="auto", checkpoint_dir=None, device="auto",
-                 mixed_precision=False, random_state=None, verbose=0):
+                 validation_fraction=0.2, gllim_max_iter="deprecated",
+                 gllim_tol="deprecated", reg_covar="deprecated",
+                 freeze_batchnorm=True, cache="auto", checkpoint_dir=None, callbacks=None,
+                 device="auto", mixed_precision=False, random_state=None, verbose=0):
         self.n_components = n_components
-        self.covariance_type = covariance_type
+        self.gllim = gllim
         self.loss_noise = loss_noise
+        self.covariance_type = covariance_type
         self.target_covariance_type = target_covariance_type
         self.model = model
         self.weights = weights
@@ -389,6 +496,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         self.freeze_batchnorm = freeze_batchnorm
         self.cache = cache
         self.checkpoint_dir = checkpoint_dir
+        self.callbacks = callbacks
         self.device = device
         self.mixed_precision = mixed_precision
         self.random_state = random_state
@@ -409,11 +517,35 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                 "embedding_dim, or leave it at None."
             )
 
+    def _make_head(self):
+        """The head to fit: a clone of ``gllim`` (or the default), with the deprecated
+        flat parameters applied."""
+        flat = {head_name: getattr(self, name) for name, head_name in _FLAT_HEAD_PARAMS.items()
+                if not (isinstance(getattr(self, name), str)
+                        and getattr(self, name) == "deprecated")}
+        head = default_head() if self.gllim is None else clone(self.gllim)
+        if flat:
+            names = sorted(k for k in _FLAT_HEAD_PARAMS if _FLAT_HEAD_PARAMS[k] in flat)
+            if self.gllim is not None:
+                raise ValueError(
+                    f"{names} and gllim are both given: set these parameters on the "
+                    "gllim estimator itself."
+                )
+            warnings.warn(
+                f"DeepGLLiMRegressor's {names} are deprecated and will be removed: pass "
+                "gllim=GLLiMRegressor(n_components=..., covariance_type=..., ...) "
+                "(gllim_max_iter and gllim_tol are its max_iter and tol).",
+                FutureWarning, stacklevel=4,
+            )
+            head.set_params(**flat)
+        return head
+
     def _min_train(self, y):
         """Fewest training images, and why: two per component, or n_targets + 2."""
-        count = max(2 * self.n_components, y.shape[1] + 2, 2)
-        why = (f" (two per mixture component, n_components={self.n_components})"
-               if count == 2 * self.n_components else
+        n_components = self._head.get_params()["n_components"]
+        count = max(2 * n_components, y.shape[1] + 2, 2)
+        why = (f" (two per mixture component, n_components={n_components})"
+               if count == 2 * n_components else
                f" (the number of targets, {y.shape[1]}, plus 2)")
         return count, why
 
@@ -476,16 +608,9 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
             norm.running_var.fill_(1.0)
 
     def _fit_gllim(self, X, y, resp, frozen, seed):
-        from .._gllim import GLLiMRegressor
-
-        gllim = GLLiMRegressor(
-            self.n_components, covariance_type=self.covariance_type,
-            target_covariance_type=self.target_covariance_type, reg_covar=self.reg_covar,
-            max_iter=self.gllim_max_iter, tol=self.gllim_tol, resp_init=resp,
-            random_state=seed,
-        )
-        # A frozen E-step: the mixture is one M-step from the given responsibilities.
-        return gllim._fit_frozen_estep(X, y, resp) if frozen else gllim.fit(X, y)
+        gllim = clone(self._head).set_params(resp_init=resp, random_state=seed)
+        # A frozen E-step: the partition stays the given responsibilities.
+        return gllim.fit_frozen_estep(X, y, resp) if frozen else gllim.fit(X, y)
 
     def _initial_resp(self, y, seed):
         from .._init import target_mixture_resp
@@ -493,8 +618,10 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         # The paper's init, k-means on y refined by a Gaussian mixture of y, with the
         # constants and the relative variance floor of GLLiMRegressor's initialisation.
         y = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-        resp = target_mixture_resp(y, self.n_components, self.target_covariance_type,
-                                   self.reg_covar, seed)
+        head = self._head.get_params()
+        resp = target_mixture_resp(y, head["n_components"],
+                                   head.get("target_covariance_type", "full"),
+                                   head.get("reg_covar", 1e-6), seed)
         return np.ascontiguousarray(resp.T)
 
     def _finetune_resp(self, gllim, X, y, frozen_resp, rng):
@@ -523,7 +650,11 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         digest.update(np.ascontiguousarray(images).tobytes())
         digest.update(str(images.shape).encode())
         digest.update(np.ascontiguousarray(y).tobytes())
-        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
+        params = {k: v for k, v in self.get_params(deep=False).items()
+                  if k not in _RESUMABLE_PARAMS and k != "gllim"}
+        # The head by its class and parameters (what a fit from the checkpoint rebuilds).
+        params["gllim"] = (type(self._head).__qualname__,
+                           sorted(self._head.get_params(deep=False).items()))
         digest.update(repr(sorted(params.items(), key=lambda kv: kv[0])).encode())
         return digest.hexdigest()
 
@@ -570,110 +701,123 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         -------
         self
         """
+        self._head = self._make_head()
         # The embedding's own minimum (the PCA needs embedding_dim images) is checked
         # once the backbone's width is known, by initialize_network.
         fit = self._begin_fit(X, y, groups, min_train=self._min_train)
-        settings, device, train, val = fit.settings, fit.device, fit.train, fit.val
+        settings, device, train = fit.settings, fit.device, fit.train
         seeds = fit.rng.randint(np.iinfo(np.int32).max, size=5)
         torch_seed_, pca_seed, gmm_seed, gllim_seed, draw_seed = (int(s) for s in seeds)
-        y_train = fit.y[train]
         fingerprint = self._fingerprint(fit.images, fit.y, groups)
         resumed = self._read_checkpoint(fingerprint)
-        n_epochs, n_frozen = settings["n_epochs"], settings["n_frozen_estep"]
-        if n_frozen == "all":
-            n_frozen = settings["n_alternations"] + 1
+        n_alternations, n_frozen = settings["n_alternations"], settings["n_frozen_estep"]
 
         with seeded(torch_seed_, device):
-            generator = torch.Generator().manual_seed(torch_seed_)
-            draw_rng = np.random.RandomState(draw_seed)
             network = self.initialize_network(None if resumed else self.weights,
                                               n_train=len(train)).to(device)
             network.backbone.check_input_size(settings["input_size"])
             split = self.trainable_split(settings["trainable_layers"])
-            inputs = self.training_inputs(fit.images[train], split, device)
-            # The mixture of the current alternation, read by the callbacks.
-            current = {}
-            keep_best = KeepBest(extra=lambda: current["gllim"])
-            callbacks = [keep_best]
-            if len(val):
-                val_inputs = self.training_inputs(fit.images[val], split, device)
-                callbacks.insert(0, Validation(
-                    lambda: current["gllim"].predict(self._features(val_inputs, split)),
-                    fit.y[val]))
-            if self.checkpoint_dir is not None:
-                callbacks.append(Checkpoint(self.checkpoint_dir, _CHECKPOINT_NAME, lambda: {
-                    "format": _CHECKPOINT_FORMAT, "fingerprint": fingerprint,
-                    "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
-                    "generator": generator.get_state(), "draw_rng": draw_rng.get_state(),
-                    "initial_resp": initial_resp, "resp": current["resp"],
-                    "gllim": _gllim_state(current["gllim"]), "history": self.history_,
-                    "best": {**keep_best.best, "extra": _gllim_state(keep_best.best["extra"])},
-                }))
-
+            state = _Alternation(
+                split, self.training_inputs(fit.images[train], split, device), fit.y[train],
+                n_alternations + 1 if n_frozen == "all" else n_frozen, gllim_seed,
+                torch.Generator().manual_seed(torch_seed_), np.random.RandomState(draw_seed))
+            callbacks = self._callbacks(state, fit, fingerprint)
+            self.begin_training(callbacks)
             if resumed:
-                network.load_state_dict({k: torch.as_tensor(v)
-                                         for k, v in resumed["network"].items()})
-                generator.set_state(torch.as_tensor(resumed["generator"]))
-                draw_rng.set_state(tuple(resumed["draw_rng"]))
-                initial_resp, resp = resumed["initial_resp"], resumed["resp"]
-                gllim = _gllim_from_state(resumed["gllim"])
-                self.history_ = resumed["history"]
-                keep_best.best = {**resumed["best"],
-                                  "extra": _gllim_from_state(resumed["best"]["extra"])}
-                X_train = self._features(inputs, split)
+                self._resume(state, resumed, callbacks[1])
             else:
                 # Algorithm 1, initialisation: the added layer from the PCA of the
                 # backbone's features, responsibilities from a mixture on y.
-                backbone_features = self.predict_inputs(
-                    lambda x: network.backbone(x, split), inputs)
-                self._init_embedding(backbone_features, pca_seed)
-                del backbone_features
-                initial_resp = resp = self._initial_resp(y_train, gmm_seed)
-                X_train = self._features(inputs, split)
-                gllim, self.history_ = None, []
-
+                self._init_embedding(self.predict_inputs(
+                    lambda x: network.backbone(x, split), state.inputs), pca_seed)
+                state.initial_resp = state.resp = self._initial_resp(state.y_train, gmm_seed)
+            state.X_train = self._features(state.inputs, split)
             start = len(self.history_)
-            for alternation in progress(range(start, settings["n_alternations"] + 1),
-                                        self.verbose, desc="alternations", initial=start,
-                                        total=settings["n_alternations"] + 1):
-                tic = time.perf_counter()
-                record = {"alternation": alternation, "epoch": alternation * n_epochs,
-                          "loss": float("nan"), "loss_before": float("nan"),
-                          "epoch_losses": [], "finetune_time": 0.0, "train_time": 0.0}
-                if alternation > 0:
-                    # Fine-tune the network on eq. (9), the mixture and weights fixed.
-                    frozen_before = alternation - 1 < n_frozen
-                    resp_ft = self._finetune_resp(gllim, X_train, y_train,
-                                                  initial_resp if frozen_before else None,
-                                                  draw_rng)
-                    record["loss_before"] = _dataset_loss(gllim, X_train, y_train, resp_ft,
-                                                         self.loss_noise)
-                    epochs = self._finetune(gllim, inputs, split, y_train, resp_ft,
-                                            generator, first_epoch=(alternation - 1) * n_epochs)
-                    record["epoch_losses"] = [r["loss"] for r in epochs]
-                    record["train_time"] = sum(r["train_time"] for r in epochs)
-                    record["finetune_time"] = time.perf_counter() - tic
-                    X_train = self._features(inputs, split)
-                    record["loss"] = _dataset_loss(gllim, X_train, y_train, resp_ft,
-                                                   self.loss_noise)
-                # Fit the mixture on the features: M-steps only from the initial
-                # responsibilities for the first n_frozen fits, then full EM.
-                frozen = alternation < n_frozen
-                tac = time.perf_counter()
-                gllim = self._fit_gllim(X_train, y_train, initial_resp if frozen else resp,
-                                        frozen, gllim_seed)
-                resp = initial_resp if frozen else gllim.component_posterior(X_train, y_train)
-                current.update(gllim=gllim, resp=resp)
-                record.update(log_likelihood=float(gllim.lower_bound_), estep_frozen=frozen,
-                              gllim_time=time.perf_counter() - tac, val_mae=None,
-                              time=time.perf_counter() - tic)
-                self.history_.append(record)
-                for callback in callbacks:  # validation, keep-best, checkpoint
-                    callback.on_epoch_end(self, record)
-                record["time"] = time.perf_counter() - tic
-        self.best_alternation_, self.gllim_ = keep_best.restore(network)
+            # Alternation 0 fits the mixture; each later one fine-tunes, then refits it.
+            self.run_training(range(start, n_alternations + 1),
+                              lambda alternation, row: self._alternate(state, alternation, row),
+                              callbacks, desc="alternations", initial=start,
+                              total=n_alternations + 1)
+            self.end_training(callbacks)
+        self.best_alternation_, self.gllim_ = callbacks[1].restore(network)
         network.eval()
         return self
+
+    def _alternate(self, state, alternation, row):
+        """One row of Algorithm 1: fine-tune the network with the mixture held fixed
+        (from alternation 1 on), then fit the mixture on the new features."""
+        n_epochs = self.settings_["n_epochs"]
+        row.update(alternation=alternation, epoch=alternation * n_epochs,
+                   loss=float("nan"), loss_before=float("nan"), epochs=History(),
+                   epoch_losses=[], learning_rate=None, finetune_time=0.0, train_time=0.0)
+        tic = time.perf_counter()
+        if alternation > 0:
+            frozen_before = alternation - 1 < state.n_frozen
+            resp = self._finetune_resp(state.gllim, state.X_train, state.y_train,
+                                       state.initial_resp if frozen_before else None,
+                                       state.draw_rng)
+            # r_nk times the head's weight of each sample (the Student head's u_nk),
+            # divided by their mean: u is about alpha_k for a typical sample, and the
+            # learning rate keeps the step size it has with the Gaussian head (u = 1).
+            weights = resp * state.gllim.expected_scale(state.X_train, state.y_train)
+            weights /= weights.sum() / resp.sum()
+            row["loss_before"] = _dataset_loss(state.gllim, state.X_train, state.y_train,
+                                               weights, self.loss_noise)
+            epochs = self._finetune(state.gllim, state.inputs, state.split, state.y_train,
+                                    weights, state.generator,
+                                    first_epoch=(alternation - 1) * n_epochs)
+            row.update(epochs=History(epochs), epoch_losses=[r["loss"] for r in epochs],
+                       learning_rate=epochs[0]["learning_rate"],
+                       train_time=sum(r["train_time"] for r in epochs),
+                       finetune_time=time.perf_counter() - tic)
+            state.X_train = self._features(state.inputs, state.split)
+            row["loss"] = _dataset_loss(state.gllim, state.X_train, state.y_train, weights,
+                                        self.loss_noise)
+        # Fit the mixture on the features: M-steps only from the initial
+        # responsibilities for the first n_frozen fits, then full EM.
+        frozen = alternation < state.n_frozen
+        tac = time.perf_counter()
+        state.gllim = self._fit_gllim(state.X_train, state.y_train,
+                                      state.initial_resp if frozen else state.resp, frozen,
+                                      state.gllim_seed)
+        state.resp = (state.initial_resp if frozen
+                      else state.gllim.component_posterior(state.X_train, state.y_train))
+        row.update(log_likelihood=float(state.gllim.lower_bound_), estep_frozen=frozen,
+                   gllim_time=time.perf_counter() - tac, val_mae=None)
+
+    def _callbacks(self, state, fit, fingerprint):
+        """Validation, keep-best (always second) and checkpoint, then the user's."""
+        keep_best = KeepBest(extra=lambda: state.gllim)
+        callbacks = [Callback(), keep_best]
+        if len(fit.val):
+            val_inputs = self.training_inputs(fit.images[fit.val], state.split,
+                                              state.inputs.device)
+            callbacks[0] = Validation(
+                lambda: state.gllim.predict(self._features(val_inputs, state.split)),
+                fit.y[fit.val])
+        if self.checkpoint_dir is not None:
+            network = self.network_
+            callbacks.append(Checkpoint(self.checkpoint_dir, _CHECKPOINT_NAME, lambda: {
+                "format": _CHECKPOINT_FORMAT, "fingerprint": fingerprint,
+                "network": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+                "generator": state.generator.get_state(),
+                "draw_rng": state.draw_rng.get_state(),
+                "initial_resp": state.initial_resp, "resp": state.resp,
+                "gllim": _head_state(state.gllim), "history": list(self.history_),
+                "best": {**keep_best.best, "extra": _head_state(keep_best.best["extra"])},
+            }))
+        return callbacks + self.user_callbacks()
+
+    def _resume(self, state, saved, keep_best):
+        """Continue from a checkpoint: network, random streams, mixture, history."""
+        self.network_.load_state_dict({k: torch.as_tensor(v)
+                                       for k, v in saved["network"].items()})
+        state.generator.set_state(torch.as_tensor(saved["generator"]))
+        state.draw_rng.set_state(tuple(saved["draw_rng"]))
+        state.initial_resp, state.resp = saved["initial_resp"], saved["resp"]
+        state.gllim = _head_from_state(saved["gllim"])
+        self.history_ = _as_history(saved["history"])
+        keep_best.best = {**saved["best"], "extra": _head_from_state(saved["best"]["extra"])}
 
     def _finetune(self, gllim, inputs, split, y_train, resp, generator, first_epoch):
         """Fine-tune the network for ``n_epochs`` on eq. (9) with the mixture fixed.
@@ -758,12 +902,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         return {"settings_": self.settings_, "n_targets_": self.n_targets_,
                 "_y_1d": self._y_1d, "history_": self.history_,
                 "best_alternation_": self.best_alternation_,
-                "gllim_": _gllim_state(self.gllim_)}
+                "gllim_": _head_state(self.gllim_)}
 
     def _restore_attributes(self, attributes):
         for key, value in attributes.items():
             setattr(self, key, value)
-        self.gllim_ = _gllim_from_state(attributes["gllim_"])
+        self.gllim_ = _head_from_state(attributes["gllim_"])
+        self.history_ = _as_history(self.history_)
         self.settings_.setdefault("embedding_dim", self.embedding_dim)  # older files
         self.initialize_network(None)
 

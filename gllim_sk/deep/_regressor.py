@@ -14,6 +14,7 @@ from ._base import (
     MIN_IMAGE_SIZE,
     BatchNormRecalibration,
     DeepEstimatorBase,
+    History,
     KeepBest,
     LRSchedule,
     Validation,
@@ -89,6 +90,10 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
     cache : "auto" or bool, default="auto"
         Cache the output of the frozen layers ("auto": when the convolutional trunk is
         frozen). Caching changes the speed, not the result.
+    callbacks : list of Callback, default=None
+        Run after every epoch, after the estimator's own (learning-rate schedule,
+        BatchNorm recalibration, validation, keep-best), e.g. :class:`EarlyStopping`
+        or :class:`PrintLog`. Copies run; the given objects are not changed.
     device : str or torch.device, default="auto"
     mixed_precision : bool, default=False
         bfloat16 autocast for the forward passes.
@@ -100,10 +105,10 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
     ----------
     network_ : torch.nn.Module
         The fitted network (on the CPU after unpickling).
-    history_ : list of dict
-        Per epoch: ``epoch`` (epochs run so far), ``phase``, ``learning_rate``,
+    history_ : History
+        One row per epoch: ``epoch`` (epochs run so far), ``phase``, ``learning_rate``,
         ``loss`` (training MSE on standardised targets), ``val_mae`` (per target, or
-        None), ``time``.
+        None), ``train_time``, ``time``; e.g. ``history_[:, "val_mae"]``.
     best_epoch_ : int
         Index in ``history_`` of the kept weights.
     n_targets_ : int
@@ -135,6 +140,7 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "freeze_batchnorm": ["boolean"],
         "cache": [StrOptions({"auto"}), "boolean"],
+        "callbacks": [list, tuple, None],
         "random_state": ["random_state"],
     }
     _presets = _PRESETS
@@ -143,7 +149,8 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
     def __init__(self, model="vgg16", *, weights=None, preset="quick", input_size=None,
                  phases=None, batch_size=None, learning_rate=None, momentum=0.9, lr_decay=0.5,
                  lr_decay_every=3, validation_fraction=0.2, freeze_batchnorm=True, cache="auto",
-                 device="auto", mixed_precision=False, random_state=None, verbose=0):
+                 callbacks=None, device="auto", mixed_precision=False, random_state=None,
+                 verbose=0):
         self.model = model
         self.weights = weights
         self.preset = preset
@@ -157,6 +164,7 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
         self.validation_fraction = validation_fraction
         self.freeze_batchnorm = freeze_batchnorm
         self.cache = cache
+        self.callbacks = callbacks
         self.device = device
         self.mixed_precision = mixed_precision
         self.random_state = random_state
@@ -229,8 +237,9 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
                         f"{trainable_layers} backbone stages, but the backbone has "
                         f"{n_stages}: {network.backbone.stage_names}."
                     )
-            self.history_ = []
             keep_best = KeepBest()
+            extra = self.user_callbacks()
+            self.begin_training([keep_best, *extra])
             epoch = 0
             for phase, (n_epochs, trainable_layers) in enumerate(phases):
                 split = self.trainable_split(trainable_layers)
@@ -247,7 +256,7 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
                         lambda v=val_inputs, s=split: self._unscale(
                             self.predict_inputs(lambda x: network(x, s), v)),
                         fit.y[val]))
-                callbacks.append(keep_best)
+                callbacks += [keep_best, *extra]
                 optimizer = self.initialize_optimizer(self.set_trainable(split),
                                                       settings["learning_rate"])
                 self.run_epochs(lambda x, s=split: network(x, s), inputs, loss_fn, optimizer,
@@ -256,6 +265,9 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
                                 record_extra={"phase": phase}, history=self.history_,
                                 desc=f"phase {phase}")
                 epoch += n_epochs
+                if self.stop_training_:
+                    break
+            self.end_training([keep_best, *extra])
             if keep_best.best is not None:
                 self.best_epoch_, _ = keep_best.restore(network)
             else:  # no epoch at all: the initial network
@@ -293,6 +305,7 @@ class DeepRegressor(RegressorMixin, DeepEstimatorBase):
         for key, value in attributes.items():
             setattr(self, key, value)
         self.settings_["phases"] = [tuple(p) for p in self.settings_["phases"]]
+        self.history_ = History(self.history_)
         self.initialize_network(None)
 
     def __sklearn_tags__(self):
