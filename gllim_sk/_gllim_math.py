@@ -179,6 +179,11 @@ class Block:
                      sample_sums=self.sample_sums)
 
 
+def _summed(terms, empty):
+    """The sum of ``terms`` (a new array), or ``empty`` when there are none."""
+    return sum(terms[1:], terms[0]) if len(terms) > 1 else (terms[0] if terms else empty)
+
+
 def _scaled(value, factor):
     return None if value is None else value * factor
 
@@ -391,22 +396,17 @@ class GLLiMModel(ForwardMixin):
         # density's (y - c)' G^-1 (y - c). All but the cross term come from one product
         # with [squared features, y1 pairs]; the pair y1_L y1_L = 1 carries const_k.
         gamma_prec, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        M = zeros(xp, (K, L1, L1), params.A)
-        if x_terms:
-            M += gram[:, :L1, :L1]
-        if y_terms:
-            M += _target_quadratic(params.c, gamma_prec)
-        logdet = zeros(xp, (K,), params.A)
-        if x_terms:
-            logdet += self.noise.logdet(noise, K)
-        if y_terms:
-            logdet += logdet_gamma
+        M = _summed(([gram[:, :L1, :L1]] if x_terms else [])
+                    + ([_target_quadratic(params.c, gamma_prec)] if y_terms else []),
+                    zeros(xp, (K, L1, L1), params.A))
+        logdet = _summed(([self.noise.logdet(noise, K)] if x_terms else [])
+                         + ([logdet_gamma] if y_terms else []), zeros(xp, (K,), params.A))
         if Lw:
             # Latent part: Woodbury on Sigma_k + W_k W_k'.
             latent_cov, neg_logdet_s, _ = spd_inverse_and_logdet(
                 eye(xp, Lw, params.A)[None, ...] + gram[:, L1:, L1:]
             )
-            logdet += neg_logdet_s
+            logdet = logdet + neg_logdet_s
         else:
             latent_cov = zeros(xp, (K, 0, 0), params.A)
         weights = -0.5 * _pair_weights(M)
