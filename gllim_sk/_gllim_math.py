@@ -64,9 +64,15 @@ from ._kernels import (  # noqa: F401  (the kernels are used as gm.<name> elsewh
     _triu,
     _unpack_pairs,
     _with_ones_row,
+    any_true,
+    as_dtype,
     logsumexp,
+    normalised_exp,
     spd_inverse_and_logdet,
     target_log_density,
+    total,
+    weighted_regressors,
+    with_rows_of_ones,
 )
 from ._structures import (  # noqa: F401
     NOISE_STRUCTURES,
@@ -475,24 +481,7 @@ class GLLiMModel(ForwardMixin):
     def e_step(self, block, plan):
         """The :class:`BlockEStep` of a block under ``plan``."""
         log_joint, latent_mean = self.log_joint(block, plan)
-        xp = array_namespace(log_joint)
-        if xp is not np:
-            top = xp.max(log_joint, axis=0)
-            top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-            resp = xp.exp(xp.clip(log_joint - top, min=LOG_RESP_FLOOR))
-            total = xp.sum(resp, axis=0)
-            return BlockEStep(log_prob=xp.log(total) + top, resp=resp / total,
-                              latent_mean=latent_mean)
-        top = log_joint.max(axis=0)
-        if not np.isfinite(top).all():
-            top[~np.isfinite(top)] = 0.0
-        log_joint -= top
-        np.maximum(log_joint, LOG_RESP_FLOOR, out=log_joint)
-        resp = np.exp(log_joint, out=log_joint)
-        total = resp.sum(axis=0)
-        resp /= total
-        log_prob = np.log(total)
-        log_prob += top
+        log_prob, resp = normalised_exp(log_joint, LOG_RESP_FLOOR)
         return BlockEStep(log_prob=log_prob, resp=resp, latent_mean=latent_mean)
 
     def e_step_with_stats(self, block, plan, with_stats=True):
@@ -504,9 +493,7 @@ class GLLiMModel(ForwardMixin):
         float64).
         """
         estep = self.e_step(block, plan)
-        xp = array_namespace(estep.log_prob)
-        log_prob = (float(estep.log_prob.sum()) if xp is np
-                    else float(xp.sum(xp.astype(estep.log_prob, xp.float64))))
+        log_prob = total(estep.log_prob)
         if not with_stats:
             return estep, BlockLikelihood(float(block.n_samples), log_prob)
         stats = self.block_stats(block, estep, plan.latent_cov)
@@ -526,98 +513,49 @@ class GLLiMModel(ForwardMixin):
         of the statistics, are float64 (float32 blocks are summed in float64).
         """
         xp = array_namespace(block.Xc)
-        if xp is not np:
-            return self._block_stats_xp(xp, block, estep, latent_cov, fill)
-        resp = estep.resp
-        resp_mass = resp.sum(axis=1)
+        dtype = block.Xc.dtype
+        resp = _to_float64(estep.resp)
+        resp_mass = xp.sum(resp, axis=1)
         filled_mass = resp_mass
-        if fill is not None and fill.any():
-            resp = resp.copy()
-            resp[fill] = 1.0
-            filled_mass = resp.sum(axis=1)
+        if fill is not None and any_true(fill):
+            resp = with_rows_of_ones(resp, fill)
+            filled_mass = xp.sum(resp, axis=1)
         mass = filled_mass
         weighted = estep.sample_weight is not None
         if weighted:
-            resp = resp * estep.sample_weight
-            mass = resp.sum(axis=1)
-        latent_mean = estep.latent_mean
+            resp = resp * _to_float64(estep.sample_weight)
+            mass = xp.sum(resp, axis=1)
+        latent_mean = _to_float64(estep.latent_mean)
         Xc, y1 = block.Xc, block.y1
         n, D = Xc.shape
         L1 = y1.shape[0]
         K = resp.shape[0]
         Lw = latent_mean.shape[0]
-        # One product gives the second moments of the squared features and of y1 = [y, 1].
-        moments = block.sample_sums(resp, block.quad_feats)
+        # One product gives the second moments of the squared features and of y1 = [y, 1]
+        # (the products over samples run in the block's dtype, their sums in float64).
+        moments = _to_float64(block.sample_sums(as_dtype(resp, dtype), block.quad_feats))
         # rz[j, k, n] = r_nk [y1_n, E[w_n | k]]_j; one (m K, n) x (n, D) product gives all
         # first-order cross moments with x (a mixture of y alone, D = 0, needs none).
-        rz = np.empty((L1 + Lw, K, n))
-        if D:
-            np.multiply(y1[:, None, :], resp, out=rz[:L1])
+        rz, ryw = weighted_regressors(y1, resp, latent_mean, dtype, with_targets=bool(D))
         if Lw:
-            ryw = rz[L1:]
-            np.multiply(latent_mean, resp, out=ryw)
-            latent_sum = ryw.sum(axis=2).T
-            latent_y = (y1[:-1] @ ryw.reshape(Lw * K, n).T).reshape(L1 - 1, Lw, K)
-            latent_y = latent_y.transpose(2, 0, 1)
-            latent_second = np.matmul(ryw.transpose(1, 0, 2), latent_mean.transpose(1, 2, 0))
+            latent_sum = swap_last(xp, xp.sum(ryw, axis=2))
+            latent_y = reshape(xp, _to_float64(y1[:-1, :]) @ swap_last(
+                xp, reshape(xp, ryw, (Lw * K, n))), (L1 - 1, Lw, K))
+            latent_y = permute(xp, latent_y, (2, 0, 1))
+            latent_second = permute(xp, ryw, (1, 0, 2)) @ permute(xp, latent_mean, (1, 2, 0))
             # E[w w' | k] adds the posterior covariance to the outer product of the means
             # (with the responsibilities alone: a variant's weights scale the means only).
-            latent_second += filled_mass[:, None, None] * latent_cov
-        else:
-            latent_sum, latent_y, latent_second = (
-                np.zeros((K, 0)), np.zeros((K, L1 - 1, 0)), np.zeros((K, 0, 0))
-            )
-        if D:
-            cross = block.sample_sums(rz.reshape((L1 + Lw) * K, n), Xc).reshape(L1 + Lw, K, D)
-        else:
-            cross = np.zeros((L1 + Lw, K, 0))
-        return self.stats_type(
-            n_samples=float(n), log_prob=np.nan, resp_mass=resp_mass, mass=mass,
-            moments=moments, cross=cross, latent_sum=latent_sum, latent_y=latent_y,
-            latent_second=latent_second,
-            noise_moments=self.noise.block_moments(block, resp, weighted) if D else None,
-        )
-
-    def _block_stats_xp(self, xp, block, estep, latent_cov, fill):
-        """:meth:`block_stats` in any array namespace."""
-        dtype = block.Xc.dtype
-        resp64 = _to_float64(estep.resp)
-        resp_mass = xp.sum(resp64, axis=1)
-        filled_mass = resp_mass
-        if fill is not None and bool(xp.any(fill)):
-            resp64 = xp.where(fill[:, None], xp.ones_like(resp64), resp64)
-            filled_mass = xp.sum(resp64, axis=1)
-        mass = filled_mass
-        weighted = estep.sample_weight is not None
-        if weighted:
-            resp64 = resp64 * _to_float64(estep.sample_weight)
-            mass = xp.sum(resp64, axis=1)
-        resp = xp.astype(resp64, dtype)  # for the products over samples
-        mean64 = _to_float64(estep.latent_mean)
-        Xc, y1 = block.Xc, block.y1
-        n, D = Xc.shape
-        L1 = y1.shape[0]
-        K = resp.shape[0]
-        Lw = mean64.shape[0]
-        moments = _to_float64(block.sample_sums(resp, block.quad_feats))
-        parts = [y1[:, None, :] * resp[None, ...]] if D else []
-        if Lw:
-            ryw64 = mean64 * resp64[None, ...]
-            parts.append(xp.astype(ryw64, dtype))
-            latent_sum = xp.sum(ryw64, axis=2).T
-            latent_y = einsum(xp, "jn,lkn->kjl", _to_float64(y1[:-1, :]), ryw64)
-            latent_second = einsum(xp, "lkn,mkn->klm", ryw64, mean64)
-            latent_second += filled_mass[:, None, None] * _to_float64(latent_cov)
+            latent_second = latent_second + filled_mass[:, None, None] * _to_float64(latent_cov)
         else:
             latent_sum = zeros(xp, (K, 0), resp_mass)
             latent_y = zeros(xp, (K, L1 - 1, 0), resp_mass)
             latent_second = zeros(xp, (K, 0, 0), resp_mass)
         if D:
-            rz = xp.reshape(xp.concat(parts, axis=0), ((L1 + Lw) * K, n))
-            cross = xp.reshape(_to_float64(block.sample_sums(rz, Xc)), (L1 + Lw, K, D))
+            cross = reshape(xp, _to_float64(block.sample_sums(rz, Xc)), (L1 + Lw, K, D))
         else:
             cross = zeros(xp, (L1 + Lw, K, 0), resp_mass)
-        noise_moments = self.noise.block_moments(block, resp, weighted) if D else None
+        noise_moments = (self.noise.block_moments(block, as_dtype(resp, dtype), weighted)
+                         if D else None)
         return self.stats_type(
             n_samples=float(n), log_prob=np.nan, resp_mass=resp_mass, mass=mass,
             moments=moments, cross=cross, latent_sum=latent_sum, latent_y=latent_y,

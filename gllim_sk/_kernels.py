@@ -261,3 +261,87 @@ def _solve_scaled_moments(Mzz, Mzx):
     except np.linalg.LinAlgError:
         pass
     return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
+
+
+# -------------------------------------------------- the per-block kernels of the E-step
+def as_dtype(a, dtype):
+    """``a`` in ``dtype`` (numpy blocks are float64 throughout: returned as they are)."""
+    if isinstance(a, np.ndarray):
+        return a
+    xp = array_namespace(a)
+    return a if a.dtype == dtype else xp.astype(a, dtype)
+
+
+def any_true(mask):
+    """Whether any entry of the boolean array ``mask`` is true, as a Python bool."""
+    if isinstance(mask, np.ndarray):
+        return bool(mask.any())
+    return bool(array_namespace(mask).any(mask))
+
+
+def total(a):
+    """The sum of all entries of ``a``, summed in float64, as a Python float."""
+    if isinstance(a, np.ndarray):
+        return float(a.sum())
+    xp = array_namespace(a)
+    return float(xp.sum(xp.astype(a, xp.float64)))
+
+
+def with_rows_of_ones(resp, rows):
+    """A copy of ``resp`` (K, n) with the rows ``rows`` (K,) bool set to 1."""
+    if isinstance(resp, np.ndarray):
+        resp = resp.copy()
+        resp[rows] = 1.0
+        return resp
+    xp = array_namespace(resp)
+    return xp.where(rows[:, None], xp.ones_like(resp), resp)
+
+
+def normalised_exp(log_joint, floor):
+    """Responsibilities and log-normalisers of log-densities ``log_joint`` (K, n).
+
+    Returns ``(log_prob (n,), resp (K, n))``, resp = exp(log_joint - log_prob) with
+    log-ratios below ``floor`` raised to it. Numpy's ``log_joint`` is overwritten (by
+    ``resp``); other namespaces' is left as it is.
+    """
+    if not isinstance(log_joint, np.ndarray):
+        xp = array_namespace(log_joint)
+        top = xp.max(log_joint, axis=0)
+        top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+        resp = xp.exp(xp.clip(log_joint - top, min=floor))
+        norm = xp.sum(resp, axis=0)
+        return xp.log(norm) + top, resp / norm
+    top = log_joint.max(axis=0)
+    if not np.isfinite(top).all():
+        top[~np.isfinite(top)] = 0.0
+    log_joint -= top
+    np.maximum(log_joint, floor, out=log_joint)
+    resp = np.exp(log_joint, out=log_joint)
+    norm = resp.sum(axis=0)
+    resp /= norm
+    log_prob = np.log(norm)
+    log_prob += top
+    return log_prob, resp
+
+
+def weighted_regressors(y1, resp, latent_mean, dtype, with_targets=True):
+    """rz[j, k, n] = r_kn [y1_n, E[w_n | k]]_j as ((L1 + Lw) K, n) in ``dtype``, for the
+    one product over samples of every first-order cross moment, and the float64 latent
+    part r_kn E[w_n | k] (Lw, K, n). ``with_targets=False`` leaves the y1 rows unset
+    (numpy) or out (a mixture of y alone needs no cross moments)."""
+    L1, n = y1.shape
+    Lw, K, _ = latent_mean.shape
+    if isinstance(resp, np.ndarray):
+        rz = np.empty((L1 + Lw, K, n))
+        if with_targets:
+            np.multiply(y1[:, None, :], resp, out=rz[:L1])
+        ryw = rz[L1:]
+        np.multiply(latent_mean, resp, out=ryw)
+        return rz.reshape((L1 + Lw) * K, n), ryw
+    xp = array_namespace(resp)
+    resp64 = _to_float64(resp)
+    ryw = _to_float64(latent_mean) * resp64[None, ...]
+    parts = [y1[:, None, :] * as_dtype(resp, dtype)[None, ...]] if with_targets else []
+    parts.append(as_dtype(ryw, dtype))
+    rz = xp.concat(parts, axis=0)
+    return xp.reshape(rz, (rz.shape[0] * K, n)), ryw
