@@ -36,7 +36,6 @@ import numpy as np
 from sklearn.utils.extmath import randomized_svd
 
 from ._compat import (
-    array_device,
     array_namespace,
     concat,
     copy,
@@ -67,7 +66,9 @@ from ._kernels import (  # noqa: F401  (the kernels are used as gm.<name> elsewh
     any_true,
     as_dtype,
     logsumexp,
+    move_like,
     normalised_exp,
+    side_by_side,
     spd_inverse_and_logdet,
     target_log_density,
     total,
@@ -356,21 +357,12 @@ class GLLiMModel(ForwardMixin):
         float64) for the per-sample products, except with the full noise kinds (meant for
         small D), whose products need float64.
         """
-        xp = array_namespace(Xc)
-        if xp is not np and self.noise.dense_quadratic:
+        if self.noise.dense_quadratic:  # (numpy blocks are float64 already)
             Xc, y = _to_float64(Xc), _to_float64(y)
-        n, L = y.shape
         y1 = _with_ones_row(y)
         n_sq = self.noise.n_squared(Xc.shape[1]) if Xc.shape[1] else 0
-        if xp is not np:
-            parts = [self.noise.squared_features(Xc)] if n_sq else []
-            quad_feats = xp.concat(parts + [_pairs(y1)], axis=1)
-            return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
-        rows, cols, _ = _triu(L + 1)
-        quad_feats = np.empty((n, n_sq + rows.size))
-        if n_sq:
-            self.noise.squared_features(Xc, out=quad_feats[:, :n_sq])
-        np.multiply(y1[rows].T, y1[cols].T, out=quad_feats[:, n_sq:])
+        quad_feats = side_by_side(
+            n_sq, lambda out: self.noise.squared_features(Xc, out=out), _pairs(y1))
         return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
 
     # -- E-step --------------------------------------------------------------------------
@@ -445,8 +437,7 @@ class GLLiMModel(ForwardMixin):
         Lw = plan.latent_cov.shape[1]
         # The products over samples run in the block's dtype; the rest in float64.
         log_joint = _to_float64(_matmul_transposed(block.quad_feats, plan.quad_weights.T))
-        if xp is not np:
-            y1 = xp.astype(y1, xp.float64)
+        y1 = _to_float64(y1)
         if plan.x_terms and self.noise.dense_quadratic and block.Xc.shape[1]:
             log_joint -= 0.5 * self.noise.quad_features(plan.noise, _to_float64(block.Xc),
                                                         None, K)
@@ -602,34 +593,17 @@ class GLLiMModel(ForwardMixin):
         Lz = L + Lw
         G = stats.cross
         K, D = G.shape[1:]
-        if xp is np:
-            z_sum = np.empty((K, Lz))
-            z_sum[:, :L] = y_moments[:, :L, L]
-            z_sum[:, L:] = stats.latent_sum
-            Szz = np.empty((K, Lz, Lz))
-            Szz[:, :L, :L] = y_moments[:, :L, :L]
-            if Lw:
-                Szz[:, :L, L:] = stats.latent_y
-                Szz[:, L:, :L] = np.swapaxes(stats.latent_y, 1, 2)
-                Szz[:, L:, L:] = stats.latent_second
-            Szz /= mass[:, None, None]
-        else:
-            z_sum = xp.concat([y_moments[:, :L, L], stats.latent_sum], axis=1)
-            top = xp.concat([y_moments[:, :L, :L], stats.latent_y], axis=2)
-            bottom = xp.concat([swap_last(xp, stats.latent_y), stats.latent_second], axis=2)
-            Szz = xp.concat([top, bottom], axis=1) / mass[:, None, None]
+        z_sum = concat(xp, [y_moments[:, :L, L], stats.latent_sum], axis=1)
+        Szz = concat(xp, [concat(xp, [y_moments[:, :L, :L], stats.latent_y], axis=2),
+                          concat(xp, [swap_last(xp, stats.latent_y), stats.latent_second],
+                                 axis=2)], axis=1) / mass[:, None, None]
         zbar = z_sum / mass[:, None]  # (K, Lz)
         Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
 
         xbar = G[L, ...] / mass[:, None]  # (K, D)
         # Cross-covariances of z and x, (K, Lz, D): feature axis last, contiguous.
-        if xp is np:
-            Mzx = np.empty((K, Lz, D))
-            np.divide(G[:L].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, :L])
-            np.divide(G[L1:].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, L:])
-        else:
-            Mzx = permute(xp, xp.concat([G[:L, ...], G[L1:, ...]], axis=0), (1, 0, 2))
-            Mzx = Mzx / mass[:, None, None]
+        Mzx = concat(xp, [permute(xp, G[:L, ...], (1, 0, 2)), permute(xp, G[L1:, ...], (1, 0, 2))],
+                     axis=1) / mass[:, None, None]
         Mzx -= zbar[:, :, None] * xbar[:, None, :]
 
         # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
@@ -645,7 +619,7 @@ class GLLiMModel(ForwardMixin):
         gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
         fields = dict(
-            weights=pis / (pis.sum() if xp is np else xp.sum(pis)), c=copy(xp, zbar[:, :L]),
+            weights=pis / xp.sum(pis), c=copy(xp, zbar[:, :L]),
             gamma=gamma,
             A=swap_last(xp, loadings_t[:, :L, :]), W=swap_last(xp, loadings_t[:, L:, :]),
             b=b,
@@ -665,13 +639,8 @@ class GLLiMModel(ForwardMixin):
         parameters.
         """
         A, b = moments.fields["A"], moments.fields["b"]
-        xp = array_namespace(A)
-        if xp is np:
-            W = _latent_loadings(Xc, y, resp, A, b, n_latent, random_state)
-        else:
-            host = [np.asarray(to_numpy(a), dtype=np.float64) for a in (Xc, y, resp, A, b)]
-            W = xp.asarray(_latent_loadings(*host, n_latent, random_state), dtype=xp.float64,
-                           device=array_device(A))
+        host = [np.asarray(to_numpy(a), dtype=np.float64) for a in (Xc, y, resp, A, b)]
+        W = move_like(_latent_loadings(*host, n_latent, random_state), A)
         return self.with_latent(moments, W)
 
     def with_latent(self, moments, W):

@@ -272,6 +272,28 @@ def as_dtype(a, dtype):
     return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
+def move_like(a, like):
+    """The numpy float64 array ``a`` in the namespace and on the device of ``like``."""
+    if isinstance(like, np.ndarray):
+        return a
+    xp = array_namespace(like)
+    return xp.asarray(a, dtype=xp.float64, device=array_device(like))
+
+
+def side_by_side(left_width, fill_left, right):
+    """The columns [left, right], (n, left_width + p), of ``right`` (n, p) and of the
+    ``left_width`` columns that ``fill_left(out)`` writes into ``out`` (numpy: straight
+    into the result, no (n, left_width) temporary) or returns (``out`` None)."""
+    if isinstance(right, np.ndarray):
+        out = np.empty((right.shape[0], left_width + right.shape[1]))
+        if left_width:
+            fill_left(out[:, :left_width])
+        out[:, left_width:] = right
+        return out
+    parts = [fill_left(None)] if left_width else []
+    return array_namespace(right).concat(parts + [right], axis=1)
+
+
 def any_true(mask):
     """Whether any entry of the boolean array ``mask`` is true, as a Python bool."""
     if isinstance(mask, np.ndarray):
