@@ -8,10 +8,12 @@ factors with a floor, and the moment solves of the M-step.
 from functools import lru_cache
 
 import numpy as np
+from scipy.linalg import cho_solve, solve_triangular
 
 from ._compat import (
     array_device,
     array_namespace,
+    copy,
     einsum,
     eye,
     linalg_errors,
@@ -367,3 +369,99 @@ def weighted_regressors(y1, resp, latent_mean, dtype, with_targets=True):
     parts.append(as_dtype(ryw, dtype))
     rz = xp.concat(parts, axis=0)
     return xp.reshape(rz, (rz.shape[0] * K, n)), ryw
+
+
+# -------------------------------------------------- the kernels of the noise structures
+def squares(Xc, norms, out=None):
+    """Squared row norms (n, 1) of ``Xc`` when ``norms``, else its squares (n, D); numpy
+    writes them into ``out`` when given."""
+    if not isinstance(Xc, np.ndarray):
+        xp = array_namespace(Xc)
+        return xp.sum(Xc * Xc, axis=1)[:, None] if norms else Xc * Xc
+    if not norms:
+        return np.multiply(Xc, Xc, out=out)
+    if out is None:
+        return np.einsum("nd,nd->n", Xc, Xc)[:, None]
+    np.einsum("nd,nd->n", Xc, Xc, out=out[:, 0])
+    return out
+
+
+def contiguous(a):
+    """``a`` C-contiguous (numpy; other namespaces lay out their own arrays)."""
+    return np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a
+
+
+def repeated(values, shape):
+    """``values`` broadcast to ``shape``, as an array of its own."""
+    xp = array_namespace(values)
+    return copy(xp, xp.broadcast_to(values, shape))
+
+
+def _factor(chol, k):
+    return chol[0 if chol.shape[0] == 1 else k, ...]
+
+
+def cholesky_solve(chol, M):
+    """Sigma_k^-1 M_k (K, D, m) from lower Cholesky factors ``chol`` (K or 1, D, D)."""
+    if isinstance(chol, np.ndarray):
+        return np.stack([cho_solve((_factor(chol, k), True), M[k], check_finite=False)
+                         for k in range(M.shape[0])])
+    xp = array_namespace(chol)
+    inv_chol = xp.linalg.inv(chol)
+    return swap_last(xp, inv_chol) @ (inv_chol @ M)
+
+
+def cholesky_logdet(chol, n_components):
+    """log|Sigma_k| (K,) from lower Cholesky factors ``chol`` (K or 1, D, D)."""
+    if isinstance(chol, np.ndarray):
+        diag = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) * 2.0
+        return np.broadcast_to(diag, (n_components,)).copy()
+    xp = array_namespace(chol)
+    diag = xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=1) * 2.0
+    return xp.broadcast_to(diag, (n_components,))
+
+
+def cholesky_quad(chol, Xc, n_components):
+    """x_n' Sigma_k^-1 x_n (K, n) from lower Cholesky factors ``chol`` (K or 1, D, D)."""
+    if not isinstance(chol, np.ndarray):
+        xp = array_namespace(chol)
+        z = xp.linalg.inv(xp.astype(chol, Xc.dtype)) @ Xc.T  # (K or 1, D, n)
+        quad = xp.sum(z * z, axis=1)
+        return copy(xp, xp.broadcast_to(quad, (n_components, Xc.shape[0])))
+    out = np.empty((n_components, Xc.shape[0]))
+    for k in range(chol.shape[0]):
+        z = solve_triangular(chol[k], Xc.T, lower=True, check_finite=False)
+        out[k] = np.einsum("dn,dn->n", z, z)
+    if chol.shape[0] == 1:  # tied: one factor for all components
+        out[1:] = out[0]
+    return out
+
+
+def floored_choleskys(raw, reg, var_floor=None):
+    """Lower Cholesky factors of the covariances ``raw`` (K, D, D), symmetrised, with
+    their eigenvalues floored at the mean of ``var_floor`` (when given) and ``reg``
+    added to their diagonals."""
+    if isinstance(raw, np.ndarray):
+        eig_floor = None if var_floor is None else float(np.mean(var_floor))
+        return np.stack([_cholesky_with_floor(S.copy(), reg, eig_floor) for S in raw])
+    xp = array_namespace(raw)
+    eig_floor = None if var_floor is None else xp.mean(var_floor)
+    return _cholesky_with_floor_xp(xp, raw, reg, eig_floor)
+
+
+def weighted_grams(Xc, resp):
+    """Sums of r_nk x_n x_n' (K, D, D), in float64 (the full noise is for small D)."""
+    if isinstance(Xc, np.ndarray):
+        return np.stack([(Xc.T * resp[k]) @ Xc for k in range(resp.shape[0])])
+    X64, r64 = _to_float64(Xc), _to_float64(resp)
+    return (X64.T[None, ...] * r64[:, None, :]) @ X64
+
+
+def with_diagonal_added(M, value):
+    """A copy of the stack ``M`` (K, L, L) with ``value`` added to every diagonal."""
+    xp = array_namespace(M)
+    if xp is np:
+        M = M.copy()
+        M.reshape(M.shape[0], -1)[:, :: M.shape[-1] + 1] += value
+        return M
+    return M + value * eye(xp, M.shape[-1], M)[None, ...]
