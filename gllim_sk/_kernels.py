@@ -465,3 +465,33 @@ def with_diagonal_added(M, value):
         M.reshape(M.shape[0], -1)[:, :: M.shape[-1] + 1] += value
         return M
     return M + value * eye(xp, M.shape[-1], M)[None, ...]
+
+
+# -------------------------------------------------- the kernels of the predictions
+def _as_dtype(a, dtype):
+    """``a`` in ``dtype`` (numpy: without a copy when it is already)."""
+    xp = array_namespace(a)
+    return a.astype(dtype, copy=False) if xp is np else xp.astype(a, dtype)
+
+
+def _total(a):
+    """The sum of ``a`` (numpy's scalar for numpy arrays, a float otherwise)."""
+    xp = array_namespace(a)
+    return a.sum() if xp is np else float(xp.sum(xp.astype(a, xp.float64)))
+
+
+def host_result_like(a, like, dtype, xp):
+    """The host (numpy) result ``a`` in ``dtype``, in namespace ``xp`` on the device of
+    ``like`` (``xp`` numpy: a numpy array)."""
+    if xp is np:
+        return np.asarray(a).astype(dtype, copy=False)
+    return xp.asarray(np.asarray(a), dtype=dtype, device=array_device(like))
+
+
+def centred_block(X, y, feature_mean):
+    """Features centred by ``feature_mean`` and targets, in the precision the E-step
+    runs in: float64 for numpy, the dtype of ``X`` otherwise."""
+    xp = array_namespace(X)
+    if xp is np:
+        return X.astype(np.float64) - feature_mean, y
+    return X - xp.astype(feature_mean, X.dtype), xp.astype(y, X.dtype)
