@@ -74,6 +74,8 @@ def _em_parallelism(n_samples, work):
         (lib.num_threads for lib in _controller().select(user_api="blas").lib_controllers),
         default=1,
     )
+    if n_threads == 1:  # BLAS runs on one thread anyway: its fastest orientation there
+        return 1, 1
     n_chunks = min(n_threads, n_samples // MIN_CHUNK_SAMPLES)
     if n_chunks < 2 or work < CHUNKED_PROBLEM_WORK:
         return 1, None

@@ -16,6 +16,7 @@ from ._kernels import (
     LOG_2PI,
     _matmul_transposed,
     _to_float64,
+    contiguous,
     logsumexp,
     spd_inverse_and_logdet,
 )
@@ -77,7 +78,7 @@ class ForwardMixin:
         gemm = reshape(xp, permute(xp, stack, (1, 2, 0)), (D, -1))
         return Forward(
             weights=params.weights, means_x=means_x, coef=coef, intercept=intercept, cov=cov,
-            gemm=np.ascontiguousarray(gemm) if xp is np else gemm, const=const,
+            gemm=contiguous(gemm), const=const,
             logdet_x=logdet_gamma_star,
             t0=einsum(xp, "kdl,kd->kl", SW, means_x), u0=einsum(xp, "kdl,kd->kl", P, means_x),
             latent_cov=latent_cov, noise=noise,

@@ -36,7 +36,6 @@ import numpy as np
 from sklearn.utils.extmath import randomized_svd
 
 from ._compat import (
-    array_device,
     array_namespace,
     concat,
     copy,
@@ -64,9 +63,17 @@ from ._kernels import (  # noqa: F401  (the kernels are used as gm.<name> elsewh
     _triu,
     _unpack_pairs,
     _with_ones_row,
+    any_true,
+    as_dtype,
     logsumexp,
+    move_like,
+    normalised_exp,
+    side_by_side,
     spd_inverse_and_logdet,
     target_log_density,
+    total,
+    weighted_regressors,
+    with_rows_of_ones,
 )
 from ._structures import (  # noqa: F401
     NOISE_STRUCTURES,
@@ -177,6 +184,11 @@ class Block:
                      y1=np.ascontiguousarray(y1) if isinstance(y1, np.ndarray) else y1,
                      quad_feats=self.quad_feats[start:stop], n_sq=self.n_sq,
                      sample_sums=self.sample_sums)
+
+
+def _summed(terms, empty):
+    """The sum of ``terms`` (a new array), or ``empty`` when there are none."""
+    return sum(terms[1:], terms[0]) if len(terms) > 1 else (terms[0] if terms else empty)
 
 
 def _scaled(value, factor):
@@ -345,21 +357,12 @@ class GLLiMModel(ForwardMixin):
         float64) for the per-sample products, except with the full noise kinds (meant for
         small D), whose products need float64.
         """
-        xp = array_namespace(Xc)
-        if xp is not np and self.noise.dense_quadratic:
+        if self.noise.dense_quadratic:  # (numpy blocks are float64 already)
             Xc, y = _to_float64(Xc), _to_float64(y)
-        n, L = y.shape
         y1 = _with_ones_row(y)
         n_sq = self.noise.n_squared(Xc.shape[1]) if Xc.shape[1] else 0
-        if xp is not np:
-            parts = [self.noise.squared_features(Xc)] if n_sq else []
-            quad_feats = xp.concat(parts + [_pairs(y1)], axis=1)
-            return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
-        rows, cols, _ = _triu(L + 1)
-        quad_feats = np.empty((n, n_sq + rows.size))
-        if n_sq:
-            self.noise.squared_features(Xc, out=quad_feats[:, :n_sq])
-        np.multiply(y1[rows].T, y1[cols].T, out=quad_feats[:, n_sq:])
+        quad_feats = side_by_side(
+            n_sq, lambda out: self.noise.squared_features(Xc, out=out), _pairs(y1))
         return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
 
     # -- E-step --------------------------------------------------------------------------
@@ -391,22 +394,17 @@ class GLLiMModel(ForwardMixin):
         # density's (y - c)' G^-1 (y - c). All but the cross term come from one product
         # with [squared features, y1 pairs]; the pair y1_L y1_L = 1 carries const_k.
         gamma_prec, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        M = zeros(xp, (K, L1, L1), params.A)
-        if x_terms:
-            M += gram[:, :L1, :L1]
-        if y_terms:
-            M += _target_quadratic(params.c, gamma_prec)
-        logdet = zeros(xp, (K,), params.A)
-        if x_terms:
-            logdet += self.noise.logdet(noise, K)
-        if y_terms:
-            logdet += logdet_gamma
+        M = _summed(([gram[:, :L1, :L1]] if x_terms else [])
+                    + ([_target_quadratic(params.c, gamma_prec)] if y_terms else []),
+                    zeros(xp, (K, L1, L1), params.A))
+        logdet = _summed(([self.noise.logdet(noise, K)] if x_terms else [])
+                         + ([logdet_gamma] if y_terms else []), zeros(xp, (K,), params.A))
         if Lw:
             # Latent part: Woodbury on Sigma_k + W_k W_k'.
             latent_cov, neg_logdet_s, _ = spd_inverse_and_logdet(
                 eye(xp, Lw, params.A)[None, ...] + gram[:, L1:, L1:]
             )
-            logdet += neg_logdet_s
+            logdet = logdet + neg_logdet_s
         else:
             latent_cov = zeros(xp, (K, 0, 0), params.A)
         weights = -0.5 * _pair_weights(M)
@@ -439,8 +437,7 @@ class GLLiMModel(ForwardMixin):
         Lw = plan.latent_cov.shape[1]
         # The products over samples run in the block's dtype; the rest in float64.
         log_joint = _to_float64(_matmul_transposed(block.quad_feats, plan.quad_weights.T))
-        if xp is not np:
-            y1 = xp.astype(y1, xp.float64)
+        y1 = _to_float64(y1)
         if plan.x_terms and self.noise.dense_quadratic and block.Xc.shape[1]:
             log_joint -= 0.5 * self.noise.quad_features(plan.noise, _to_float64(block.Xc),
                                                         None, K)
@@ -475,24 +472,7 @@ class GLLiMModel(ForwardMixin):
     def e_step(self, block, plan):
         """The :class:`BlockEStep` of a block under ``plan``."""
         log_joint, latent_mean = self.log_joint(block, plan)
-        xp = array_namespace(log_joint)
-        if xp is not np:
-            top = xp.max(log_joint, axis=0)
-            top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-            resp = xp.exp(xp.clip(log_joint - top, min=LOG_RESP_FLOOR))
-            total = xp.sum(resp, axis=0)
-            return BlockEStep(log_prob=xp.log(total) + top, resp=resp / total,
-                              latent_mean=latent_mean)
-        top = log_joint.max(axis=0)
-        if not np.isfinite(top).all():
-            top[~np.isfinite(top)] = 0.0
-        log_joint -= top
-        np.maximum(log_joint, LOG_RESP_FLOOR, out=log_joint)
-        resp = np.exp(log_joint, out=log_joint)
-        total = resp.sum(axis=0)
-        resp /= total
-        log_prob = np.log(total)
-        log_prob += top
+        log_prob, resp = normalised_exp(log_joint, LOG_RESP_FLOOR)
         return BlockEStep(log_prob=log_prob, resp=resp, latent_mean=latent_mean)
 
     def e_step_with_stats(self, block, plan, with_stats=True):
@@ -504,9 +484,7 @@ class GLLiMModel(ForwardMixin):
         float64).
         """
         estep = self.e_step(block, plan)
-        xp = array_namespace(estep.log_prob)
-        log_prob = (float(estep.log_prob.sum()) if xp is np
-                    else float(xp.sum(xp.astype(estep.log_prob, xp.float64))))
+        log_prob = total(estep.log_prob)
         if not with_stats:
             return estep, BlockLikelihood(float(block.n_samples), log_prob)
         stats = self.block_stats(block, estep, plan.latent_cov)
@@ -526,98 +504,49 @@ class GLLiMModel(ForwardMixin):
         of the statistics, are float64 (float32 blocks are summed in float64).
         """
         xp = array_namespace(block.Xc)
-        if xp is not np:
-            return self._block_stats_xp(xp, block, estep, latent_cov, fill)
-        resp = estep.resp
-        resp_mass = resp.sum(axis=1)
+        dtype = block.Xc.dtype
+        resp = _to_float64(estep.resp)
+        resp_mass = xp.sum(resp, axis=1)
         filled_mass = resp_mass
-        if fill is not None and fill.any():
-            resp = resp.copy()
-            resp[fill] = 1.0
-            filled_mass = resp.sum(axis=1)
+        if fill is not None and any_true(fill):
+            resp = with_rows_of_ones(resp, fill)
+            filled_mass = xp.sum(resp, axis=1)
         mass = filled_mass
         weighted = estep.sample_weight is not None
         if weighted:
-            resp = resp * estep.sample_weight
-            mass = resp.sum(axis=1)
-        latent_mean = estep.latent_mean
+            resp = resp * _to_float64(estep.sample_weight)
+            mass = xp.sum(resp, axis=1)
+        latent_mean = _to_float64(estep.latent_mean)
         Xc, y1 = block.Xc, block.y1
         n, D = Xc.shape
         L1 = y1.shape[0]
         K = resp.shape[0]
         Lw = latent_mean.shape[0]
-        # One product gives the second moments of the squared features and of y1 = [y, 1].
-        moments = block.sample_sums(resp, block.quad_feats)
+        # One product gives the second moments of the squared features and of y1 = [y, 1]
+        # (the products over samples run in the block's dtype, their sums in float64).
+        moments = _to_float64(block.sample_sums(as_dtype(resp, dtype), block.quad_feats))
         # rz[j, k, n] = r_nk [y1_n, E[w_n | k]]_j; one (m K, n) x (n, D) product gives all
         # first-order cross moments with x (a mixture of y alone, D = 0, needs none).
-        rz = np.empty((L1 + Lw, K, n))
-        if D:
-            np.multiply(y1[:, None, :], resp, out=rz[:L1])
+        rz, ryw = weighted_regressors(y1, resp, latent_mean, dtype, with_targets=bool(D))
         if Lw:
-            ryw = rz[L1:]
-            np.multiply(latent_mean, resp, out=ryw)
-            latent_sum = ryw.sum(axis=2).T
-            latent_y = (y1[:-1] @ ryw.reshape(Lw * K, n).T).reshape(L1 - 1, Lw, K)
-            latent_y = latent_y.transpose(2, 0, 1)
-            latent_second = np.matmul(ryw.transpose(1, 0, 2), latent_mean.transpose(1, 2, 0))
+            latent_sum = swap_last(xp, xp.sum(ryw, axis=2))
+            latent_y = reshape(xp, _to_float64(y1[:-1, :]) @ swap_last(
+                xp, reshape(xp, ryw, (Lw * K, n))), (L1 - 1, Lw, K))
+            latent_y = permute(xp, latent_y, (2, 0, 1))
+            latent_second = permute(xp, ryw, (1, 0, 2)) @ permute(xp, latent_mean, (1, 2, 0))
             # E[w w' | k] adds the posterior covariance to the outer product of the means
             # (with the responsibilities alone: a variant's weights scale the means only).
-            latent_second += filled_mass[:, None, None] * latent_cov
-        else:
-            latent_sum, latent_y, latent_second = (
-                np.zeros((K, 0)), np.zeros((K, L1 - 1, 0)), np.zeros((K, 0, 0))
-            )
-        if D:
-            cross = block.sample_sums(rz.reshape((L1 + Lw) * K, n), Xc).reshape(L1 + Lw, K, D)
-        else:
-            cross = np.zeros((L1 + Lw, K, 0))
-        return self.stats_type(
-            n_samples=float(n), log_prob=np.nan, resp_mass=resp_mass, mass=mass,
-            moments=moments, cross=cross, latent_sum=latent_sum, latent_y=latent_y,
-            latent_second=latent_second,
-            noise_moments=self.noise.block_moments(block, resp, weighted) if D else None,
-        )
-
-    def _block_stats_xp(self, xp, block, estep, latent_cov, fill):
-        """:meth:`block_stats` in any array namespace."""
-        dtype = block.Xc.dtype
-        resp64 = _to_float64(estep.resp)
-        resp_mass = xp.sum(resp64, axis=1)
-        filled_mass = resp_mass
-        if fill is not None and bool(xp.any(fill)):
-            resp64 = xp.where(fill[:, None], xp.ones_like(resp64), resp64)
-            filled_mass = xp.sum(resp64, axis=1)
-        mass = filled_mass
-        weighted = estep.sample_weight is not None
-        if weighted:
-            resp64 = resp64 * _to_float64(estep.sample_weight)
-            mass = xp.sum(resp64, axis=1)
-        resp = xp.astype(resp64, dtype)  # for the products over samples
-        mean64 = _to_float64(estep.latent_mean)
-        Xc, y1 = block.Xc, block.y1
-        n, D = Xc.shape
-        L1 = y1.shape[0]
-        K = resp.shape[0]
-        Lw = mean64.shape[0]
-        moments = _to_float64(block.sample_sums(resp, block.quad_feats))
-        parts = [y1[:, None, :] * resp[None, ...]] if D else []
-        if Lw:
-            ryw64 = mean64 * resp64[None, ...]
-            parts.append(xp.astype(ryw64, dtype))
-            latent_sum = xp.sum(ryw64, axis=2).T
-            latent_y = einsum(xp, "jn,lkn->kjl", _to_float64(y1[:-1, :]), ryw64)
-            latent_second = einsum(xp, "lkn,mkn->klm", ryw64, mean64)
-            latent_second += filled_mass[:, None, None] * _to_float64(latent_cov)
+            latent_second = latent_second + filled_mass[:, None, None] * _to_float64(latent_cov)
         else:
             latent_sum = zeros(xp, (K, 0), resp_mass)
             latent_y = zeros(xp, (K, L1 - 1, 0), resp_mass)
             latent_second = zeros(xp, (K, 0, 0), resp_mass)
         if D:
-            rz = xp.reshape(xp.concat(parts, axis=0), ((L1 + Lw) * K, n))
-            cross = xp.reshape(_to_float64(block.sample_sums(rz, Xc)), (L1 + Lw, K, D))
+            cross = reshape(xp, _to_float64(block.sample_sums(rz, Xc)), (L1 + Lw, K, D))
         else:
             cross = zeros(xp, (L1 + Lw, K, 0), resp_mass)
-        noise_moments = self.noise.block_moments(block, resp, weighted) if D else None
+        noise_moments = (self.noise.block_moments(block, as_dtype(resp, dtype), weighted)
+                         if D else None)
         return self.stats_type(
             n_samples=float(n), log_prob=np.nan, resp_mass=resp_mass, mass=mass,
             moments=moments, cross=cross, latent_sum=latent_sum, latent_y=latent_y,
@@ -664,34 +593,17 @@ class GLLiMModel(ForwardMixin):
         Lz = L + Lw
         G = stats.cross
         K, D = G.shape[1:]
-        if xp is np:
-            z_sum = np.empty((K, Lz))
-            z_sum[:, :L] = y_moments[:, :L, L]
-            z_sum[:, L:] = stats.latent_sum
-            Szz = np.empty((K, Lz, Lz))
-            Szz[:, :L, :L] = y_moments[:, :L, :L]
-            if Lw:
-                Szz[:, :L, L:] = stats.latent_y
-                Szz[:, L:, :L] = np.swapaxes(stats.latent_y, 1, 2)
-                Szz[:, L:, L:] = stats.latent_second
-            Szz /= mass[:, None, None]
-        else:
-            z_sum = xp.concat([y_moments[:, :L, L], stats.latent_sum], axis=1)
-            top = xp.concat([y_moments[:, :L, :L], stats.latent_y], axis=2)
-            bottom = xp.concat([swap_last(xp, stats.latent_y), stats.latent_second], axis=2)
-            Szz = xp.concat([top, bottom], axis=1) / mass[:, None, None]
+        z_sum = concat(xp, [y_moments[:, :L, L], stats.latent_sum], axis=1)
+        Szz = concat(xp, [concat(xp, [y_moments[:, :L, :L], stats.latent_y], axis=2),
+                          concat(xp, [swap_last(xp, stats.latent_y), stats.latent_second],
+                                 axis=2)], axis=1) / mass[:, None, None]
         zbar = z_sum / mass[:, None]  # (K, Lz)
         Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
 
         xbar = G[L, ...] / mass[:, None]  # (K, D)
         # Cross-covariances of z and x, (K, Lz, D): feature axis last, contiguous.
-        if xp is np:
-            Mzx = np.empty((K, Lz, D))
-            np.divide(G[:L].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, :L])
-            np.divide(G[L1:].transpose(1, 0, 2), mass[:, None, None], out=Mzx[:, L:])
-        else:
-            Mzx = permute(xp, xp.concat([G[:L, ...], G[L1:, ...]], axis=0), (1, 0, 2))
-            Mzx = Mzx / mass[:, None, None]
+        Mzx = concat(xp, [permute(xp, G[:L, ...], (1, 0, 2)), permute(xp, G[L1:, ...], (1, 0, 2))],
+                     axis=1) / mass[:, None, None]
         Mzx -= zbar[:, :, None] * xbar[:, None, :]
 
         # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
@@ -707,7 +619,7 @@ class GLLiMModel(ForwardMixin):
         gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
         fields = dict(
-            weights=pis / (pis.sum() if xp is np else xp.sum(pis)), c=copy(xp, zbar[:, :L]),
+            weights=pis / xp.sum(pis), c=copy(xp, zbar[:, :L]),
             gamma=gamma,
             A=swap_last(xp, loadings_t[:, :L, :]), W=swap_last(xp, loadings_t[:, L:, :]),
             b=b,
@@ -727,13 +639,8 @@ class GLLiMModel(ForwardMixin):
         parameters.
         """
         A, b = moments.fields["A"], moments.fields["b"]
-        xp = array_namespace(A)
-        if xp is np:
-            W = _latent_loadings(Xc, y, resp, A, b, n_latent, random_state)
-        else:
-            host = [np.asarray(to_numpy(a), dtype=np.float64) for a in (Xc, y, resp, A, b)]
-            W = xp.asarray(_latent_loadings(*host, n_latent, random_state), dtype=xp.float64,
-                           device=array_device(A))
+        host = [np.asarray(to_numpy(a), dtype=np.float64) for a in (Xc, y, resp, A, b)]
+        W = move_like(_latent_loadings(*host, n_latent, random_state), A)
         return self.with_latent(moments, W)
 
     def with_latent(self, moments, W):

@@ -8,10 +8,12 @@ factors with a floor, and the moment solves of the M-step.
 from functools import lru_cache
 
 import numpy as np
+from scipy.linalg import cho_solve, solve_triangular
 
 from ._compat import (
     array_device,
     array_namespace,
+    copy,
     einsum,
     eye,
     linalg_errors,
@@ -20,6 +22,36 @@ from ._compat import (
 )
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+
+try:  # numpy's own batched LAPACK kernels, without np.linalg's per-call checks
+    from numpy.linalg import _umath_linalg as _lapack
+except ImportError:  # pragma: no cover - a numpy without them: np.linalg's functions
+    _lapack = None
+
+
+def _np_cholesky(M):
+    """np.linalg.cholesky of a float64 stack (the same LAPACK call, the same result),
+    for the many tiny matrices of every EM iteration: np.linalg's wrapper costs more than
+    the factorisation. Raises LinAlgError when a matrix is not positive definite."""
+    if _lapack is None or M.dtype != np.float64 or not M.size:
+        return np.linalg.cholesky(M)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
+        chol = _lapack.cholesky_lo(M, signature="d->d")
+    if not np.isfinite(chol).all():  # LAPACK's failure fills the factor with NaN
+        raise np.linalg.LinAlgError("Matrix is not positive definite")
+    return chol
+
+
+def _np_inv(M):
+    """np.linalg.inv of a float64 stack of invertible (triangular) factors, as
+    :func:`_np_cholesky`."""
+    if _lapack is None or M.dtype != np.float64 or not M.size:
+        return np.linalg.inv(M)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
+        inv = _lapack.inv(M, signature="d->d")
+    if not np.isfinite(inv).all():
+        raise np.linalg.LinAlgError("Singular matrix")
+    return inv
 
 
 def _matmul_transposed(a, b):
@@ -121,14 +153,15 @@ def logsumexp(a, axis, keepdims=False):
 def spd_inverse_and_logdet(M):
     """Inverse, log-determinant and inverse Cholesky factor of a stack of small SPD matrices."""
     xp = array_namespace(M)
+    if xp is np:
+        chol = _np_cholesky(M)
+        inv_chol = _np_inv(chol)
+        logdet = 2.0 * np.log(chol.diagonal(0, -2, -1)).sum(axis=-1)
+        return inv_chol.swapaxes(-1, -2) @ inv_chol, logdet, inv_chol
     chol = xp.linalg.cholesky(M)
     inv_chol = xp.linalg.inv(chol)
-    inv = swap_last(xp, inv_chol) @ inv_chol
-    if xp is np:
-        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    else:
-        logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
-    return inv, logdet, inv_chol
+    logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
+    return swap_last(xp, inv_chol) @ inv_chol, logdet, inv_chol
 
 
 def _with_ones_row(y):
@@ -196,7 +229,7 @@ def _solve_moments(Mzz, Mzx):
     # the targets' scale (the solution is the same when Mzz is invertible).
     xp = array_namespace(Mzz)
     if xp is np:
-        diag = np.diagonal(Mzz, axis1=1, axis2=2)
+        diag = Mzz.diagonal(0, 1, 2)
         unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
     else:
         diag = xp.linalg.diagonal(Mzz)
@@ -221,12 +254,244 @@ def _solve_scaled_moments(Mzz, Mzx):
             pass
         return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
     try:
-        chol = np.linalg.cholesky(Mzz)
-        pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
-        scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
-        if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
-            inv_chol = np.linalg.inv(chol)
-            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol) @ Mzx
+        chol = _np_cholesky(Mzz)
+        pivots = chol.diagonal(0, 1, 2).min(axis=1, initial=np.inf)
+        scale = np.sqrt(Mzz.diagonal(0, 1, 2).max(axis=1, initial=0.0))
+        if (pivots > 1e-6 * scale).all():  # condition number below about 1e12
+            inv_chol = _np_inv(chol)
+            return (inv_chol.swapaxes(1, 2) @ inv_chol) @ Mzx
     except np.linalg.LinAlgError:
         pass
     return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
+
+
+# -------------------------------------------------- the per-block kernels of the E-step
+def as_dtype(a, dtype):
+    """``a`` in ``dtype`` (numpy blocks are float64 throughout: returned as they are)."""
+    if isinstance(a, np.ndarray):
+        return a
+    xp = array_namespace(a)
+    return a if a.dtype == dtype else xp.astype(a, dtype)
+
+
+def move_like(a, like):
+    """The numpy float64 array ``a`` in the namespace and on the device of ``like``."""
+    if isinstance(like, np.ndarray):
+        return a
+    xp = array_namespace(like)
+    return xp.asarray(a, dtype=xp.float64, device=array_device(like))
+
+
+def side_by_side(left_width, fill_left, right):
+    """The columns [left, right], (n, left_width + p), of ``right`` (n, p) and of the
+    ``left_width`` columns that ``fill_left(out)`` writes into ``out`` (numpy: straight
+    into the result, no (n, left_width) temporary) or returns (``out`` None)."""
+    if isinstance(right, np.ndarray):
+        out = np.empty((right.shape[0], left_width + right.shape[1]))
+        if left_width:
+            fill_left(out[:, :left_width])
+        out[:, left_width:] = right
+        return out
+    parts = [fill_left(None)] if left_width else []
+    return array_namespace(right).concat(parts + [right], axis=1)
+
+
+def any_true(mask):
+    """Whether any entry of the boolean array ``mask`` is true, as a Python bool."""
+    if isinstance(mask, np.ndarray):
+        return bool(mask.any())
+    return bool(array_namespace(mask).any(mask))
+
+
+def total(a):
+    """The sum of all entries of ``a``, summed in float64, as a Python float."""
+    if isinstance(a, np.ndarray):
+        return float(a.sum())
+    xp = array_namespace(a)
+    return float(xp.sum(xp.astype(a, xp.float64)))
+
+
+def with_rows_of_ones(resp, rows):
+    """A copy of ``resp`` (K, n) with the rows ``rows`` (K,) bool set to 1."""
+    if isinstance(resp, np.ndarray):
+        resp = resp.copy()
+        resp[rows] = 1.0
+        return resp
+    xp = array_namespace(resp)
+    return xp.where(rows[:, None], xp.ones_like(resp), resp)
+
+
+def normalised_exp(log_joint, floor):
+    """Responsibilities and log-normalisers of log-densities ``log_joint`` (K, n).
+
+    Returns ``(log_prob (n,), resp (K, n))``, resp = exp(log_joint - log_prob) with
+    log-ratios below ``floor`` raised to it. Numpy's ``log_joint`` is overwritten (by
+    ``resp``); other namespaces' is left as it is.
+    """
+    if not isinstance(log_joint, np.ndarray):
+        xp = array_namespace(log_joint)
+        top = xp.max(log_joint, axis=0)
+        top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+        resp = xp.exp(xp.clip(log_joint - top, min=floor))
+        norm = xp.sum(resp, axis=0)
+        return xp.log(norm) + top, resp / norm
+    top = log_joint.max(axis=0)
+    if not np.isfinite(top).all():
+        top[~np.isfinite(top)] = 0.0
+    log_joint -= top
+    np.maximum(log_joint, floor, out=log_joint)
+    resp = np.exp(log_joint, out=log_joint)
+    norm = resp.sum(axis=0)
+    resp /= norm
+    log_prob = np.log(norm)
+    log_prob += top
+    return log_prob, resp
+
+
+def weighted_regressors(y1, resp, latent_mean, dtype, with_targets=True):
+    """rz[j, k, n] = r_kn [y1_n, E[w_n | k]]_j as ((L1 + Lw) K, n) in ``dtype``, for the
+    one product over samples of every first-order cross moment, and the float64 latent
+    part r_kn E[w_n | k] (Lw, K, n). ``with_targets=False`` leaves the y1 rows unset
+    (numpy) or out (a mixture of y alone needs no cross moments)."""
+    L1, n = y1.shape
+    Lw, K, _ = latent_mean.shape
+    if isinstance(resp, np.ndarray):
+        rz = np.empty((L1 + Lw, K, n))
+        if with_targets:
+            np.multiply(y1[:, None, :], resp, out=rz[:L1])
+        ryw = rz[L1:]
+        np.multiply(latent_mean, resp, out=ryw)
+        return rz.reshape((L1 + Lw) * K, n), ryw
+    xp = array_namespace(resp)
+    resp64 = _to_float64(resp)
+    ryw = _to_float64(latent_mean) * resp64[None, ...]
+    parts = [y1[:, None, :] * as_dtype(resp, dtype)[None, ...]] if with_targets else []
+    parts.append(as_dtype(ryw, dtype))
+    rz = xp.concat(parts, axis=0)
+    return xp.reshape(rz, (rz.shape[0] * K, n)), ryw
+
+
+# -------------------------------------------------- the kernels of the noise structures
+def squares(Xc, norms, out=None):
+    """Squared row norms (n, 1) of ``Xc`` when ``norms``, else its squares (n, D); numpy
+    writes them into ``out`` when given."""
+    if not isinstance(Xc, np.ndarray):
+        xp = array_namespace(Xc)
+        return xp.sum(Xc * Xc, axis=1)[:, None] if norms else Xc * Xc
+    if not norms:
+        return np.multiply(Xc, Xc, out=out)
+    if out is None:
+        return np.einsum("nd,nd->n", Xc, Xc)[:, None]
+    np.einsum("nd,nd->n", Xc, Xc, out=out[:, 0])
+    return out
+
+
+def contiguous(a):
+    """``a`` C-contiguous (numpy; other namespaces lay out their own arrays)."""
+    return np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a
+
+
+def repeated(values, shape):
+    """``values`` broadcast to ``shape``, as an array of its own."""
+    xp = array_namespace(values)
+    return copy(xp, xp.broadcast_to(values, shape))
+
+
+def _factor(chol, k):
+    return chol[0 if chol.shape[0] == 1 else k, ...]
+
+
+def cholesky_solve(chol, M):
+    """Sigma_k^-1 M_k (K, D, m) from lower Cholesky factors ``chol`` (K or 1, D, D)."""
+    if isinstance(chol, np.ndarray):
+        return np.stack([cho_solve((_factor(chol, k), True), M[k], check_finite=False)
+                         for k in range(M.shape[0])])
+    xp = array_namespace(chol)
+    inv_chol = xp.linalg.inv(chol)
+    return swap_last(xp, inv_chol) @ (inv_chol @ M)
+
+
+def cholesky_logdet(chol, n_components):
+    """log|Sigma_k| (K,) from lower Cholesky factors ``chol`` (K or 1, D, D)."""
+    if isinstance(chol, np.ndarray):
+        diag = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) * 2.0
+        return np.broadcast_to(diag, (n_components,)).copy()
+    xp = array_namespace(chol)
+    diag = xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=1) * 2.0
+    return xp.broadcast_to(diag, (n_components,))
+
+
+def cholesky_quad(chol, Xc, n_components):
+    """x_n' Sigma_k^-1 x_n (K, n) from lower Cholesky factors ``chol`` (K or 1, D, D)."""
+    if not isinstance(chol, np.ndarray):
+        xp = array_namespace(chol)
+        z = xp.linalg.inv(xp.astype(chol, Xc.dtype)) @ Xc.T  # (K or 1, D, n)
+        quad = xp.sum(z * z, axis=1)
+        return copy(xp, xp.broadcast_to(quad, (n_components, Xc.shape[0])))
+    out = np.empty((n_components, Xc.shape[0]))
+    for k in range(chol.shape[0]):
+        z = solve_triangular(chol[k], Xc.T, lower=True, check_finite=False)
+        out[k] = np.einsum("dn,dn->n", z, z)
+    if chol.shape[0] == 1:  # tied: one factor for all components
+        out[1:] = out[0]
+    return out
+
+
+def floored_choleskys(raw, reg, var_floor=None):
+    """Lower Cholesky factors of the covariances ``raw`` (K, D, D), symmetrised, with
+    their eigenvalues floored at the mean of ``var_floor`` (when given) and ``reg``
+    added to their diagonals."""
+    if isinstance(raw, np.ndarray):
+        eig_floor = None if var_floor is None else float(np.mean(var_floor))
+        return np.stack([_cholesky_with_floor(S.copy(), reg, eig_floor) for S in raw])
+    xp = array_namespace(raw)
+    eig_floor = None if var_floor is None else xp.mean(var_floor)
+    return _cholesky_with_floor_xp(xp, raw, reg, eig_floor)
+
+
+def weighted_grams(Xc, resp):
+    """Sums of r_nk x_n x_n' (K, D, D), in float64 (the full noise is for small D)."""
+    if isinstance(Xc, np.ndarray):
+        return np.stack([(Xc.T * resp[k]) @ Xc for k in range(resp.shape[0])])
+    X64, r64 = _to_float64(Xc), _to_float64(resp)
+    return (X64.T[None, ...] * r64[:, None, :]) @ X64
+
+
+def with_diagonal_added(M, value):
+    """A copy of the stack ``M`` (K, L, L) with ``value`` added to every diagonal."""
+    xp = array_namespace(M)
+    if xp is np:
+        M = M.copy()
+        M.reshape(M.shape[0], -1)[:, :: M.shape[-1] + 1] += value
+        return M
+    return M + value * eye(xp, M.shape[-1], M)[None, ...]
+
+
+# -------------------------------------------------- the kernels of the predictions
+def _as_dtype(a, dtype):
+    """``a`` in ``dtype`` (numpy: without a copy when it is already)."""
+    xp = array_namespace(a)
+    return a.astype(dtype, copy=False) if xp is np else xp.astype(a, dtype)
+
+
+def _total(a):
+    """The sum of ``a`` (numpy's scalar for numpy arrays, a float otherwise)."""
+    xp = array_namespace(a)
+    return a.sum() if xp is np else float(xp.sum(xp.astype(a, xp.float64)))
+
+
+def host_result_like(a, like, dtype, xp):
+    """The host (numpy) result ``a`` in ``dtype``, in namespace ``xp`` on the device of
+    ``like`` (``xp`` numpy: a numpy array)."""
+    if xp is np:
+        return np.asarray(a).astype(dtype, copy=False)
+    return xp.asarray(np.asarray(a), dtype=dtype, device=array_device(like))
+
+
+def centred_block(X, y, feature_mean):
+    """Features centred by ``feature_mean`` and targets, in the precision the E-step
+    runs in: float64 for numpy, the dtype of ``X`` otherwise."""
+    xp = array_namespace(X)
+    if xp is np:
+        return X.astype(np.float64) - feature_mean, y
+    return X - xp.astype(feature_mean, X.dtype), xp.astype(y, X.dtype)

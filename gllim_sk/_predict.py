@@ -21,12 +21,12 @@ from . import _dask
 from . import _gllim_math as gm
 from ._compat import (
     _is_numpy_namespace,
-    array_device,
     array_namespace,
     einsum,
     get_namespace,
     permute,
 )
+from ._kernels import _as_dtype, _total, as_dtype, centred_block, host_result_like  # noqa: F401
 from ._mixtures import mixture_log_density, sample_mixture_rows, stream_key
 from .posterior import merge_mixture
 
@@ -38,17 +38,6 @@ def _input_namespace(*arrays):
     if not is_array_api or _is_numpy_namespace(xp):
         return np
     return xp
-
-
-def _as_dtype(a, dtype):
-    xp = array_namespace(a)
-    return a.astype(dtype, copy=False) if xp is np else xp.astype(a, dtype)
-
-
-def _total(a):
-    """The sum of ``a`` (numpy's scalar for numpy arrays, a float otherwise)."""
-    xp = array_namespace(a)
-    return a.sum() if xp is np else float(xp.sum(xp.astype(a, xp.float64)))
 
 
 class PredictiveMixin:
@@ -65,10 +54,7 @@ class PredictiveMixin:
     def _in_model_namespace(self, a, dtype):
         """A numpy result in the namespace and on the device of the fitted model (that
         of the inputs under Array API dispatch), in ``dtype``."""
-        xp = _input_namespace(self.weights_)
-        if xp is np:
-            return np.asarray(a).astype(dtype, copy=False)
-        return xp.asarray(np.asarray(a), dtype=dtype, device=array_device(self.weights_))
+        return host_result_like(a, self.weights_, dtype, _input_namespace(self.weights_))
 
     @_dask.blockwise(shared=_dask.SHARED_NOISE)
     def predict(self, X, return_std=False, return_cov=False, *, feature_noise_var=None,
@@ -251,12 +237,8 @@ class PredictiveMixin:
     def _joint_estep(self, X, y):
         X, _ = self._check_X(X, "joint_log_density")
         y = self._check_y(y, X.shape[0])
-        xp = array_namespace(X)
         params, _ = self._core()
-        if xp is np:
-            Xc = X.astype(np.float64) - self.feature_mean_
-        else:
-            Xc, y = X - xp.astype(self.feature_mean_, X.dtype), xp.astype(y, X.dtype)
+        Xc, y = centred_block(X, y, self.feature_mean_)
         model = self._em_model(fitted=True)
         block = model.prepare_block(Xc, y)
         return model.e_step(block, model.plan(params, block.n_sq, dtype=Xc.dtype))
@@ -295,7 +277,7 @@ class PredictiveMixin:
                                            method="conditional_log_density")
         xp, log_nu, means, covs = mixture.xp, mixture.log_weights, mixture.means, mixture.scales
         y = xp.astype(self._check_y(y, log_nu.shape[0]), means.dtype)
-        target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, y.dtype)
+        target_mean = as_dtype(self.target_mean_, y.dtype)
         if mixture.dof is not None or covs.ndim == 4:
             # t components or per-sample covariances (observation noise): numpy only.
             return mixture_log_density(y[:, None, :] + target_mean, log_nu, means, covs,

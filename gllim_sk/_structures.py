@@ -9,14 +9,19 @@ and :class:`TargetStructure` state the interface every structure implements.
 from abc import ABC, abstractmethod
 
 import numpy as np
-from scipy.linalg import cho_solve, solve_triangular
 
-from ._compat import array_namespace, copy, einsum, eye, swap_last
+from ._compat import array_namespace, copy, einsum, eye, reshape, swap_last
 from ._kernels import (
-    _cholesky_with_floor,
-    _cholesky_with_floor_xp,
     _matmul_transposed,
     _to_float64,
+    cholesky_logdet,
+    cholesky_quad,
+    cholesky_solve,
+    floored_choleskys,
+    repeated,
+    squares,
+    weighted_grams,
+    with_diagonal_added,
 )
 
 
@@ -125,15 +130,7 @@ class _DiagonalNoise(NoiseStructure):
 
     def squared_features(self, Xc, out=None):
         """(n, 1) squared row norms for the spherical kinds, else (n, D) squares."""
-        xp = array_namespace(Xc)
-        if xp is not np:
-            return xp.sum(Xc * Xc, axis=1)[:, None] if self.spherical else Xc * Xc
-        if self.spherical:
-            if out is None:
-                return np.einsum("nd,nd->n", Xc, Xc)[:, None]
-            np.einsum("nd,nd->n", Xc, Xc, out=out[:, 0])
-            return out
-        return np.multiply(Xc, Xc, out=out)
+        return squares(Xc, self.spherical, out)
 
     def block_moments(self, block, resp, weighted=False):
         """Extra statistics of the M-step: none (the squared features cover it)."""
@@ -149,7 +146,7 @@ class _DiagonalNoise(NoiseStructure):
 
     def logdet(self, var, n_components):
         xp = array_namespace(var)
-        return np.log(var).sum(axis=1) if xp is np else xp.sum(xp.log(var), axis=1)
+        return xp.sum(xp.log(var), axis=1)
 
     def squared_weights(self, var, n_sq):
         """E-step weights of the squared features: -Sigma_k^-1 / 2 as (K, Dq)."""
@@ -174,10 +171,7 @@ class _DiagonalNoise(NoiseStructure):
         if self.spherical:  # only the trace is needed
             K, D = xbar.shape
             raw = (second[:, 0] - xp.sum(xbar**2, axis=1) - xp.sum(explained, axis=1)) / D
-            if xp is np:
-                raw = np.repeat(raw[:, None], D, axis=1)
-            else:
-                raw = xp.broadcast_to(raw[:, None], (K, D))
+            raw = repeated(raw[:, None], (K, D))
         else:
             raw = second - xbar**2 - explained
         return raw if scale is None else raw * scale[:, None]
@@ -190,7 +184,7 @@ class _DiagonalNoise(NoiseStructure):
         """Clip, pool across components as the kind says, and add ``reg``."""
         xp = array_namespace(raw)
         # Clip what cancellation in the expanded moments made negative.
-        var = np.maximum(raw, 0.0) if xp is np else xp.maximum(raw, xp.zeros_like(raw))
+        var = xp.maximum(raw, xp.zeros_like(raw))
         if var_floor is not None:
             # Clipping is the constrained maximiser of the per-feature M-step objective.
             var = xp.maximum(var, xp.broadcast_to(var_floor, var.shape))
@@ -228,8 +222,7 @@ class SphericalNoise(_DiagonalNoise):
     def _pool(self, var, pis):
         xp = array_namespace(var)
         mean = xp.mean(var, axis=1, keepdims=True)
-        return np.repeat(mean, var.shape[1], axis=1) if xp is np else xp.broadcast_to(
-            mean, var.shape)
+        return repeated(mean, var.shape)
 
     def public(self, var):
         return copy(array_namespace(var), var[:, 0])
@@ -256,14 +249,11 @@ class TiedSphericalNoise(_DiagonalNoise):
     spherical = True
 
     def _pool(self, var, pis):
-        xp = array_namespace(var)
-        if xp is np:
-            return np.full(var.shape, float(pis @ var.mean(axis=1)))
-        return xp.broadcast_to(pis @ xp.mean(var, axis=1), var.shape)
+        return repeated(pis @ array_namespace(var).mean(var, axis=1), var.shape)
 
     def public(self, var):
         xp = array_namespace(var)
-        return np.asarray(var[0, 0]) if xp is np else copy(xp, var[0, 0])
+        return reshape(xp, copy(xp, var[:1, :1]), ())
 
     def n_parameters(self, n_components, n_features):
         return 1
@@ -289,51 +279,23 @@ class _CholeskyNoise(NoiseStructure):
         return chol[0 if chol.shape[0] == 1 else k, ...]
 
     def solve(self, chol, M):
-        xp = array_namespace(chol)
-        if xp is np:
-            return np.stack([cho_solve((self._chol(chol, k), True), M[k], check_finite=False)
-                             for k in range(M.shape[0])])
-        inv_chol = xp.linalg.inv(chol)
-        return swap_last(xp, inv_chol) @ (inv_chol @ M)
+        return cholesky_solve(chol, M)
 
     def solve_rows(self, chol, Mt):
         xp = array_namespace(chol)
         return swap_last(xp, self.solve(chol, swap_last(xp, Mt)))
 
     def logdet(self, chol, n_components):
-        xp = array_namespace(chol)
-        if xp is np:
-            diag = np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1) * 2.0
-            return np.broadcast_to(diag, (n_components,)).copy()
-        diag = xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=1) * 2.0
-        return xp.broadcast_to(diag, (n_components,))
+        return cholesky_logdet(chol, n_components)
 
     def squared_weights(self, chol, n_sq):
         return None
 
     def quad_features(self, chol, Xc, sq, n_components):
-        xp = array_namespace(chol)
-        if xp is not np:
-            z = xp.linalg.inv(xp.astype(chol, Xc.dtype)) @ Xc.T  # (K or 1, D, n)
-            quad = xp.sum(z * z, axis=1)
-            return copy(xp, xp.broadcast_to(quad, (n_components, Xc.shape[0])))
-        out = np.empty((n_components, Xc.shape[0]))
-        for k in range(chol.shape[0]):
-            z = solve_triangular(chol[k], Xc.T, lower=True, check_finite=False)
-            out[k] = np.einsum("dn,dn->n", z, z)
-        if chol.shape[0] == 1:  # tied: one factor for all components
-            out[1:] = out[0]
-        return out
+        return cholesky_quad(chol, Xc, n_components)
 
     def finalize(self, raw, pis, reg, var_floor=None):
-        xp = array_namespace(raw)
-        if var_floor is None:
-            eig_floor = None
-        else:
-            eig_floor = float(np.mean(var_floor)) if xp is np else xp.mean(var_floor)
-        if xp is np:
-            return np.stack([_cholesky_with_floor(S.copy(), reg, eig_floor) for S in raw])
-        return _cholesky_with_floor_xp(xp, raw, reg, eig_floor)
+        return floored_choleskys(raw, reg, var_floor)
 
     def precision(self, chol):
         """Sigma_k^-1 as dense (K or 1, D, D) matrices."""
@@ -352,12 +314,7 @@ class FullNoise(_CholeskyNoise):
 
     def block_moments(self, block, resp, weighted=False):
         """Sums of r_nk x_n x_n', (K, D, D)."""
-        Xc = block.Xc
-        xp = array_namespace(Xc)
-        if xp is not np:  # in float64: the full noise is for small D
-            X64, r64 = _to_float64(Xc), _to_float64(resp)
-            return (X64.T[None, ...] * r64[:, None, :]) @ X64
-        return np.stack([(Xc.T * resp[k]) @ Xc for k in range(resp.shape[0])])
+        return weighted_grams(block.Xc, resp)
 
     def raw(self, stats, xbar, loadings_t, Mzx, explained, pis, scale=None):
         xp = array_namespace(xbar)
@@ -480,10 +437,5 @@ TARGET_STRUCTURES = {cls.name: cls() for cls in (FullTarget, DiagTarget, Spheric
 
 def _finalize_gamma(target, gamma, pis, reg):
     xp = array_namespace(gamma)
-    K, L, _ = gamma.shape
     gamma = target.project(gamma, pis)
-    gamma = 0.5 * (gamma + swap_last(xp, gamma))
-    if xp is np:
-        gamma.reshape(K, L * L)[:, :: L + 1] += reg  # the diagonals
-        return gamma
-    return gamma + reg * eye(xp, L, gamma)[None, ...]
+    return with_diagonal_added(0.5 * (gamma + swap_last(xp, gamma)), reg)
