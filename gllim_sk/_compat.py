@@ -93,7 +93,7 @@ def einsum(xp, spec, *operands):
 
 def swap_last(xp, a):
     """``a`` with its last two axes swapped."""
-    return a.swapaxes(-1, -2) if xp is np else xp.matrix_transpose(a)
+    return np.swapaxes(a, -1, -2) if xp is np else xp.matrix_transpose(a)
 
 
 def reshape(xp, a, shape):

@@ -23,36 +23,6 @@ from ._compat import (
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
-try:  # numpy's own batched LAPACK kernels, without np.linalg's per-call checks
-    from numpy.linalg import _umath_linalg as _lapack
-except ImportError:  # pragma: no cover - a numpy without them: np.linalg's functions
-    _lapack = None
-
-
-def _np_cholesky(M):
-    """np.linalg.cholesky of a float64 stack (the same LAPACK call, the same result),
-    for the many tiny matrices of every EM iteration: np.linalg's wrapper costs more than
-    the factorisation. Raises LinAlgError when a matrix is not positive definite."""
-    if _lapack is None or M.dtype != np.float64 or not M.size:
-        return np.linalg.cholesky(M)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
-        chol = _lapack.cholesky_lo(M, signature="d->d")
-    if not np.isfinite(chol).all():  # LAPACK's failure fills the factor with NaN
-        raise np.linalg.LinAlgError("Matrix is not positive definite")
-    return chol
-
-
-def _np_inv(M):
-    """np.linalg.inv of a float64 stack of invertible (triangular) factors, as
-    :func:`_np_cholesky`."""
-    if _lapack is None or M.dtype != np.float64 or not M.size:
-        return np.linalg.inv(M)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore", under="ignore"):
-        inv = _lapack.inv(M, signature="d->d")
-    if not np.isfinite(inv).all():
-        raise np.linalg.LinAlgError("Singular matrix")
-    return inv
-
 
 def _matmul_transposed(a, b):
     """(a @ b).T as a C-contiguous array.
@@ -153,15 +123,14 @@ def logsumexp(a, axis, keepdims=False):
 def spd_inverse_and_logdet(M):
     """Inverse, log-determinant and inverse Cholesky factor of a stack of small SPD matrices."""
     xp = array_namespace(M)
-    if xp is np:
-        chol = _np_cholesky(M)
-        inv_chol = _np_inv(chol)
-        logdet = 2.0 * np.log(chol.diagonal(0, -2, -1)).sum(axis=-1)
-        return inv_chol.swapaxes(-1, -2) @ inv_chol, logdet, inv_chol
     chol = xp.linalg.cholesky(M)
     inv_chol = xp.linalg.inv(chol)
-    logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
-    return swap_last(xp, inv_chol) @ inv_chol, logdet, inv_chol
+    inv = swap_last(xp, inv_chol) @ inv_chol
+    if xp is np:
+        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+    else:
+        logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
+    return inv, logdet, inv_chol
 
 
 def _with_ones_row(y):
@@ -229,7 +198,7 @@ def _solve_moments(Mzz, Mzx):
     # the targets' scale (the solution is the same when Mzz is invertible).
     xp = array_namespace(Mzz)
     if xp is np:
-        diag = Mzz.diagonal(0, 1, 2)
+        diag = np.diagonal(Mzz, axis1=1, axis2=2)
         unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
     else:
         diag = xp.linalg.diagonal(Mzz)
@@ -254,12 +223,12 @@ def _solve_scaled_moments(Mzz, Mzx):
             pass
         return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
     try:
-        chol = _np_cholesky(Mzz)
-        pivots = chol.diagonal(0, 1, 2).min(axis=1, initial=np.inf)
-        scale = np.sqrt(Mzz.diagonal(0, 1, 2).max(axis=1, initial=0.0))
-        if (pivots > 1e-6 * scale).all():  # condition number below about 1e12
-            inv_chol = _np_inv(chol)
-            return (inv_chol.swapaxes(1, 2) @ inv_chol) @ Mzx
+        chol = np.linalg.cholesky(Mzz)
+        pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
+        scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
+        if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
+            inv_chol = np.linalg.inv(chol)
+            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol) @ Mzx
     except np.linalg.LinAlgError:
         pass
     return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
