@@ -14,7 +14,7 @@ from scipy.stats import multivariate_normal  # noqa: E402
 from test_deep import blob_images, head, tiny_gllim, tiny_regressor  # noqa: E402
 
 from gllim_sk import GLLiMRegressor, StudentGLLiMRegressor  # noqa: E402
-from gllim_sk.deep import Callback, EarlyStopping, History  # noqa: E402
+from gllim_sk.deep import Callback, EarlyStopping, History, LRSchedule  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -267,3 +267,13 @@ def test_callbacks_parameter_and_early_stopping(blobs):
     assert deep.history_[-1, "stopped_early"]
     with pytest.raises(TypeError, match="Callback instances"):
         tiny_regressor(callbacks=[print]).fit(images, y)
+
+
+def test_learning_rate_schedule_runs_at_every_fine_tuning_epoch(blobs):
+    images, y = blobs
+    schedule = LRSchedule(0.04, decay=0.5, every=1)
+    deep = tiny_gllim(n_alternations=2, n_epochs=2, callbacks=[schedule]).fit(images, y)
+    # Epochs 1-4 across the two alternations, halved at each.
+    rates = [deep.history_[a, "epochs", :, "learning_rate"] for a in (1, 2)]
+    np.testing.assert_allclose(sum(rates, []), [0.04, 0.02, 0.01, 0.005])
+    assert deep.history_[:, "learning_rate"] == [None, 0.04, 0.01]

@@ -198,8 +198,10 @@ class LRSchedule(Callback):
     """Learning rate ``initial * decay ** ((epoch - 1) // every)`` of epoch ``epoch``.
 
     :class:`DeepRegressor` runs one from its ``learning_rate``, ``lr_decay`` and
-    ``lr_decay_every``; one passed in ``callbacks`` runs after it and overrides it. It
-    needs per-epoch rows (not :class:`DeepGLLiMRegressor`'s alternations).
+    ``lr_decay_every``; one passed in ``callbacks`` runs after it and overrides it.
+    :class:`DeepGLLiMRegressor` applies one passed in ``callbacks`` to every
+    fine-tuning epoch, numbered across the alternations (its ``learning_rate`` is then
+    the rate before the first epoch only).
 
     Parameters
     ----------
@@ -212,12 +214,8 @@ class LRSchedule(Callback):
         self.initial, self.decay, self.every = initial, decay, every
 
     def on_epoch_begin(self, estimator, record, optimizer):
-        if optimizer is None:
-            raise TypeError(
-                f"LRSchedule sets the learning rate of each epoch's optimizer; "
-                f"{type(estimator).__name__} runs callbacks per alternation, without one: "
-                "set its learning_rate instead."
-            )
+        if optimizer is None:  # a row of several epochs: each epoch is scheduled in it
+            return
         lr = self.initial * self.decay ** ((record["epoch"] - 1) // self.every)
         for group in optimizer.param_groups:
             group["lr"] = lr

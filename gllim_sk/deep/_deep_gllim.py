@@ -27,6 +27,7 @@ from ._base import (
     DeepEstimatorBase,
     History,
     KeepBest,
+    LRSchedule,
     Network,
     Validation,
     image_tags,
@@ -160,6 +161,8 @@ class _Alternation:
     initial_resp: np.ndarray = None
     resp: np.ndarray = None
     gllim: object = None
+    # Callbacks run at every fine-tuning epoch, not only per alternation.
+    epoch_callbacks: list = dataclasses.field(default_factory=list)
 
 
 def mixture_regression_loss(features, targets, resp, coef, intercept, precision):
@@ -364,7 +367,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         data and parameters there resumes from it; other checkpoints are an error.
     callbacks : list of Callback, default=None
         Run after every alternation, after the estimator's own (validation,
-        keep-best, checkpoint), e.g. :class:`EarlyStopping` or :class:`PrintLog`.
+        keep-best, checkpoint), e.g. :class:`EarlyStopping` or :class:`PrintLog`; an
+        :class:`LRSchedule` sets the learning rate of every fine-tuning epoch.
         Copies run; the given objects are not changed.
     device : str or torch.device, default="auto"
     mixed_precision : bool, default=False
@@ -722,6 +726,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                 n_alternations + 1 if n_frozen == "all" else n_frozen, gllim_seed,
                 torch.Generator().manual_seed(torch_seed_), np.random.RandomState(draw_seed))
             callbacks = self._callbacks(state, fit, fingerprint)
+            state.epoch_callbacks = [c for c in callbacks if isinstance(c, LRSchedule)]
             self.begin_training(callbacks)
             if resumed:
                 self._resume(state, resumed, callbacks[1])
@@ -765,7 +770,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
                                                weights, self.loss_noise)
             epochs = self._finetune(state.gllim, state.inputs, state.split, state.y_train,
                                     weights, state.generator,
-                                    first_epoch=(alternation - 1) * n_epochs)
+                                    first_epoch=(alternation - 1) * n_epochs,
+                                    epoch_callbacks=state.epoch_callbacks)
             row.update(epochs=History(epochs), epoch_losses=[r["loss"] for r in epochs],
                        learning_rate=epochs[0]["learning_rate"],
                        train_time=sum(r["train_time"] for r in epochs),
@@ -819,7 +825,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         self.history_ = _as_history(saved["history"])
         keep_best.best = {**saved["best"], "extra": _head_from_state(saved["best"]["extra"])}
 
-    def _finetune(self, gllim, inputs, split, y_train, resp, generator, first_epoch):
+    def _finetune(self, gllim, inputs, split, y_train, resp, generator, first_epoch,
+                  epoch_callbacks=()):
         """Fine-tune the network for ``n_epochs`` on eq. (9) with the mixture fixed.
 
         Returns the record of each epoch (``loss``: running training loss).
@@ -856,7 +863,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
             last_epoch=first_epoch + n_epochs)
         records = self.run_epochs(lambda x: network(x, split), inputs, loss_fn, optimizer,
                                   n_epochs=n_epochs, split=split, generator=generator,
-                                  callbacks=[recalibrate], loss_scale=scale,
+                                  callbacks=[*epoch_callbacks, recalibrate],
+                                  loss_scale=scale,
                                   first_epoch=first_epoch, desc="fine-tuning")
         return records
 
