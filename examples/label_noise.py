@@ -298,3 +298,5 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+# sphinx_gallery_thumbnail_path = "user_guide/images/label_noise.png"

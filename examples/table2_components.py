@@ -119,7 +119,7 @@ def main(args):
             k: tuple(-search.cv_results_[f"mean_test_{a}"][i] for a in ANGLES)
             for i, k in enumerate(search.cv_results_["param_gllim__n_components"])
         }
-        best_k = search.best_params_["n_components"]
+        best_k = search.best_params_["gllim__n_components"]
         test = angle_errors(data.target[test], search.predict(data.images[test]))
         results[distribution] = {"cv": cv_errors, "best_k": best_k,
                                  "test": tuple(test[a] for a in ANGLES),
