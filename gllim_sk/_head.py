@@ -140,17 +140,9 @@ class MixtureHeadMixin:
                 f"the arrays describe K={K}, D={D}, L={L}, Lw={Lw}, which do not match "
                 f"the estimator's n_components={self.n_components}, n_latent={self.n_latent}."
             )
-        gamma = a["target_covariances_"]
-        gamma = {"full": lambda g: g, "diag": lambda g: g[:, :, None] * np.eye(L),
-                 "spherical": lambda g: g[:, None, None] * np.eye(L),
-                 "tied": lambda g: np.broadcast_to(g, (K, L, L))}[
-                     self.target_covariance_type](gamma)
-        cov = a["noise_covariances_"]
-        if self.covariance_type in ("full", "tied"):
-            noise = np.linalg.cholesky(cov if cov.ndim == 3 else cov[None])
-        else:
-            noise = np.broadcast_to(cov[:, None] if self.covariance_type == "spherical"
-                                    else cov, (K, D))
+        model = self._em_model()
+        gamma = model.target.from_public(a["target_covariances_"], K, L)
+        noise = model.noise.from_public(a["noise_covariances_"], K, D)
         A, y_offset, offset = a["inverse_coef_"], a["target_mean_"], a["feature_mean_"]
         params = self._restored_params(
             weights=a["weights_"], c=a["target_means_"] - y_offset, gamma=np.array(gamma),

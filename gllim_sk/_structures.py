@@ -94,6 +94,10 @@ class NoiseStructure(ABC):
         """The ``noise_covariances_`` attribute."""
 
     @abstractmethod
+    def from_public(self, public, n_components, n_features):
+        """The stored noise parameters back from :meth:`public`'s array (numpy)."""
+
+    @abstractmethod
     def n_parameters(self, n_components, n_features):
         """Free parameters of the noise covariances."""
 
@@ -113,6 +117,10 @@ class TargetStructure(ABC):
         """The ``target_covariances_`` attribute."""
 
     @abstractmethod
+    def from_public(self, public, n_components, n_targets):
+        """Gamma_k (K, L, L) back from :meth:`public`'s array (numpy)."""
+
+    @abstractmethod
     def n_parameters(self, n_components, n_targets):
         """Free parameters of the target covariances."""
 
@@ -123,6 +131,10 @@ class _DiagonalNoise(NoiseStructure):
     name = ""
     spherical = False  # the x-terms need squared norms only, not squared features
     dense_quadratic = False  # x' Sigma^-1 x needs its own solve (not the squared features)
+
+    def from_public(self, public, n_components, n_features):
+        # (K, D), (D,) and () broadcast as they are; "spherical" overrides for (K,).
+        return np.array(np.broadcast_to(public, (n_components, n_features)))
 
     def n_squared(self, n_features):
         """Columns of squared features the E-step and M-step use."""
@@ -227,6 +239,9 @@ class SphericalNoise(_DiagonalNoise):
     def public(self, var):
         return copy(array_namespace(var), var[:, 0])
 
+    def from_public(self, public, n_components, n_features):
+        return np.array(np.broadcast_to(public[:, None], (n_components, n_features)))
+
     def n_parameters(self, n_components, n_features):
         return n_components
 
@@ -329,6 +344,9 @@ class FullNoise(_CholeskyNoise):
     def public(self, chol):
         return chol @ swap_last(array_namespace(chol), chol)
 
+    def from_public(self, public, n_components, n_features):
+        return np.linalg.cholesky(public)
+
     def n_parameters(self, n_components, n_features):
         return n_components * n_features * (n_features + 1) / 2
 
@@ -361,6 +379,9 @@ class TiedNoise(_CholeskyNoise):
     def public(self, chol):
         return chol[0, ...] @ chol[0, ...].T
 
+    def from_public(self, public, n_components, n_features):
+        return np.linalg.cholesky(public[None])
+
     def n_parameters(self, n_components, n_features):
         return n_features * (n_features + 1) / 2
 
@@ -382,6 +403,9 @@ class FullTarget(TargetStructure):
     def public(self, gamma):
         return gamma
 
+    def from_public(self, public, n_components, n_targets):
+        return np.array(public)
+
     def n_parameters(self, n_components, n_targets):
         return n_components * n_targets * (n_targets + 1) / 2
 
@@ -396,6 +420,9 @@ class DiagTarget(FullTarget):
     def public(self, gamma):
         xp = array_namespace(gamma)
         return copy(xp, einsum(xp, "kii->ki", gamma))
+
+    def from_public(self, public, n_components, n_targets):
+        return public[:, :, None] * np.eye(n_targets)
 
     def n_parameters(self, n_components, n_targets):
         return n_components * n_targets
@@ -412,6 +439,9 @@ class SphericalTarget(FullTarget):
     def public(self, gamma):
         return copy(array_namespace(gamma), gamma[:, 0, 0])
 
+    def from_public(self, public, n_components, n_targets):
+        return public[:, None, None] * np.eye(n_targets)
+
     def n_parameters(self, n_components, n_targets):
         return n_components
 
@@ -426,6 +456,9 @@ class TiedTarget(FullTarget):
 
     def public(self, gamma):
         return copy(array_namespace(gamma), gamma[0, ...])
+
+    def from_public(self, public, n_components, n_targets):
+        return np.array(np.broadcast_to(public, (n_components, n_targets, n_targets)))
 
     def n_parameters(self, n_components, n_targets):
         return n_targets * (n_targets + 1) / 2
