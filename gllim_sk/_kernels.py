@@ -13,10 +13,12 @@ from scipy.linalg import cho_solve, solve_triangular
 from ._compat import (
     array_device,
     array_namespace,
+    concat,
     copy,
     einsum,
     eye,
     linalg_errors,
+    permute,
     swap_last,
     zeros,
 )
@@ -78,6 +80,51 @@ def _pair_weights(M):
     return flat * xp.asarray(scale, dtype=M.dtype, device=array_device(M))
 
 
+def quad_weights(M, const, squared, n_sq):
+    """The E-step's weights (K, n_sq + P) of [squared features, y1 pairs]: ``squared``
+    (K, n_sq) (zeros when None), then -1/2 the pair weights of M (K, L1, L1) with
+    ``const`` (K,) (None: no constant) added to the weight of the pair y1_L y1_L = 1."""
+    xp = array_namespace(M)
+    K, L1, _ = M.shape
+    if xp is not np:
+        weights = -0.5 * _pair_weights(M)
+        if const is not None:
+            weights[:, -1] += const
+        if squared is None and n_sq:
+            squared = zeros(xp, (K, n_sq), weights)
+        return weights if squared is None else xp.concat([squared, weights], axis=1)
+    rows, cols, scale = _triu(L1)
+    out = np.empty((K, n_sq + rows.size))
+    # -1/2 and the pair scale (1 or 2) are powers of two: the same numbers as scaling
+    # the pair weights first.
+    np.multiply(M[:, rows, cols], -0.5 * scale, out=out[:, n_sq:])
+    if const is not None:
+        out[:, -1] += const
+    if n_sq:
+        out[:, :n_sq] = 0.0 if squared is None else squared
+    return out
+
+
+def log_weights(weights):
+    """log of mixture weights (K,): -inf for a zero weight, without a warning."""
+    xp = array_namespace(weights)
+    with np.errstate(divide="ignore"):
+        return xp.log(weights)
+
+
+def loadings_side_by_side(A, b, W):
+    """B_k' = [A_k, b_k, W_k]' (K, L + 1 + Lw, D) of A (K, D, L), b (K, D), W (K, D, Lw)."""
+    if not isinstance(A, np.ndarray):
+        xp = array_namespace(A)
+        return xp.concat([swap_last(xp, A), b[:, None, :], swap_last(xp, W)], axis=1)
+    K, D, L = A.shape
+    out = np.empty((K, L + 1 + W.shape[2], D))
+    out[:, :L] = A.swapaxes(1, 2)
+    out[:, L] = b
+    out[:, L + 1:] = W.swapaxes(1, 2)
+    return out
+
+
 def _unpack_pairs(sums, L1):
     """Symmetric (K, L1, L1) matrices from their upper triangles (K, P)."""
     xp = array_namespace(sums)
@@ -94,6 +141,28 @@ def _unpack_pairs(sums, L1):
     return xp.reshape(full, (sums.shape[0], L1, L1))
 
 
+def regressor_sums(y_moments, latent_sum, latent_y, latent_second, cross):
+    """Sums over samples of r z, r z z' and r z x' for the regressors z = [y, w].
+
+    From the sums of r y1 y1' (K, L1, L1), of r E[w] (K, Lw), r y E[w]' (K, L, Lw) and
+    r E[w w'] (K, Lw, Lw), and the cross sums of r [y1, E w] x' (L1 + Lw, K, D); returns
+    (K, Lz), (K, Lz, Lz) and (K, Lz, D), component first (new arrays or views of the
+    inputs: not to be written into).
+    """
+    xp = array_namespace(y_moments)
+    L = y_moments.shape[1] - 1
+    z_sum = y_moments[:, :L, L]
+    zz = y_moments[:, :L, :L]
+    zx = permute(xp, cross[:L, ...], (1, 0, 2))
+    if latent_sum.shape[1]:
+        z_sum = concat(xp, [z_sum, latent_sum], axis=1)
+        zz = concat(xp, [concat(xp, [zz, latent_y], axis=2),
+                         concat(xp, [swap_last(xp, latent_y), latent_second], axis=2)],
+                    axis=1)
+        zx = concat(xp, [zx, permute(xp, cross[L + 1:, ...], (1, 0, 2))], axis=1)
+    return z_sum, zz, zx
+
+
 def _target_quadratic(c, precision):
     """M_k with y1' M_k y1 = (y - c_k)' Gamma_k^-1 (y - c_k): (K, L + 1, L + 1)."""
     xp = array_namespace(c)
@@ -105,8 +174,7 @@ def _target_quadratic(c, precision):
         return xp.concat([top, xp.concat([-pc[:, None, :], corner], axis=2)], axis=1)
     M = np.empty((K, L + 1, L + 1))
     M[:, :L, :L] = precision
-    M[:, :L, L] = -pc
-    M[:, L, :L] = -pc
+    M[:, :L, L] = M[:, L, :L] = -pc
     M[:, L, L] = np.einsum("ki,ki->k", pc, c)
     return M
 
@@ -127,7 +195,7 @@ def spd_inverse_and_logdet(M):
     inv_chol = xp.linalg.inv(chol)
     inv = swap_last(xp, inv_chol) @ inv_chol
     if xp is np:
-        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+        logdet = 2.0 * np.log(chol.diagonal(0, -2, -1)).sum(axis=-1)
     else:
         logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
     return inv, logdet, inv_chol
@@ -198,7 +266,7 @@ def _solve_moments(Mzz, Mzx):
     # the targets' scale (the solution is the same when Mzz is invertible).
     xp = array_namespace(Mzz)
     if xp is np:
-        diag = np.diagonal(Mzz, axis1=1, axis2=2)
+        diag = Mzz.diagonal(0, 1, 2)
         unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
     else:
         diag = xp.linalg.diagonal(Mzz)
@@ -224,11 +292,11 @@ def _solve_scaled_moments(Mzz, Mzx):
         return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
     try:
         chol = np.linalg.cholesky(Mzz)
-        pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
-        scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
-        if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
+        pivots = chol.diagonal(0, 1, 2).min(axis=1, initial=np.inf)
+        scale = np.sqrt(Mzz.diagonal(0, 1, 2).max(axis=1, initial=0.0))
+        if (pivots > 1e-6 * scale).all():  # condition number below about 1e12
             inv_chol = np.linalg.inv(chol)
-            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol) @ Mzx
+            return (inv_chol.swapaxes(1, 2) @ inv_chol) @ Mzx
     except np.linalg.LinAlgError:
         pass
     return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
@@ -426,14 +494,16 @@ def weighted_grams(Xc, resp):
     return (X64.T[None, ...] * r64[:, None, :]) @ X64
 
 
-def with_diagonal_added(M, value):
-    """A copy of the stack ``M`` (K, L, L) with ``value`` added to every diagonal."""
+def symmetrised_with_diagonal(M, value):
+    """(M + M') / 2 for the stack ``M`` (K, L, L), with ``value`` added to every diagonal
+    (a new array)."""
     xp = array_namespace(M)
     if xp is np:
-        M = M.copy()
-        M.reshape(M.shape[0], -1)[:, :: M.shape[-1] + 1] += value
-        return M
-    return M + value * eye(xp, M.shape[-1], M)[None, ...]
+        out = M + M.swapaxes(1, 2)
+        out *= 0.5
+        out.reshape(out.shape[0], -1)[:, :: out.shape[-1] + 1] += value
+        return out
+    return 0.5 * (M + swap_last(xp, M)) + value * eye(xp, M.shape[-1], M)[None, ...]
 
 
 # -------------------------------------------------- the kernels of the predictions

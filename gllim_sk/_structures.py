@@ -20,8 +20,8 @@ from ._kernels import (
     floored_choleskys,
     repeated,
     squares,
+    symmetrised_with_diagonal,
     weighted_grams,
-    with_diagonal_added,
 )
 
 
@@ -469,6 +469,5 @@ TARGET_STRUCTURES = {cls.name: cls() for cls in (FullTarget, DiagTarget, Spheric
 
 
 def _finalize_gamma(target, gamma, pis, reg):
-    xp = array_namespace(gamma)
     gamma = target.project(gamma, pis)
-    return with_diagonal_added(0.5 * (gamma + swap_last(xp, gamma)), reg)
+    return symmetrised_with_diagonal(gamma, reg)
