@@ -395,7 +395,8 @@ def weighted_regressors(y1, resp, latent_mean, dtype, with_targets=True):
     if isinstance(resp, np.ndarray):
         rz = np.empty((L1 + Lw, K, n))
         if with_targets:
-            np.multiply(y1[:, None, :], resp, out=rz[:L1])
+            np.multiply(y1[:-1, None, :], resp, out=rz[: L1 - 1])
+            rz[L1 - 1] = resp  # the row of ones of y1
         ryw = rz[L1:]
         np.multiply(latent_mean, resp, out=ryw)
         return rz.reshape((L1 + Lw) * K, n), ryw
@@ -421,6 +422,14 @@ def squares(Xc, norms, out=None):
         return np.einsum("nd,nd->n", Xc, Xc)[:, None]
     np.einsum("nd,nd->n", Xc, Xc, out=out[:, 0])
     return out
+
+
+def positive_part(a):
+    """max(a, 0), a new array."""
+    if isinstance(a, np.ndarray):
+        return np.maximum(a, 0.0)
+    xp = array_namespace(a)
+    return xp.maximum(a, xp.zeros_like(a))
 
 
 def contiguous(a):

@@ -18,6 +18,7 @@ from ._kernels import (
     cholesky_quad,
     cholesky_solve,
     floored_choleskys,
+    positive_part,
     repeated,
     squares,
     symmetrised_with_diagonal,
@@ -196,7 +197,7 @@ class _DiagonalNoise(NoiseStructure):
         """Clip, pool across components as the kind says, and add ``reg``."""
         xp = array_namespace(raw)
         # Clip what cancellation in the expanded moments made negative.
-        var = xp.maximum(raw, xp.zeros_like(raw))
+        var = positive_part(raw)
         if var_floor is not None:
             # Clipping is the constrained maximiser of the per-feature M-step objective.
             var = xp.maximum(var, xp.broadcast_to(var_floor, var.shape))
