@@ -18,8 +18,10 @@ from ._compat import (
     einsum,
     eye,
     linalg_errors,
+    move_to,
     permute,
     swap_last,
+    to_numpy,
     zeros,
 )
 
@@ -539,7 +541,87 @@ def host_result_like(a, like, dtype, xp):
 def centred_block(X, y, feature_mean):
     """Features centred by ``feature_mean`` and targets, in the precision the E-step
     runs in: float64 for numpy, the dtype of ``X`` otherwise."""
-    xp = array_namespace(X)
+    Xc = centred_features(X, feature_mean)
+    return Xc, as_dtype(y, X.dtype)
+
+
+# -------------------------------------------------- the kernels of the estimators
+def input_array(a):
+    """``a`` as an array (lists and data frames become numpy arrays)."""
+    if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
+        return a
+    return np.asarray(a)
+
+
+def input_in_namespace(a, xp, like):
+    """The input ``a`` in namespace ``xp`` on the device of ``like``, ready for
+    validation; numpy (``xp`` numpy) leaves it as given."""
     if xp is np:
-        return X.astype(np.float64) - feature_mean, y
-    return X - xp.astype(feature_mean, X.dtype), xp.astype(y, X.dtype)
+        return a
+    return move_to(input_array(a), xp=xp, device=array_device(like))
+
+
+def validated_array(a, xp):
+    """What validation returned for ``a`` as an array of ``xp`` (numpy: ``np.asarray``)."""
+    return np.asarray(a) if xp is np else a
+
+
+def training_precision(X, y):
+    """Training data in the precision EM runs in: float64 for numpy, otherwise the dtype
+    of ``X`` (float32 allowed) for both."""
+    if isinstance(X, np.ndarray):
+        return X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
+    return X, array_namespace(X).astype(y, X.dtype)
+
+
+def centred_training_data(X, y, offsets=None, with_variance=False):
+    """``(offset, y_offset, Xc, yc, var)``: the means of the training data X (n, D) and
+    y (n, L) (``offsets`` instead when given: a warm start), the data centred by them
+    and, ``with_variance``, the column variances of Xc (else None).
+
+    Numpy computes in float64. Other namespaces take the means and the centring in
+    float64 and return the centred data in the dtype of X.
+    """
+    if isinstance(X, np.ndarray):
+        offset, y_offset = (X.mean(axis=0), y.mean(axis=0)) if offsets is None else offsets
+        Xc = X - offset
+        return offset, y_offset, Xc, y - y_offset, Xc.var(axis=0) if with_variance else None
+    xp = array_namespace(X)
+    X64, y64 = xp.astype(X, xp.float64), xp.astype(y, xp.float64)
+    offset, y_offset = ((xp.mean(X64, axis=0), xp.mean(y64, axis=0)) if offsets is None
+                        else offsets)
+    Xc64 = X64 - offset
+    var = xp.var(Xc64, axis=0) if with_variance else None
+    return offset, y_offset, xp.astype(Xc64, X.dtype), xp.astype(y64 - y_offset, X.dtype), var
+
+
+def centred_features(X, feature_mean):
+    """Features centred by ``feature_mean``, in the precision the E-step runs in: float64
+    for numpy, the dtype of ``X`` otherwise."""
+    if isinstance(X, np.ndarray):
+        return X.astype(np.float64) - feature_mean
+    return X - array_namespace(X).astype(feature_mean, X.dtype)
+
+
+def take_rows(a, rows):
+    """The rows ``rows`` (numpy integers) of ``a``, in its namespace and on its device."""
+    if isinstance(a, np.ndarray):
+        return a[rows]
+    xp = array_namespace(a)
+    return xp.take(a, xp.asarray(rows, device=array_device(a)), axis=0)
+
+
+def own_contiguous(a):
+    """``a`` as an array of its own: numpy's C-contiguous (a copy unless it already is),
+    a copy in other namespaces (their views share memory)."""
+    if isinstance(a, np.ndarray):
+        return np.ascontiguousarray(a)
+    return array_namespace(a).asarray(a, copy=True)
+
+
+def namespace_converter(xp, device):
+    """A function moving arrays to namespace ``xp`` on ``device`` (numpy: to the host,
+    through each array's own namespace, which can read a device's memory)."""
+    if xp is np:
+        return to_numpy
+    return lambda value: move_to(value, xp=xp, device=device)
