@@ -70,7 +70,7 @@ from ._kernels import (  # noqa: F401  (the kernels are used as gm.<name> elsewh
     move_like,
     normalised_exp,
     quad_weights,
-    regressor_sums,
+    regressor_moments,
     side_by_side,
     spd_inverse_and_logdet,
     target_log_density,
@@ -591,21 +591,12 @@ class GLLiMModel(ForwardMixin):
         n_sq = stats.moments.shape[1] - L1 * (L1 + 1) // 2
         pis = (stats.resp_mass + _TINY_MASS) / (stats.n_samples + K * _TINY_MASS)
 
-        # Moments of the augmented regressors z = [y, w].
-        y_moments = _unpack_pairs(stats.moments[:, n_sq:], L1)  # sums of r y1 y1' (K, L1, L1)
+        # Moments of the augmented regressors z = [y, w] and their cross-moments with x.
         Lz = L + Lw
-        G = stats.cross
-        K, D = G.shape[1:]
-        z_sum, Szz, Gz = regressor_sums(y_moments, stats.latent_sum, stats.latent_y,
-                                        stats.latent_second, G)
-        Szz = Szz / mass[:, None, None]
-        zbar = z_sum / mass[:, None]  # (K, Lz)
-        Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
-
-        xbar = G[L, ...] / mass[:, None]  # (K, D)
-        # Cross-covariances of z and x, (K, Lz, D): feature axis last, contiguous.
-        Mzx = Gz / mass[:, None, None]
-        Mzx -= zbar[:, :, None] * xbar[:, None, :]
+        K, D = stats.cross.shape[1:]
+        zbar, Mzz, xbar, Mzx = regressor_moments(
+            stats.moments[:, n_sq:], stats.latent_sum, stats.latent_y, stats.latent_second,
+            stats.cross, mass)
 
         # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
         # The loadings come transposed, [A_k, W_k]' (K, Lz, D).

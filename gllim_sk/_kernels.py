@@ -143,26 +143,57 @@ def _unpack_pairs(sums, L1):
     return xp.reshape(full, (sums.shape[0], L1, L1))
 
 
-def regressor_sums(y_moments, latent_sum, latent_y, latent_second, cross):
-    """Sums over samples of r z, r z z' and r z x' for the regressors z = [y, w].
+@lru_cache
+def _regressor_pairs(L1):
+    """Positions among the pairs of y1 (see :func:`_triu`) of y_i y1_L (i < L) and of
+    y_i y_j (i, j < L, row by row)."""
+    rows, cols, _ = _triu(L1)
+    position = np.empty((L1, L1), dtype=np.intp)
+    position[rows, cols] = position[cols, rows] = np.arange(rows.size)
+    L = L1 - 1
+    return np.concatenate([position[:L, L], position[:L, :L].ravel()])
 
-    From the sums of r y1 y1' (K, L1, L1), of r E[w] (K, Lw), r y E[w]' (K, L, Lw) and
-    r E[w w'] (K, Lw, Lw), and the cross sums of r [y1, E w] x' (L1 + Lw, K, D); returns
-    (K, Lz), (K, Lz, Lz) and (K, Lz, D), component first (new arrays or views of the
-    inputs: not to be written into).
+
+def regressor_moments(pair_sums, latent_sum, latent_y, latent_second, cross, mass):
+    """Means and covariances of the regressors z = [y, w] and of the features x.
+
+    From the responsibility-weighted sums over samples of the y1 pairs (K, P), of E[w]
+    (K, Lw), y E[w]' (K, L, Lw), E[w w'] (K, Lw, Lw) and [y1, E w] x' (L1 + Lw, K, D),
+    and the masses (K,): zbar (K, Lz), Mzz (K, Lz, Lz), xbar (K, D) and the
+    cross-covariances Mzx (K, Lz, D), feature axis last and contiguous.
     """
-    xp = array_namespace(y_moments)
-    L = y_moments.shape[1] - 1
+    xp = array_namespace(pair_sums)
+    Lw = latent_sum.shape[1]
+    L1, K, D = cross.shape
+    L1 -= Lw
+    L = L1 - 1
+    if isinstance(pair_sums, np.ndarray) and not Lw:
+        # The same divisions and differences as below, in fewer steps.
+        means = pair_sums[:, _regressor_pairs(L1)] / mass[:, None]
+        zbar = means[:, :L].copy()  # contiguous, as the products that use it expect
+        Mzz = means[:, L:].reshape(K, L, L) - zbar[:, :, None] * zbar[:, None, :]
+        centred = cross / mass[:, None]
+        xbar = centred[L]
+        Mzx = np.empty((K, L, D))
+        np.subtract(centred[:L].transpose(1, 0, 2), zbar[:, :, None] * xbar[:, None, :],
+                    out=Mzx)
+        return zbar, Mzz, xbar, Mzx
+    y_moments = _unpack_pairs(pair_sums, L1)  # sums of r y1 y1' (K, L1, L1)
     z_sum = y_moments[:, :L, L]
     zz = y_moments[:, :L, :L]
     zx = permute(xp, cross[:L, ...], (1, 0, 2))
-    if latent_sum.shape[1]:
+    if Lw:
         z_sum = concat(xp, [z_sum, latent_sum], axis=1)
         zz = concat(xp, [concat(xp, [zz, latent_y], axis=2),
                          concat(xp, [swap_last(xp, latent_y), latent_second], axis=2)],
                     axis=1)
-        zx = concat(xp, [zx, permute(xp, cross[L + 1:, ...], (1, 0, 2))], axis=1)
-    return z_sum, zz, zx
+        zx = concat(xp, [zx, permute(xp, cross[L1:, ...], (1, 0, 2))], axis=1)
+    zbar = z_sum / mass[:, None]
+    Mzz = zz / mass[:, None, None] - zbar[:, :, None] * zbar[:, None, :]
+    xbar = cross[L, ...] / mass[:, None]
+    Mzx = zx / mass[:, None, None]
+    Mzx -= zbar[:, :, None] * xbar[:, None, :]
+    return zbar, Mzz, xbar, Mzx
 
 
 def _target_quadratic(c, precision):
@@ -269,7 +300,9 @@ def _solve_moments(Mzz, Mzx):
     xp = array_namespace(Mzz)
     if xp is np:
         diag = Mzz.diagonal(0, 1, 2)
-        unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
+        if diag.size and not diag.min() > 0:  # (np.where gives diag itself otherwise)
+            diag = np.where(diag > 0, diag, 1.0)
+        unit = 1.0 / np.sqrt(diag)  # (K, Lz)
     else:
         diag = xp.linalg.diagonal(Mzz)
         unit = 1.0 / xp.sqrt(xp.where(diag > 0, diag, xp.ones_like(diag)))
