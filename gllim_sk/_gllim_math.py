@@ -396,14 +396,14 @@ class GLLiMModel(ForwardMixin):
         # with [squared features, y1 pairs]; the pair y1_L y1_L = 1 carries const_k.
         # The y pairs' weights are -M_k / 2 (upper triangle, off-diagonal entries twice).
         if x_terms and y_terms:
-            gamma_prec, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
+            gamma_prec, logdet_gamma = self.target_factors(params.gamma)
             M = gram[:, :L1, :L1] + _target_quadratic(params.c, gamma_prec)
             logdet = self.noise.logdet(noise, K) + logdet_gamma
         elif x_terms:
             M = gram[:, :L1, :L1]
             logdet = self.noise.logdet(noise, K)
         elif y_terms:
-            gamma_prec, logdet, _ = spd_inverse_and_logdet(params.gamma)
+            gamma_prec, logdet = self.target_factors(params.gamma)
             M = _target_quadratic(params.c, gamma_prec)
         else:
             M, logdet = zeros(xp, (K, L1, L1), params.A), zeros(xp, (K,), params.A)
@@ -430,6 +430,16 @@ class GLLiMModel(ForwardMixin):
                 if value is not None:
                     setattr(plan, field, xp.astype(value, dtype))
         return plan
+
+    def target_factors(self, gamma):
+        """Gamma_k^-1 and log|Gamma_k| of ``gamma`` (K, L, L): those the last M-step
+        computed with its own factorisations when it made this very array (parameters are
+        never written into), else computed here."""
+        cached = getattr(self, "_gamma_factors", None)
+        if cached is not None and cached[0] is gamma:
+            return cached[1], cached[2]
+        precision, logdet, _ = spd_inverse_and_logdet(gamma)
+        return precision, logdet
 
     def log_joint(self, block, plan):
         """log p(x_n, y_n, Z_n = k) (K, n) and E[w_n | x_n, y_n, k] (Lw, K, n)."""
@@ -598,17 +608,23 @@ class GLLiMModel(ForwardMixin):
             stats.moments[:, n_sq:], stats.latent_sum, stats.latent_y, stats.latent_second,
             stats.cross, mass)
 
-        # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
-        # The loadings come transposed, [A_k, W_k]' (K, Lz, D).
-        loadings_t = _solve_moments(Mzz, Mzx) if D else zeros(xp, (K, Lz, 0), Mzz)
-        b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0, :]
-        explained = einsum(xp, "kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
-
         scale = self.covariance_scale(stats)
         target_moments = Mzz[:, :L, :L]  # (read only: the projection makes new arrays)
         if scale is not None:
             target_moments = target_moments * scale[:, None, None]
         gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
+
+        # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
+        # The loadings come transposed, [A_k, W_k]' (K, Lz, D). Gamma's inverse and
+        # log-determinant, which the next E-step needs, come from the same factorisations
+        # where the shapes allow (see target_factors).
+        if D:
+            loadings_t, factors = _solve_moments(Mzz, Mzx, gamma)
+        else:
+            loadings_t, factors = zeros(xp, (K, Lz, 0), Mzz), None
+        self._gamma_factors = None if factors is None else (gamma, *factors)
+        b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0, :]
+        explained = einsum(xp, "kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
         fields = dict(
             weights=pis / xp.sum(pis), c=copy(xp, zbar[:, :L]),

@@ -292,8 +292,13 @@ def _cholesky_with_floor_xp(xp, S, reg, eig_floor=None):
     return xp.linalg.cholesky((vecs * vals[:, None, :]) @ swap_last(xp, vecs))
 
 
-def _solve_moments(Mzz, Mzx):
-    """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
+def _solve_moments(Mzz, Mzx, gamma=None):
+    """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse.
+
+    Returns the solution and, for SPD matrices ``gamma`` of Mzz's shape (numpy), their
+    inverses and log-determinants from the same factorisation calls (the numbers a
+    separate :func:`spd_inverse_and_logdet` gives), else None.
+    """
     # Mzz mixes the targets' units with the latent factors' unit variance: scaling it to
     # unit diagonal keeps the conditioning test and the pseudo-inverse independent of
     # the targets' scale (the solution is the same when Mzz is invertible).
@@ -307,7 +312,33 @@ def _solve_moments(Mzz, Mzx):
         diag = xp.linalg.diagonal(Mzz)
         unit = 1.0 / xp.sqrt(xp.where(diag > 0, diag, xp.ones_like(diag)))
     Mzz = Mzz * unit[:, :, None] * unit[:, None, :]
-    return unit[:, :, None] * _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
+    factors = None
+    if gamma is not None and isinstance(Mzz, np.ndarray) and gamma.shape == Mzz.shape:
+        solution, factors = _solve_scaled_sharing(Mzz, Mzx * unit[:, :, None], gamma)
+    else:
+        solution = _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
+    return unit[:, :, None] * solution, factors
+
+
+def _solve_scaled_sharing(Mzz, Mzx, gamma):
+    """:func:`_solve_scaled_moments` (numpy) with the SPD ``gamma`` factorised and
+    inverted in the same (stacked) LAPACK calls: per matrix, the same numbers. Returns the
+    solution and (gamma^-1, log|gamma|), or None for those when a factorisation fails."""
+    K = Mzz.shape[0]
+    try:
+        chol = np.linalg.cholesky(np.concatenate([Mzz, gamma]))
+        inv_chol = np.linalg.inv(chol)
+    except np.linalg.LinAlgError:  # either failed: each on its own, as without sharing
+        return _solve_scaled_moments(Mzz, Mzx), None
+    gamma_inv_chol = inv_chol[K:]
+    factors = (gamma_inv_chol.swapaxes(-1, -2) @ gamma_inv_chol,
+               2.0 * np.log(chol[K:].diagonal(0, -2, -1)).sum(axis=-1))
+    chol, inv_chol = chol[:K], inv_chol[:K]
+    pivots = chol.diagonal(0, 1, 2).min(axis=1, initial=np.inf)
+    scale = np.sqrt(Mzz.diagonal(0, 1, 2).max(axis=1, initial=0.0))
+    if (pivots > 1e-6 * scale).all():  # condition number below about 1e12
+        return (inv_chol.swapaxes(1, 2) @ inv_chol) @ Mzx, factors
+    return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx, factors
 
 
 def _solve_scaled_moments(Mzz, Mzx):

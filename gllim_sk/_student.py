@@ -152,7 +152,7 @@ class StudentGLLiMModel(gm.GLLiMModel):
         base = super().plan(params, n_sq, **{**kwargs, "with_const": False})
         K, D, Lw = params.W.shape
         L = params.c.shape[1]
-        _, logdet_gamma, _ = gm.spd_inverse_and_logdet(params.gamma)
+        _, logdet_gamma = self.target_factors(params.gamma)
         logdet = self.noise.logdet(params.noise, K) + logdet_gamma
         if Lw:  # log|Sigma + W W'| = log|Sigma| + log|I + W' Sigma^-1 W|
             logdet -= np.linalg.slogdet(base.latent_cov)[1]
