@@ -27,7 +27,7 @@ __all__ = [
     "_is_numpy_namespace",
     "check_same_namespace",
     "HasMethods", "Hidden", "Interval", "Options", "StrOptions", "_fit_context", "array_device",
-    "array_namespace",
+    "array_namespace", "computes_with_numpy", "input_namespace",
     "linalg_errors",
     "concat", "copy", "einsum", "eye", "get_namespace", "move_estimator_to", "move_to",
     "permute", "reshape",
@@ -47,6 +47,20 @@ def array_namespace(*arrays):
                 *[b for b in arrays if b is not None and not isinstance(b, _NUMPY_TYPES)]
             )
     return np
+
+
+def input_namespace(*arrays):
+    """The namespace the inputs are computed in: numpy unless Array API dispatch is on
+    and they are arrays of another library."""
+    xp, is_array_api = get_namespace(*arrays)
+    if not is_array_api or _is_numpy_namespace(xp):
+        return np
+    return xp
+
+
+def computes_with_numpy(*arrays):
+    """Whether the inputs are computed with numpy (numpy arrays, or dispatch off)."""
+    return input_namespace(*arrays) is np
 
 
 def to_numpy(a):

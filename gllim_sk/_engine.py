@@ -95,9 +95,10 @@ def _sums_many_threads(weights, M):
 class SerialExecutor:
     """Run EM on one block, under a BLAS thread limit (``None``: BLAS decides)."""
 
-    def __init__(self, blas_limit=None, sample_sums=None):
+    def __init__(self, blas_limit=None, sample_sums=None, device_library=False):
         self.blas_limit = blas_limit
         self.sample_sums = sample_sums
+        self.device_library = device_library
         self._limits = None
 
     def __enter__(self):
@@ -138,6 +139,12 @@ class SerialExecutor:
     def serial(self):
         """A context with BLAS on one thread, for small sequential work (k-means)."""
         return blas_threads(1)
+
+    def host_work(self):
+        """A context for numpy work on the host in the middle of EM (the latent PCA): with
+        another array library's arrays, BLAS on one thread beside that library's own
+        threads (no oversubscribed cores); with numpy, the executor's own setting."""
+        return self.serial() if self.device_library else contextlib.nullcontext()
 
 
 class ThreadedExecutor(SerialExecutor):
@@ -189,7 +196,7 @@ def make_executor(n_samples, work, xp=np):
     in namespace ``xp``: arrays of other libraries than numpy run as one block, their
     library deciding how (a GPU runs each product on the whole device)."""
     if xp is not np:
-        return SerialExecutor(sample_sums=_sums_one_thread)
+        return SerialExecutor(sample_sums=_sums_one_thread, device_library=True)
     n_chunks, blas_limit = _em_parallelism(n_samples, work)
     if n_chunks > 1:
         return ThreadedExecutor(n_chunks)
@@ -233,6 +240,9 @@ class DaskExecutor:
 
     def serial(self):
         return blas_threads(1)
+
+    def host_work(self):
+        return contextlib.nullcontext()  # the client's numpy work beside the workers
 
     def blocks(self, model, Xc, y):
         """The model's blocks of the row blocks of dask arrays ``Xc`` (n, D) and ``y``

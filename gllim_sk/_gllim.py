@@ -1,7 +1,7 @@
 """GLLiMRegressor: Gaussian Locally-Linear Mapping, a mixture of linear inverse regressions."""
 
 import dataclasses
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from numbers import Integral, Real
 from time import time
 
@@ -18,9 +18,9 @@ from ._compat import (
     _fit_context,
     array_device,
     array_namespace,
+    computes_with_numpy,
     linalg_errors,
     move_estimator_to,
-    move_to,
     to_numpy,
 )
 from ._engine import unchanged_on_failure
@@ -28,6 +28,15 @@ from ._gllim_math import LATENT_NOISE_FLOOR
 from ._head import MixtureHeadMixin
 from ._init import scale_of_variances, variance_scale
 from ._inputs import InputsMixin
+from ._kernels import (
+    as_dtype,
+    centred_features,
+    centred_training_data,
+    move_like,
+    namespace_converter,
+    own_contiguous,
+    take_rows,
+)
 from ._mixtures import (
     PredictiveMixture,
     gaussian_or_t_log_density,
@@ -428,11 +437,7 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
             executor = _engine.DaskExecutor()
         else:
             xp = array_namespace(Xc)
-            if xp is np:
-                Xc, y = Xc[rows], y[rows]
-            else:
-                index = xp.asarray(rows, device=array_device(Xc))
-                Xc, y = xp.take(Xc, index, axis=0), xp.take(y, index, axis=0)
+            Xc, y = take_rows(Xc, rows), take_rows(y, rows)
             executor = _engine.make_executor(len(rows), work, xp)
         stack.enter_context(executor)
         model = problem.model
@@ -443,21 +448,18 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         ``init_params`` (default: the estimator's)."""
         if _dask.any_dask_array(problem.Xc):  # made block by block, where the blocks live
             return _dask.initial_params(self, problem, random_state, init_params)
-        xp = array_namespace(problem.Xc)
         if resp is None:
             # k-means and the GMM on y are tiny: their OpenMP threads only spin. They run
             # with numpy, whatever the namespace of the data.
             with problem.executor.serial():
                 resp = self._initial_resp(problem.Xc, problem.y, random_state, init_params)
-        if xp is not np:
-            resp = xp.asarray(resp, dtype=xp.float64, device=array_device(problem.Xc))
+        resp = move_like(resp, problem.Xc)
         model = problem.model
         moments = _engine.m_step_from_resp(model, problem.executor, problem.blocks, resp)
         if self.n_latent == 0:
             return moments.complete(model.finalize_noise(moments.raw, moments.weights))
-        # Off numpy the latent PCA runs on the host, beside the array library's own
-        # threads: BLAS on one thread there avoids oversubscribing the cores.
-        with problem.executor.serial() if xp is not np else nullcontext():
+        # The latent PCA runs on the host (see the executor's ``host_work``).
+        with problem.executor.host_work():
             return model.init_latent(problem.Xc, problem.y, resp, moments, self.n_latent,
                                      random_state)
 
@@ -496,34 +498,19 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
             return self._fit_dask(X, y)
         X, y = self._validate_training_data(X, y)
         if frozen_resp is not None:
-            frozen_resp = np.ascontiguousarray(
+            frozen_resp = move_like(np.ascontiguousarray(
                 self._check_resp(frozen_resp, X.shape[0], name="resp").T
-            )
-            xp = array_namespace(X)
-            if xp is not np:
-                frozen_resp = xp.asarray(frozen_resp, device=array_device(X))
+            ), X)
         do_warm = frozen_resp is None and self._can_warm_start(X.shape[1], y.shape[1])
         self.n_targets_ = y.shape[1]
         random_state = check_random_state(self.random_state)
         # reg_covar is relative to the data's scale (see its documentation).
         self._reg_floors = self._relative_floors(X, y)
         xp = array_namespace(X)
-        if xp is np:
-            offset = self.feature_mean_ if do_warm else X.mean(axis=0)
-            y_offset = self.target_mean_ if do_warm else y.mean(axis=0)
-            # Centring both variables keeps the expanded quadratic forms free of
-            # cancellation.
-            Xc = X - offset
-            yc = y - y_offset
-            centred_var = Xc.var(axis=0) if self.n_latent > 0 else None
-        else:
-            # Means and centring in float64 whatever the dtype of the data.
-            X64, y64 = xp.astype(X, xp.float64), xp.astype(y, xp.float64)
-            offset = self.feature_mean_ if do_warm else xp.mean(X64, axis=0)
-            y_offset = self.target_mean_ if do_warm else xp.mean(y64, axis=0)
-            Xc, yc = xp.astype(X64 - offset, X.dtype), xp.astype(y64 - y_offset, X.dtype)
-            centred_var = xp.var(X64 - offset, axis=0) if self.n_latent > 0 else None
-            del X64, y64
+        # Centring both variables keeps the expanded quadratic forms free of cancellation.
+        offset, y_offset, Xc, yc, centred_var = centred_training_data(
+            X, y, (self.feature_mean_, self.target_mean_) if do_warm else None,
+            with_variance=self.n_latent > 0)
         # The latent model's likelihood goes through (I + W' Sigma^-1 W)^-1, whose
         # conditioning degrades as a noise variance approaches zero (a Heywood case, which
         # factor analysis can reach): a floor relative to each feature's variance keeps it
@@ -591,10 +578,8 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         self.weights_ = params.weights
         self.target_means_ = params.c + y_offset
         self.target_covariances_ = model.target.public(params.gamma)
-        xp = array_namespace(params.A)
-        contiguous = np.ascontiguousarray if xp is np else (lambda a: xp.asarray(a, copy=True))
-        self.inverse_coef_ = contiguous(params.A)
-        self.latent_coef_ = contiguous(params.W)
+        self.inverse_coef_ = own_contiguous(params.A)
+        self.latent_coef_ = own_contiguous(params.W)
         self.inverse_intercept_ = params.b + offset - params.A @ y_offset
         self.noise_covariances_ = model.noise.public(params.noise)
         fwd = self._forward
@@ -640,8 +625,7 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
 
             # To numpy through the arrays' own namespace: scikit-learn's move_to reads
             # it with dispatch off (numpy), which cannot convert a CUDA tensor.
-            convert = (to_numpy if xp is np
-                       else lambda value: move_to(value, xp=xp, device=device))
+            convert = namespace_converter(xp, device)
 
             def move(obj):
                 fields = {name: (None if value is None else convert(value))
@@ -676,7 +660,7 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         if feature_noise_var is None and feature_noise_cov is None:
             return None
         X, dtype = self._check_X(X, method)
-        if array_namespace(X) is not np:
+        if not computes_with_numpy(X):
             raise ValueError(
                 "feature_noise_var and feature_noise_cov need numpy inputs; move the model "
                 "and the data to numpy (see the user guide) to use observation noise."
@@ -704,13 +688,10 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         X, dtype = self._check_X(X, method)
         xp = array_namespace(X)
         _, forward = self._core()
-        if xp is np:
-            Xc = X.astype(np.float64) - self.feature_mean_
-        else:
-            Xc = X - xp.astype(self.feature_mean_, dtype)
+        Xc = centred_features(X, self.feature_mean_)
         log_nu, means = self._em_model(fitted=True).forward_mixture(Xc, forward)
-        target_mean = self.target_mean_ if xp is np else xp.astype(self.target_mean_, dtype)
-        return PredictiveMixture(log_nu, means + target_mean,
+        # (numpy keeps the float64 mean; other namespaces compute in the dtype of X)
+        return PredictiveMixture(log_nu, means + as_dtype(self.target_mean_, dtype),
                                  xp.astype(forward.cov, means.dtype), None, dtype)
 
     def _target_log_prior(self, y):

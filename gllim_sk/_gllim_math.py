@@ -37,7 +37,6 @@ from sklearn.utils.extmath import randomized_svd
 
 from ._compat import (
     array_namespace,
-    concat,
     copy,
     einsum,
     eye,
@@ -65,9 +64,13 @@ from ._kernels import (  # noqa: F401  (the kernels are used as gm.<name> elsewh
     _with_ones_row,
     any_true,
     as_dtype,
+    loadings_side_by_side,
+    log_weights,
     logsumexp,
     move_like,
     normalised_exp,
+    quad_weights,
+    regressor_moments,
     side_by_side,
     spd_inverse_and_logdet,
     target_log_density,
@@ -382,9 +385,7 @@ class GLLiMModel(ForwardMixin):
         noise = params.noise
         # B_k = [A_k, b_k, W_k], held transposed (K, m, D); one (n, D) x (D, m K) product
         # gives B_k' Sigma_k^-1 x_n.
-        Bt = concat(
-            xp, [swap_last(xp, params.A), params.b[:, None, :], swap_last(xp, params.W)], axis=1
-        )
+        Bt = loadings_side_by_side(params.A, params.b, params.W)
         SBt = self.noise.solve_rows(noise, Bt)
         gram = Bt @ swap_last(xp, SBt)  # (K, m, m)
         cross = (reshape(xp, permute(xp, SBt, (2, 1, 0)), (D, m * K))
@@ -393,12 +394,19 @@ class GLLiMModel(ForwardMixin):
         # where M_k gathers every term quadratic in y: [A, b]' S^-1 [A, b] and the target
         # density's (y - c)' G^-1 (y - c). All but the cross term come from one product
         # with [squared features, y1 pairs]; the pair y1_L y1_L = 1 carries const_k.
-        gamma_prec, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        M = _summed(([gram[:, :L1, :L1]] if x_terms else [])
-                    + ([_target_quadratic(params.c, gamma_prec)] if y_terms else []),
-                    zeros(xp, (K, L1, L1), params.A))
-        logdet = _summed(([self.noise.logdet(noise, K)] if x_terms else [])
-                         + ([logdet_gamma] if y_terms else []), zeros(xp, (K,), params.A))
+        # The y pairs' weights are -M_k / 2 (upper triangle, off-diagonal entries twice).
+        if x_terms and y_terms:
+            gamma_prec, logdet_gamma = self.target_factors(params.gamma)
+            M = gram[:, :L1, :L1] + _target_quadratic(params.c, gamma_prec)
+            logdet = self.noise.logdet(noise, K) + logdet_gamma
+        elif x_terms:
+            M = gram[:, :L1, :L1]
+            logdet = self.noise.logdet(noise, K)
+        elif y_terms:
+            gamma_prec, logdet = self.target_factors(params.gamma)
+            M = _target_quadratic(params.c, gamma_prec)
+        else:
+            M, logdet = zeros(xp, (K, L1, L1), params.A), zeros(xp, (K,), params.A)
         if Lw:
             # Latent part: Woodbury on Sigma_k + W_k W_k'.
             latent_cov, neg_logdet_s, _ = spd_inverse_and_logdet(
@@ -407,17 +415,12 @@ class GLLiMModel(ForwardMixin):
             logdet = logdet + neg_logdet_s
         else:
             latent_cov = zeros(xp, (K, 0, 0), params.A)
-        weights = -0.5 * _pair_weights(M)
+        squared = self.noise.squared_weights(noise, n_sq) if x_terms else None
+        const = None
         if with_const:
             dims = (D if x_terms else 0) + (L1 - 1 if y_terms else 0)
-            with np.errstate(divide="ignore"):
-                const = xp.log(params.weights) - 0.5 * (dims * LOG_2PI + logdet)
-            weights[:, -1] += const
-        squared = self.noise.squared_weights(noise, n_sq) if x_terms else None
-        if squared is not None:
-            weights = concat(xp, [squared, weights], axis=1)
-        elif n_sq:
-            weights = concat(xp, [zeros(xp, (K, n_sq), weights), weights], axis=1)
+            const = log_weights(params.weights) - 0.5 * (dims * LOG_2PI + logdet)
+        weights = quad_weights(M, const, squared, n_sq)
         latent_cross = reshape(xp, permute(xp, gram[:, L1:, :L1], (1, 0, 2)), (Lw * K, L1))
         plan = EStepPlan(cross=cross, quad_weights=weights, noise=noise, latent_cov=latent_cov,
                          latent_cross=latent_cross, x_terms=x_terms)
@@ -427,6 +430,16 @@ class GLLiMModel(ForwardMixin):
                 if value is not None:
                     setattr(plan, field, xp.astype(value, dtype))
         return plan
+
+    def target_factors(self, gamma):
+        """Gamma_k^-1 and log|Gamma_k| of ``gamma`` (K, L, L): those the last M-step
+        computed with its own factorisations when it made this very array (parameters are
+        never written into), else computed here."""
+        cached = getattr(self, "_gamma_factors", None)
+        if cached is not None and cached[0] is gamma:
+            return cached[1], cached[2]
+        precision, logdet, _ = spd_inverse_and_logdet(gamma)
+        return precision, logdet
 
     def log_joint(self, block, plan):
         """log p(x_n, y_n, Z_n = k) (K, n) and E[w_n | x_n, y_n, k] (Lw, K, n)."""
@@ -588,35 +601,30 @@ class GLLiMModel(ForwardMixin):
         n_sq = stats.moments.shape[1] - L1 * (L1 + 1) // 2
         pis = (stats.resp_mass + _TINY_MASS) / (stats.n_samples + K * _TINY_MASS)
 
-        # Moments of the augmented regressors z = [y, w].
-        y_moments = _unpack_pairs(stats.moments[:, n_sq:], L1)  # sums of r y1 y1' (K, L1, L1)
+        # Moments of the augmented regressors z = [y, w] and their cross-moments with x.
         Lz = L + Lw
-        G = stats.cross
-        K, D = G.shape[1:]
-        z_sum = concat(xp, [y_moments[:, :L, L], stats.latent_sum], axis=1)
-        Szz = concat(xp, [concat(xp, [y_moments[:, :L, :L], stats.latent_y], axis=2),
-                          concat(xp, [swap_last(xp, stats.latent_y), stats.latent_second],
-                                 axis=2)], axis=1) / mass[:, None, None]
-        zbar = z_sum / mass[:, None]  # (K, Lz)
-        Mzz = Szz - zbar[:, :, None] * zbar[:, None, :]
-
-        xbar = G[L, ...] / mass[:, None]  # (K, D)
-        # Cross-covariances of z and x, (K, Lz, D): feature axis last, contiguous.
-        Mzx = concat(xp, [permute(xp, G[:L, ...], (1, 0, 2)), permute(xp, G[L1:, ...], (1, 0, 2))],
-                     axis=1) / mass[:, None, None]
-        Mzx -= zbar[:, :, None] * xbar[:, None, :]
-
-        # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
-        # The loadings come transposed, [A_k, W_k]' (K, Lz, D).
-        loadings_t = _solve_moments(Mzz, Mzx) if D else zeros(xp, (K, Lz, 0), Mzz)
-        b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0, :]
-        explained = einsum(xp, "kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
+        K, D = stats.cross.shape[1:]
+        zbar, Mzz, xbar, Mzx = regressor_moments(
+            stats.moments[:, n_sq:], stats.latent_sum, stats.latent_y, stats.latent_second,
+            stats.cross, mass)
 
         scale = self.covariance_scale(stats)
-        target_moments = copy(xp, Mzz[:, :L, :L])
+        target_moments = Mzz[:, :L, :L]  # (read only: the projection makes new arrays)
         if scale is not None:
             target_moments = target_moments * scale[:, None, None]
         gamma = _finalize_gamma(self.target, target_moments, pis, self.target_reg_covar)
+
+        # Minimum-norm least squares: exact when Mzz is invertible, finite when it is not.
+        # The loadings come transposed, [A_k, W_k]' (K, Lz, D). Gamma's inverse and
+        # log-determinant, which the next E-step needs, come from the same factorisations
+        # where the shapes allow (see target_factors).
+        if D:
+            loadings_t, factors = _solve_moments(Mzz, Mzx, gamma)
+        else:
+            loadings_t, factors = zeros(xp, (K, Lz, 0), Mzz), None
+        self._gamma_factors = None if factors is None else (gamma, *factors)
+        b = xbar - (zbar[:, None, :] @ loadings_t)[:, 0, :]
+        explained = einsum(xp, "kld,kld->kd", loadings_t, Mzx)  # diag(A Mzx) per component
         raw = self.noise.raw(stats, xbar, loadings_t, Mzx, explained, pis, scale)
         fields = dict(
             weights=pis / xp.sum(pis), c=copy(xp, zbar[:, :L]),

@@ -10,16 +10,11 @@ import numpy as np
 from sklearn import get_config
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ._compat import array_device, array_namespace, move_to, to_numpy
+from ._compat import array_device, array_namespace, computes_with_numpy, to_numpy
+from ._kernels import input_in_namespace, training_precision, validated_array
 from ._mixtures import check_noise_matrix, check_noise_variances
 from ._predict import _input_namespace
 
-
-def _input_array(a):
-    """``a`` as an array (lists and data frames become numpy arrays)."""
-    if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
-        return a
-    return np.asarray(a)
 
 def _array_kind(a, plural=False):
     """'torch array on cpu', 'numpy arrays', ...: the library and device of ``a``."""
@@ -67,14 +62,13 @@ class InputsMixin:
             check_array(y, accept_sparse=False, ensure_2d=False, dtype=None,
                         ensure_all_finite=False, ensure_min_samples=0, input_name="y")
         xp = _input_namespace(X)
-        if xp is not np:  # y follows X to its namespace and device
-            y = move_to(_input_array(y), xp=xp, device=array_device(X))
+        y = input_in_namespace(y, xp, X)  # y follows X to its namespace and device
         X, y = validate_data(
             self, X, y, dtype=[xp.float64, xp.float32], multi_output=True, y_numeric=True,
             ensure_min_samples=2,
         )
         xp = array_namespace(X)
-        y = np.asarray(y) if xp is np else y
+        y = validated_array(y, xp)
         self._y_ndim = y.ndim
         y2 = xp.reshape(y, (-1, 1)) if y.ndim == 1 else y
         self._check_sizes(*X.shape, y2.shape[1])
@@ -82,9 +76,7 @@ class InputsMixin:
             for name, values in (("X", X), ("y", y2)):
                 self._check_spread(name, to_numpy(xp.max(values, axis=0)
                                                   - xp.min(values, axis=0)))
-        if xp is np:  # numpy fits run in float64
-            return X.astype(np.float64, copy=False), y2.astype(np.float64, copy=False)
-        return X, xp.astype(y2, X.dtype)
+        return training_precision(X, y2)
 
     def _check_resp(self, resp, n_samples, name="resp_init"):
         """Validated responsibilities (n_samples, n_components), rows normalised (numpy)."""
@@ -112,7 +104,7 @@ class InputsMixin:
         to bring the two together (scikit-learn's check names a private function, and
         with dispatch off it checks nothing)."""
         fitted_numpy = isinstance(self.weights_, np.ndarray)
-        X_numpy = _input_namespace(X) is np  # computed with numpy (dispatch off, or numpy)
+        X_numpy = computes_with_numpy(X)  # dispatch off, or numpy arrays
         if fitted_numpy and X_numpy:
             return
         if not (fitted_numpy or X_numpy):
@@ -148,8 +140,7 @@ class InputsMixin:
 
     def _check_y(self, y, n_samples=None):
         xp = _input_namespace(self.weights_)
-        if xp is not np:
-            y = move_to(_input_array(y), xp=xp, device=array_device(self.weights_))
+        y = input_in_namespace(y, xp, self.weights_)
         y = check_array(y, ensure_2d=False, dtype=xp.float64, input_name="y")
         xp = array_namespace(y)
         if y.ndim == 1:

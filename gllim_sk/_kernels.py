@@ -13,11 +13,15 @@ from scipy.linalg import cho_solve, solve_triangular
 from ._compat import (
     array_device,
     array_namespace,
+    concat,
     copy,
     einsum,
     eye,
     linalg_errors,
+    move_to,
+    permute,
     swap_last,
+    to_numpy,
     zeros,
 )
 
@@ -78,6 +82,51 @@ def _pair_weights(M):
     return flat * xp.asarray(scale, dtype=M.dtype, device=array_device(M))
 
 
+def quad_weights(M, const, squared, n_sq):
+    """The E-step's weights (K, n_sq + P) of [squared features, y1 pairs]: ``squared``
+    (K, n_sq) (zeros when None), then -1/2 the pair weights of M (K, L1, L1) with
+    ``const`` (K,) (None: no constant) added to the weight of the pair y1_L y1_L = 1."""
+    xp = array_namespace(M)
+    K, L1, _ = M.shape
+    if xp is not np:
+        weights = -0.5 * _pair_weights(M)
+        if const is not None:
+            weights[:, -1] += const
+        if squared is None and n_sq:
+            squared = zeros(xp, (K, n_sq), weights)
+        return weights if squared is None else xp.concat([squared, weights], axis=1)
+    rows, cols, scale = _triu(L1)
+    out = np.empty((K, n_sq + rows.size))
+    # -1/2 and the pair scale (1 or 2) are powers of two: the same numbers as scaling
+    # the pair weights first.
+    np.multiply(M[:, rows, cols], -0.5 * scale, out=out[:, n_sq:])
+    if const is not None:
+        out[:, -1] += const
+    if n_sq:
+        out[:, :n_sq] = 0.0 if squared is None else squared
+    return out
+
+
+def log_weights(weights):
+    """log of mixture weights (K,): -inf for a zero weight, without a warning."""
+    xp = array_namespace(weights)
+    with np.errstate(divide="ignore"):
+        return xp.log(weights)
+
+
+def loadings_side_by_side(A, b, W):
+    """B_k' = [A_k, b_k, W_k]' (K, L + 1 + Lw, D) of A (K, D, L), b (K, D), W (K, D, Lw)."""
+    if not isinstance(A, np.ndarray):
+        xp = array_namespace(A)
+        return xp.concat([swap_last(xp, A), b[:, None, :], swap_last(xp, W)], axis=1)
+    K, D, L = A.shape
+    out = np.empty((K, L + 1 + W.shape[2], D))
+    out[:, :L] = A.swapaxes(1, 2)
+    out[:, L] = b
+    out[:, L + 1:] = W.swapaxes(1, 2)
+    return out
+
+
 def _unpack_pairs(sums, L1):
     """Symmetric (K, L1, L1) matrices from their upper triangles (K, P)."""
     xp = array_namespace(sums)
@@ -94,6 +143,59 @@ def _unpack_pairs(sums, L1):
     return xp.reshape(full, (sums.shape[0], L1, L1))
 
 
+@lru_cache
+def _regressor_pairs(L1):
+    """Positions among the pairs of y1 (see :func:`_triu`) of y_i y1_L (i < L) and of
+    y_i y_j (i, j < L, row by row)."""
+    rows, cols, _ = _triu(L1)
+    position = np.empty((L1, L1), dtype=np.intp)
+    position[rows, cols] = position[cols, rows] = np.arange(rows.size)
+    L = L1 - 1
+    return np.concatenate([position[:L, L], position[:L, :L].ravel()])
+
+
+def regressor_moments(pair_sums, latent_sum, latent_y, latent_second, cross, mass):
+    """Means and covariances of the regressors z = [y, w] and of the features x.
+
+    From the responsibility-weighted sums over samples of the y1 pairs (K, P), of E[w]
+    (K, Lw), y E[w]' (K, L, Lw), E[w w'] (K, Lw, Lw) and [y1, E w] x' (L1 + Lw, K, D),
+    and the masses (K,): zbar (K, Lz), Mzz (K, Lz, Lz), xbar (K, D) and the
+    cross-covariances Mzx (K, Lz, D), feature axis last and contiguous.
+    """
+    xp = array_namespace(pair_sums)
+    Lw = latent_sum.shape[1]
+    L1, K, D = cross.shape
+    L1 -= Lw
+    L = L1 - 1
+    if isinstance(pair_sums, np.ndarray) and not Lw:
+        # The same divisions and differences as below, in fewer steps.
+        means = pair_sums[:, _regressor_pairs(L1)] / mass[:, None]
+        zbar = means[:, :L].copy()  # contiguous, as the products that use it expect
+        Mzz = means[:, L:].reshape(K, L, L) - zbar[:, :, None] * zbar[:, None, :]
+        centred = cross / mass[:, None]
+        xbar = centred[L]
+        Mzx = np.empty((K, L, D))
+        np.subtract(centred[:L].transpose(1, 0, 2), zbar[:, :, None] * xbar[:, None, :],
+                    out=Mzx)
+        return zbar, Mzz, xbar, Mzx
+    y_moments = _unpack_pairs(pair_sums, L1)  # sums of r y1 y1' (K, L1, L1)
+    z_sum = y_moments[:, :L, L]
+    zz = y_moments[:, :L, :L]
+    zx = permute(xp, cross[:L, ...], (1, 0, 2))
+    if Lw:
+        z_sum = concat(xp, [z_sum, latent_sum], axis=1)
+        zz = concat(xp, [concat(xp, [zz, latent_y], axis=2),
+                         concat(xp, [swap_last(xp, latent_y), latent_second], axis=2)],
+                    axis=1)
+        zx = concat(xp, [zx, permute(xp, cross[L1:, ...], (1, 0, 2))], axis=1)
+    zbar = z_sum / mass[:, None]
+    Mzz = zz / mass[:, None, None] - zbar[:, :, None] * zbar[:, None, :]
+    xbar = cross[L, ...] / mass[:, None]
+    Mzx = zx / mass[:, None, None]
+    Mzx -= zbar[:, :, None] * xbar[:, None, :]
+    return zbar, Mzz, xbar, Mzx
+
+
 def _target_quadratic(c, precision):
     """M_k with y1' M_k y1 = (y - c_k)' Gamma_k^-1 (y - c_k): (K, L + 1, L + 1)."""
     xp = array_namespace(c)
@@ -105,8 +207,7 @@ def _target_quadratic(c, precision):
         return xp.concat([top, xp.concat([-pc[:, None, :], corner], axis=2)], axis=1)
     M = np.empty((K, L + 1, L + 1))
     M[:, :L, :L] = precision
-    M[:, :L, L] = -pc
-    M[:, L, :L] = -pc
+    M[:, :L, L] = M[:, L, :L] = -pc
     M[:, L, L] = np.einsum("ki,ki->k", pc, c)
     return M
 
@@ -127,7 +228,7 @@ def spd_inverse_and_logdet(M):
     inv_chol = xp.linalg.inv(chol)
     inv = swap_last(xp, inv_chol) @ inv_chol
     if xp is np:
-        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
+        logdet = 2.0 * np.log(chol.diagonal(0, -2, -1)).sum(axis=-1)
     else:
         logdet = 2.0 * xp.sum(xp.log(xp.linalg.diagonal(chol)), axis=-1)
     return inv, logdet, inv_chol
@@ -191,20 +292,53 @@ def _cholesky_with_floor_xp(xp, S, reg, eig_floor=None):
     return xp.linalg.cholesky((vecs * vals[:, None, :]) @ swap_last(xp, vecs))
 
 
-def _solve_moments(Mzz, Mzx):
-    """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse."""
+def _solve_moments(Mzz, Mzx, gamma=None):
+    """Mzz^+ @ Mzx per component: Cholesky when well conditioned, else pseudo-inverse.
+
+    Returns the solution and, for SPD matrices ``gamma`` of Mzz's shape (numpy), their
+    inverses and log-determinants from the same factorisation calls (the numbers a
+    separate :func:`spd_inverse_and_logdet` gives), else None.
+    """
     # Mzz mixes the targets' units with the latent factors' unit variance: scaling it to
     # unit diagonal keeps the conditioning test and the pseudo-inverse independent of
     # the targets' scale (the solution is the same when Mzz is invertible).
     xp = array_namespace(Mzz)
     if xp is np:
-        diag = np.diagonal(Mzz, axis1=1, axis2=2)
-        unit = 1.0 / np.sqrt(np.where(diag > 0, diag, 1.0))  # (K, Lz)
+        diag = Mzz.diagonal(0, 1, 2)
+        if diag.size and not diag.min() > 0:  # (np.where gives diag itself otherwise)
+            diag = np.where(diag > 0, diag, 1.0)
+        unit = 1.0 / np.sqrt(diag)  # (K, Lz)
     else:
         diag = xp.linalg.diagonal(Mzz)
         unit = 1.0 / xp.sqrt(xp.where(diag > 0, diag, xp.ones_like(diag)))
     Mzz = Mzz * unit[:, :, None] * unit[:, None, :]
-    return unit[:, :, None] * _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
+    factors = None
+    if gamma is not None and isinstance(Mzz, np.ndarray) and gamma.shape == Mzz.shape:
+        solution, factors = _solve_scaled_sharing(Mzz, Mzx * unit[:, :, None], gamma)
+    else:
+        solution = _solve_scaled_moments(Mzz, Mzx * unit[:, :, None])
+    return unit[:, :, None] * solution, factors
+
+
+def _solve_scaled_sharing(Mzz, Mzx, gamma):
+    """:func:`_solve_scaled_moments` (numpy) with the SPD ``gamma`` factorised and
+    inverted in the same (stacked) LAPACK calls: per matrix, the same numbers. Returns the
+    solution and (gamma^-1, log|gamma|), or None for those when a factorisation fails."""
+    K = Mzz.shape[0]
+    try:
+        chol = np.linalg.cholesky(np.concatenate([Mzz, gamma]))
+        inv_chol = np.linalg.inv(chol)
+    except np.linalg.LinAlgError:  # either failed: each on its own, as without sharing
+        return _solve_scaled_moments(Mzz, Mzx), None
+    gamma_inv_chol = inv_chol[K:]
+    factors = (gamma_inv_chol.swapaxes(-1, -2) @ gamma_inv_chol,
+               2.0 * np.log(chol[K:].diagonal(0, -2, -1)).sum(axis=-1))
+    chol, inv_chol = chol[:K], inv_chol[:K]
+    pivots = chol.diagonal(0, 1, 2).min(axis=1, initial=np.inf)
+    scale = np.sqrt(Mzz.diagonal(0, 1, 2).max(axis=1, initial=0.0))
+    if (pivots > 1e-6 * scale).all():  # condition number below about 1e12
+        return (inv_chol.swapaxes(1, 2) @ inv_chol) @ Mzx, factors
+    return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx, factors
 
 
 def _solve_scaled_moments(Mzz, Mzx):
@@ -224,11 +358,11 @@ def _solve_scaled_moments(Mzz, Mzx):
         return xp.linalg.pinv(Mzz, rtol=1e-12) @ Mzx
     try:
         chol = np.linalg.cholesky(Mzz)
-        pivots = np.diagonal(chol, axis1=1, axis2=2).min(axis=1, initial=np.inf)
-        scale = np.sqrt(np.diagonal(Mzz, axis1=1, axis2=2).max(axis=1, initial=0.0))
-        if np.all(pivots > 1e-6 * scale):  # condition number below about 1e12
+        pivots = chol.diagonal(0, 1, 2).min(axis=1, initial=np.inf)
+        scale = np.sqrt(Mzz.diagonal(0, 1, 2).max(axis=1, initial=0.0))
+        if (pivots > 1e-6 * scale).all():  # condition number below about 1e12
             inv_chol = np.linalg.inv(chol)
-            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol) @ Mzx
+            return (inv_chol.swapaxes(1, 2) @ inv_chol) @ Mzx
     except np.linalg.LinAlgError:
         pass
     return np.linalg.pinv(Mzz, rcond=1e-12, hermitian=True) @ Mzx
@@ -327,7 +461,8 @@ def weighted_regressors(y1, resp, latent_mean, dtype, with_targets=True):
     if isinstance(resp, np.ndarray):
         rz = np.empty((L1 + Lw, K, n))
         if with_targets:
-            np.multiply(y1[:, None, :], resp, out=rz[:L1])
+            np.multiply(y1[:-1, None, :], resp, out=rz[: L1 - 1])
+            rz[L1 - 1] = resp  # the row of ones of y1
         ryw = rz[L1:]
         np.multiply(latent_mean, resp, out=ryw)
         return rz.reshape((L1 + Lw) * K, n), ryw
@@ -353,6 +488,14 @@ def squares(Xc, norms, out=None):
         return np.einsum("nd,nd->n", Xc, Xc)[:, None]
     np.einsum("nd,nd->n", Xc, Xc, out=out[:, 0])
     return out
+
+
+def positive_part(a):
+    """max(a, 0), a new array."""
+    if isinstance(a, np.ndarray):
+        return np.maximum(a, 0.0)
+    xp = array_namespace(a)
+    return xp.maximum(a, xp.zeros_like(a))
 
 
 def contiguous(a):
@@ -426,14 +569,16 @@ def weighted_grams(Xc, resp):
     return (X64.T[None, ...] * r64[:, None, :]) @ X64
 
 
-def with_diagonal_added(M, value):
-    """A copy of the stack ``M`` (K, L, L) with ``value`` added to every diagonal."""
+def symmetrised_with_diagonal(M, value):
+    """(M + M') / 2 for the stack ``M`` (K, L, L), with ``value`` added to every diagonal
+    (a new array)."""
     xp = array_namespace(M)
     if xp is np:
-        M = M.copy()
-        M.reshape(M.shape[0], -1)[:, :: M.shape[-1] + 1] += value
-        return M
-    return M + value * eye(xp, M.shape[-1], M)[None, ...]
+        out = M + M.swapaxes(1, 2)
+        out *= 0.5
+        out.reshape(out.shape[0], -1)[:, :: out.shape[-1] + 1] += value
+        return out
+    return 0.5 * (M + swap_last(xp, M)) + value * eye(xp, M.shape[-1], M)[None, ...]
 
 
 # -------------------------------------------------- the kernels of the predictions
@@ -460,7 +605,87 @@ def host_result_like(a, like, dtype, xp):
 def centred_block(X, y, feature_mean):
     """Features centred by ``feature_mean`` and targets, in the precision the E-step
     runs in: float64 for numpy, the dtype of ``X`` otherwise."""
-    xp = array_namespace(X)
+    Xc = centred_features(X, feature_mean)
+    return Xc, as_dtype(y, X.dtype)
+
+
+# -------------------------------------------------- the kernels of the estimators
+def input_array(a):
+    """``a`` as an array (lists and data frames become numpy arrays)."""
+    if hasattr(a, "__array_namespace__") or hasattr(a, "__dlpack__"):
+        return a
+    return np.asarray(a)
+
+
+def input_in_namespace(a, xp, like):
+    """The input ``a`` in namespace ``xp`` on the device of ``like``, ready for
+    validation; numpy (``xp`` numpy) leaves it as given."""
     if xp is np:
-        return X.astype(np.float64) - feature_mean, y
-    return X - xp.astype(feature_mean, X.dtype), xp.astype(y, X.dtype)
+        return a
+    return move_to(input_array(a), xp=xp, device=array_device(like))
+
+
+def validated_array(a, xp):
+    """What validation returned for ``a`` as an array of ``xp`` (numpy: ``np.asarray``)."""
+    return np.asarray(a) if xp is np else a
+
+
+def training_precision(X, y):
+    """Training data in the precision EM runs in: float64 for numpy, otherwise the dtype
+    of ``X`` (float32 allowed) for both."""
+    if isinstance(X, np.ndarray):
+        return X.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
+    return X, array_namespace(X).astype(y, X.dtype)
+
+
+def centred_training_data(X, y, offsets=None, with_variance=False):
+    """``(offset, y_offset, Xc, yc, var)``: the means of the training data X (n, D) and
+    y (n, L) (``offsets`` instead when given: a warm start), the data centred by them
+    and, ``with_variance``, the column variances of Xc (else None).
+
+    Numpy computes in float64. Other namespaces take the means and the centring in
+    float64 and return the centred data in the dtype of X.
+    """
+    if isinstance(X, np.ndarray):
+        offset, y_offset = (X.mean(axis=0), y.mean(axis=0)) if offsets is None else offsets
+        Xc = X - offset
+        return offset, y_offset, Xc, y - y_offset, Xc.var(axis=0) if with_variance else None
+    xp = array_namespace(X)
+    X64, y64 = xp.astype(X, xp.float64), xp.astype(y, xp.float64)
+    offset, y_offset = ((xp.mean(X64, axis=0), xp.mean(y64, axis=0)) if offsets is None
+                        else offsets)
+    Xc64 = X64 - offset
+    var = xp.var(Xc64, axis=0) if with_variance else None
+    return offset, y_offset, xp.astype(Xc64, X.dtype), xp.astype(y64 - y_offset, X.dtype), var
+
+
+def centred_features(X, feature_mean):
+    """Features centred by ``feature_mean``, in the precision the E-step runs in: float64
+    for numpy, the dtype of ``X`` otherwise."""
+    if isinstance(X, np.ndarray):
+        return X.astype(np.float64) - feature_mean
+    return X - array_namespace(X).astype(feature_mean, X.dtype)
+
+
+def take_rows(a, rows):
+    """The rows ``rows`` (numpy integers) of ``a``, in its namespace and on its device."""
+    if isinstance(a, np.ndarray):
+        return a[rows]
+    xp = array_namespace(a)
+    return xp.take(a, xp.asarray(rows, device=array_device(a)), axis=0)
+
+
+def own_contiguous(a):
+    """``a`` as an array of its own: numpy's C-contiguous (a copy unless it already is),
+    a copy in other namespaces (their views share memory)."""
+    if isinstance(a, np.ndarray):
+        return np.ascontiguousarray(a)
+    return array_namespace(a).asarray(a, copy=True)
+
+
+def namespace_converter(xp, device):
+    """A function moving arrays to namespace ``xp`` on ``device`` (numpy: to the host,
+    through each array's own namespace, which can read a device's memory)."""
+    if xp is np:
+        return to_numpy
+    return lambda value: move_to(value, xp=xp, device=device)

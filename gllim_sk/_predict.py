@@ -19,25 +19,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _dask
 from . import _gllim_math as gm
-from ._compat import (
-    _is_numpy_namespace,
-    array_namespace,
-    einsum,
-    get_namespace,
-    permute,
-)
+from ._compat import array_namespace, einsum, permute
+from ._compat import input_namespace as _input_namespace
 from ._kernels import _as_dtype, _total, as_dtype, centred_block, host_result_like  # noqa: F401
 from ._mixtures import mixture_log_density, sample_mixture_rows, stream_key
 from .posterior import merge_mixture
-
-
-def _input_namespace(*arrays):
-    """The namespace the inputs are computed in: numpy unless Array API dispatch is on
-    and they are arrays of another library."""
-    xp, is_array_api = get_namespace(*arrays)
-    if not is_array_api or _is_numpy_namespace(xp):
-        return np
-    return xp
 
 
 class PredictiveMixin:

@@ -18,10 +18,11 @@ from ._kernels import (
     cholesky_quad,
     cholesky_solve,
     floored_choleskys,
+    positive_part,
     repeated,
     squares,
+    symmetrised_with_diagonal,
     weighted_grams,
-    with_diagonal_added,
 )
 
 
@@ -196,7 +197,7 @@ class _DiagonalNoise(NoiseStructure):
         """Clip, pool across components as the kind says, and add ``reg``."""
         xp = array_namespace(raw)
         # Clip what cancellation in the expanded moments made negative.
-        var = xp.maximum(raw, xp.zeros_like(raw))
+        var = positive_part(raw)
         if var_floor is not None:
             # Clipping is the constrained maximiser of the per-feature M-step objective.
             var = xp.maximum(var, xp.broadcast_to(var_floor, var.shape))
@@ -469,6 +470,5 @@ TARGET_STRUCTURES = {cls.name: cls() for cls in (FullTarget, DiagTarget, Spheric
 
 
 def _finalize_gamma(target, gamma, pis, reg):
-    xp = array_namespace(gamma)
     gamma = target.project(gamma, pis)
-    return with_diagonal_added(0.5 * (gamma + swap_last(xp, gamma)), reg)
+    return symmetrised_with_diagonal(gamma, reg)

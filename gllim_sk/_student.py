@@ -33,8 +33,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _dask, _engine
 from . import _gllim_math as gm
-from ._compat import Interval
-from ._gllim import GLLiMRegressor, _input_namespace
+from ._compat import Interval, computes_with_numpy
+from ._gllim import GLLiMRegressor
 from ._mixtures import PredictiveMixture, mahalanobis_logdet
 
 # The degrees of freedom are kept in [2 ALPHA_MIN, 2 ALPHA_MAX]: beyond the upper bound
@@ -152,7 +152,7 @@ class StudentGLLiMModel(gm.GLLiMModel):
         base = super().plan(params, n_sq, **{**kwargs, "with_const": False})
         K, D, Lw = params.W.shape
         L = params.c.shape[1]
-        _, logdet_gamma, _ = gm.spd_inverse_and_logdet(params.gamma)
+        _, logdet_gamma = self.target_factors(params.gamma)
         logdet = self.noise.logdet(params.noise, K) + logdet_gamma
         if Lw:  # log|Sigma + W W'| = log|Sigma| + log|I + W' Sigma^-1 W|
             logdet -= np.linalg.slogdet(base.latent_cov)[1]
@@ -227,7 +227,7 @@ class StudentGLLiMModel(gm.GLLiMModel):
 # ------------------------------------------------------------------------ the estimator
 def _require_numpy(X):
     """The Student model computes in numpy (scipy's special functions): say so clearly."""
-    if _input_namespace(X) is not np:
+    if not computes_with_numpy(X):
         raise ValueError(
             "StudentGLLiMRegressor computes with numpy arrays only (scipy's special "
             "functions): pass numpy arrays (for a torch tensor, X.cpu().numpy()). "
