@@ -386,37 +386,59 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
             return 1
         return _init.candidate_count(self.init_candidates, n_samples, self.n_components)
 
-    def _start_params(self, problem, random_state):
-        """The parameters EM starts from: with one candidate, the first M-step from the
-        starting partition; with several, the parameters of the best of EM runs from as
-        many starting partitions on a random subset of the samples, by how well they
-        predict the targets of other samples (see :mod:`._init`). Online EM starts from
-        them too, on its first batch."""
+    def _fresh_run(self, problem, random_state, start, max_iter=None):
+        """EM from a fresh initialisation (see :mod:`._init`): from the single start of
+        ``init_params`` on all samples and, with several candidates, from the best of
+        EM runs from other starting partitions on a random subset of the samples, by how
+        well they predict the targets of other samples; the better of the two by the
+        same score. ``max_iter`` (default: the estimator's)
+        bounds the runs on all samples."""
+        single = self._run_em(problem, self._em_initial_params(problem, random_state), start,
+                              max_iter=max_iter)
         n = sum(problem.executor.sizes(problem.blocks))
         n_candidates = self._n_candidates(n)
         if n_candidates == 1:
-            return self._em_initial_params(problem, random_state)
+            return single
         rows, held_out = _init.candidate_rows(n, n_candidates, self.n_components,
                                               random_state)
         with ExitStack() as stack:
             subset = self._rows_problem(problem, rows, stack)
             scored = self._rows_problem(problem, held_out, stack)
             target_var = _init.target_variances(scored.executor, scored.blocks)
-            (bounds, params, n_iter, _), score = _init.best_start(
+
+            def score(params):
+                return _init.prediction_score(scored.model, scored.executor, scored.blocks,
+                                              params, target_var)
+
+            def run_score(run):
+                return score(run[1]) if np.isfinite(run[0][-1]) else -np.inf
+
+            # The single start has seen the scoring samples, the others have not: a
+            # subset's run must predict them better despite that to continue, and then
+            # beat the single start on them with both trained on them.
+            single_score = run_score(single)
+            best, best_score = _init.best_start(
                 lambda i: self._em_initial_params(
-                    subset, random_state, init_params=_init.candidate_kind(self.init_params, i)),
+                    subset, random_state,
+                    init_params=_init.candidate_kind(self.init_params, i + 1)),
                 # The runs on the subset are the initialisation's, whatever max_iter
                 # (which counts the iterations on all samples).
                 lambda params: self._run_em(subset, params, time(),
                                             max_iter=_init.CANDIDATE_MAX_ITER),
-                lambda params: _init.prediction_score(scored.model, scored.executor,
-                                                      scored.blocks, params, target_var),
-                n_candidates,
+                score, n_candidates - 1, reached=single_score,
             )
-        self._print(1, f"  best of up to {n_candidates} starts: score {score:.5f} on "
-                       f"{len(held_out)} other samples, lower bound {bounds[-1]:.5f} after "
-                       f"{n_iter} iteration(s) on {len(rows)} samples")
-        return params
+            self._print(1, f"  single start: score {single_score:.5f}; best of up to "
+                           f"{n_candidates - 1} other starts on {len(rows)} samples: "
+                           f"{best_score:.5f} (on {len(held_out)} other samples)")
+            if best_score <= single_score:
+                return single
+            continued = self._run_em(problem, best[1], start, max_iter=max_iter)
+            return continued if run_score(continued) > single_score else single
+
+    def _start_params(self, problem, random_state):
+        """:meth:`partial_fit`'s first start: the parameters of :meth:`_fresh_run`'s
+        choice without EM iterations on all samples."""
+        return self._fresh_run(problem, random_state, time(), max_iter=1)[1]
 
     def _rows_problem(self, problem, rows, stack):
         """The EM problem of the samples ``rows`` of ``problem``, in the data's namespace

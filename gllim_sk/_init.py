@@ -285,7 +285,7 @@ def candidate_kind(init_params, i):
     return init_params
 
 
-def best_start(make_start, run, score, n_candidates):
+def best_start(make_start, run, score, n_candidates, reached=-np.inf):
     """The start that continues: the best of up to ``n_candidates`` EM runs.
 
     ``make_start(i)`` makes the i-th starting point (drawing from the fit's random state);
@@ -295,7 +295,9 @@ def best_start(make_start, run, score, n_candidates):
     score; a run of non-finite likelihood or score only when every run is. Stops early
     once ``CANDIDATE_STOP_HITS`` runs have ended at the best score (within
     ``CANDIDATE_SAME_SCORE``): the same optimum found again and again is, most likely, the
-    best that further starts would find.
+    best that further starts would find. ``reached`` is the score of a start already run
+    elsewhere (the single start on all samples): it counts as one of those runs while
+    the best score does not exceed it.
     """
     best, best_score, hits = None, -np.inf, 0
     for i in range(n_candidates):
@@ -305,6 +307,6 @@ def best_start(make_start, run, score, n_candidates):
             hits += 1
         elif best is None or value > best_score:
             best, best_score, hits = result, value, 1
-        if hits >= CANDIDATE_STOP_HITS:
+        if hits + (reached >= best_score) >= CANDIDATE_STOP_HITS:
             break
     return best, best_score
