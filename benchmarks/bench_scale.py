@@ -240,7 +240,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=2_000)
     parser.add_argument("--held-out", type=int, default=20_000)
     parser.add_argument("--curve-every", type=int, default=10)
-    parser.add_argument("--learning-offset", type=float, default=10.0)
+    parser.add_argument("--learning-offset", type=float, default=2.0)
     parser.add_argument("--learning-decay", type=float, default=0.7)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args()

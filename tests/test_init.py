@@ -67,32 +67,69 @@ def test_prediction_score_of_the_errors_of_predict(gllim_ref, estimator, n_laten
     assert r2 <= clean < r2 + 0.1 * (2 - r2)  # u / (1 + u) <= u
 
 
-def test_the_start_that_predicts_best_continues(gllim_ref, monkeypatch):
-    # Record every run and its score: the one that continues is the best scored, and
-    # scoring is on samples that the runs did not see.
+@pytest.mark.parametrize("favour_subsets", [False, True])
+def test_the_single_start_or_a_better_predicting_run_continues(gllim_ref, monkeypatch,
+                                                               favour_subsets):
+    # Record every run on the subset and its score, and the single start's score on the
+    # same scoring samples: the fit keeps the single start unless the best run predicts
+    # those samples better. favour_subsets inflates the scores the search sees, so that
+    # the best run is always continued and the final comparison (by the real scores)
+    # decides.
     X, y = make_data(gllim_ref, n_samples=4000)
-    runs = []
+    runs, reached_seen = [], []
     best_start = _init.best_start
 
-    def recording(make_start, run_short, score, n_candidates):
+    def recording(make_start, run_short, score, n_candidates, reached):
+        reached_seen.append(reached)
+
         def scored_run(start):
             run = run_short(start)
             runs.append((run, score(run[1])))
             return run
-        return best_start(make_start, scored_run, score, n_candidates)
+
+        seen = (lambda params: score(params) + 10.0) if favour_subsets else score
+        return best_start(make_start, scored_run, seen, n_candidates, reached=reached)
 
     monkeypatch.setattr(_init, "best_start", recording)
     model = GLLiMRegressor(3, init_candidates=4, max_iter=1, tol=0, random_state=0)
     model.fit(X, y)
-    assert 3 <= len(runs) <= 4  # it may stop once 3 runs agree
+    single = GLLiMRegressor(3, init_candidates=1, max_iter=1, tol=0, random_state=0)
+    single.fit(X, y)
+    # Three runs on subsets (the single start is the fourth candidate); fewer when the
+    # stop rule ends the search.
+    assert 1 <= len(runs) <= 3 and len(reached_seen) == 1
     scores = [score for _, score in runs]
-    chosen = runs[int(np.argmax(scores))][0][1]
-    # max_iter=1: the fit's parameters are the chosen run's, evaluated on all samples.
-    assert_allclose(model._params.A, chosen.A)
-    assert_allclose(model._params.weights, chosen.weights)
+    if max(scores) > reached_seen[0]:
+        # max_iter=1: the fit's parameters are the chosen run's, evaluated on all samples.
+        expected = runs[int(np.argmax(scores))][0][1]
+        assert_allclose(model._params.A, expected.A)
+        assert_allclose(model._params.weights, expected.weights)
+    else:
+        assert_allclose(model._params.A, single._params.A, rtol=0)
+        assert_allclose(model.lower_bounds_, single.lower_bounds_, rtol=0)
     # Each run went to convergence (tol=0 on the fit: CANDIDATE_MAX_ITER iterations),
     # whatever the fit's max_iter.
     assert all(len(run[0]) == _init.CANDIDATE_MAX_ITER for run, _ in runs)
+
+
+def test_the_single_start_counts_in_the_stop_rule():
+    made = []
+
+    def make_start(i):
+        made.append(i)
+        return i
+
+    def run(i):
+        return [0.0], i, 1, True
+
+    scores = [1.0, 1.0, 1.0, 1.0]
+    # Two runs at the best score and a start elsewhere at least as good: stop.
+    _init.best_start(make_start, run, lambda i: scores[i], 4, reached=1.5)
+    assert made == [0, 1]
+    made.clear()
+    # Elsewhere worse: the third run at the best score stops it.
+    _init.best_start(make_start, run, lambda i: scores[i], 4, reached=0.5)
+    assert made == [0, 1, 2]
 
 
 def test_few_samples_start_as_init_candidates_1(gllim_ref):
