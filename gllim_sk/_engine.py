@@ -596,11 +596,6 @@ class EMMixin:
         may choose among several starting points)."""
         return self._em_initial_params(problem, random_state)
 
-    def _fresh_run(self, problem, random_state, start):
-        """EM from a fresh initialisation, as :meth:`_run_em` returns it (a hook: an
-        estimator may run EM from several starting points and keep one)."""
-        return self._run_em(problem, self._start_params(problem, random_state), start)
-
     def _fit_em(self, problem, random_state, warm_params=None):
         """Run EM ``n_init`` times (once from ``warm_params`` when given); keep the best.
 
@@ -613,10 +608,10 @@ class EMMixin:
             self._print(1, f"Initialization {init}")
             start = time()
             if warm_params is not None:
-                bounds, params, n_iter, converged = self._run_em(problem, warm_params, start)
+                params = warm_params
             else:
-                bounds, params, n_iter, converged = self._fresh_run(problem, random_state,
-                                                                    start)
+                params = self._start_params(problem, random_state)
+            bounds, params, n_iter, converged = self._run_em(problem, params, start)
             self._print(
                 1, f"Initialization {'converged' if converged else 'did not converge'}. "
                    f"time lapse {time() - start:.5f}s\t lower bound {bounds[-1]:.5f}"

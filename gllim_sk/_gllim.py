@@ -93,25 +93,23 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
     n_init : int, default=1
         Number of initialisations; the one with the highest final likelihood is kept.
     init_candidates : int, default=10
-        Starting partitions tried per initialisation. EM first runs from the single
-        start of ``init_params`` on all samples. Each other start (with its own k-means
-        seeding; partitions of y and of [y, X] in turn) starts EM on a random subset of
-        the samples (``1 / init_candidates`` of them, at least 100 per component) until
-        it converges (``tol``, at most 100 iterations). The single start is kept unless
-        the best of these runs predicts the targets of as many other samples better by
-        its conditional mean E[y | x] (the sum over targets of R^2, each sample's weight
-        bounded), although the single start has seen them and it has not; that run then
-        continues on all samples and is kept if it still predicts them better. One
-        partition of ``y`` often leads EM to a poor local optimum when components
-        overlap in ``y``; the other starts find the optimum far more often (measured in
+        Starting partitions tried per initialisation. Each (drawn by ``init_params``,
+        with its own k-means seeding) starts EM on a random subset of the samples
+        (``1 / init_candidates`` of them, at least 100 per component, and more than
+        ``n_features`` with ``covariance_type="full"`` or ``n_latent > 0``, where each
+        component has a D x D covariance to estimate) until it converges
+        (``tol``, at most 100 iterations); the one whose conditional mean E[y | x]
+        predicts the targets of as many other samples best (the sum over targets of
+        R^2) continues on all samples. One partition of ``y`` often leads EM to a poor
+        local optimum when components overlap in ``y``; the best of several finds the
+        optimum far more often, for about the cost of one more run (measured in
         ``benchmarks/bench_init.py``). Prediction, not likelihood, chooses: on real
         features the likelihood of (x, y) can favour partitions that follow clusters
         of the features over the targets. Fewer partitions are tried when there are
-        fewer than ``init_candidates * 100 * n_components`` samples, and only the
-        single start below ``200 * n_components`` samples, with ``resp_init`` or with
-        ``n_components=1``; ``init_candidates=1`` asks for it.
-        :meth:`partial_fit`'s first call starts the same way on its batch, without EM
-        iterations on the batch.
+        fewer than ``init_candidates`` times that many samples per component, and one
+        (the single start of ``init_params``) below twice that many, with
+        ``resp_init`` or with ``n_components=1``; ``init_candidates=1`` asks for it.
+        :meth:`partial_fit`'s first call starts the same way on its batch.
     init_params : {"kmeans", "kmeans_joint", "random"}, default="kmeans"
         How initial responsibilities are made: "kmeans" runs k-means on ``y`` followed by
         up to 20 EM iterations of a Gaussian mixture on ``y`` with covariances of type
@@ -388,66 +386,47 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         return _init.initial_resp(init_params, Xc, to_numpy(y), self.n_components,
                                   self.target_covariance_type, self.reg_covar, random_state)
 
-    def _n_candidates(self, n_samples):
+    def _n_candidates(self, n_samples, min_rows):
         """Starting partitions tried per initialisation (one when they would all agree;
         fewer than ``init_candidates`` on few samples, see :func:`._init.candidate_count`)."""
         if self.resp_init is not None or self.n_components == 1:
             return 1
-        return _init.candidate_count(self.init_candidates, n_samples, self.n_components)
+        return _init.candidate_count(self.init_candidates, n_samples, self.n_components,
+                                     min_rows)
 
-    def _fresh_run(self, problem, random_state, start, max_iter=None):
-        """EM from a fresh initialisation (see :mod:`._init`): from the single start of
-        ``init_params`` on all samples and, with several candidates, from the best of
-        EM runs from other starting partitions on a random subset of the samples, by how
-        well they predict the targets of other samples; the better of the two by the
-        same score. ``max_iter`` (default: the estimator's)
-        bounds the runs on all samples."""
-        single = self._run_em(problem, self._em_initial_params(problem, random_state), start,
-                              max_iter=max_iter)
+    def _start_params(self, problem, random_state):
+        """The parameters EM starts from: with one candidate, the first M-step from the
+        starting partition; with several, the parameters of the best of EM runs from as
+        many starting partitions on a random subset of the samples, by how well they
+        predict the targets of other samples (see :mod:`._init`). Online EM starts from
+        them too, on its first batch."""
         n = sum(problem.executor.sizes(problem.blocks))
-        n_candidates = self._n_candidates(n)
+        min_rows = _init.candidate_min_rows(problem.Xc.shape[1], self.covariance_type,
+                                            self.n_latent)
+        n_candidates = self._n_candidates(n, min_rows)
         if n_candidates == 1:
-            return single
+            return self._em_initial_params(problem, random_state)
         rows, held_out = _init.candidate_rows(n, n_candidates, self.n_components,
-                                              random_state)
+                                              random_state, min_rows)
         with ExitStack() as stack:
             subset = self._rows_problem(problem, rows, stack)
             scored = self._rows_problem(problem, held_out, stack)
             target_var = _init.target_variances(scored.executor, scored.blocks)
-
-            def score(params):
-                return _init.prediction_score(scored.model, scored.executor, scored.blocks,
-                                              params, target_var)
-
-            def run_score(run):
-                return score(run[1]) if np.isfinite(run[0][-1]) else -np.inf
-
-            # The single start has seen the scoring samples, the others have not: a
-            # subset's run must predict them better despite that to continue, and then
-            # beat the single start on them with both trained on them.
-            single_score = run_score(single)
-            best, best_score = _init.best_start(
+            (bounds, params, n_iter, _), score = _init.best_start(
                 lambda i: self._em_initial_params(
-                    subset, random_state,
-                    init_params=_init.candidate_kind(self.init_params, i + 1)),
+                    subset, random_state, init_params=_init.candidate_kind(self.init_params, i)),
                 # The runs on the subset are the initialisation's, whatever max_iter
                 # (which counts the iterations on all samples).
                 lambda params: self._run_em(subset, params, time(),
                                             max_iter=_init.CANDIDATE_MAX_ITER),
-                score, n_candidates - 1, reached=single_score,
+                lambda params: _init.prediction_score(scored.model, scored.executor,
+                                                      scored.blocks, params, target_var),
+                n_candidates,
             )
-            self._print(1, f"  single start: score {single_score:.5f}; best of up to "
-                           f"{n_candidates - 1} other starts on {len(rows)} samples: "
-                           f"{best_score:.5f} (on {len(held_out)} other samples)")
-            if best_score <= single_score:
-                return single
-            continued = self._run_em(problem, best[1], start, max_iter=max_iter)
-            return continued if run_score(continued) > single_score else single
-
-    def _start_params(self, problem, random_state):
-        """:meth:`partial_fit`'s first start: the parameters of :meth:`_fresh_run`'s
-        choice without EM iterations on all samples."""
-        return self._fresh_run(problem, random_state, time(), max_iter=1)[1]
+        self._print(1, f"  best of up to {n_candidates} starts: score {score:.5f} on "
+                       f"{len(held_out)} other samples, lower bound {bounds[-1]:.5f} after "
+                       f"{n_iter} iteration(s) on {len(rows)} samples")
+        return params
 
     def _rows_problem(self, problem, rows, stack):
         """The EM problem of the samples ``rows`` of ``problem``, in the data's namespace

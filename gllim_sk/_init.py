@@ -7,19 +7,11 @@ call and the deep GLLiM layer's initial mixture all start here, with the constan
   mixture of the targets (the paper's initialisation), k-means on the standardised joint
   ``[y, x]``, random or given responsibilities;
 * the *selection* among several starting partitions (see :func:`candidate_kind`, each
-  with its own k-means seeding): EM runs from the single start on all samples, and from
-  each other start on a random subset of the samples until it converges; the best of
-  the latter by how well its conditional mean E[y | x] predicts the targets of other
-  samples continues on all of them only if it predicts them better than the single
-  start (which has seen them), and is kept only if it still does then. A single k-means
-  partition of ``y`` lands in a poor local optimum whenever components overlap in
-  ``y``; the best of several finds the optimum far more often. Four measurements
-  (issue 19) shaped the rules:
-
-  - *the single start on all samples stays in*: on real features (p-HOG, D = 1,888,
-    6,400 heads, K = 20, seeds 0-4) the runs on subsets, continued on all samples,
-    ended worse than the single start (5.43 +- 0.05 degrees against 5.23 +- 0.02, and
-    a lower training score); compared with it, they are left out on every seed;
+  with its own k-means seeding): EM runs from each on a random subset of the samples until
+  it converges, and the run whose conditional mean E[y | x] best predicts the targets
+  of other samples continues on all of them. A single k-means partition of ``y`` lands
+  in a poor local optimum whenever components overlap in ``y``; the best of several
+  finds the optimum far more often. Three measurements (issue 19) shaped the rules:
 
   - *runs to convergence, not short runs*: from a partition of y, EM on badly separated
     components is slow, and after 10 iterations it is still far below the runs that are
@@ -32,11 +24,14 @@ call and the deep GLLiM layer's initial mixture all start here, with the constan
     worse (6.8-7.4 degrees against 5.3-5.8, seeds 0 and 1);
   - *partitions of y and of [y, x]*: the joint partitions are those clusters of the
     features on real data, where prediction leaves them out; on known models each kind
-    reaches the optimum where the other fails (see :func:`candidate_kind`).
+    reaches the optimum where the other fails (see :func:`candidate_kind`);
+  - *subsets large enough for a component's covariance*: with latent factors or full
+    noise covariances, runs on subsets of fewer than D samples per component end far
+    from where the same start ends on all samples (p-HOG, see
+    :func:`candidate_min_rows`); there are fewer starts, or only the single start.
 
-  The runs stop once three of them end at the same best score, the single start
-  counting as one while its score is at least as high, which makes easy problems
-  cheap.
+  The runs stop once three of them end at the same best score, which makes easy
+  problems cheap.
 
 This module knows nothing of threads or clusters: the executors of
 :mod:`gllim_sk._engine` run the steps, and :mod:`gllim_sk._dask` makes the same partitions
@@ -65,7 +60,8 @@ GMM_INIT_MIN_REG = 1e-6
 CANDIDATE_MAX_ITER = 100
 # The runs use a random subset of the samples: 1/init_candidates of them (so that all
 # runs together see about as many samples as one run on all samples), but at least this
-# many per component (fewer runs when the samples are too few) and at most
+# many per component (more than D with a D x D covariance per component, see
+# candidate_min_rows; fewer runs when the samples are too few) and at most
 # CANDIDATE_MAX_ROWS. As many other samples score them.
 CANDIDATE_MIN_ROWS_PER_COMPONENT = 100
 CANDIDATE_MAX_ROWS = 100_000
@@ -210,22 +206,39 @@ def initial_resp(init_params, Xc, y, n_components, target_covariance_type, reg_c
 
 
 # ---------------------------------------------------------------------------- selection
-def candidate_count(requested, n_samples, n_components):
+def candidate_min_rows(n_features, covariance_type, n_latent):
+    """The fewest samples per component a run on a subset gets:
+    ``CANDIDATE_MIN_ROWS_PER_COMPONENT``, and more than ``n_features`` where each
+    component has a D x D covariance of its own to estimate (``covariance_type="full"``
+    or latent factors, found by a PCA of its residuals): below D samples that covariance
+    is singular, and the subset's run ends far from where the same start ends on all
+    samples. On the p-HOG features of 6,400 synthetic heads (D = 1,888, K = 20,
+    ``n_latent=4``: 107 samples per component on each of 3 subsets) the best of the
+    runs, continued on all samples, ended at 5.43 +- 0.05 degrees (seeds 0-4) where the
+    single start ended at 5.23 +- 0.02; with this floor there is one start there."""
+    if covariance_type == "full" or n_latent > 0:
+        return max(CANDIDATE_MIN_ROWS_PER_COMPONENT, n_features + 1)
+    return CANDIDATE_MIN_ROWS_PER_COMPONENT
+
+
+def candidate_count(requested, n_samples, n_components,
+                    min_rows=CANDIDATE_MIN_ROWS_PER_COMPONENT):
     """How many starts to try: ``requested``, or fewer when the samples do not give each
-    short run its ``CANDIDATE_MIN_ROWS_PER_COMPONENT`` per component (so that all short
+    short run ``min_rows`` per component (:func:`candidate_min_rows`; so that all short
     runs together still see about as many samples as one run on all of them); 1 when
     they are not enough for two."""
-    floor = CANDIDATE_MIN_ROWS_PER_COMPONENT * n_components
+    floor = min_rows * n_components
     if requested * floor <= n_samples:
         return requested
     return max(1, min(requested, n_samples // floor))
 
 
-def candidate_rows(n_samples, n_candidates, n_components, random_state):
+def candidate_rows(n_samples, n_candidates, n_components, random_state,
+                   min_rows=CANDIDATE_MIN_ROWS_PER_COMPONENT):
     """Sorted indices of the samples the short runs use, and of as many other samples
     (fewer when fewer are left) that score them; ``n_candidates`` from
-    :func:`candidate_count`, at least 2."""
-    n_rows = max(-(-n_samples // n_candidates), CANDIDATE_MIN_ROWS_PER_COMPONENT * n_components)
+    :func:`candidate_count` with the same ``min_rows``, at least 2."""
+    n_rows = max(-(-n_samples // n_candidates), min_rows * n_components)
     n_rows = min(n_rows, CANDIDATE_MAX_ROWS)
     order = random_state.permutation(n_samples)
     return np.sort(order[:n_rows]), np.sort(order[n_rows:2 * n_rows])
@@ -294,7 +307,7 @@ def candidate_kind(init_params, i):
     return init_params
 
 
-def best_start(make_start, run, score, n_candidates, reached=-np.inf):
+def best_start(make_start, run, score, n_candidates):
     """The start that continues: the best of up to ``n_candidates`` EM runs.
 
     ``make_start(i)`` makes the i-th starting point (drawing from the fit's random state);
@@ -304,9 +317,7 @@ def best_start(make_start, run, score, n_candidates, reached=-np.inf):
     score; a run of non-finite likelihood or score only when every run is. Stops early
     once ``CANDIDATE_STOP_HITS`` runs have ended at the best score (within
     ``CANDIDATE_SAME_SCORE``): the same optimum found again and again is, most likely, the
-    best that further starts would find. ``reached`` is the score of a start already run
-    elsewhere (the single start on all samples): it counts as one of those runs while
-    the best score does not exceed it.
+    best that further starts would find.
     """
     best, best_score, hits = None, -np.inf, 0
     for i in range(n_candidates):
@@ -316,6 +327,6 @@ def best_start(make_start, run, score, n_candidates, reached=-np.inf):
             hits += 1
         elif best is None or value > best_score:
             best, best_score, hits = result, value, 1
-        if hits + (reached >= best_score) >= CANDIDATE_STOP_HITS:
+        if hits >= CANDIDATE_STOP_HITS:
             break
     return best, best_score
