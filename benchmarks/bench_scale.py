@@ -30,6 +30,11 @@ Quick versions::
 
     python benchmarks/bench_scale.py --part dask --n-samples 400000
     python benchmarks/bench_scale.py --part online --online-samples 50000 --seeds 0
+
+A short stream, 40 batches of 1,000 (``--learning-offset 10`` for the earlier default)::
+
+    python benchmarks/bench_scale.py --part online --online-samples 40000 \
+        --batch-size 1000 --held-out 5000 --seeds 0 1 2 3 4 5 6 7 8
 """
 
 import argparse
@@ -240,7 +245,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=2_000)
     parser.add_argument("--held-out", type=int, default=20_000)
     parser.add_argument("--curve-every", type=int, default=10)
-    parser.add_argument("--learning-offset", type=float, default=10.0)
+    parser.add_argument("--learning-offset", type=float, default=2.0)
     parser.add_argument("--learning-decay", type=float, default=0.7)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args()

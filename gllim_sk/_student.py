@@ -358,7 +358,7 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
         warm_start=False,
         verbose=0,
         verbose_interval=10,
-        learning_offset=10.0,
+        learning_offset=2.0,
         learning_decay=0.7,
         dof_init=40.0,
     ):

@@ -158,13 +158,13 @@ def make_hog_ir(n_components=50, *, n_latent=4, scales=DEFAULT_SCALES, n_jobs=No
         Parallel jobs for the HOG extraction.
     **gllim_params
         Further parameters of :class:`~gllim_sk.GLLiMRegressor` (``covariance_type``,
-        ``reg_covar``, ``max_iter``, ``random_state``, ...). ``init_candidates``
-        defaults to 1 here: the paper's single start from a k-means partition of all
-        the angles. On p-HOG features that start predicted better than the best of
-        several starts run on subsets of the samples (GLLiMRegressor's default): on
-        6,400 synthetic heads (K = 20, seeds 0-4) 5.23 +- 0.02 degrees mean error
-        against 5.43 +- 0.05. (On the Table 1 script's 1,600 training heads the default
-        is one start anyway: fewer than 200 samples per component.)
+        ``reg_covar``, ``max_iter``, ``random_state``, ...). With latent factors,
+        GLLiMRegressor's default tries other starts only on subsets of more than
+        1,888 samples (the p-HOG's length) per component, so with fewer than about
+        75,000 training images (K = 20) it is the paper's single start from a
+        k-means partition of all the angles. Starts run on smaller subsets did worse
+        on p-HOG: on 6,400 synthetic heads (K = 20, seeds 0-4) 5.43 +- 0.05 degrees
+        mean error against 5.23 +- 0.02 from the single start.
 
     Returns
     -------
@@ -182,8 +182,7 @@ def make_hog_ir(n_components=50, *, n_latent=4, scales=DEFAULT_SCALES, n_jobs=No
     return Pipeline(
         [
             ("hog", HOGPyramid(scales, n_jobs=n_jobs)),
-            ("gllim", GLLiMRegressor(n_components, n_latent=n_latent,
-                                     **{"init_candidates": 1, **gllim_params})),
+            ("gllim", GLLiMRegressor(n_components, n_latent=n_latent, **gllim_params)),
         ]
     )
 
@@ -281,6 +280,9 @@ def make_vgg_ir(n_components=50, *, weights="DEFAULT", input_size=224, batch_siz
     """
     return Pipeline([
         ("vgg", _vgg_step(weights, input_size, batch_size, device, vgg_params or {})),
-        # The paper's single start from all the angles, as make_hog_ir (see there).
+        # The paper's single start from all the angles: the default's starts on
+        # subsets (diagonal noise, no latent factors: 100 samples per component) have
+        # not been measured on fc7 features; on p-HOG, subsets too small for the
+        # features did worse (see make_hog_ir).
         ("gllim", GLLiMRegressor(n_components, **{"init_candidates": 1, **gllim_params})),
     ])

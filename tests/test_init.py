@@ -28,6 +28,22 @@ def test_candidate_count_keeps_100_rows_per_component(requested, n_samples, n_co
     assert _init.candidate_count(requested, n_samples, n_components) == expected
 
 
+@pytest.mark.parametrize(("n_features", "covariance_type", "n_latent", "expected"), [
+    (1888, "diag", 0, 100),  # per-feature variances: no D x D covariance per component
+    (1888, "tied", 0, 100),  # one covariance for all components, from all samples
+    (50, "full", 0, 100),
+    (500, "full", 0, 501),
+    (1888, "diag", 4, 1889),  # the p-HOG's latent factors
+    (20, "spherical", 2, 100),
+])
+def test_subsets_hold_more_than_d_rows_per_d_by_d_covariance(n_features, covariance_type,
+                                                            n_latent, expected):
+    assert _init.candidate_min_rows(n_features, covariance_type, n_latent) == expected
+    # HOG-IR's 6,400 training heads and K = 20: one start with latent factors.
+    count = _init.candidate_count(10, 6_400, 20, expected)
+    assert count == (3 if expected == 100 else 1)
+
+
 def test_candidate_rows_are_disjoint_subsets():
     rng = np.random.RandomState(0)
     rows, held_out = _init.candidate_rows(6_400, 3, 20, rng)
@@ -93,6 +109,23 @@ def test_the_start_that_predicts_best_continues(gllim_ref, monkeypatch):
     # Each run went to convergence (tol=0 on the fit: CANDIDATE_MAX_ITER iterations),
     # whatever the fit's max_iter.
     assert all(len(run[0]) == _init.CANDIDATE_MAX_ITER for run, _ in runs)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_latent_factors_on_few_samples_per_feature_start_as_init_candidates_1(gllim_ref):
+    # 1,000 samples, K = 3, D = 200: three subsets of 333 samples with diagonal noise,
+    # but with a latent factor each subset would need 201 per component: one start.
+    rng = np.random.default_rng(0)
+    y = rng.uniform(size=(1000, 2))
+    X = np.hstack([y, y**2, np.sin(3 * y)]) @ rng.normal(size=(6, 200))
+    X += 0.1 * rng.normal(size=X.shape)
+    kw = dict(n_latent=1, random_state=0, max_iter=20)
+    default = GLLiMRegressor(3, **kw).fit(X, y)
+    single = GLLiMRegressor(3, init_candidates=1, **kw).fit(X, y)
+    assert_allclose(default.lower_bounds_, single.lower_bounds_, rtol=0)
+    assert_allclose(default.predict(X), single.predict(X), rtol=0)
+    # Without the latent factor there are several starts, which end elsewhere.
+    assert _init.candidate_count(10, 1000, 3, _init.candidate_min_rows(200, "diag", 0)) == 3
 
 
 def test_few_samples_start_as_init_candidates_1(gllim_ref):

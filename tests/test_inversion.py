@@ -20,9 +20,10 @@ def bimodal():
     Y, X = simulate(F, 3000, noise_std=0.0, random_state=0)
     # One start, stopped early (tol): the mode weights are within 0.15 of the true 0.5
     # for a model near the symmetric k-means partition of y. EM run to convergence
-    # makes them less even, from one start (0 of seeds 0-9 pass with tol=1e-6) or from
-    # the best of several (2 of 10; one start at the default tol: 4 of 10), at the same
-    # held-out likelihood. This fixture tests the inversion, not the initialisation.
+    # makes them less even: one start with tol=1e-6 passes on 0 of seeds 0-9 (at the
+    # same held-out likelihood), the default's best of several starts on 1 of 10, one
+    # start at the default tol on 4 of 10. This fixture tests the inversion, not the
+    # initialisation.
     model = GLLiMRegressor(n_components=10, init_candidates=1, random_state=0).fit(X, Y)
     return F, model
 

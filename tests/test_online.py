@@ -15,7 +15,7 @@ from numpy.testing import assert_allclose
 from sklearn.base import clone
 from sklearn.utils._param_validation import InvalidParameterError
 
-from gllim_sk import GLLiMRegressor
+from gllim_sk import GLLiMRegressor, _init
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -30,15 +30,19 @@ def batches(X, y, size):
     return [(X[i : i + size], y[i : i + size]) for i in range(0, len(X), size)]
 
 
-@pytest.mark.parametrize("init_candidates", [1, 5])
-def test_first_call_is_the_batch_fits_first_em_iteration(gllim_ref, init_candidates):
-    # The first call starts as fit does on its batch (with several starting partitions,
-    # from the best of their short runs) and adds one EM iteration.
+@pytest.mark.parametrize("init_candidates", [1, 4])
+def test_first_call_is_one_em_iteration_from_the_fits_start(gllim_ref, init_candidates):
+    # The first call starts as fit does on its batch (with 4 candidates on 1,200
+    # samples and K=3: the single start or the best of 3 runs on subsets), without
+    # iterations on the batch, and adds one EM iteration: fit with max_iter=1 (the
+    # start), then one more iteration from there.
     X, y = make_data(gllim_ref)
+    assert _init.candidate_count(init_candidates, len(X), 3) == init_candidates
     kw = dict(n_components=3, random_state=0, covariance_type="full", tol=0,
               init_candidates=init_candidates)
-    online = GLLiMRegressor(**kw).partial_fit(X[:300], y[:300])
-    one_more = GLLiMRegressor(**kw, max_iter=2).fit(X[:300], y[:300])
+    online = GLLiMRegressor(**kw).partial_fit(X, y)
+    one_more = GLLiMRegressor(**kw, max_iter=1).fit(X, y)
+    one_more.set_params(warm_start=True, max_iter=2).fit(X, y)
     assert online.n_batch_iter_ == 1
     for p, q in zip(gllim_ref.dense_params(online).values(),
                     gllim_ref.dense_params(one_more).values(), strict=True):

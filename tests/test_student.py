@@ -17,7 +17,7 @@ from scipy.special import digamma, logsumexp
 from scipy.stats import multivariate_t
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from gllim_sk import GLLiMRegressor, StudentGLLiMRegressor
+from gllim_sk import GLLiMRegressor, StudentGLLiMRegressor, _init
 from gllim_sk._student import inverse_digamma
 
 
@@ -528,15 +528,19 @@ def weighted_student_m_step(X, y, resp, u, log_u, weight, floors):
     return {name: np.array(v) for name, v in out.items()} | {"pi": nk / nk.sum()}, alpha
 
 
-@pytest.mark.parametrize("init_candidates", [1, 5])
-def test_partial_fit_first_call_is_the_fits_first_em_iteration(dense_ref, init_candidates):
-    # The first call starts as fit does on its batch (with several starting partitions,
-    # from the best of their short runs) and adds one EM iteration.
-    X, y, _ = heavy_tailed_data(dense_ref, 3)
+@pytest.mark.parametrize("init_candidates", [1, 4])
+def test_partial_fit_first_call_is_one_em_iteration_from_the_fits_start(dense_ref,
+                                                                        init_candidates):
+    # The first call starts as fit does on its batch (with 4 candidates on 1,200
+    # samples and K=3: the single start or the best of 3 runs on subsets), without
+    # iterations on the batch, and adds one EM iteration.
+    X, y, _ = heavy_tailed_data(dense_ref, 3, n=1200)
+    assert _init.candidate_count(init_candidates, len(X), 3) == init_candidates
     kw = dict(n_components=3, random_state=0, reg_covar=1e-6, tol=0,
               init_candidates=init_candidates)
     online = StudentGLLiMRegressor(**kw).partial_fit(X, y)
-    one_more = StudentGLLiMRegressor(**kw, max_iter=2).fit(X, y)
+    one_more = StudentGLLiMRegressor(**kw, max_iter=1).fit(X, y)
+    one_more.set_params(warm_start=True, max_iter=2).fit(X, y)
     assert online.n_batch_iter_ == 1
     for p, q in zip(dense_ref.dense_params(online).values(),
                     dense_ref.dense_params(one_more).values(), strict=True):
