@@ -133,6 +133,24 @@ def test_student_head_weights_the_loss_by_the_expected_scale(blobs):
     assert reg.history_[1, "loss_before"] == pytest.approx(expected, rel=1e-4)
     assert np.isfinite(reg.history_[1, "loss"])
 
+    # loss_weights="responsibilities": the same Student mixture, every sample weighted
+    # by r_nk alone (eq. (9) of the Gaussian head), from the same starting point.
+    plain = tiny_gllim(n_alternations=1, loss_weights="responsibilities", **common)
+    plain.fit(images, y)
+    assert isinstance(plain.gllim_, StudentGLLiMRegressor)
+    assert plain.history_[1, "loss_before"] == pytest.approx(np.mean(quad) / X.shape[1],
+                                                             rel=1e-4)
+    assert plain.history_[1, "loss_before"] != pytest.approx(expected, rel=1e-3)
+
+
+def test_loss_weights_change_nothing_for_the_gaussian_head(blobs):
+    images, y = blobs
+    fits = [tiny_gllim(n_alternations=1, loss_weights=w, validation_fraction=0.0,
+                       random_state=0).fit(images, y)
+            for w in ("expected_scale", "responsibilities")]
+    np.testing.assert_array_equal(fits[0].predict(images), fits[1].predict(images))
+    assert fits[0].history_[1, "loss"] == fits[1].history_[1, "loss"]
+
 
 def test_flat_parameters_are_deprecated_and_equal_the_head(blobs):
     images, y = blobs

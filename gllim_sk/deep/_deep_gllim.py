@@ -243,8 +243,8 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
        mixture held fixed; each sample's term under component k is weighted by
        ``r_nk * gllim.expected_scale(x, y)[n, k]`` (divided by its mean over the
        training set): 1 for the Gaussian head, the E-step's expected scale u for the
-       Student head, small for images whose label no component explains (e.g. a
-       wrong label);
+       Student head (``loss_weights="expected_scale"``), or by ``r_nk`` alone
+       (``loss_weights="responsibilities"``);
     4. steps 2-3 repeated ``n_alternations`` times; a held-out validation fraction keeps
        the best network and mixture.
 
@@ -295,6 +295,17 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         this is exactly the authors' loss). ``"mixture"``: eq. (8) with the full
         Sigma_k^-1, which lets the network shrink the features' noise along the
         mixture's low-variance directions, a degenerate direction of the likelihood.
+    loss_weights : {"expected_scale", "responsibilities"}, default="expected_scale"
+        Weight of sample n under component k in the network's loss.
+        ``"expected_scale"``: ``r_nk`` times the head's ``expected_scale``, the
+        gradient of the head's own log-likelihood (for a Student head, the E-step's u,
+        small for pairs far from every component). ``"responsibilities"``: ``r_nk``
+        alone, the Gaussian loss of eq. (9) whatever the head; a Student head then
+        makes the mixture's fit robust while the network's loss stays the authors'.
+        The two are the same for the Gaussian head. With many more features than
+        targets, u follows the distance of the features rather than that of the label,
+        and down-weights hard images rather than wrong labels (the user guide's
+        label-noise section measures both).
     covariance_type, target_covariance_type, reg_covar, gllim_max_iter, gllim_tol
         Deprecated (see ``n_components``).
     model : str or torch.nn.Module, default="vgg16"
@@ -435,6 +446,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         "n_components": [Interval(Integral, 1, None, closed="left"), _DEPRECATED],
         "gllim": [HasMethods(list(HEAD_INTERFACE)), None],
         "loss_noise": [StrOptions({"isotropic", "mixture"})],
+        "loss_weights": [StrOptions({"expected_scale", "responsibilities"})],
         "covariance_type": [StrOptions(set(NOISE_STRUCTURES)), _DEPRECATED],
         "target_covariance_type": [StrOptions(set(TARGET_STRUCTURES)), _DEPRECATED],
         "preset": [StrOptions(set(_PRESETS))],
@@ -465,6 +477,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
     _nesterov = True
 
     def __init__(self, n_components="deprecated", *, gllim=None, loss_noise="isotropic",
+                 loss_weights="expected_scale",
                  covariance_type="deprecated", target_covariance_type="deprecated",
                  model="vgg16", weights=None, preset="quick",
                  embedding_dim=None, pca_bias="center", responsibilities="exact",
@@ -477,6 +490,7 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
         self.n_components = n_components
         self.gllim = gllim
         self.loss_noise = loss_noise
+        self.loss_weights = loss_weights
         self.covariance_type = covariance_type
         self.target_covariance_type = target_covariance_type
         self.model = model
@@ -761,11 +775,13 @@ class DeepGLLiMRegressor(RegressorMixin, DeepEstimatorBase):
             resp = self._finetune_resp(state.gllim, state.X_train, state.y_train,
                                        state.initial_resp if frozen_before else None,
                                        state.draw_rng)
-            # r_nk times the head's weight of each sample (the Student head's u_nk),
-            # divided by their mean: u is about alpha_k for a typical sample, and the
-            # learning rate keeps the step size it has with the Gaussian head (u = 1).
-            weights = resp * state.gllim.expected_scale(state.X_train, state.y_train)
-            weights /= weights.sum() / resp.sum()
+            weights = resp
+            if self.loss_weights == "expected_scale":
+                # r_nk times the head's weight of each sample (the Student head's u_nk),
+                # divided by their mean: u is about alpha_k for a typical sample, and the
+                # learning rate keeps the step size it has with the Gaussian head (u = 1).
+                weights = resp * state.gllim.expected_scale(state.X_train, state.y_train)
+                weights /= weights.sum() / resp.sum()
             row["loss_before"] = _dataset_loss(state.gllim, state.X_train, state.y_train,
                                                weights, self.loss_noise)
             epochs = self._finetune(state.gllim, state.inputs, state.split, state.y_train,
