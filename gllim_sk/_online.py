@@ -12,9 +12,9 @@ from sklearn.utils import check_random_state
 
 from . import _engine
 from . import _gllim_math as gm
+from ._compat import computes_with_numpy
 from ._engine import unchanged_on_failure
 from ._gllim_math import LATENT_NOISE_FLOOR
-from ._predict import _input_namespace
 
 # Online EM re-seeds a component whose weight falls below this fraction of 1/K.
 DEAD_COMPONENT_WEIGHT = 0.1
@@ -109,7 +109,7 @@ class OnlineEMMixin:
         # Every call, not only the first (scikit-learn's _fit_context validates a
         # partial_fit once): set_params may have changed them since.
         self._validate_params()
-        if _input_namespace(X, y) is not np:
+        if not computes_with_numpy(X, y):
             raise TypeError(
                 "partial_fit runs on numpy arrays only (online EM keeps its statistics on "
                 "the host); under Array API dispatch, fit takes arrays of other libraries. "
