@@ -124,8 +124,18 @@ def test_inversion_errors(bimodal):
         invert(model, X, importance="all")
     with pytest.raises(ValueError, match="y_true"):
         invert(model, X).coverage()
-    with pytest.raises(ValueError, match="Per-observation full noise covariances"):
-        invert(model, X, feature_noise_cov=np.ones((1, 2, 2)))
+    with pytest.raises(ValueError, match=r"feature_noise_cov must have shape \(2, 2\) or"):
+        invert(model, X, feature_noise_cov=np.ones((2, 2, 2)))
+    bad = np.stack([0.01 * np.eye(2), -0.01 * np.eye(2)])  # the second is indefinite
+    with pytest.raises(ValueError, match=r"positive semi-definite .*\(sample 1\)"):
+        invert(model, np.vstack([X, X]), feature_noise_cov=bad)
+    with pytest.raises(ValueError, match=r"positive definite .*\(sample 1\)"):
+        invert(model, np.vstack([X, X]), feature_noise_cov=np.abs(bad), likelihood_cov=bad,
+               forward_model=F, importance="full")
+    with pytest.raises(ValueError, match="likelihood_var must be"):
+        invert(model, X, forward_model=F, importance="full", likelihood_var=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="merge_min_weight"):
+        invert(model, X, merge_min_weight=1.0)
     # The likelihood's noise is checked as importance_sampling's noise_covariance is.
     D = X.shape[1]
     skew = 0.01 * np.eye(D)
