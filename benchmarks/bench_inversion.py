@@ -17,17 +17,26 @@ its own:
   covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
   ``--gllim-iters`` EM iterations, default ``--iters``), then
   :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
-  variances (posterior mixture, mean, 2 merged modes, PIT coverage); importance
-  sampling on the first ``--n-is`` observations.
+  variances (posterior mixture, mean, 2 merged modes, PIT coverage), timed keeping the
+  whole mixture and keeping the summaries only (``keep_mixture=False``); importance
+  sampling (1000 draws) and IMIS (500 + 5 x 100) on the first ``--n-is`` observations.
 - ``xllim`` (``pip install xllim``; skipped when absent): the same simulations, same K,
   same covariance structures, ``--iters`` EM iterations, its own initialisation;
-  ``inverseDensities`` with the same variances. Coverage is computed from its full
-  posterior mixture with the same code.
+  ``inverseDensities`` with the same variances (its time includes its merging into 2
+  modes). Coverage is computed from its full posterior mixture with the same code.
+  xllim learns the parameters of its own ``HapkeModel`` (omega = 1 - (1 - u)^2,
+  theta_bar = 30 u, b = u, c = 2 u - 1), so that its importance sampling and IMIS
+  (same draws as ours) run its model; means and PITs are mapped back exactly. Its
+  prior is uniform in u (not in omega), and it returns corrected means and variances
+  only: its intervals are Gaussian ones.
 - ``sbi`` (``pip install sbi``; skipped when absent): neural posterior estimation
   (sbi's default MAF) on the same simulations, trained for the wall-clock budget of
   ``--sbi-budget`` seconds (default: the longer of gllim_sk's and xllim's learning
   times), epoch by epoch; posterior means and coverage from ``--sbi-draws`` draws per
   observation (it cannot use the per-observation variances: it learnt the 1% noise).
+- ``ratio`` (after ``gllim`` and ``xllim``): the two inversions of the test set with the
+  models just learnt, alternated ``--ratio-rounds`` times in one process, so that each
+  pair of timings is taken under the same load (the machine may be shared).
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
 
@@ -44,6 +53,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import pickle
 import resource
 import sys
 import tempfile
@@ -116,6 +126,8 @@ def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint"):
     t = time.perf_counter()
     model.fit(d["X"], d["Y"])
     learn = time.perf_counter() - t
+    with open(os.path.join(os.path.dirname(path), "gllim.pkl"), "wb") as fh:
+        pickle.dump(model, fh)  # for the interleaved timing ("ratio")
     t = time.perf_counter()
     res = invert(model, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
     inv = time.perf_counter() - t
@@ -187,6 +199,9 @@ def run_xllim(path, K, iters, n_is, seed):
     # train(x, y, max_iterations, ll_ratio (0: run them all), floor, verbose)
     model.train(low, high, iters, 0.0, 1e-6, 0)
     learn = time.perf_counter() - t
+    params = model.getParams()
+    np.savez(os.path.join(os.path.dirname(path), "xllim.npz"),
+             **{name: np.asarray(getattr(params, name)) for name in XLLIM_PARAMS})
     obs = np.ascontiguousarray(d["Xt"].T)
     err = np.ascontiguousarray(np.sqrt(d["var_obs"]).T)
     t = time.perf_counter()
@@ -234,6 +249,44 @@ def run_xllim(path, K, iters, n_is, seed):
             out[f"{key}_ess_median"] = float(np.median(r.effective_sample_size))
         out["n_is"] = n_is
     return out
+
+
+XLLIM_PARAMS = ("A", "B", "C", "Gamma", "Pi", "Sigma")
+
+
+def run_ratio(path, K, rounds):
+    """gllim_sk's and xllim's inversions of the test set, alternated ``rounds`` times in
+    one process (the models the other parts learnt): each pair of timings is taken
+    under the same load."""
+    import xllim
+
+    from gllim_sk.inversion import invert
+
+    d = np.load(path)
+    folder = os.path.dirname(path)
+    with open(os.path.join(folder, "gllim.pkl"), "rb") as fh:
+        ours = pickle.load(fh)
+    saved = np.load(os.path.join(folder, "xllim.npz"))
+    D, L = d["X"].shape[1], d["Y"].shape[1]
+    theirs = xllim.GLLiM(K, D, L, "full", "diag")
+    params = type(theirs.getParams())(K, D, L)
+    for name in XLLIM_PARAMS:
+        setattr(params, name, saved[name])
+    theirs.setParams(params)
+    obs = np.ascontiguousarray(d["Xt"].T)
+    err = np.ascontiguousarray(np.sqrt(d["var_obs"]).T)
+    times = {"gllim": [], "gllim_summaries": [], "xllim": []}
+    for _ in range(rounds):
+        t = time.perf_counter()
+        invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
+        times["gllim"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2, keep_mixture=False)
+        times["gllim_summaries"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        theirs.inverseDensities(obs, err, 2, 1e-10, 0)
+        times["xllim"].append(time.perf_counter() - t)
+    return times
 
 
 def run_sbi(path, budget, draws, seed):
@@ -394,7 +447,10 @@ def main(argv=None):
     p.add_argument("--dask-n", type=int, default=4_000_000)
     p.add_argument("--dask-iters", type=int, default=5)
     p.add_argument("--dask-chunk", type=int, default=250_000)
-    p.add_argument("--parts", default="gllim,xllim,sbi,dask")
+    p.add_argument("--ratio-rounds", type=int, default=3,
+                   help="rounds of the interleaved inversion timing (part 'ratio', after "
+                   "gllim and xllim)")
+    p.add_argument("--parts", default="gllim,xllim,ratio,sbi,dask")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
@@ -424,6 +480,19 @@ def main(argv=None):
                           f"x{x['invert_s'] / g['invert_summaries_s']:.1f} (summaries)")
             else:
                 print("xllim   skipped: not installed (pip install xllim)")
+        if "ratio" in parts and "learn_s" in results.get("gllim", {}) \
+                and "learn_s" in results.get("xllim", {}):
+            r = in_child(run_ratio, path, args.K, args.ratio_rounds)
+            results["ratio"] = r
+            if "error" in r:
+                print(f"ratio   error: {r['error']}")
+            else:
+                print("ratio   the two inversions alternated in one process (s): "
+                      + "; ".join(f"{k} " + "/".join(f"{v:.3f}" for v in r[k]) for k in r))
+                for k in ("gllim", "gllim_summaries"):
+                    ratios = np.array(r["xllim"]) / np.array(r[k])
+                    print(f"        xllim / {k}: median x{np.median(ratios):.1f} "
+                          f"(rounds: {', '.join(f'{q:.1f}' for q in ratios)})")
         if "sbi" in parts:
             if available("sbi"):
                 budget = args.sbi_budget or max(

@@ -28,7 +28,6 @@ from sklearn.utils import check_random_state
 
 from . import _dask
 from ._compat import to_numpy
-from ._small_spd import spd_logdet
 from ._mixtures import (  # noqa: F401  (the densities and draws are documented here)
     LOG_2PI,
     PredictiveMixture,
@@ -43,6 +42,7 @@ from ._mixtures import (  # noqa: F401  (the densities and draws are documented 
     stream_key,
     t_covariance_factor,
 )
+from ._small_spd import spd_logdet
 
 __all__ = ["ImportanceSamplingResult", "importance_sampling", "merge_mixture"]
 

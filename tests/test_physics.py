@@ -266,7 +266,8 @@ x3 = xllim.ShkuratovModel(geo.copy(), "3p", np.ones(3), np.zeros(3))
 cos_i = np.cos(np.radians(inc))
 worst = 0.0
 for _ in range(40):
-    a_n, mu1, m, mu2 = rng.uniform(0.05, 1), rng.uniform(0, 3), rng.uniform(0, 10),         rng.uniform(0, 3)
+    a_n, mu1 = rng.uniform(0.05, 1), rng.uniform(0, 3)
+    m, mu2 = rng.uniform(0, 10), rng.uniform(0, 3)
     ref5 = x5.F(np.array([[a_n], [mu1], [0.0], [m], [mu2]])).ravel()
     ref3 = x3.F(np.array([[a_n], [mu1], [0.0]])).ravel()
     got5 = ours(np.array([[a_n, mu1, m, mu2, 0.0]]))[0] / cos_i

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from gllim_sk._small_spd import MAX_DIM, _BLOCK, spd_logdet
+from gllim_sk._small_spd import _BLOCK, MAX_DIM, spd_logdet
 
 
 @pytest.mark.parametrize("p", [1, 2, 3, 4, 6, MAX_DIM, MAX_DIM + 1])
