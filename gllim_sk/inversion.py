@@ -291,7 +291,7 @@ class _Inverter:
                              "likelihood_var": 1, "likelihood_cov": 2},
                      row_offset="first_row")
     def run(self, X, y_true=None, *, feature_noise_var=None, feature_noise_cov=None,
-            likelihood_var=None, likelihood_cov=None, first_row=0):
+            likelihood_var=None, likelihood_cov=None, likelihood_rows=None, first_row=0):
         s = self.settings
         X = np.asarray(X, dtype=float)
         n, D = X.shape
@@ -309,16 +309,15 @@ class _Inverter:
         if importance:
             seed = np.random.SeedSequence([s["seed"], int(first_row)])
             rng = np.random.RandomState(np.random.MT19937(seed))
-            if likelihood_cov is not None and np.ndim(likelihood_cov) == 2:
-                loglik = _gaussian_log_likelihood(likelihood_cov, D)
-                aug = X
-            elif likelihood_cov is None and np.ndim(likelihood_var) < 2:
-                loglik = _gaussian_log_likelihood(likelihood_var, D)
-                aug = X
-            else:  # per-observation noise: carried by the rows, as extra columns
+            if likelihood_rows is not None:
+                # Per-observation noise: carried by the rows, as extra columns
+                # (:func:`_row_noise`, made by ``invert``).
                 loglik = _row_noise_loglik(D)
-                S = likelihood_cov if likelihood_cov is not None else likelihood_var
-                aug = np.hstack([X, _row_noise(np.asarray(S, dtype=float), n, D)])
+                aug = np.hstack([X, np.asarray(likelihood_rows, dtype=float)])
+            else:
+                loglik = _gaussian_log_likelihood(
+                    likelihood_cov if likelihood_cov is not None else likelihood_var, D)
+                aug = X
             extra = aug.shape[1] - D
 
             def forward(Y):
@@ -553,10 +552,27 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
                 "imis_batch": imis_batch, "seed": seed}
     inverter = _Inverter(model, forward_model, log_prior, settings)
     args = (X,) if y_true is None else (X, y_true)
+    likelihood_rows = None
+    if importance is not None and (np.ndim(likelihood_var) == 2
+                                   or np.ndim(likelihood_cov) == 3):
+        # One noise per observation: its whitening and log-determinant become extra
+        # columns of the rows (made block by block for dask arrays).
+        S = likelihood_cov if likelihood_cov is not None else likelihood_var
+        likelihood_var = likelihood_cov = None
+        if _dask.is_dask_array(S):
+            S = S.rechunk({i: -1 for i in range(1, S.ndim)})
+            width = (D * D if S.ndim == 3 else D) + 1
+            likelihood_rows = S.map_blocks(
+                lambda b: _row_noise(np.asarray(b, dtype=float), b.shape[0], D),
+                dtype=float, chunks=(S.chunks[0], (width,)),
+                drop_axis=[2] if S.ndim == 3 else [])
+        else:
+            likelihood_rows = _row_noise(np.asarray(S, dtype=float), n, D)
     out = list(inverter.run(*args, feature_noise_var=feature_noise_var,
                             feature_noise_cov=feature_noise_cov,
                             likelihood_var=likelihood_var if importance else None,
-                            likelihood_cov=likelihood_cov if importance else None))
+                            likelihood_cov=likelihood_cov if importance else None,
+                            likelihood_rows=likelihood_rows))
     keys = (["weights", "means", "covariances"] if keep_mixture else []) + [
         "mean", "covariance", "std", "mode_weights", "mode_means", "mode_covariances",
         "n_modes"]

@@ -216,6 +216,16 @@ def test_importance_sampling_with_per_observation_full_covariances():
     eager = invert(model, Xd, feature_noise_cov=Sd)
     assert np.allclose(lazy.mean, eager.mean) and np.allclose(lazy.covariances,
                                                               eager.covariances)
+    # Importance sampling with per-observation noises in dask blocks: diagonal
+    # covariances give the variances' weights exactly (same draws, same seeds).
+    var = np.repeat(np.array([[4e-4, 5e-4], [9e-4, 6e-4]]), 3, axis=0)
+    kw = dict(forward_model=F, importance="full", n_draws=200, random_state=1)
+    by_var = invert(model, da.from_array(Xd, chunks=4), feature_noise_var=da.from_array(
+        var, chunks=4), **kw).compute()
+    by_cov = invert(model, da.from_array(Xd, chunks=4), feature_noise_cov=da.from_array(
+        var[:, :, None] * np.eye(2), chunks=4), **kw).compute()
+    assert np.allclose(by_var.is_mean, by_cov.is_mean, rtol=1e-10)
+    assert np.allclose(by_var.effective_sample_size, by_cov.effective_sample_size)
 
 
 def test_student_intervals_and_pits_use_the_t_distribution():

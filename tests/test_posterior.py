@@ -75,21 +75,26 @@ def runnalls_cost_dense(w1, m1, P1, w2, m2, P2):
                   - w2 * np.log(np.linalg.det(P2))), (w, m, P)
 
 
+def greedy_reference(comps, n_keep):
+    """Runnalls' greedy merging written out: all pairs, dense determinants; the kept
+    components (weight, mean, covariance) heaviest first."""
+    while len(comps) > n_keep:
+        best = min(
+            ((a, b) for a in range(len(comps)) for b in range(a + 1, len(comps))),
+            key=lambda ab: runnalls_cost_dense(*comps[ab[0]], *comps[ab[1]])[0],
+        )
+        merged = runnalls_cost_dense(*comps[best[0]], *comps[best[1]])[1]
+        comps = [c for j, c in enumerate(comps) if j not in best] + [merged]
+    return sorted(comps, key=lambda c: -c[0])
+
+
 def test_merge_follows_runnalls_greedy_order():
     """Reference: a greedy loop over all pairs with dense determinants."""
     rng = np.random.default_rng(3)
     weights, means, covs = random_mixtures(rng, 5, 6, 2)
     w2, m2, c2 = merge_mixture(weights, means, covs, 2)
     for i in range(5):
-        comps = [(weights[i, k], means[i, k], covs[k]) for k in range(6)]
-        while len(comps) > 2:
-            best = min(
-                ((a, b) for a in range(len(comps)) for b in range(a + 1, len(comps))),
-                key=lambda ab: runnalls_cost_dense(*comps[ab[0]], *comps[ab[1]])[0],
-            )
-            merged = runnalls_cost_dense(*comps[best[0]], *comps[best[1]])[1]
-            comps = [c for j, c in enumerate(comps) if j not in best] + [merged]
-        comps.sort(key=lambda c: -c[0])
+        comps = greedy_reference([(weights[i, k], means[i, k], covs[k]) for k in range(6)], 2)
         assert_allclose(w2[i], [c[0] for c in comps], rtol=1e-10)
         assert_allclose(m2[i], [c[1] for c in comps], rtol=1e-10, atol=1e-12)
         assert_allclose(c2[i], [c[2] for c in comps], rtol=1e-10, atol=1e-12)
@@ -106,15 +111,8 @@ def test_merge_drops_zero_weight_components_and_follows_the_greedy_order_in_4d()
     weights /= weights.sum(axis=1, keepdims=True)
     w2, m2, c2 = merge_mixture(weights, means, covs, 3)
     for i in range(n):
-        comps = [(weights[i, k], means[i, k], covs[i, k]) for k in range(K) if weights[i, k] > 0]
-        while len(comps) > 3:
-            best = min(
-                ((a, b) for a in range(len(comps)) for b in range(a + 1, len(comps))),
-                key=lambda ab: runnalls_cost_dense(*comps[ab[0]], *comps[ab[1]])[0],
-            )
-            merged = runnalls_cost_dense(*comps[best[0]], *comps[best[1]])[1]
-            comps = [c for j, c in enumerate(comps) if j not in best] + [merged]
-        comps.sort(key=lambda c: -c[0])
+        comps = greedy_reference([(weights[i, k], means[i, k], covs[i, k]) for k in range(K)
+                                  if weights[i, k] > 0], 3)
         kept = len(comps)
         assert_allclose(w2[i, :kept], [c[0] for c in comps], rtol=1e-10)
         assert_allclose(m2[i, :kept], [c[1] for c in comps], rtol=1e-10, atol=1e-12)
