@@ -11,9 +11,10 @@ for dof > 2).
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, chdtri, gammaln, logsumexp, ndtri
+from scipy.special import betaln, chdtri, gammaln, ndtri
 
 from ._compat import array_namespace, einsum, swap_last, to_numpy
+from ._small_spd import spd_logdet
 
 LOG_2PI = np.log(2.0 * np.pi)
 
@@ -57,20 +58,33 @@ def mixture_log_density(y, log_weights, means, scales, dof=None):
     """
     if scales.ndim == 3:
         scales = scales[None]
-    chol = np.linalg.cholesky(scales)  # (n|1, K, L, L)
-    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    diff = y[:, :, None, :] - means[:, None, :, :]  # (n, m, K, L)
-    n, m, K, L = diff.shape
-    chol_b = np.broadcast_to(chol, (n, K, L, L))
-    # Solve per (n, k) for all m points at once: (n, K, L, m).
-    z = np.linalg.solve(chol_b, np.transpose(diff, (0, 2, 3, 1)))
-    delta = np.einsum("nklm,nklm->nmk", z, z)
+    # Precisions and log-determinants of all the (tiny) scale matrices at once.
+    logdet, prec = spd_logdet(scales, inverse=True)  # (n|1, K), (n|1, K, L, L)
+    n, m, L = y.shape
+    K = means.shape[1]
+    # d' P d = y' P y - 2 y' P mu + mu' P mu, for all points and components as one
+    # product per row: [pairs y_i y_j, y] times [packed P, -2 P mu]. Both sides are
+    # centred on the row's mean of the component means first, so that the three terms
+    # stay of the size of the distances (no cancellation far from the origin).
+    centre = means.mean(axis=1, keepdims=True)
+    yc, mc = y - centre, means - centre
+    i, j = np.triu_indices(L)
+    prec = np.broadcast_to(prec, (n, K, L, L))
+    p_mu = np.einsum("nklj,nkj->nkl", prec, mc)
+    right = np.concatenate([prec[..., i, j] * np.where(i == j, 1.0, 2.0), -2.0 * p_mu],
+                           axis=2)  # (n, K, P + L)
+    left = np.concatenate([yc[..., i] * yc[..., j], yc], axis=2)  # (n, m, P + L)
+    delta = left @ np.swapaxes(right, 1, 2) + np.einsum("nkl,nkl->nk", mc, p_mu)[:, None]
+    delta = np.maximum(delta, 0.0)  # rounding near a component's mean
     logdet = np.broadcast_to(logdet, (n, K))[:, None, :]
     if dof is not None:
         dof = np.broadcast_to(np.asarray(dof, dtype=float), (n, K))[:, None, :]
-    log_comp = gaussian_or_t_log_density(delta, logdet, L, dof)
+    terms = gaussian_or_t_log_density(delta, logdet, L, dof) + log_weights[:, None, :]
+    # log-sum-exp over the components (rows of -inf weights only give -inf).
+    top = terms.max(axis=2, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
-        return logsumexp(log_comp + log_weights[:, None, :], axis=2)
+        return np.log(np.exp(terms - top).sum(axis=2)) + top[..., 0]
 
 
 def sample_mixture(weights, means, scales, n_draws, rng, dof=None):

@@ -404,7 +404,8 @@ class _Inverter:
                 res.effective_sample_size]
         if y is not None:
             below = res.samples <= y[:, None, :]
-            out.append(np.einsum("ns,nsl->nl", res.weights, below))
+            # Normalised weights may sum to 1 + a rounding error.
+            out.append(np.minimum(np.einsum("ns,nsl->nl", res.weights, below), 1.0))
         return out
 
 

@@ -238,6 +238,23 @@ def test_mixture_log_density_matches_scipy():
         assert_allclose(got_n[i], ref_n, rtol=1e-10)
 
 
+def test_mixture_log_density_far_from_the_origin_and_narrow():
+    """Narrow 4-D components far from the origin (the distances are computed by
+    expanding the quadratic form: it must not cancel), shared scales (K, L, L)."""
+    rng = np.random.default_rng(5)
+    n, K, L = 2, 3, 4
+    weights = rng.dirichlet(np.ones(K), size=n)
+    means = 1e4 + rng.normal(scale=1e-3, size=(n, K, L))
+    B = rng.normal(size=(K, L, L))
+    covs = 1e-8 * (B @ np.swapaxes(B, 1, 2) + 0.1 * np.eye(L))
+    y = means[:, :1] + rng.normal(scale=1e-4, size=(n, 6, L))
+    got = mixture_log_density(y, np.log(weights), means, covs)
+    for i in range(n):
+        ref = np.log(sum(weights[i, k] * multivariate_normal(means[i, k], covs[k]).pdf(y[i])
+                         for k in range(K)))
+        assert_allclose(got[i], ref, rtol=1e-9)
+
+
 def test_sample_mixture_moments():
     rng = np.random.default_rng(2)
     weights, means, covs = random_mixtures(rng, 2, 3, 2)
