@@ -17,17 +17,26 @@ its own:
   covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
   ``--gllim-iters`` EM iterations, default ``--iters``), then
   :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
-  variances (posterior mixture, mean, 2 merged modes, PIT coverage); importance
-  sampling on the first ``--n-is`` observations.
+  variances (posterior mixture, mean, 2 merged modes, PIT coverage), timed keeping the
+  whole mixture and keeping the summaries only (``keep_mixture=False``); importance
+  sampling (1000 draws) and IMIS (500 + 5 x 100) on the first ``--n-is`` observations.
 - ``xllim`` (``pip install xllim``; skipped when absent): the same simulations, same K,
   same covariance structures, ``--iters`` EM iterations, its own initialisation;
-  ``inverseDensities`` with the same variances. Coverage is computed from its full
-  posterior mixture with the same code.
+  ``inverseDensities`` with the same variances (its time includes its merging into 2
+  modes). Coverage is computed from its full posterior mixture with the same code.
+  xllim learns the parameters of its own ``HapkeModel`` (omega = 1 - (1 - u)^2,
+  theta_bar = 30 u, b = u, c = 2 u - 1), so that its importance sampling and IMIS
+  (same draws as ours) run its model; means and PITs are mapped back exactly. Its
+  prior is uniform in u (not in omega), and it returns corrected means and variances
+  only: its intervals are Gaussian ones.
 - ``sbi`` (``pip install sbi``; skipped when absent): neural posterior estimation
   (sbi's default MAF) on the same simulations, trained for the wall-clock budget of
   ``--sbi-budget`` seconds (default: the longer of gllim_sk's and xllim's learning
   times), epoch by epoch; posterior means and coverage from ``--sbi-draws`` draws per
   observation (it cannot use the per-observation variances: it learnt the 1% noise).
+- ``ratio`` (after ``gllim`` and ``xllim``): the two inversions of the test set with the
+  models just learnt, alternated ``--ratio-rounds`` times in one process, so that each
+  pair of timings is taken under the same load (the machine may be shared).
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
 
@@ -44,6 +53,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import pickle
 import resource
 import sys
 import tempfile
@@ -116,11 +126,18 @@ def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint"):
     t = time.perf_counter()
     model.fit(d["X"], d["Y"])
     learn = time.perf_counter() - t
+    with open(os.path.join(os.path.dirname(path), "gllim.pkl"), "wb") as fh:
+        pickle.dump(model, fh)  # for the interleaved timing ("ratio")
     t = time.perf_counter()
     res = invert(model, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
     inv = time.perf_counter() - t
+    # The summaries only (moments, modes), without keeping the n x K x L x L mixture.
+    t = time.perf_counter()
+    invert(model, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2, keep_mixture=False)
+    inv_summaries = time.perf_counter() - t
     full = invert(model, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2, y_true=d["Yt"])
-    out = {"learn_s": learn, "invert_s": inv, "rmse_mean": rmse(res.mean, d["Yt"]),
+    out = {"learn_s": learn, "invert_s": inv, "invert_summaries_s": inv_summaries,
+           "rmse_mean": rmse(res.mean, d["Yt"]),
            "coverage": full.coverage(LEVELS)["mixture"].tolist(),
            "share_multimodal": res.share_multimodal, "n_iter": model.n_iter_}
     if n_is:
@@ -146,14 +163,33 @@ def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint"):
     return out
 
 
+# xllim's HapkeModel works on parameters u in [0, 1]^4: omega = 1 - (1 - u)^2,
+# theta_bar = 30 u, b = u and its c = u, which is (1 + c) / 2 of ours.
+def to_xllim(Y):
+    return np.column_stack([1 - np.sqrt(1 - Y[:, 0]), Y[:, 1] / 30, Y[:, 2],
+                            (Y[:, 3] + 1) / 2])
+
+
+def mean_from_xllim(m, v):
+    """Posterior means of our parameters from means m and variances v of xllim's u (the
+    means of the affine ones; E[omega] = 1 - (1 - m)^2 - v exactly)."""
+    return np.column_stack([1 - (1 - m[:, 0]) ** 2 - v[:, 0], 30 * m[:, 1], m[:, 2],
+                            2 * m[:, 3] - 1])
+
+
 def run_xllim(path, K, iters, n_is, seed):
     import xllim
+    from scipy.special import ndtr
 
     d = np.load(path)
     # xllim's letters are swapped: its x is the low-dimensional parameter, its y the
-    # observations; arrays are (dimension, n_samples).
-    low = np.ascontiguousarray(d["Y"].T)
+    # observations; arrays are (dimension, n_samples). It learns its HapkeModel's
+    # parameters u (as its genData gives them), so that its importance sampling can run
+    # that model on the posterior's draws; the results are mapped back exactly (means
+    # by the moments of u, PITs through the increasing maps).
+    low = np.ascontiguousarray(to_xllim(d["Y"]).T)
     high = np.ascontiguousarray(d["X"].T)
+    truth_u = to_xllim(d["Yt"])
     D, L = high.shape[0], low.shape[0]
     t = time.perf_counter()
     model = xllim.GLLiM(K, D, L, "full", "diag")
@@ -163,23 +199,94 @@ def run_xllim(path, K, iters, n_is, seed):
     # train(x, y, max_iterations, ll_ratio (0: run them all), floor, verbose)
     model.train(low, high, iters, 0.0, 1e-6, 0)
     learn = time.perf_counter() - t
+    params = model.getParams()
+    np.savez(os.path.join(os.path.dirname(path), "xllim.npz"),
+             **{name: np.asarray(getattr(params, name)) for name in XLLIM_PARAMS})
     obs = np.ascontiguousarray(d["Xt"].T)
     err = np.ascontiguousarray(np.sqrt(d["var_obs"]).T)
     t = time.perf_counter()
     res = model.inverseDensities(obs, err, 2, 1e-10, 0)
     inv = time.perf_counter() - t
-    g = res.fullGMM
-    mean = np.asarray(g.mean).T
-    w = np.asarray(g.weights)
-    means = np.asarray(g.means)
-    covs = np.asarray(g.covs)
-    # xllim 2.0's layouts: weights (n, K), means (L, n, K), shared covariances (L, L, K).
-    means = np.transpose(means, (1, 2, 0))
-    covs = np.transpose(covs, (2, 0, 1))
-    pit = mixture_pit(w, means, covs, d["Yt"])
-    return {"learn_s": learn, "invert_s": inv, "rmse_mean": rmse(mean, d["Yt"]),
-            "coverage": coverage_of(pit), "peak_mib": peak_mib(),
-            "note": "xllim's uncertainty argument given as standard deviations"}
+
+    def physical_mean(gmm):
+        w = np.asarray(gmm.weights)
+        # xllim 2.0's layouts: weights (n, K), means (L, n, K), shared covariances
+        # (L, L, K).
+        means = np.transpose(np.asarray(gmm.means), (1, 2, 0))
+        covs = np.transpose(np.asarray(gmm.covs), (2, 0, 1))
+        m = np.asarray(gmm.mean).T
+        second = np.einsum("nk,nk->n", w, means[..., 0] ** 2) + w @ covs[:, 0, 0]
+        return mean_from_xllim(m, np.column_stack([second - m[:, 0] ** 2, np.zeros_like(
+            m[:, 1:])])), w, means, covs
+
+    mean, w, means, covs = physical_mean(res.fullGMM)
+    pit = mixture_pit(w, means, covs, truth_u)
+    out = {"learn_s": learn, "invert_s": inv, "rmse_mean": rmse(mean, d["Yt"]),
+           "coverage": coverage_of(pit), "peak_mib": peak_mib(),
+           "note": "xllim's uncertainty argument given as standard deviations"}
+    if n_is:
+        # xllim's own importance sampling of its full posterior mixture, with its
+        # HapkeModel (the reflectances of ours: tests/test_physics.py) and the same
+        # per-observation noise. Its prior is uniform on u, not on our parameters (for
+        # omega, and b reaches 1 where ours stops at 0.95).
+        F = xllim.HapkeModel(np.column_stack([INCIDENCE, EMERGENCE, AZIMUTH]), "2002",
+                             "four", 30.0, 0.0, 0.0)
+        sub = (np.ascontiguousarray(obs[:, :n_is]), np.ascontiguousarray(err[:, :n_is]))
+        truth = d["Yt"][:n_is]
+        gmm = model.inverseDensities(*sub, 2, 1e-10, 0).fullGMM
+        out["rmse_mean_is_subset"] = rmse(physical_mean(gmm)[0], truth)
+        for key, draws, batch, steps in (("is", 1000, 0, 0), ("imis", 500, 100, 5)):
+            t = time.perf_counter()
+            r = F.importanceSampling(gmm, *sub, draws, batch, steps, np.zeros(len(INCIDENCE)),
+                                     -1, 0, seed)
+            out[f"{key}_s"] = time.perf_counter() - t
+            m = np.asarray(r.predictions).T
+            v = np.asarray(r.predictions_variance).T
+            out[f"rmse_{key}_mean"] = rmse(mean_from_xllim(m, v), truth)
+            # Only the corrected mean and variance come back: Gaussian intervals (in u).
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{key}_coverage"] = coverage_of(ndtr((truth_u[:n_is] - m) / np.sqrt(v)))
+            out[f"{key}_ess_median"] = float(np.median(r.effective_sample_size))
+        out["n_is"] = n_is
+    return out
+
+
+XLLIM_PARAMS = ("A", "B", "C", "Gamma", "Pi", "Sigma")
+
+
+def run_ratio(path, K, rounds):
+    """gllim_sk's and xllim's inversions of the test set, alternated ``rounds`` times in
+    one process (the models the other parts learnt): each pair of timings is taken
+    under the same load."""
+    import xllim
+
+    from gllim_sk.inversion import invert
+
+    d = np.load(path)
+    folder = os.path.dirname(path)
+    with open(os.path.join(folder, "gllim.pkl"), "rb") as fh:
+        ours = pickle.load(fh)
+    saved = np.load(os.path.join(folder, "xllim.npz"))
+    D, L = d["X"].shape[1], d["Y"].shape[1]
+    theirs = xllim.GLLiM(K, D, L, "full", "diag")
+    params = type(theirs.getParams())(K, D, L)
+    for name in XLLIM_PARAMS:
+        setattr(params, name, saved[name])
+    theirs.setParams(params)
+    obs = np.ascontiguousarray(d["Xt"].T)
+    err = np.ascontiguousarray(np.sqrt(d["var_obs"]).T)
+    times = {"gllim": [], "gllim_summaries": [], "xllim": []}
+    for _ in range(rounds):
+        t = time.perf_counter()
+        invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
+        times["gllim"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2, keep_mixture=False)
+        times["gllim_summaries"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        theirs.inverseDensities(obs, err, 2, 1e-10, 0)
+        times["xllim"].append(time.perf_counter() - t)
+    return times
 
 
 def run_sbi(path, budget, draws, seed):
@@ -301,12 +408,16 @@ def show(name, r):
 
     print(f"{name:7s} learn {r['learn_s']:8.2f} s   invert {r['invert_s']:8.3f} s   peak "
           f"{r['peak_mib']:7.0f} MiB")
+    if "invert_summaries_s" in r:
+        print(f"        invert without keeping the mixture (keep_mixture=False): "
+              f"{r['invert_summaries_s']:.3f} s")
     print(f"        RMSE of the posterior mean: {fmt(r['rmse_mean'])}")
     print("        coverage 50/90/95%: " + "; ".join(
         f"{n} " + "/".join(f"{c[j]:.3f}" for c in r["coverage"]) for j, n in enumerate(names)))
     if "rmse_is_mean" in r:
+        ess = r.get("ess_median", r.get("is_ess_median"))
         print(f"        IS ({r['n_is']} obs, 1000 draws, {r['is_s']:.1f} s, median ESS "
-              f"{r['ess_median']:.1f}): RMSE GLLiM mean {fmt(r['rmse_mean_is_subset'])}")
+              f"{ess:.1f}): RMSE GLLiM mean {fmt(r['rmse_mean_is_subset'])}")
         print(f"            IS mean {fmt(r['rmse_is_mean'])}")
         print("            IS coverage 50/90/95%: " + "; ".join(
             f"{n} " + "/".join(f"{c[j]:.3f}" for c in r["is_coverage"])
@@ -336,7 +447,10 @@ def main(argv=None):
     p.add_argument("--dask-n", type=int, default=4_000_000)
     p.add_argument("--dask-iters", type=int, default=5)
     p.add_argument("--dask-chunk", type=int, default=250_000)
-    p.add_argument("--parts", default="gllim,xllim,sbi,dask")
+    p.add_argument("--ratio-rounds", type=int, default=3,
+                   help="rounds of the interleaved inversion timing (part 'ratio', after "
+                   "gllim and xllim)")
+    p.add_argument("--parts", default="gllim,xllim,ratio,sbi,dask")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
@@ -362,9 +476,23 @@ def main(argv=None):
                 g, x = results.get("gllim", {}), results["xllim"]
                 if "learn_s" in g and "learn_s" in x:
                     print(f"        speed-ups: learn x{x['learn_s'] / g['learn_s']:.1f}, "
-                          f"invert x{x['invert_s'] / g['invert_s']:.1f}")
+                          f"invert x{x['invert_s'] / g['invert_s']:.1f} (mixture kept), "
+                          f"x{x['invert_s'] / g['invert_summaries_s']:.1f} (summaries)")
             else:
                 print("xllim   skipped: not installed (pip install xllim)")
+        if "ratio" in parts and "learn_s" in results.get("gllim", {}) \
+                and "learn_s" in results.get("xllim", {}):
+            r = in_child(run_ratio, path, args.K, args.ratio_rounds)
+            results["ratio"] = r
+            if "error" in r:
+                print(f"ratio   error: {r['error']}")
+            else:
+                print("ratio   the two inversions alternated in one process (s): "
+                      + "; ".join(f"{k} " + "/".join(f"{v:.3f}" for v in r[k]) for k in r))
+                for k in ("gllim", "gllim_summaries"):
+                    ratios = np.array(r["xllim"]) / np.array(r[k])
+                    print(f"        xllim / {k}: median x{np.median(ratios):.1f} "
+                          f"(rounds: {', '.join(f'{q:.1f}' for q in ratios)})")
         if "sbi" in parts:
             if available("sbi"):
                 budget = args.sbi_budget or max(

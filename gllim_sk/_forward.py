@@ -20,6 +20,10 @@ from ._kernels import (
     logsumexp,
     spd_inverse_and_logdet,
 )
+from ._small_spd import spd_logdet
+
+# Small matrices (rows x components) per block of rows of the noisy forward mixture.
+_NOISY_BLOCK = 16384
 
 
 @dataclass
@@ -127,16 +131,23 @@ class ForwardMixin:
 
         The observations are x + e, e ~ N(0, S), so Sigma_k becomes Sigma_k + S in
         Gamma*_k and in the star parameters. ``noise_var`` holds variances, (1, D) shared
-        or (n, D) per sample; ``noise_cov`` is a shared (D, D) covariance. The latent
-        factors join the targets, z = [y, w] with prior N([c_k, 0], diag(Gamma_k, I)),
-        and y's block of the posterior of z is the answer.
+        or (n, D) per sample; ``noise_cov`` covariances, (D, D) shared or (n, D, D) per
+        sample. The latent factors join the targets, z = [y, w] with prior
+        N([c_k, 0], diag(Gamma_k, I)), and y's block of the posterior of z is the answer.
 
         Returns the unnormalised log gating weights log pi_k + log N(x; c*_k, Gamma*_k + S)
         (K, n), the component means (n, K, L) and covariances (n, K, L, L), in centred
-        coordinates. A diagonal Sigma_k with
-        variances S costs O(n D K (L + Lw)^2); otherwise each Sigma_k + S is a dense
-        D x D matrix, factorised once per component for a shared S and once per sample
-        and component for per-sample variances.
+        coordinates.
+
+        The posterior of z given x under component k has the precision
+        P = prior precision + Az' V^-1 Az with V = Sigma_k + S, Az = [A_k, W_k] (the
+        information form of the Woodbury identity: only (L + Lw)-square matrices are
+        factorised per sample), and log|Gamma*_k + S| = log|V| + log|Gamma_k| + log|P|
+        (the determinant lemma). With a diagonal Sigma_k and variances S, V is diagonal
+        and the cost is O(n K D (L + Lw)^2); otherwise V is a dense D x D matrix,
+        factorised once per component for a shared S and once per sample and component
+        for per-sample S. Rows run in blocks (all components at once) whose small
+        factorisations stay in cache (:func:`~gllim_sk._small_spd.spd_logdet`).
         """
         n, D = Xc.shape
         K, _, L = params.A.shape
@@ -144,49 +155,63 @@ class ForwardMixin:
         Lz = L + Lw
         Az = np.concatenate([params.A, params.W], axis=2)  # (K, D, Lz)
         gamma_inv, logdet_gamma, _ = spd_inverse_and_logdet(params.gamma)
-        prior_prec = np.zeros((K, Lz, Lz))
-        prior_prec[:, :L, :L] = gamma_inv
-        prior_prec[:, L:, L:] = np.eye(Lw)
+        prior_prec = np.zeros((K, 1, Lz, Lz))
+        prior_prec[:, 0, :L, :L] = gamma_inv
+        prior_prec[:, 0, L:, L:] = np.eye(Lw)
         means_x = np.einsum("kdl,kl->kd", params.A, params.c) + params.b
         diagonal = noise_cov is None and not self.noise.dense_quadratic
+        per_sample = (noise_cov.ndim == 3 and noise_cov.shape[0] > 1 if noise_cov is not None
+                      else noise_var.shape[0] > 1)
         with np.errstate(divide="ignore"):
             log_w = np.log(params.weights)
+        if diagonal:
+            sigma = np.broadcast_to(params.noise, (K, D))
+            # Az' V^-1 Az for every row as one product with V^-1 (no (m, D, Lz) array).
+            pairs = (Az[:, :, :, None] * Az[:, :, None, :]).reshape(K, D, Lz * Lz)
+        else:
+            sigma = np.stack([self.noise.dense(params.noise, k) for k in range(K)])
+            if noise_cov is None:
+                noise_cov = noise_var[:, :, None] * np.eye(D)
+            elif noise_cov.ndim == 2:
+                noise_cov = noise_cov[None]
+
+        def noise_terms(S):
+            """V^-1 (K, m, D[, D]), log|V| + log|Gamma| (K, m) and the posterior
+            precisions P (K, m, Lz, Lz), for the noises S of m rows."""
+            if diagonal:
+                V = sigma[:, None, :] + S[None]
+                inv_V = 1.0 / V
+                gram = np.matmul(inv_V, pairs).reshape(K, -1, Lz, Lz)
+                logdet_V = np.log(V).sum(axis=2)
+            else:
+                logdet_V, inv_V = spd_logdet(sigma[:, None] + S[None], inverse=True)
+                gram = np.swapaxes(Az, 1, 2)[:, None] @ (inv_V @ Az[:, None])
+            return inv_V, logdet_V + logdet_gamma[:, None], prior_prec + gram
+
+        noise = noise_var if diagonal else noise_cov
+        if not per_sample:
+            inv_V, logdet_x, precision = noise_terms(noise)
+            logdet_P, post_cov = spd_logdet(precision, inverse=True)
+            logdet_x = logdet_x + logdet_P
         log_nu = np.empty((K, n))
         means = np.empty((n, K, L))
         covs = np.empty((n, K, L, L))
-        for k in range(K):
-            r = Xc - means_x[k]  # (n, D)
-            if diagonal:
-                V = params.noise[k] + noise_var  # (1 or n, D)
-                inv_V = 1.0 / V
-                Vr = r * inv_V
-                # A' V^-1 A for every sample as one product, no (n, D, Lz) temporary.
-                pairs = (Az[k][:, :, None] * Az[k][:, None, :]).reshape(D, Lz * Lz)
-                gram = (inv_V @ pairs).reshape(-1, Lz, Lz)
-                logdet_V = np.log(V).sum(axis=1)
+        rows = max(1, _NOISY_BLOCK // K)
+        for a in range(0, n, rows):
+            sl = slice(a, min(a + rows, n))
+            if per_sample:
+                inv_V, logdet_x, precision = noise_terms(noise[sl])
+            r = Xc[None, sl] - means_x[:, None]  # (K, m, D)
+            Vr = r * inv_V if diagonal else (inv_V @ r[..., None])[..., 0]
+            u = np.matmul(Vr, Az)  # (K, m, Lz)
+            if per_sample:
+                logdet_P, post_cov, shift = spd_logdet(precision, inverse=True, rhs=u)
+                log_det = logdet_x + logdet_P
             else:
-                sigma = self.noise.dense(params.noise, k)
-                if noise_cov is not None:
-                    V = (sigma + noise_cov)[None]
-                else:
-                    V = sigma[None] + noise_var[:, :, None] * np.eye(D)
-                chol = np.linalg.cholesky(V)  # (1 or n, D, D)
-                logdet_V = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
-                VA = np.linalg.solve(V, np.broadcast_to(Az[k], (V.shape[0], D, Lz)))
-                gram = np.einsum("dl,ndm->nlm", Az[k], VA)
-                if V.shape[0] == 1:
-                    Vr = np.linalg.solve(V[0], r.T).T
-                else:
-                    Vr = np.linalg.solve(V, r[:, :, None])[:, :, 0]
-            precision = prior_prec[k] + gram
-            post_cov = np.linalg.inv(precision)  # (1 or n, Lz, Lz)
-            post_cov = 0.5 * (post_cov + np.swapaxes(post_cov, 1, 2))
-            u = Vr @ Az[k]  # (n, Lz)
-            shift = np.einsum("nlm,nm->nl", np.broadcast_to(post_cov, (n, Lz, Lz)), u)
-            delta = np.einsum("nd,nd->n", r, Vr) - np.einsum("nl,nl->n", u, shift)
-            # Determinant lemma: log|Gamma*| = log|V| + log|Gamma| + log|precision|.
-            logdet_x = logdet_V + logdet_gamma[k] + np.linalg.slogdet(precision)[1]
-            log_nu[k] = log_w[k] - 0.5 * (D * LOG_2PI + logdet_x + delta)
-            means[:, k] = params.c[k] + shift[:, :L]
-            covs[:, k] = post_cov[:, :L, :L]
+                shift = (post_cov @ u[..., None])[..., 0]
+                log_det = logdet_x
+            delta = np.einsum("kmd,kmd->km", r, Vr) - np.einsum("kml,kml->km", u, shift)
+            log_nu[:, sl] = log_w[:, None] - 0.5 * (D * LOG_2PI + log_det + delta)
+            means[sl] = np.swapaxes(params.c[:, None] + shift[..., :L], 0, 1)
+            covs[sl] = np.swapaxes(post_cov[..., :L, :L], 0, 1)
         return log_nu, means, covs

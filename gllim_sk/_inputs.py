@@ -156,7 +156,8 @@ class InputsMixin:
         return y - xp.asarray(self.target_mean_, device=array_device(y))
 
     def _check_feature_noise(self, n_samples, feature_noise_var, feature_noise_cov):
-        """Validated observation noise: (variances (1 or n, D) or None, covariance or None)."""
+        """Validated observation noise: (variances (1 or n, D) or None, covariances (D, D) or
+        (n, D, D) or None)."""
         if feature_noise_var is None and feature_noise_cov is None:
             return None, None
         if feature_noise_var is not None and feature_noise_cov is not None:
@@ -174,8 +175,9 @@ class InputsMixin:
                     f"({n_samples}, {D}); got shape {var.shape}."
                 )
             return check_noise_variances(var, "feature_noise_var", positive=False), None
-        return None, check_noise_matrix(feature_noise_cov, D, "feature_noise_cov",
-                                        definite=False)
+        cov = check_noise_matrix(feature_noise_cov, D, "feature_noise_cov", definite=False,
+                                 n_samples=n_samples)
+        return None, cov
 
     def _structure(self, n_features, n_targets):
         """The settings that shape the parameters: a warm start needs all of them equal."""

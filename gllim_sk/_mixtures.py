@@ -11,9 +11,10 @@ for dof > 2).
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaln, chdtri, gammaln, logsumexp, ndtri
+from scipy.special import betaln, chdtri, gammaln, ndtri
 
 from ._compat import array_namespace, einsum, swap_last, to_numpy
+from ._small_spd import spd_logdet
 
 LOG_2PI = np.log(2.0 * np.pi)
 
@@ -57,20 +58,33 @@ def mixture_log_density(y, log_weights, means, scales, dof=None):
     """
     if scales.ndim == 3:
         scales = scales[None]
-    chol = np.linalg.cholesky(scales)  # (n|1, K, L, L)
-    logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(axis=-1)
-    diff = y[:, :, None, :] - means[:, None, :, :]  # (n, m, K, L)
-    n, m, K, L = diff.shape
-    chol_b = np.broadcast_to(chol, (n, K, L, L))
-    # Solve per (n, k) for all m points at once: (n, K, L, m).
-    z = np.linalg.solve(chol_b, np.transpose(diff, (0, 2, 3, 1)))
-    delta = np.einsum("nklm,nklm->nmk", z, z)
+    # Precisions and log-determinants of all the (tiny) scale matrices at once.
+    logdet, prec = spd_logdet(scales, inverse=True)  # (n|1, K), (n|1, K, L, L)
+    n, m, L = y.shape
+    K = means.shape[1]
+    # d' P d = y' P y - 2 y' P mu + mu' P mu, for all points and components as one
+    # product per row: [pairs y_i y_j, y] times [packed P, -2 P mu]. Both sides are
+    # centred on the row's mean of the component means first, so that the three terms
+    # stay of the size of the distances (no cancellation far from the origin).
+    centre = means.mean(axis=1, keepdims=True)
+    yc, mc = y - centre, means - centre
+    i, j = np.triu_indices(L)
+    prec = np.broadcast_to(prec, (n, K, L, L))
+    p_mu = np.einsum("nklj,nkj->nkl", prec, mc)
+    right = np.concatenate([prec[..., i, j] * np.where(i == j, 1.0, 2.0), -2.0 * p_mu],
+                           axis=2)  # (n, K, P + L)
+    left = np.concatenate([yc[..., i] * yc[..., j], yc], axis=2)  # (n, m, P + L)
+    delta = left @ np.swapaxes(right, 1, 2) + np.einsum("nkl,nkl->nk", mc, p_mu)[:, None]
+    delta = np.maximum(delta, 0.0)  # rounding near a component's mean
     logdet = np.broadcast_to(logdet, (n, K))[:, None, :]
     if dof is not None:
         dof = np.broadcast_to(np.asarray(dof, dtype=float), (n, K))[:, None, :]
-    log_comp = gaussian_or_t_log_density(delta, logdet, L, dof)
+    terms = gaussian_or_t_log_density(delta, logdet, L, dof) + log_weights[:, None, :]
+    # log-sum-exp over the components (rows of -inf weights only give -inf).
+    top = terms.max(axis=2, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
     with np.errstate(divide="ignore"):
-        return logsumexp(log_comp + log_weights[:, None, :], axis=2)
+        return np.log(np.exp(terms - top).sum(axis=2)) + top[..., 0]
 
 
 def sample_mixture(weights, means, scales, n_draws, rng, dof=None):
@@ -192,7 +206,8 @@ class PredictiveMixture:
         with np.errstate(invalid="ignore"):  # inf * 0 where a weight underflows
             within = einsum(xp, "nk,nklm->nlm" if covs.ndim == 4 else "nk,klm->nlm", nu, covs)
         diff = self.means - mean[:, None, :]
-        cov = within + einsum(xp, "nk,nkl,nkm->nlm", nu, diff, diff)
+        # sum_k nu_k d_k d_k' as one product per row (a three-operand einsum is slower).
+        cov = within + swap_last(xp, nu[:, :, None] * diff) @ diff
         return mean, 0.5 * (cov + swap_last(xp, cov))
 
     def to_numpy(self):
@@ -211,27 +226,35 @@ class PredictiveMixture:
 
 
 # --------------------------------------------------------------------- noise settings
-def check_noise_matrix(cov, n_features, name, *, definite):
-    """A validated (D, D) noise covariance: finite, symmetric (to rounding) and positive
-    semi-definite, or positive definite with ``definite``; returned symmetrised."""
+def check_noise_matrix(cov, n_features, name, *, definite, n_samples=None):
+    """A validated (D, D) noise covariance, or with ``n_samples`` also per-sample ones
+    (n_samples, D, D): finite, symmetric (to rounding) and positive semi-definite, or
+    positive definite with ``definite``; returned symmetrised."""
     cov = np.asarray(cov, dtype=np.float64)
-    if cov.shape != (n_features, n_features):
-        raise ValueError(
-            f"{name} must have shape ({n_features}, {n_features}); got {cov.shape}."
-        )
+    D = n_features
+    if cov.shape != (D, D) and (n_samples is None or cov.shape != (n_samples, D, D)):
+        per_sample = ("" if n_samples is None
+                      else f" or (n_samples, {D}, {D}) = ({n_samples}, {D}, {D})")
+        raise ValueError(f"{name} must have shape ({D}, {D}){per_sample}; got {cov.shape}.")
     if not np.all(np.isfinite(cov)):
         raise ValueError(f"{name} must be finite; it holds NaN or infinite values.")
-    scale = max(np.abs(cov).max(), 1e-300)
-    if not np.allclose(cov, cov.T, rtol=1e-10, atol=1e-12 * scale):
+    if cov.size == 0:
+        return cov
+    scale = np.maximum(np.abs(cov).max(axis=(-2, -1), keepdims=True), 1e-300)
+    sym = np.swapaxes(cov, -1, -2)
+    if np.any(np.abs(cov - sym) > 1e-12 * scale + 1e-10 * np.abs(sym)):
         raise ValueError(f"{name} must be a symmetric matrix.")
-    cov = 0.5 * (cov + cov.T)
-    low = np.linalg.eigvalsh(cov).min()
-    if definite and low <= 0:
+    cov = 0.5 * (cov + sym)
+    low = np.linalg.eigvalsh(cov).min(axis=-1)
+    rel = low / scale[..., 0, 0]
+    worst = np.unravel_index(np.argmin(rel), rel.shape)
+    where = f" (sample {worst[0]})" if cov.ndim == 3 else ""
+    if definite and np.any(low <= 0):
         raise ValueError(f"{name} must be positive definite (its smallest eigenvalue is "
-                         f"{low:.3g}).")
-    if low < -1e-10 * scale:
+                         f"{low[worst]:.3g}{where}).")
+    if np.any(rel < -1e-10):
         raise ValueError(f"{name} must be positive semi-definite (its smallest eigenvalue "
-                         f"is {low:.3g}).")
+                         f"is {low[worst]:.3g}{where}).")
     return cov
 
 

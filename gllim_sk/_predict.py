@@ -60,9 +60,10 @@ class PredictiveMixin:
             Variances of known measurement noise on the features, shared or per sample:
             the forward mixture then uses Sigma_k + S instead of Sigma_k (see the user
             guide, "Observation noise").
-        feature_noise_cov : array-like of shape (n_features, n_features), default=None
-            A full noise covariance S shared by all samples (instead of
-            ``feature_noise_var``).
+        feature_noise_cov : array-like of shape (n_features, n_features) or \
+(n_samples, n_features, n_features), default=None
+            A full noise covariance S shared by all samples, or one per sample
+            (instead of ``feature_noise_var``).
 
         Returns
         -------

@@ -18,19 +18,25 @@ import warnings
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import ndtr, stdtr, stdtrit
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _dask
-from ._mixtures import PredictiveMixture, check_noise_matrix, check_noise_variances
-from .posterior import importance_sampling, merge_mixture
+from ._mixtures import (
+    PredictiveMixture,
+    check_noise_matrix,
+    check_noise_variances,
+    gaussian_or_t_log_density,
+)
+from .posterior import _gaussian_log_likelihood, importance_sampling, merge_mixture
 
 __all__ = ["InversionResult", "invert"]
 
-LOG_2PI = np.log(2.0 * np.pi)
 # Rows per call of the importance sampler: it holds (rows, draws, L) samples.
 _IS_ROWS_ELEMENTS = 4_000_000
+# Elements of the component covariances (rows, K, L, L) of one block of rows.
+_BLOCK_ELEMENTS = 1 << 21
 
 
 @dataclass
@@ -42,12 +48,14 @@ class InversionResult:
 
     Attributes
     ----------
-    weights : ndarray of shape (n, K)
-        Weights of GLLiM's posterior mixture ``p(y | x)``.
-    means : ndarray of shape (n, K, L)
+    weights : ndarray of shape (n, K) or None
+        Weights of GLLiM's posterior mixture ``p(y | x)`` (None with
+        ``keep_mixture=False``, as ``means``, ``covariances``, ``dof`` and ``scales``).
+    means : ndarray of shape (n, K, L) or None
         Its component means.
-    covariances : ndarray of shape (n, K, L, L)
-        Its component covariances (they include the observation's noise).
+    covariances : ndarray of shape (n, K, L, L) or None
+        Its component covariances (they include the observation's noise; ``inf`` for a
+        Student-t component of at most 2 degrees of freedom).
     mean : ndarray of shape (n, L)
         Posterior mean.
     covariance : ndarray of shape (n, L, L)
@@ -78,11 +86,14 @@ class InversionResult:
         draws. Calibrated posteriors give uniform values.
     names : tuple of str
         Parameter names.
+    dof, scales : ndarray of shape (n, K) and (n, K, L, L), or None
+        For a Student model's mixture of t components: their degrees of freedom and
+        scale matrices (None for Gaussian components).
     """
 
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray
+    weights: np.ndarray | None
+    means: np.ndarray | None
+    covariances: np.ndarray | None
     mean: np.ndarray
     covariance: np.ndarray
     std: np.ndarray
@@ -98,6 +109,8 @@ class InversionResult:
     pit: np.ndarray | None = None
     is_pit: np.ndarray | None = None
     names: tuple = ()
+    dof: np.ndarray | None = None
+    scales: np.ndarray | None = None
 
     def _arrays(self):
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -152,21 +165,31 @@ class InversionResult:
         """Central interval of each parameter's marginal under GLLiM's mixture.
 
         Returns ``(lower, upper)``, each (n, L), found by bisection of the mixture's
-        marginal CDF (to 1e-10 of the parameter's spread).
+        marginal CDF (to 1e-10 of the parameter's spread): normal marginals, or Student
+        t ones for a mixture of t components. Needs the mixture (``keep_mixture=True``).
         """
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level!r}.")
+        if self.weights is None:
+            raise ValueError("interval needs the posterior mixture: invert with "
+                             "keep_mixture=True.")
+        student = self.dof is not None
         w = np.asarray(self.weights)[:, None, :, None]
         m = np.asarray(self.means)[:, None]
-        s = np.sqrt(np.diagonal(np.asarray(self.covariances), axis1=-2, axis2=-1))[:, None]
+        spread = np.asarray(self.scales if student else self.covariances)
+        s = np.sqrt(np.diagonal(spread, axis1=-2, axis2=-1))[:, None]
+        dof = np.asarray(self.dof)[:, None, :, None] if student else None
         q = np.array([0.5 - level / 2, 0.5 + level / 2])[None, :, None]
-        lo = (m - 12 * s).min(axis=2)
-        hi = (m + 12 * s).max(axis=2)
+        # Brackets: the t's quantiles reach far out for few degrees of freedom.
+        reach = 12.0 if dof is None else np.maximum(
+            12.0, -stdtrit(dof, np.minimum(q.min(), 1 - q.max()) * 1e-3))
+        lo = (m - reach * s).min(axis=2)
+        hi = (m + reach * s).max(axis=2)
         lo, hi = np.broadcast_to(lo, (lo.shape[0], 2, lo.shape[2])).copy(), \
             np.broadcast_to(hi, (hi.shape[0], 2, hi.shape[2])).copy()
-        for _ in range(45):
+        for _ in range(60):
             mid = 0.5 * (lo + hi)
-            below = (w * ndtr((mid[:, :, None] - m) / s)).sum(axis=2) < q
+            below = (w * _marginal_cdf((mid[:, :, None] - m) / s, dof)).sum(axis=2) < q
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
         mid = 0.5 * (lo + hi)
@@ -186,15 +209,14 @@ class InversionResult:
 
 
 class _Proposal:
-    """A fixed Gaussian mixture behind the predictive hook that importance_sampling
-    consumes."""
+    """A fixed mixture behind the predictive hook that importance_sampling consumes."""
 
-    def __init__(self, log_weights, means, covariances):
-        self.parts = (log_weights, means, covariances)
+    def __init__(self, log_weights, means, scales, dof=None):
+        self.parts = (log_weights, means, scales, dof)
 
     def _predictive_mixture(self, X):
-        log_weights, means, covariances = self.parts
-        return PredictiveMixture(log_weights, means, covariances, None, np.float64)
+        log_weights, means, scales, dof = self.parts
+        return PredictiveMixture(log_weights, means, scales, dof, np.float64)
 
 
 def _count_modes(weights, means, covs, threshold, separation):
@@ -215,24 +237,45 @@ def _count_modes(weights, means, covs, threshold, separation):
     return np.maximum(count, 1)
 
 
-def _gaussian_loglik(D, var=None, cov=None):
-    """log N(x; F(y), S) for augmented rows ``[x, variances]`` or a shared covariance."""
-    if cov is not None:
-        chol = np.linalg.cholesky(cov)
-        logdet = 2.0 * np.log(np.diag(chol)).sum()
+def _marginal_cdf(z, dof):
+    """CDF of the standardised marginals: normal, or Student t with ``dof`` (a multivariate
+    t's marginals are t with its degrees of freedom and the diagonal of its scale)."""
+    return ndtr(z) if dof is None else stdtr(dof, z)
 
-        def loglik(x_rep, fx):
-            z = np.linalg.solve(chol, (x_rep[:, :D] - fx[:, :D]).T)
-            return -0.5 * (D * LOG_2PI + logdet + np.einsum("dm,dm->m", z, z))
 
-        return loglik
+def _row_noise(S, n, D):
+    """Augmented columns [W, log|S|] of per-observation likelihood noises: W the whitening
+    (D,) of variances (n, D) or (D * D,) of covariances (n, D, D), with
+    |W (x - F(y))|^2 the Mahalanobis distance."""
+    if S.ndim == 3:
+        chol = np.linalg.cholesky(S)
+        W = np.linalg.inv(chol).reshape(n, D * D)
+        logdet = 2.0 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(axis=1)
+    else:
+        S = np.broadcast_to(S, (n, D))
+        W = 1.0 / np.sqrt(S)
+        logdet = np.log(S).sum(axis=1)
+    return np.hstack([W, logdet[:, None]])
 
+
+def _row_noise_loglik(D):
+    """log N(x; F(y), S) for rows augmented by :func:`_row_noise` (their noise)."""
     def loglik(x_rep, fx):
-        v = x_rep[:, D:]
         r = x_rep[:, :D] - fx[:, :D]
-        return -0.5 * (D * LOG_2PI + np.log(v).sum(axis=1) + (r * r / v).sum(axis=1))
+        W = x_rep[:, D:-1]
+        if W.shape[1] == D:
+            z = W * r
+        else:
+            z = np.einsum("mij,mj->mi", W.reshape(-1, D, D), r)
+        return gaussian_or_t_log_density(np.einsum("mi,mi->m", z, z), x_rep[:, -1], D)
 
     return loglik
+
+
+def _per_row(value, ndim_per_row):
+    """Whether a noise argument holds one value per row (variances (n, D), covariances
+    (n, D, D))."""
+    return value is not None and np.ndim(value) == ndim_per_row
 
 
 class _Inverter:
@@ -248,94 +291,129 @@ class _Inverter:
                              "likelihood_var": 1, "likelihood_cov": 2},
                      row_offset="first_row")
     def run(self, X, y_true=None, *, feature_noise_var=None, feature_noise_cov=None,
-            likelihood_var=None, likelihood_cov=None, first_row=0):
+            likelihood_var=None, likelihood_cov=None, likelihood_rows=None, first_row=0):
         s = self.settings
         X = np.asarray(X, dtype=float)
+        n, D = X.shape
+        K = self.model.weights_.shape[0]
+        L = self.model.n_targets_
+        y = None if y_true is None else np.asarray(y_true, dtype=float).reshape(n, L)
+        if feature_noise_var is not None or feature_noise_cov is not None:
+            # The whole block's shapes, before the rows are cut into pieces.
+            feature_noise_var, feature_noise_cov = self.model._check_feature_noise(
+                n, feature_noise_var, feature_noise_cov)
+            if feature_noise_var is not None and feature_noise_var.shape[0] == 1:
+                feature_noise_var = feature_noise_var[0]  # shared: (D,)
+        importance = s["importance"] is not None
+        aug = forward = loglik = rng = None
+        if importance:
+            seed = np.random.SeedSequence([s["seed"], int(first_row)])
+            rng = np.random.RandomState(np.random.MT19937(seed))
+            if likelihood_rows is not None:
+                # Per-observation noise: carried by the rows, as extra columns
+                # (:func:`_row_noise`, made by ``invert``).
+                loglik = _row_noise_loglik(D)
+                aug = np.hstack([X, np.asarray(likelihood_rows, dtype=float)])
+            else:
+                loglik = _gaussian_log_likelihood(
+                    likelihood_cov if likelihood_cov is not None else likelihood_var, D)
+                aug = X
+            extra = aug.shape[1] - D
+
+            def forward(Y):
+                f = np.asarray(self.forward_model(Y), dtype=float)
+                return np.hstack([f, np.zeros((f.shape[0], extra))]) if extra else f
+
+        # Rows in blocks: each block's mixture is summarised (and sampled) while it is
+        # in memory; only what is kept is written to the outputs.
+        rows = max(1, _BLOCK_ELEMENTS // (K * L * L))
+        if importance:
+            total_draws = s["n_draws"] + s["n_imis_steps"] * (s["imis_batch"] or 0)
+            rows = min(rows, max(1, _IS_ROWS_ELEMENTS // max(1, total_draws * L)))
+        blocks = []
+        for a in range(0, n, rows):
+            sl = slice(a, min(a + rows, n))
+            var = feature_noise_var[sl] if _per_row(feature_noise_var, 2) else \
+                feature_noise_var
+            cov = feature_noise_cov[sl] if _per_row(feature_noise_cov, 3) else \
+                feature_noise_cov
+            blocks.append(self._block(X[sl], None if y is None else y[sl], var, cov,
+                                      None if aug is None else aug[sl], forward, loglik,
+                                      rng))
+        if not blocks:
+            blocks.append(self._block(X, y, feature_noise_var, feature_noise_cov, aug,
+                                      forward, loglik, rng))
+        # Only the outputs asked for (dask maps arrays, not Nones).
+        return tuple(np.concatenate(part) for part in zip(*blocks, strict=True)
+                     if part[0] is not None)
+
+    def _block(self, X, y, noise_var, noise_cov, aug, forward, loglik, rng):
+        s = self.settings
         n = X.shape[0]
-        w, mu, cov = self.model.predict_mixture(X, feature_noise_var=feature_noise_var,
-                                                feature_noise_cov=feature_noise_cov)
-        w, mu, cov = (np.asarray(a, dtype=float) for a in (w, mu, cov))
+        mix = self.model._predictive_mixture(X, feature_noise_var=noise_var,
+                                             feature_noise_cov=noise_cov,
+                                             method="invert").to_numpy()
+        w = np.exp(mix.log_weights)
+        mu, dof = mix.means, mix.dof
         K, L = mu.shape[1:]
-        cov = np.broadcast_to(cov, (n, K, L, L)) if cov.ndim == 3 else cov
-        mean = np.einsum("nk,nkl->nl", w, mu)
-        d = mu - mean[:, None]
-        total = np.einsum("nk,nklm->nlm", w, cov) + np.einsum("nk,nkl,nkm->nlm", w, d, d)
-        total = 0.5 * (total + np.swapaxes(total, 1, 2))
+        scales = np.broadcast_to(mix.scales, (n, K, L, L))
+        cov = np.broadcast_to(mix.covariances(), (n, K, L, L))
+        mean, total = mix.moments()
         std = np.sqrt(np.maximum(np.einsum("nll->nl", total), 0.0))
-        # Merging costs O(K^3) per row: merge the heaviest components only (GLLiM's
-        # posterior weights are concentrated; what is dropped is reported by
-        # ``merge_components``).
+        # Modes: merging is cubic in the number of components, so it takes the
+        # ``merge_components`` heaviest that weigh at least ``merge_min_weight``
+        # (renormalised; at least the heaviest). The moments, PITs and importance
+        # sampling use the whole mixture.
         keep = min(K, s["merge_components"])
         top = np.argsort(-w, axis=1, kind="stable")[:, :keep]
         rows = np.arange(n)[:, None]
         wt = w[rows, top]
+        wt = np.where((wt >= s["merge_min_weight"]) | (np.arange(keep) == 0), wt, 0.0)
         wt = wt / wt.sum(axis=1, keepdims=True)
         mw, mm, mc = merge_mixture(wt, mu[rows, top], cov[rows, top], s["n_modes"])
         n_modes = _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
-        out = [w, mu, np.ascontiguousarray(cov), mean, total, std, mw, mm, mc, n_modes]
-        if y_true is not None:
-            y = np.asarray(y_true, dtype=float).reshape(n, L)
-            sd = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
-            out.append(np.einsum("nk,nkl->nl", w, ndtr((y[:, None] - mu) / sd)))
+        kept = s["keep_mixture"]
+        student = dof is not None and kept
+        out = [w if kept else None, mu if kept else None, cov if kept else None,
+               mean, total, std, mw, mm, mc, n_modes,
+               np.broadcast_to(dof, (n, K)) if student else None,
+               scales if student else None]
+        if y is not None:
+            sd = np.sqrt(np.diagonal(scales, axis1=-2, axis2=-1))
+            dof_l = None if dof is None else np.broadcast_to(dof, (n, K))[..., None]
+            out.append(np.einsum("nk,nkl->nl", w, _marginal_cdf((y[:, None] - mu) / sd,
+                                                                  dof_l)))
         if s["importance"] is None:
-            return tuple(out)
+            return out
 
         # Importance sampling, of the whole mixture or of one merged mode.
         if s["importance"] == "full":
-            prop = (np.log(np.maximum(w, 1e-300)), mu, cov)
+            prop = (mix.log_weights, mu, mix.scales, dof)
         else:
             j = min(s["mode"], mw.shape[1] - 1)
-            prop = (np.zeros((n, 1)), mm[:, j:j + 1], mc[:, j:j + 1])
-        D = X.shape[1]
-        if likelihood_cov is not None:
-            aug = X
-            loglik = _gaussian_loglik(D, cov=np.asarray(likelihood_cov, dtype=float))
-
-            def forward(Y):
-                return self.forward_model(Y)
-        else:
-            var = np.broadcast_to(np.asarray(likelihood_var, dtype=float), (n, D))
-            aug = np.hstack([X, var])
-            loglik = _gaussian_loglik(D)
-
-            def forward(Y):
-                # The variance columns of the augmented rows have no model counterpart.
-                f = np.asarray(self.forward_model(Y), dtype=float)
-                return np.hstack([f, np.zeros_like(f)])
-        seed = np.random.SeedSequence([s["seed"], int(first_row)])
-        rng = np.random.RandomState(np.random.MT19937(seed))
-        total_draws = s["n_draws"] + s["n_imis_steps"] * (s["imis_batch"] or 0)
-        rows = max(1, _IS_ROWS_ELEMENTS // max(1, total_draws * L))
-        is_mean, is_cov, ess, is_pit = [], [], [], []
-        for a in range(0, n, rows):
-            sl = slice(a, min(a + rows, n))
-            with warnings.catch_warnings():
-                # Rows without any positive weight are reported by ESS = 0.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                res = importance_sampling(
-                    _Proposal(*(p[sl] for p in prop)), aug[sl], forward, self.log_prior,
-                    log_likelihood=loglik, n_draws=s["n_draws"],
-                    n_imis_steps=s["n_imis_steps"], imis_batch=s["imis_batch"],
-                    random_state=rng)
-            is_mean.append(res.mean)
-            is_cov.append(res.covariance)
-            ess.append(res.effective_sample_size)
-            if y_true is not None:
-                below = res.samples <= y[sl, None, :]
-                is_pit.append(np.einsum("ns,nsl->nl", res.weights, below))
-        is_cov = np.concatenate(is_cov)
-        out += [np.concatenate(is_mean), is_cov,
-                np.sqrt(np.maximum(np.einsum("nll->nl", is_cov), 0.0)), np.concatenate(ess)]
-        if y_true is not None:
-            out.append(np.concatenate(is_pit))
-        return tuple(out)
+            prop = (np.zeros((n, 1)), mm[:, j:j + 1], mc[:, j:j + 1], None)
+        with warnings.catch_warnings():
+            # Rows without any positive weight are reported by ESS = 0.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = importance_sampling(
+                _Proposal(*prop), aug, forward, self.log_prior, log_likelihood=loglik,
+                n_draws=s["n_draws"], n_imis_steps=s["n_imis_steps"],
+                imis_batch=s["imis_batch"], random_state=rng)
+        out += [res.mean, res.covariance,
+                np.sqrt(np.maximum(np.einsum("nll->nl", res.covariance), 0.0)),
+                res.effective_sample_size]
+        if y is not None:
+            below = res.samples <= y[:, None, :]
+            # Normalised weights may sum to 1 + a rounding error.
+            out.append(np.minimum(np.einsum("ns,nsl->nl", res.weights, below), 1.0))
+        return out
 
 
 def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=3,
-           mode_threshold=0.1, separation=2.0, merge_components=10, forward_model=None,
-           log_prior=None, importance=None, mode=0, likelihood_var=None, likelihood_cov=None,
-           n_draws=1000, n_imis_steps=0, imis_batch=None, y_true=None, names=None,
-           random_state=None):
+           mode_threshold=0.1, separation=2.0, merge_components=10, merge_min_weight=1e-3,
+           forward_model=None, log_prior=None, importance=None, mode=0, likelihood_var=None,
+           likelihood_cov=None, n_draws=1000, n_imis_steps=0, imis_batch=None, y_true=None,
+           keep_mixture=True, names=None, random_state=None):
     """Invert a batch of observations with a fitted GLLiM: one result for the batch.
 
     Parameters
@@ -347,8 +425,10 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
     feature_noise_var : float or array-like of shape (D,) or (n, D), default=None
         Measurement-noise variances of the observations (shared or per observation),
         added to the model's noise as in :meth:`~gllim_sk.GLLiMRegressor.predict`.
-    feature_noise_cov : array-like of shape (D, D), default=None
-        A full measurement-noise covariance shared by all observations, instead.
+    feature_noise_cov : array-like of shape (D, D) or (n, D, D), default=None
+        Full measurement-noise covariances instead, shared or per observation (each
+        symmetric positive semi-definite). The posterior stays exact: each component's
+        ``Sigma_k + S`` is factorised per observation.
     n_modes : int, default=3
         Components kept when the posterior mixture is merged into modes
         (:func:`~gllim_sk.posterior.merge_mixture`).
@@ -362,6 +442,11 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         posterior (renormalised), which bounds the cost of merging (cubic in the number
         of components); ``n_components`` merges them all. The posterior mean, spread,
         PITs and importance sampling always use the whole mixture.
+    merge_min_weight : float, default=1e-3
+        Of those, components lighter than this are left out of the merging too (the
+        heaviest is always kept); 0 merges all ``merge_components``. Light components
+        barely move the modes, and most posteriors have few heavy ones: their number
+        sets the cost of merging.
     forward_model : callable or ForwardModel, default=None
         The physical model ``(m, L) -> (m, D)``: needed for importance sampling.
     log_prior : callable, default=None
@@ -376,14 +461,20 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
     likelihood_var : float or array-like of shape (D,) or (n, D), default=None
         Noise variances of the likelihood ``N(x; F(y), S)`` used by importance sampling;
         default ``feature_noise_var``.
-    likelihood_cov : array-like of shape (D, D), default=None
-        A full likelihood covariance instead (default ``feature_noise_cov``).
+    likelihood_cov : array-like of shape (D, D) or (n, D, D), default=None
+        Full likelihood covariances instead, shared or per observation, positive
+        definite (default ``feature_noise_cov``).
     n_draws, n_imis_steps, imis_batch : int
         Importance sampling's draws, IMIS steps and draws per IMIS step
         (:func:`~gllim_sk.posterior.importance_sampling`).
     y_true : array-like of shape (n, L), default=None
         True parameters of held-out simulations: the result then holds the PITs from
         which :meth:`InversionResult.coverage` measures calibration.
+    keep_mixture : bool, default=True
+        Keep the whole posterior mixture of every observation in the result (its
+        ``weights``, ``means`` and ``covariances``, n x K x L x L numbers). False keeps
+        the summaries only (moments, modes, PITs, importance sampling), which the
+        inversion computes block by block of rows: for millions of observations.
     names : sequence of str, default=None
         Parameter names (default: the forward model's, if any).
     random_state : int, RandomState instance or None, default=None
@@ -421,11 +512,9 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         raise ValueError("mode_threshold must be in [0, 1) and separation >= 0.")
     if importance is not None and mode >= n_modes:
         raise ValueError(f"mode={mode} needs n_modes > {mode}; got n_modes={n_modes}.")
-    if np.ndim(feature_noise_var) == 3 or np.ndim(feature_noise_cov) == 3:
-        raise ValueError(
-            "Per-observation full noise covariances (n, D, D) are not supported: give "
-            "per-observation variances (n, D) or one shared (D, D) covariance."
-        )
+    if not 0 <= merge_min_weight < 1:
+        raise ValueError(f"merge_min_weight must be in [0, 1), got {merge_min_weight!r}.")
+    n, D = np.shape(X)[0], np.shape(X)[-1]
     from .physics import ForwardModel
 
     if names is None:
@@ -445,33 +534,57 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         if likelihood_var is not None and likelihood_cov is not None:
             raise ValueError("Give likelihood_var or likelihood_cov, not both.")
         if likelihood_var is not None:
-            lv = np.asarray(likelihood_var) if not _dask.is_dask_array(likelihood_var) \
-                else likelihood_var
-            if not _dask.is_dask_array(lv):  # as importance_sampling's noise_covariance
-                check_noise_variances(lv, "likelihood_var", positive=True)
-        else:
-            likelihood_cov = check_noise_matrix(likelihood_cov, np.shape(likelihood_cov)[-1],
-                                                "likelihood_cov", definite=True)
+            if np.shape(likelihood_var) not in ((), (D,), (n, D)):
+                raise ValueError(f"likelihood_var must be a scalar, ({D},) or (n, {D}) = "
+                                 f"({n}, {D}); got shape {np.shape(likelihood_var)}.")
+            if not _dask.is_dask_array(likelihood_var):  # as importance_sampling's
+                likelihood_var = check_noise_variances(likelihood_var, "likelihood_var",
+                                                       positive=True)
+        elif not _dask.is_dask_array(likelihood_cov):
+            likelihood_cov = check_noise_matrix(likelihood_cov, D, "likelihood_cov",
+                                                definite=True, n_samples=n)
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     settings = {"n_modes": int(n_modes), "mode_threshold": float(mode_threshold),
                 "separation": float(separation),
-                "merge_components": int(merge_components), "importance": importance,
-                "mode": int(mode),
+                "merge_components": int(merge_components),
+                "merge_min_weight": float(merge_min_weight), "importance": importance,
+                "mode": int(mode), "keep_mixture": bool(keep_mixture),
                 "n_draws": int(n_draws), "n_imis_steps": int(n_imis_steps),
                 "imis_batch": imis_batch, "seed": seed}
     inverter = _Inverter(model, forward_model, log_prior, settings)
     args = (X,) if y_true is None else (X, y_true)
+    likelihood_rows = None
+    if importance is not None and (np.ndim(likelihood_var) == 2
+                                   or np.ndim(likelihood_cov) == 3):
+        # One noise per observation: its whitening and log-determinant become extra
+        # columns of the rows (made block by block for dask arrays).
+        S = likelihood_cov if likelihood_cov is not None else likelihood_var
+        likelihood_var = likelihood_cov = None
+        if _dask.is_dask_array(S):
+            S = S.rechunk({i: -1 for i in range(1, S.ndim)})
+            width = (D * D if S.ndim == 3 else D) + 1
+            likelihood_rows = S.map_blocks(
+                lambda b: _row_noise(np.asarray(b, dtype=float), b.shape[0], D),
+                dtype=float, chunks=(S.chunks[0], (width,)),
+                drop_axis=[2] if S.ndim == 3 else [])
+        else:
+            likelihood_rows = _row_noise(np.asarray(S, dtype=float), n, D)
     out = list(inverter.run(*args, feature_noise_var=feature_noise_var,
                             feature_noise_cov=feature_noise_cov,
                             likelihood_var=likelihood_var if importance else None,
-                            likelihood_cov=likelihood_cov if importance else None))
-    keys = ["weights", "means", "covariances", "mean", "covariance", "std", "mode_weights",
-            "mode_means", "mode_covariances", "n_modes"]
+                            likelihood_cov=likelihood_cov if importance else None,
+                            likelihood_rows=likelihood_rows))
+    keys = (["weights", "means", "covariances"] if keep_mixture else []) + [
+        "mean", "covariance", "std", "mode_weights", "mode_means", "mode_covariances",
+        "n_modes"]
+    if keep_mixture and hasattr(model, "dof_"):  # t components
+        keys += ["dof", "scales"]
     if y_true is not None:
         keys.append("pit")
     if importance is not None:
         keys += ["is_mean", "is_covariance", "is_std", "effective_sample_size"]
         if y_true is not None:
             keys.append("is_pit")
-    return InversionResult(**dict(zip(keys, out, strict=True)), importance=importance,
-                           names=tuple(names))
+    parts = {"weights": None, "means": None, "covariances": None}
+    parts |= dict(zip(keys, out, strict=True))
+    return InversionResult(**parts, importance=importance, names=tuple(names))

@@ -42,6 +42,7 @@ from ._mixtures import (  # noqa: F401  (the densities and draws are documented 
     stream_key,
     t_covariance_factor,
 )
+from ._small_spd import spd_logdet
 
 __all__ = ["ImportanceSamplingResult", "importance_sampling", "merge_mixture"]
 
@@ -77,7 +78,7 @@ def _runnalls_cost(w_i, m_i, P_i, ld_i, w_j, m_j, P_j, ld_j, jitter):
     the jittered ones; the jitter is 0 except on rows with a singular covariance).
     """
     w, _, cov = _merged_moments(w_i, m_i, P_i, w_j, m_j, P_j)
-    logdet = np.linalg.slogdet(cov + jitter[..., None, None] * np.eye(cov.shape[-1]))[1]
+    logdet = spd_logdet(cov + jitter[..., None, None] * np.eye(cov.shape[-1]))
     return 0.5 * (w * logdet - w_i * ld_i - w_j * ld_j)
 
 
@@ -87,7 +88,7 @@ def _merge_block(weights, means, covs, n_keep, jitter):
     means = means.copy()
     covs = covs.copy()
     jitter = jitter[:, None]
-    logdets = np.linalg.slogdet(covs + jitter[..., None, None] * np.eye(L))[1]
+    logdets = spd_logdet(covs + jitter[..., None, None] * np.eye(L))
     active = np.ones((n, K), dtype=bool)
     rows = np.arange(n)
     iu, ju = np.triu_indices(K, k=1)
@@ -103,7 +104,7 @@ def _merge_block(weights, means, covs, n_keep, jitter):
         w, m, P = _merged_moments(weights[rows, i], means[rows, i], covs[rows, i],
                                   weights[rows, j], means[rows, j], covs[rows, j])
         weights[rows, i], means[rows, i], covs[rows, i] = w, m, P
-        logdets[rows, i] = np.linalg.slogdet(P + jitter[..., None] * np.eye(L))[1]
+        logdets[rows, i] = spd_logdet(P + jitter[..., None] * np.eye(L))
         weights[rows, j] = 0.0
         active[rows, j] = False
         cost[rows, j, :] = np.inf
@@ -202,18 +203,31 @@ def merge_mixture(weights, means, covariances, n_components=2):
         )
     jitter = _singular_jitter(weights, means, covariances)
     n_keep = min(int(n_components), K)
-    # Zero weights would make the merged weights 0/0; a floor far below any real weight
-    # keeps the arithmetic defined without changing the moments measurably.
-    floored = np.maximum(weights, 1e-300)
-    block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, K * K * L * L))
-    parts = [
-        _merge_block(floored[a : a + block], means[a : a + block], covariances[a : a + block],
-                     n_keep, jitter[a : a + block])
-        for a in range(0, n, block)
-    ]
-    if not parts:
-        return np.zeros((0, n_keep)), np.zeros((0, n_keep, L)), np.zeros((0, n_keep, L, L))
-    out_w, out_m, out_c = (np.concatenate(p, axis=0) for p in zip(*parts, strict=True))
+    # A component of weight 0 merges into any other at no cost and changes nothing: each
+    # row merges its positive-weight components only (at least n_keep columns), the
+    # rows grouped by that number, heaviest columns first.
+    width = np.maximum((weights > 0).sum(axis=1), n_keep)
+    order = np.argsort(-weights, axis=1, kind="stable")
+    out_w = np.empty((n, n_keep))
+    out_m = np.empty((n, n_keep, L))
+    out_c = np.empty((n, n_keep, L, L))
+    for c in np.unique(width):
+        idx = np.flatnonzero(width == c)
+        cols = order[idx, :c]
+        w = weights[idx[:, None], cols]
+        m = means[idx[:, None], cols]
+        P = covariances[idx[:, None], cols]
+        if c == n_keep:  # nothing to merge: already heaviest first
+            out_w[idx], out_m[idx], out_c[idx] = w, m, P
+            continue
+        # Zero weights would make the merged weights 0/0; a floor far below any real
+        # weight keeps the arithmetic defined without changing the moments measurably.
+        w = np.maximum(w, 1e-300)
+        block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, c * c * L * L))
+        for a in range(0, idx.size, block):
+            sl = slice(a, a + block)
+            out_w[idx[sl]], out_m[idx[sl]], out_c[idx[sl]] = _merge_block(
+                w[sl], m[sl], P[sl], n_keep, jitter[idx[sl]])
     out_w = np.where(out_w <= 1e-300, 0.0, out_w)
     return out_w, out_m, out_c
 
@@ -228,6 +242,11 @@ def _singular_jitter(weights, means, covariances):
                                                                       initial=0.0)
     if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
         raise ValueError("covariances must be symmetric matrices.")
+    try:  # positive definite throughout (the usual case): no eigenvalues needed
+        spd_logdet(covariances)
+        return np.zeros(n)
+    except np.linalg.LinAlgError:
+        pass
     low = np.linalg.eigvalsh(covariances).min(axis=-1)
     if (low < -1e-10 * scale).any():
         raise ValueError(

@@ -125,8 +125,18 @@ def test_inversion_errors(bimodal):
         invert(model, X, importance="all")
     with pytest.raises(ValueError, match="y_true"):
         invert(model, X).coverage()
-    with pytest.raises(ValueError, match="Per-observation full noise covariances"):
-        invert(model, X, feature_noise_cov=np.ones((1, 2, 2)))
+    with pytest.raises(ValueError, match=r"feature_noise_cov must have shape \(2, 2\) or"):
+        invert(model, X, feature_noise_cov=np.ones((2, 2, 2)))
+    bad = np.stack([0.01 * np.eye(2), -0.01 * np.eye(2)])  # the second is indefinite
+    with pytest.raises(ValueError, match=r"positive semi-definite .*\(sample 1\)"):
+        invert(model, np.vstack([X, X]), feature_noise_cov=bad)
+    with pytest.raises(ValueError, match=r"positive definite .*\(sample 1\)"):
+        invert(model, np.vstack([X, X]), feature_noise_cov=np.abs(bad), likelihood_cov=bad,
+               forward_model=F, importance="full")
+    with pytest.raises(ValueError, match="likelihood_var must be"):
+        invert(model, X, forward_model=F, importance="full", likelihood_var=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="merge_min_weight"):
+        invert(model, X, merge_min_weight=1.0)
     # The likelihood's noise is checked as importance_sampling's noise_covariance is.
     D = X.shape[1]
     skew = 0.01 * np.eye(D)
@@ -141,3 +151,103 @@ def test_inversion_errors(bimodal):
     before = X.copy()
     invert(model, X, feature_noise_var=0.01)
     assert np.array_equal(X, before)
+
+
+def test_per_observation_full_covariances_are_exact(gllim_ref):
+    """(n, D, D) noises: the mixture, moments and modes of every observation are those of
+    dense Gaussian conditioning with Sigma_k + S_i; one noise singular, one correlated."""
+    rng = np.random.default_rng(0)
+    p = gllim_ref.random_params(rng, 3, 5, 2)
+    X, y, _ = gllim_ref.sample(p, 400, rng)
+    model = GLLiMRegressor(3, max_iter=20, random_state=0).fit(X, y)
+    dense = gllim_ref.dense_params(model)
+    B = rng.normal(scale=0.4, size=(7, 5, 5))
+    B[2, :, 1:] = 0.0  # rank one
+    S = B @ np.swapaxes(B, 1, 2)
+    Xq = X[:7]
+    res = invert(model, Xq, feature_noise_cov=S, n_modes=3, merge_min_weight=0.0)
+    for i in range(7):
+        ref = gllim_ref.condition_on_x(dict(dense, Sigma=dense["Sigma"] + S[i]), Xq[i:i + 1])
+        assert np.allclose(res.weights[i], ref.weights[0], atol=1e-9)
+        assert np.allclose(res.means[i], ref.means[0], rtol=1e-8, atol=1e-9)
+        assert np.allclose(res.covariances[i], ref.covs, rtol=1e-8, atol=1e-12)
+        assert np.allclose(res.mean[i], ref.mean[0], rtol=1e-8, atol=1e-9)
+        assert np.allclose(res.covariance[i], ref.cov[0], rtol=1e-7, atol=1e-10)
+    # Three components merged into three modes: the components themselves, by weight.
+    order = np.argsort(-res.weights, axis=1)
+    assert np.allclose(res.mode_weights, np.take_along_axis(res.weights, order, axis=1))
+    # Summaries only: the same numbers, without the mixture.
+    lean = invert(model, Xq, feature_noise_cov=S, n_modes=3, merge_min_weight=0.0,
+                  keep_mixture=False)
+    assert lean.weights is None and lean.covariances is None
+    for name in ("mean", "covariance", "mode_means", "mode_covariances", "n_modes"):
+        assert np.allclose(getattr(lean, name), getattr(res, name), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="keep_mixture=True"):
+        lean.interval()
+
+
+def test_importance_sampling_with_per_observation_full_covariances():
+    """A correlated noise per observation: IS moments match the grid posterior, which
+    uses each observation's own full covariance."""
+    F = FunctionModel(lambda y: np.hstack([y**2, 0.5 * y**2 + 0.3 * y]), [[-1, 1]], 2)
+    Y, X = simulate(F, 3000, noise_std=0.0, random_state=0)
+    model = GLLiMRegressor(n_components=10, random_state=0).fit(X, Y)
+    Xq = F(np.array([[0.6], [-0.4]]))
+    S = np.array([[[4e-4, 3e-4], [3e-4, 4e-4]], [[9e-4, -5e-4], [-5e-4, 6e-4]]])
+    res = invert(model, Xq, feature_noise_cov=S, forward_model=F, importance="full",
+                 n_draws=4000, n_imis_steps=3, random_state=0)
+    grid = np.linspace(-1, 1, 20001)[:, None]
+    fx = F(grid)
+    for n in range(2):
+        r = Xq[n] - fx
+        logp = -0.5 * np.einsum("gi,ij,gj->g", r, np.linalg.inv(S[n]), r)
+        w = np.exp(logp - logp.max())
+        w /= w.sum()
+        mean = (w * grid[:, 0]).sum()
+        sd = np.sqrt((w * (grid[:, 0] - mean) ** 2).sum())
+        assert res.is_mean[n, 0] == pytest.approx(mean, abs=4 * sd / np.sqrt(
+            res.effective_sample_size[n]) + 1e-3)
+        assert res.is_std[n, 0] == pytest.approx(sd, rel=0.1)
+    # Per-observation covariances follow dask's row blocks.
+    da = pytest.importorskip("dask.array")
+    Xd = np.repeat(Xq, 3, axis=0)
+    Sd = np.repeat(S, 3, axis=0)
+    lazy = invert(model, da.from_array(Xd, chunks=4), feature_noise_cov=da.from_array(
+        Sd, chunks=4)).compute()
+    eager = invert(model, Xd, feature_noise_cov=Sd)
+    assert np.allclose(lazy.mean, eager.mean) and np.allclose(lazy.covariances,
+                                                              eager.covariances)
+    # Importance sampling with per-observation noises in dask blocks: diagonal
+    # covariances give the variances' weights exactly (same draws, same seeds).
+    var = np.repeat(np.array([[4e-4, 5e-4], [9e-4, 6e-4]]), 3, axis=0)
+    kw = dict(forward_model=F, importance="full", n_draws=200, random_state=1)
+    by_var = invert(model, da.from_array(Xd, chunks=4), feature_noise_var=da.from_array(
+        var, chunks=4), **kw).compute()
+    by_cov = invert(model, da.from_array(Xd, chunks=4), feature_noise_cov=da.from_array(
+        var[:, :, None] * np.eye(2), chunks=4), **kw).compute()
+    assert np.allclose(by_var.is_mean, by_cov.is_mean, rtol=1e-10)
+    assert np.allclose(by_var.effective_sample_size, by_cov.effective_sample_size)
+
+
+def test_student_intervals_and_pits_use_the_t_distribution():
+    from scipy import stats
+
+    from gllim_sk import StudentGLLiMRegressor
+
+    rng = np.random.default_rng(3)
+    y = rng.uniform(-1, 1, (600, 1))
+    X = np.hstack([np.sin(2 * y), y**3]) + 0.05 * rng.standard_t(3, size=(600, 2))
+    model = StudentGLLiMRegressor(n_components=3, random_state=0).fit(X, y)
+    yq = y[:40]
+    res = invert(model, X[:40], y_true=yq, n_modes=2)
+    assert res.dof.shape == (40, 3) and res.scales.shape == (40, 3, 1, 1)
+    loc, scale = res.means[..., 0], np.sqrt(res.scales[..., 0, 0])
+    cdf = np.einsum("nk,nk->n", res.weights, stats.t.cdf(yq, res.dof, loc, scale))
+    assert np.allclose(res.pit[:, 0], cdf, atol=1e-12)
+    lo, hi = res.interval(0.9)
+    for bound, q in ((lo, 0.05), (hi, 0.95)):
+        mass = np.einsum("nk,nk->n", res.weights, stats.t.cdf(bound, res.dof, loc, scale))
+        assert np.allclose(mass, q, atol=1e-8)
+    # The normal CDF with the t scales would put the bounds elsewhere (few dof).
+    normal = np.einsum("nk,nk->n", res.weights, stats.norm.cdf(lo, loc, scale))
+    assert np.max(np.abs(normal - 0.05)) > 1e-3

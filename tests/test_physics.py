@@ -241,6 +241,47 @@ print(json.dumps(worst))
     assert float(proc.stdout.strip().splitlines()[-1]) < 1e-9
 
 
+@pytest.mark.skipif(not _xllim_available(), reason="xllim is not installed")
+def test_shkuratov_against_xllim():
+    """xllim's ShkuratovModel ("5p": A_N, mu1, nu, m, mu2; "3p": A_N, mu1, nu with m = 0)
+    on random parameters and geometries, with unit scaling and zero offset.
+
+    Conventions found: xllim returns A(alpha) D / cos(i) (a reflectance factor), and
+    its roughness term cos(beta)^(nu alpha / (pi - alpha)) differs from Shkuratov et al.
+    (2011, eq. 5), which ours follows: the comparison holds nu = 0, where the phase
+    function, the photometric longitude and the rest of the disk function all enter.
+    """
+    code = r"""
+import numpy as np, json
+from gllim_sk.physics import ShkuratovModel
+import xllim
+rng = np.random.default_rng(7)
+D = 10
+inc, eme, az = rng.uniform(0, 70, D), rng.uniform(0, 70, D), rng.uniform(0, 180, D)
+geo = np.column_stack([inc, eme, az])
+unit = {"A_N": (0, 1), "mu1": (0, 3), "m": (0, 10), "mu2": (0, 3), "nu": (0, 2)}
+ours = ShkuratovModel(inc, eme, azimuth=az, bounds=unit)
+x5 = xllim.ShkuratovModel(geo.copy(), "5p", np.ones(5), np.zeros(5))
+x3 = xllim.ShkuratovModel(geo.copy(), "3p", np.ones(3), np.zeros(3))
+cos_i = np.cos(np.radians(inc))
+worst = 0.0
+for _ in range(40):
+    a_n, mu1 = rng.uniform(0.05, 1), rng.uniform(0, 3)
+    m, mu2 = rng.uniform(0, 10), rng.uniform(0, 3)
+    ref5 = x5.F(np.array([[a_n], [mu1], [0.0], [m], [mu2]])).ravel()
+    ref3 = x3.F(np.array([[a_n], [mu1], [0.0]])).ravel()
+    got5 = ours(np.array([[a_n, mu1, m, mu2, 0.0]]))[0] / cos_i
+    got3 = ours(np.array([[a_n, mu1, 0.0, mu2, 0.0]]))[0] / cos_i
+    worst = max(worst, float(np.max(np.abs(got5 / ref5 - 1))),
+                float(np.max(np.abs(got3 / ref3 - 1))))
+print(json.dumps(worst))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1e-9
+
+
 @pytest.mark.parametrize("method", ["sobol", "lhs", "halton", "random"])
 def test_designs_fill_the_box(method):
     bounds = np.array([[0, 1], [10, 30], [-1, 1]])

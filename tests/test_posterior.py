@@ -75,24 +75,49 @@ def runnalls_cost_dense(w1, m1, P1, w2, m2, P2):
                   - w2 * np.log(np.linalg.det(P2))), (w, m, P)
 
 
+def greedy_reference(comps, n_keep):
+    """Runnalls' greedy merging written out: all pairs, dense determinants; the kept
+    components (weight, mean, covariance) heaviest first."""
+    while len(comps) > n_keep:
+        best = min(
+            ((a, b) for a in range(len(comps)) for b in range(a + 1, len(comps))),
+            key=lambda ab: runnalls_cost_dense(*comps[ab[0]], *comps[ab[1]])[0],
+        )
+        merged = runnalls_cost_dense(*comps[best[0]], *comps[best[1]])[1]
+        comps = [c for j, c in enumerate(comps) if j not in best] + [merged]
+    return sorted(comps, key=lambda c: -c[0])
+
+
 def test_merge_follows_runnalls_greedy_order():
     """Reference: a greedy loop over all pairs with dense determinants."""
     rng = np.random.default_rng(3)
     weights, means, covs = random_mixtures(rng, 5, 6, 2)
     w2, m2, c2 = merge_mixture(weights, means, covs, 2)
     for i in range(5):
-        comps = [(weights[i, k], means[i, k], covs[k]) for k in range(6)]
-        while len(comps) > 2:
-            best = min(
-                ((a, b) for a in range(len(comps)) for b in range(a + 1, len(comps))),
-                key=lambda ab: runnalls_cost_dense(*comps[ab[0]], *comps[ab[1]])[0],
-            )
-            merged = runnalls_cost_dense(*comps[best[0]], *comps[best[1]])[1]
-            comps = [c for j, c in enumerate(comps) if j not in best] + [merged]
-        comps.sort(key=lambda c: -c[0])
+        comps = greedy_reference([(weights[i, k], means[i, k], covs[k]) for k in range(6)], 2)
         assert_allclose(w2[i], [c[0] for c in comps], rtol=1e-10)
         assert_allclose(m2[i], [c[1] for c in comps], rtol=1e-10, atol=1e-12)
         assert_allclose(c2[i], [c[2] for c in comps], rtol=1e-10, atol=1e-12)
+
+
+def test_merge_drops_zero_weight_components_and_follows_the_greedy_order_in_4d():
+    """Rows with different numbers of zero weights (grouped internally), 4-D components:
+    the positive components follow the dense greedy reference; zero weights stay 0."""
+    rng = np.random.default_rng(4)
+    n, K, L = 8, 7, 4
+    weights, means, covs = random_mixtures(rng, n, K, L, per_sample_cov=True)
+    for i in range(n):  # row i has min(i, K - 1) zero weights
+        weights[i, rng.permutation(K)[: min(i, K - 1)]] = 0.0
+    weights /= weights.sum(axis=1, keepdims=True)
+    w2, m2, c2 = merge_mixture(weights, means, covs, 3)
+    for i in range(n):
+        comps = greedy_reference([(weights[i, k], means[i, k], covs[i, k]) for k in range(K)
+                                  if weights[i, k] > 0], 3)
+        kept = len(comps)
+        assert_allclose(w2[i, :kept], [c[0] for c in comps], rtol=1e-10)
+        assert_allclose(m2[i, :kept], [c[1] for c in comps], rtol=1e-10, atol=1e-12)
+        assert_allclose(c2[i, :kept], [c[2] for c in comps], rtol=1e-10, atol=1e-12)
+        assert np.all(w2[i, kept:] == 0.0)
 
 
 def test_merge_keeps_everything_when_asked_for_more_and_handles_zero_weights():
@@ -211,6 +236,23 @@ def test_mixture_log_density_matches_scipy():
                            .pdf(y[i]) for k in range(4)))
         assert_allclose(got_t[i], ref_t, rtol=1e-10)
         assert_allclose(got_n[i], ref_n, rtol=1e-10)
+
+
+def test_mixture_log_density_far_from_the_origin_and_narrow():
+    """Narrow 4-D components far from the origin (the distances are computed by
+    expanding the quadratic form: it must not cancel), shared scales (K, L, L)."""
+    rng = np.random.default_rng(5)
+    n, K, L = 2, 3, 4
+    weights = rng.dirichlet(np.ones(K), size=n)
+    means = 1e4 + rng.normal(scale=1e-3, size=(n, K, L))
+    B = rng.normal(size=(K, L, L))
+    covs = 1e-8 * (B @ np.swapaxes(B, 1, 2) + 0.1 * np.eye(L))
+    y = means[:, :1] + rng.normal(scale=1e-4, size=(n, 6, L))
+    got = mixture_log_density(y, np.log(weights), means, covs)
+    for i in range(n):
+        ref = np.log(sum(weights[i, k] * multivariate_normal(means[i, k], covs[k]).pdf(y[i])
+                         for k in range(K)))
+        assert_allclose(got[i], ref, rtol=1e-9)
 
 
 def test_sample_mixture_moments():
@@ -491,7 +533,8 @@ def noisy_reference(ref, p, X, noise):
 
 
 @pytest.mark.parametrize("n_latent", [0, 2])
-@pytest.mark.parametrize("kind", ["shared_var", "per_sample_var", "shared_cov"])
+@pytest.mark.parametrize("kind", ["shared_var", "per_sample_var", "shared_cov",
+                                  "per_sample_cov"])
 @pytest.mark.parametrize("covariance_type", NOISE_COVARIANCE_TYPES)
 def test_observation_noise_matches_dense_conditioning(gllim_ref, covariance_type, kind,
                                                       n_latent):
@@ -510,10 +553,15 @@ def test_observation_noise_matches_dense_conditioning(gllim_ref, covariance_type
         var = rng.uniform(0.01, 0.5, (12, 6))
         kwargs = dict(feature_noise_var=var)
         S = var[:, :, None] * np.eye(6)
-    else:
+    elif kind == "shared_cov":
         B = rng.normal(scale=0.3, size=(6, 6))
         kwargs = dict(feature_noise_cov=B @ B.T)
         S = np.broadcast_to(B @ B.T, (12, 6, 6))
+    else:  # a full covariance per sample, one of them singular (rank 2)
+        B = rng.normal(scale=0.3, size=(12, 6, 6))
+        B[3, :, 2:] = 0.0
+        S = B @ np.swapaxes(B, 1, 2)
+        kwargs = dict(feature_noise_cov=S)
     weights, means, covs, mean, cov = noisy_reference(gllim_ref, dense, Xq, S)
     w, m, c = model.predict_mixture(Xq, **kwargs)
     assert c.shape == (12, 3, 2, 2)
