@@ -309,7 +309,7 @@ def _init_latent(model, executor, blocks, esteps, moments, n_latent, random_stat
         pca = pass_over()
         for k in np.flatnonzero(pca.count >= min_rows):
             lam, vecs = np.linalg.eigh(pca.gram[k] / pca.weight[k])
-            leading[k] = lam[::-1], vecs[:, ::-1].T
+            leading[k] = lam[::-1], gm.canonical_signs(vecs[:, ::-1].T)
     else:
         m = min(n_latent + LATENT_OVERSAMPLING, D)
         Q = random_state.standard_normal((K, D, m))
@@ -321,7 +321,7 @@ def _init_latent(model, executor, blocks, esteps, moments, n_latent, random_stat
         pca = pass_over(Q)
         for k in np.flatnonzero(pca.count >= min_rows):  # Rayleigh-Ritz on span(Q_k)
             lam, vecs = np.linalg.eigh(Q[k].T @ pca.product[k] / pca.weight[k])
-            leading[k] = lam[::-1], (Q[k] @ vecs[:, ::-1]).T
+            leading[k] = lam[::-1], gm.canonical_signs((Q[k] @ vecs[:, ::-1]).T)
     W = np.zeros((K, D, n_latent))
     for k in range(K):
         if k in leading:

@@ -272,21 +272,29 @@ class BlockEStep:
 
 
 def _leading_right_singular(M, n_dirs, random_state):
-    """Leading singular values and right singular vectors of M (m, D)."""
+    """Leading singular values and right singular vectors of M (m, D), each vector with
+    its largest entry positive (a singular vector's sign is arbitrary, and LAPACK's
+    choice changes with the order in which the rows were summed, e.g. on dask blocks)."""
     m, D = M.shape
     if min(m, D) > 1000:
         _, s, vt = randomized_svd(
             M, n_dirs, n_iter=3, power_iteration_normalizer="QR", random_state=random_state
         )
-        return s, vt
-    # Eigen-decomposition of the smaller Gram matrix: one GEMM and a small eigh.
-    if m <= D:
+    elif m <= D:
+        # Eigen-decomposition of the smaller Gram matrix: one GEMM and a small eigh.
         vals, u = _leading_eigh(M @ M.T, n_dirs)
         s = np.sqrt(np.maximum(vals, 0.0))
         vt = (u.T @ M) / np.where(s > 0, s, 1.0)[:, None]
-        return s, vt
-    vals, v = _leading_eigh(M.T @ M, n_dirs)
-    return np.sqrt(np.maximum(vals, 0.0)), v.T
+    else:
+        vals, v = _leading_eigh(M.T @ M, n_dirs)
+        s, vt = np.sqrt(np.maximum(vals, 0.0)), v.T
+    return s, canonical_signs(vt)
+
+
+def canonical_signs(vt):
+    """The rows of ``vt`` (directions), each with its largest entry made positive."""
+    largest = vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)]
+    return vt * np.where(largest < 0, -1.0, 1.0)[:, None]
 
 
 def _leading_eigh(G, n_dirs):
