@@ -299,8 +299,7 @@ def canonical_signs(vt):
 
 def _leading_eigh(G, n_dirs):
     """The n_dirs largest eigenvalues of the symmetric G, decreasing, and their vectors:
-    only those are computed (several times faster than the full spectrum that the
-    latent initialisation of every start used to pay for)."""
+    only those are computed, since every start's latent initialisation needs no more."""
     size = G.shape[0]
     vals, vecs = scipy.linalg.eigh(G, subset_by_index=[size - n_dirs, size - 1])
     return vals[::-1], vecs[:, ::-1]
