@@ -426,8 +426,8 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
                     subset, random_state, init_params=_init.candidate_kind(self.init_params, i)),
                 # The runs on the subset are the initialisation's, whatever max_iter
                 # (which counts the iterations on all samples).
-                lambda params: self._run_em(subset, params, time(),
-                                            max_iter=_init.CANDIDATE_MAX_ITER),
+                lambda params, settled: self._run_em(
+                    subset, params, time(), max_iter=_init.CANDIDATE_MAX_ITER, stop=settled),
                 lambda params: _init.prediction_score(scored.model, scored.executor,
                                                       scored.blocks, params, target_var),
                 n_candidates,
