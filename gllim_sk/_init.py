@@ -17,7 +17,9 @@ call and the deep GLLiM layer's initial mixture all start here, with the constan
     components is slow, and after 10 iterations it is still far below the runs that are
     stuck in a poor optimum but got there fast (K = 20, badly separated, seeds 2 and 3:
     the best after 10 iterations ended at 3.7x and 3.1x the oracle's error, where 4
-    and 1 of the partitions of y, continued, reached it);
+    and 1 of the partitions of y, continued, reached it). Convergence here means that
+    of the prediction, which the choice uses: a run whose score has settled stops even
+    while its likelihood still creeps (see ``CANDIDATE_CHECK_EVERY``);
   - *prediction, not likelihood*: on real features (the Table 1 p-HOG, D = 1,888),
     partitions that follow clusters of the features (people, lighting) reached a
     higher likelihood of (x, y) than partitions of the angles, and predicted them much
@@ -31,7 +33,7 @@ call and the deep GLLiM layer's initial mixture all start here, with the constan
     :func:`candidate_min_rows`); there are fewer starts, or only the single start.
 
   The runs stop once three of them end at the same best score, which makes easy
-  problems cheap.
+  problems cheap; of runs at the same score, the one of higher likelihood continues.
 
 This module knows nothing of threads or clusters: the executors of
 :mod:`gllim_sk._engine` run the steps, and :mod:`gllim_sk._dask` makes the same partitions
@@ -76,8 +78,8 @@ CANDIDATE_SAME_SCORE = 1e-4
 # the likelihood may still creep towards the fit's tol (a latent factor or a 2 %
 # component adjusting). bench_init K5-D200-latent1-2 %: runs whose score was final by
 # iteration 5 or 10 went on to 100 iterations, the cost of several whole starts. Runs
-# that still gain more (K20-bad: 1-10 nats per sample between checks) are not scored:
-# each check costs about an E-step.
+# that still gain more are not scored (K20-bad: 0.1-10 per sample and iteration until a
+# few iterations before they converge), since a check costs about an E-step.
 CANDIDATE_CHECK_EVERY = 5
 CANDIDATE_CREEP = 1e-2
 # The joint partition clusters [y, x] standardised, with x's D columns replaced, when
@@ -350,9 +352,9 @@ def best_start(make_start, run, score, n_candidates):
     ``score(params)`` rates the parameters (:func:`prediction_score`). Returns the run of
     highest score, with its score; a run of non-finite likelihood or score only when every
     run is; of runs at the same score (within ``CANDIDATE_SAME_SCORE``), the one of
-    highest likelihood. Stops early once ``CANDIDATE_STOP_HITS`` runs have ended at the best score
-    (within ``CANDIDATE_SAME_SCORE``): the same optimum found again and again is, most
-    likely, the best that further starts would find.
+    highest likelihood. Stops early once ``CANDIDATE_STOP_HITS`` runs have ended at the
+    best score: the same optimum found again and again is, most likely, the best that
+    further starts would find.
     """
     best, best_score, hits = None, -np.inf, 0
     for i in range(n_candidates):
