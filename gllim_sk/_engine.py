@@ -571,10 +571,12 @@ class EMMixin:
             "Standardise X and y, or increase reg_covar."
         )
 
-    def _run_em(self, problem, params, start, max_iter=None):
+    def _run_em(self, problem, params, start, max_iter=None, stop=None):
         """EM from ``params`` for at most ``max_iter`` (default: the estimator's) M-steps,
         counting the one that made ``params``: the bounds, last parameters, iterations
-        and convergence."""
+        and convergence. ``stop(bounds, params)``, when given, is asked after each
+        iteration whether to stop there (the initialisation's runs, see
+        :func:`._init.best_start`)."""
         max_iter = self.max_iter if max_iter is None else max_iter
         model, executor, blocks = problem.model, problem.executor, problem.blocks
         esteps, stats, bound, latent_cov = e_step(model, executor, blocks, params,
@@ -596,6 +598,8 @@ class EMMixin:
                                f"ll change {change:.5f}")
             if abs(change) < self.tol:
                 converged = True
+                break
+            if stop is not None and stop(bounds, params):
                 break
         if max_iter == 1 and self.tol > 0:
             converged = False

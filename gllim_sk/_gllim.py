@@ -106,10 +106,12 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         with its own k-means seeding) starts EM on a random subset of the samples
         (``1 / init_candidates`` of them, at least 100 per component, and more than
         ``n_features`` with ``covariance_type="full"`` or ``n_latent > 0``, where each
-        component has a D x D covariance to estimate) until it converges
-        (``tol``, at most 100 iterations); the one whose conditional mean E[y | x]
+        component has a D x D covariance to estimate) until it converges (``tol``, at
+        most 100 iterations) or its prediction has settled (checked every 5 iterations
+        once the likelihood creeps); the one whose conditional mean E[y | x]
         predicts the targets of as many other samples best (the sum over targets of
-        R^2) continues on all samples. One partition of ``y`` often leads EM to a poor
+        R^2) continues on all samples (of runs that predict as well, the one of higher
+        likelihood). One partition of ``y`` often leads EM to a poor
         local optimum when components overlap in ``y``; the best of several finds the
         optimum far more often, for about the cost of one more run (measured in
         ``benchmarks/bench_init.py``). Prediction, not likelihood, chooses: on real
@@ -426,8 +428,8 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
                     subset, random_state, init_params=_init.candidate_kind(self.init_params, i)),
                 # The runs on the subset are the initialisation's, whatever max_iter
                 # (which counts the iterations on all samples).
-                lambda params: self._run_em(subset, params, time(),
-                                            max_iter=_init.CANDIDATE_MAX_ITER),
+                lambda params, settled: self._run_em(
+                    subset, params, time(), max_iter=_init.CANDIDATE_MAX_ITER, stop=settled),
                 lambda params: _init.prediction_score(scored.model, scored.executor,
                                                       scored.blocks, params, target_var),
                 n_candidates,

@@ -91,8 +91,8 @@ def test_the_start_that_predicts_best_continues(gllim_ref, monkeypatch):
     best_start = _init.best_start
 
     def recording(make_start, run_short, score, n_candidates):
-        def scored_run(start):
-            run = run_short(start)
+        def scored_run(start, settled):
+            run = run_short(start, settled)
             runs.append((run, score(run[1])))
             return run
         return best_start(make_start, scored_run, score, n_candidates)
@@ -106,9 +106,12 @@ def test_the_start_that_predicts_best_continues(gllim_ref, monkeypatch):
     # max_iter=1: the fit's parameters are the chosen run's, evaluated on all samples.
     assert_allclose(model._params.A, chosen.A)
     assert_allclose(model._params.weights, chosen.weights)
-    # Each run went to convergence (tol=0 on the fit: CANDIDATE_MAX_ITER iterations),
-    # whatever the fit's max_iter.
-    assert all(len(run[0]) == _init.CANDIDATE_MAX_ITER for run, _ in runs)
+    # Whatever the fit's max_iter, each run went on (tol=0 on the fit) until its score
+    # settled, which is checked every CANDIDATE_CHECK_EVERY iterations, or for
+    # CANDIDATE_MAX_ITER iterations.
+    every = _init.CANDIDATE_CHECK_EVERY
+    assert all(len(run[0]) % every == 0 and 2 * every <= len(run[0]) <= _init.CANDIDATE_MAX_ITER
+               for run, _ in runs)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -145,7 +148,7 @@ def test_best_start_keeps_the_best_score_and_stops_when_it_recurs():
             made.append(i)
             return i
 
-        def run(i):
+        def run(i, settled):
             bound, _ = bounds_and_scores[i]
             return [bound], i, 1, True
 
@@ -166,3 +169,55 @@ def test_best_start_keeps_the_best_score_and_stops_when_it_recurs():
     assert chosen == 3 and best == 3.0 and made == [0, 1, 2, 3, 4]
     (_, chosen, _, _), best = run_of([(np.nan, 1.0), (-np.inf, 2.0)])
     assert chosen == 0 and best == -np.inf
+    # Of runs at the same score, the one of highest likelihood continues (the score
+    # stays the first's, so that the runs that count as hits do not drift).
+    made.clear()
+    scores = [(0.0, 2.0), (1.0, 2.0 + same), (0.5, 2.0), (9.0, 1.0)]
+    (bounds, chosen, _, _), best = run_of(scores)
+    assert chosen == 1 and bounds == [1.0] and best == 2.0 and made == [0, 1, 2]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_run_stops_once_its_prediction_score_has_settled(gllim_ref, monkeypatch):
+    # A run's score is checked every CANDIDATE_CHECK_EVERY iterations once its likelihood
+    # creeps (changes by less than CANDIDATE_CREEP); the run stops at the first check
+    # whose score is within CANDIDATE_SAME_SCORE of the previous check's (tol=0: the
+    # likelihood alone would never stop it), and the score it ends with is the
+    # prediction score of its last parameters.
+    X, y = make_data(gllim_ref, n_samples=4000)
+    runs = []
+    best_start = _init.best_start
+    every, creep = _init.CANDIDATE_CHECK_EVERY, _init.CANDIDATE_CREEP
+
+    def recording(make_start, run_short, score, n_candidates):
+        def watched_run(start, settled):
+            checks, due = [], []
+
+            def check(bounds, params):
+                stop = settled(bounds, params)
+                if len(bounds) % every == 0 and abs(bounds[-1] - bounds[-2]) < creep:
+                    due.append(len(bounds))
+                if settled.params is params:  # scored after this iteration
+                    checks.append((len(bounds), settled.value, score(params)))
+                return stop
+
+            run = run_short(start, check)
+            runs.append((run[2], checks, due, score(run[1])))
+            return run
+        return best_start(make_start, watched_run, score, n_candidates)
+
+    monkeypatch.setattr(_init, "best_start", recording)
+    GLLiMRegressor(3, init_candidates=3, max_iter=1, tol=0, random_state=0).fit(X, y)
+    assert len(runs) >= 2
+    for n_iter, checks, due, final in runs:
+        assert [n for n, _, _ in checks] == due
+        assert all(value == independent for _, value, independent in checks)
+        moves = [abs(b[1] - a[1]) for a, b in zip(checks, checks[1:], strict=False)]
+        settled_at = next((i for i, move in enumerate(moves)
+                           if move <= _init.CANDIDATE_SAME_SCORE), None)
+        if settled_at is None:
+            assert n_iter == _init.CANDIDATE_MAX_ITER
+        else:
+            assert n_iter == checks[settled_at + 1][0] and checks[-1][2] == final
+    # The rule did stop runs here, well before CANDIDATE_MAX_ITER.
+    assert any(n_iter < _init.CANDIDATE_MAX_ITER for n_iter, _, _, _ in runs)
