@@ -20,7 +20,7 @@ from ._kernels import (
     logsumexp,
     spd_inverse_and_logdet,
 )
-from ._small_spd import spd_logdet
+from ._small_spd import MAX_DIM, factor_entries, inverse_entries, logdet_entries, spd_logdet
 
 # Small matrices (rows x components) per block of rows of the noisy forward mixture.
 _NOISY_BLOCK = 16384
@@ -189,6 +189,9 @@ class ForwardMixin:
             return inv_V, logdet_V + logdet_gamma[:, None], prior_prec + gram
 
         noise = noise_var if diagonal else noise_cov
+        if diagonal and per_sample and Lz <= MAX_DIM:
+            return _noisy_diagonal_rows(Xc, noise, sigma, Az, means_x, prior_prec[:, 0],
+                                        log_w - 0.5 * (D * LOG_2PI + logdet_gamma), params.c)
         if not per_sample:
             inv_V, logdet_x, precision = noise_terms(noise)
             logdet_P, post_cov = spd_logdet(precision, inverse=True)
@@ -215,3 +218,47 @@ class ForwardMixin:
             means[sl] = np.swapaxes(params.c[:, None] + shift[..., :L], 0, 1)
             covs[sl] = np.swapaxes(post_cov[..., :L, :L], 0, 1)
         return log_nu, means, covs
+
+
+def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
+    """:meth:`ForwardMixin.noisy_forward_terms` for diagonal Sigma_k and per-row
+    variances S (n, D): the same quantities, each row block held entry by entry.
+
+    Every per-(row, component) quantity is an array (K, m) of a block of m rows, so the
+    small posterior precisions are factorised without moving them into a batch of
+    matrices first (:func:`~gllim_sk._small_spd.factor_entries`); only the outputs are
+    written in the (n, K, ...) layout. ``const`` (K,) holds
+    log pi_k - (D log 2 pi + log|Gamma_k|) / 2.
+    """
+    n, D = Xc.shape
+    K, _, Lz = Az.shape
+    L = c.shape[1]
+    lower = [(i, j) for i in range(Lz) for j in range(i + 1)]
+    # Entry (i, j) of Az' V^-1 Az for all rows as one product with V^-1 (D, m).
+    pairs = np.stack([Az[:, :, i] * Az[:, :, j] for i, j in lower], axis=1)  # (K, E, D)
+    AzT = np.ascontiguousarray(np.swapaxes(Az, 1, 2))  # (K, Lz, D)
+    XcT, ST = Xc.T, S.T
+    log_nu = np.empty((K, n))
+    means = np.empty((n, K, L))
+    covs = np.empty((n, K, L, L))
+    rows = max(1, _NOISY_BLOCK // K)
+    for a in range(0, n, rows):
+        b = min(a + rows, n)
+        V = sigma[:, :, None] + ST[None, :, a:b]  # (K, D, m)
+        inv_V = 1.0 / V
+        r = XcT[None, :, a:b] - means_x[:, :, None]
+        Vr = r * inv_V
+        gram = np.matmul(pairs, inv_V)  # (K, E, m)
+        u = np.matmul(AzT, Vr)  # (K, Lz, m)
+        P = [[None] * Lz for _ in range(Lz)]
+        for e, (i, j) in enumerate(lower):
+            P[i][j] = gram[:, e] + prior_prec[:, i, j, None]
+        C = factor_entries(P, Lz)
+        inv = inverse_entries(C, Lz)
+        shift = [sum(inv[i][j] * u[:, j] for j in range(Lz)) for i in range(Lz)]
+        quad = np.einsum("kdm,kdm->km", r, Vr) - sum(u[:, i] * shift[i] for i in range(Lz))
+        log_det = np.log(V).sum(axis=1) + logdet_entries(C, Lz)
+        log_nu[:, a:b] = const[:, None] - 0.5 * (log_det + quad)
+        means[a:b] = (c[:, :, None] + np.stack(shift[:L], axis=1)).transpose(2, 0, 1)
+        covs[a:b] = np.array([inv[i][:L] for i in range(L)]).transpose(3, 2, 0, 1)
+    return log_nu, means, covs
