@@ -237,17 +237,35 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
     # Entry (i, j) of Az' V^-1 Az for all rows as one product with V^-1 (D, m).
     pairs = np.stack([Az[:, :, i] * Az[:, :, j] for i, j in lower], axis=1)  # (K, E, D)
     AzT = np.ascontiguousarray(np.swapaxes(Az, 1, 2))  # (K, Lz, D)
-    XcT, ST = Xc.T, S.T
+    # Features rescaled by the geometric mean g of their noise variances, so that
+    # log|V| = log prod_d (V_d / g_d) + sum_d log g_d takes one logarithm per row and
+    # component instead of D (the sum of logarithms where the product leaves the
+    # floating-point range).
+    log_g = np.log(sigma).mean(axis=0)
+    g = np.exp(log_g)
+    sigma_g = (sigma / g)[:, :, None]
+    inv_g = (1.0 / g)[None, :, None]
+    SgT = np.ascontiguousarray((S / g).T)
+    XcT = np.ascontiguousarray(Xc.T)
+    mx = means_x[:, :, None]
     log_nu = np.empty((K, n))
     means = np.empty((n, K, L))
     covs = np.empty((n, K, L, L))
     rows = max(1, _NOISY_BLOCK // K)
+    # Work arrays (K, D, rows) reused by the full blocks.
+    work = [np.empty((K, D, rows)) for _ in range(3)] if n >= rows else None
     for a in range(0, n, rows):
         b = min(a + rows, n)
-        V = sigma[:, :, None] + ST[None, :, a:b]  # (K, D, m)
-        inv_V = 1.0 / V
-        r = XcT[None, :, a:b] - means_x[:, :, None]
-        Vr = r * inv_V
+        Vg, inv_V, r = work if b - a == rows else (None, None, None)
+        Vg = np.add(sigma_g, SgT[None, :, a:b], out=Vg)  # V / g, (K, D, m)
+        prod = np.prod(Vg, axis=1)
+        if np.all(np.isfinite(prod) & (prod > 0)):
+            logdet_V = np.log(prod) + log_g.sum()
+        else:
+            logdet_V = np.log(Vg).sum(axis=1) + log_g.sum()
+        inv_V = np.divide(inv_g, Vg, out=inv_V)
+        r = np.subtract(XcT[None, :, a:b], mx, out=r)
+        Vr = np.multiply(r, inv_V, out=Vg)
         gram = np.matmul(pairs, inv_V)  # (K, E, m)
         u = np.matmul(AzT, Vr)  # (K, Lz, m)
         P = [[None] * Lz for _ in range(Lz)]
@@ -257,7 +275,7 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
         inv = inverse_entries(C, Lz)
         shift = [sum(inv[i][j] * u[:, j] for j in range(Lz)) for i in range(Lz)]
         quad = np.einsum("kdm,kdm->km", r, Vr) - sum(u[:, i] * shift[i] for i in range(Lz))
-        log_det = np.log(V).sum(axis=1) + logdet_entries(C, Lz)
+        log_det = logdet_V + logdet_entries(C, Lz)
         log_nu[:, a:b] = const[:, None] - 0.5 * (log_det + quad)
         means[a:b] = (c[:, :, None] + np.stack(shift[:L], axis=1)).transpose(2, 0, 1)
         covs[a:b] = np.array([inv[i][:L] for i in range(L)]).transpose(3, 2, 0, 1)
