@@ -258,7 +258,8 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
         b = min(a + rows, n)
         Vg, inv_V, r = work if b - a == rows else (None, None, None)
         Vg = np.add(sigma_g, SgT[None, :, a:b], out=Vg)  # V / g, (K, D, m)
-        prod = np.prod(Vg, axis=1)
+        with np.errstate(over="ignore", under="ignore"):
+            prod = np.prod(Vg, axis=1)
         if np.all(np.isfinite(prod) & (prod > 0)):
             logdet_V = np.log(prod) + log_g.sum()
         else:
