@@ -29,7 +29,7 @@ from ._mixtures import (
     check_noise_variances,
     gaussian_or_t_log_density,
 )
-from .posterior import _gaussian_log_likelihood, importance_sampling, merge_mixture
+from .posterior import _gaussian_log_likelihood, _merge_mixture, importance_sampling
 
 __all__ = ["InversionResult", "invert"]
 
@@ -344,13 +344,26 @@ class _Inverter:
             modes.append(self._modes(*top))
             pending.clear()
 
+        whole = None
+        if s["keep_mixture"]:
+            # The mixture to keep is made at once, in the arrays returned (no copies of
+            # blocks); the summaries run over blocks of its rows.
+            whole = self.model._predictive_mixture(
+                X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov,
+                method="invert").to_numpy()
         for a in range(0, max(n, 1), rows):
             sl = slice(a, min(a + rows, n))
-            var = feature_noise_var[sl] if _per_row(feature_noise_var, 2) else \
-                feature_noise_var
-            cov = feature_noise_cov[sl] if _per_row(feature_noise_cov, 3) else \
-                feature_noise_cov
-            out, top = self._block(X[sl], None if y is None else y[sl], var, cov,
+            if whole is not None:
+                mix = whole.rows(sl)
+            else:
+                var = feature_noise_var[sl] if _per_row(feature_noise_var, 2) else \
+                    feature_noise_var
+                cov = feature_noise_cov[sl] if _per_row(feature_noise_cov, 3) else \
+                    feature_noise_cov
+                mix = self.model._predictive_mixture(
+                    X[sl], feature_noise_var=var, feature_noise_cov=cov,
+                    method="invert").to_numpy()
+            out, top = self._block(mix, None if y is None else y[sl],
                                    None if aug is None else aug[sl], forward, loglik, rng,
                                    late)
             blocks.append(out)
@@ -359,6 +372,10 @@ class _Inverter:
                 if sum(t[0].shape[0] for t in pending) >= _MERGE_ROWS or sl.stop >= n:
                     merge_pending()
         parts = [list(part) for part in zip(*blocks, strict=True)]
+        if whole is not None:  # the component means and covariances as made
+            parts[1] = [whole.means]
+            parts[2] = [np.broadcast_to(whole.covariances(), (n,) + whole.means.shape[1:]
+                                        + whole.means.shape[-1:])]
         if late:  # the merged modes' slots
             parts[6:10] = [list(part) for part in zip(*modes, strict=True)]
         # Only the outputs asked for (dask maps arrays, not Nones); one block's own
@@ -370,17 +387,16 @@ class _Inverter:
         """Merged modes (weights, means, covariances) and their count, of the
         ``merge_components`` heaviest components of each row (see ``_block``)."""
         s = self.settings
-        mw, mm, mc = merge_mixture(weights, means, covs, s["n_modes"])
+        # (the components' covariances are symmetric by construction)
+        mw, mm, mc = _merge_mixture(weights, means, covs, s["n_modes"], check_symmetry=False)
         return mw, mm, mc, _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
 
-    def _block(self, X, y, noise_var, noise_cov, aug, forward, loglik, rng, late):
-        """The outputs of the rows X, and the components to merge into modes: with
-        ``late`` the modes' slots are None and the caller merges those components."""
+    def _block(self, mix, y, aug, forward, loglik, rng, late):
+        """The outputs of the rows of the posterior mixture ``mix``, and the components
+        to merge into modes: with ``late`` the modes' slots are None and the caller
+        merges those components."""
         s = self.settings
-        n = X.shape[0]
-        mix = self.model._predictive_mixture(X, feature_noise_var=noise_var,
-                                             feature_noise_cov=noise_cov,
-                                             method="invert").to_numpy()
+        n = mix.means.shape[0]
         w = np.exp(mix.log_weights)
         mu, dof = mix.means, mix.dof
         K, L = mu.shape[1:]

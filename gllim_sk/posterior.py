@@ -192,6 +192,12 @@ def merge_mixture(weights, means, covariances, n_components=2):
     >>> w2.round(2), mu2[..., 0].round(2)
     (array([[0.55, 0.45]]), array([[-1.05,  2.  ]]))
     """
+    return _merge_mixture(weights, means, covariances, n_components)
+
+
+def _merge_mixture(weights, means, covariances, n_components, check_symmetry=True):
+    """:func:`merge_mixture`; ``check_symmetry=False`` for covariances symmetric by
+    construction (the inversion's own)."""
     weights = np.asarray(weights, dtype=float)
     means = np.asarray(means, dtype=float)
     covariances = np.asarray(covariances, dtype=float)
@@ -223,7 +229,7 @@ def merge_mixture(weights, means, covariances, n_components=2):
             "means and covariances must be finite (a Student-t component with at most 2 "
             "degrees of freedom has no covariance and cannot be merged by moments)."
         )
-    jitter, logdets = _singular_jitter(weights, means, covariances)
+    jitter, logdets = _singular_jitter(weights, means, covariances, check_symmetry)
     n_keep = min(int(n_components), K)
     # A component of weight 0 merges into any other at no cost and changes nothing: each
     # row merges its positive-weight components only (at least n_keep columns), the
@@ -257,21 +263,23 @@ def merge_mixture(weights, means, covariances, n_components=2):
     return out_w, out_m, out_c
 
 
-def _singular_jitter(weights, means, covariances):
+def _singular_jitter(weights, means, covariances, check_symmetry=True):
     """The diagonal jitter (n,) of each row's merging costs: 0 where every covariance is
     positive definite, else a tiny multiple of the mixture's scale (the mean variance of
     its components and of its means); and the log-determinants (n, K) of the jittered
     covariances. Refuses non-symmetric or indefinite covariances."""
     n, K, L = means.shape
-    scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
-    asym = np.abs(covariances - np.swapaxes(covariances, -1, -2)).max(axis=(-2, -1),
-                                                                      initial=0.0)
-    if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
-        raise ValueError("covariances must be symmetric matrices.")
+    if check_symmetry:
+        scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
+        asym = np.abs(covariances - np.swapaxes(covariances, -1, -2)).max(axis=(-2, -1),
+                                                                          initial=0.0)
+        if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
+            raise ValueError("covariances must be symmetric matrices.")
     try:  # positive definite throughout (the usual case): no eigenvalues needed
         return np.zeros(n), spd_logdet(covariances)
     except np.linalg.LinAlgError:
         pass
+    scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
     low = np.linalg.eigvalsh(covariances).min(axis=-1)
     if (low < -1e-10 * scale).any():
         raise ValueError(
