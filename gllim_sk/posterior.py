@@ -112,7 +112,7 @@ def _merge_block(weights, means, covs, n_keep, jitter, logdets):
         weights[:, ju], means[:, :, ju], covs[:, :, :, ju], logdets[:, ju], jitter,
     )
     ks = np.arange(K)
-    for _ in range(K - n_keep):
+    for step in range(K - n_keep):
         flat = cost.reshape(n, K * K).argmin(axis=1)
         i, j = np.divmod(flat, K)  # i < j: only the upper triangle holds costs
         w, m, P = _pair_moments(weights[rows, i], means[:, rows, i], covs[:, :, rows, i],
@@ -123,10 +123,13 @@ def _merge_block(weights, means, covs, n_keep, jitter, logdets):
             for h in range(l + 1):
                 covs[l, h, rows, i] = P[l][h]
                 covs[h, l, rows, i] = P[l][h]
-            P[l][l] = P[l][l] + jitter[:, 0]
-        logdets[rows, i] = logdet_entries(factor_entries(P, L), L)
         weights[rows, j] = 0.0
         active[rows, j] = False
+        if step == K - n_keep - 1:  # the last merge: no costs needed after it
+            break
+        for l in range(L):
+            P[l][l] = P[l][l] + jitter[:, 0]
+        logdets[rows, i] = logdet_entries(factor_entries(P, L), L)
         cost[rows, j, :] = np.inf
         cost[rows, :, j] = np.inf
         # Costs between the merged component and every other one.
