@@ -14,7 +14,8 @@ Each method runs in its own child process, so that its peak memory (``ru_maxrss`
 its own:
 
 - ``gllim``: :class:`gllim_sk.GLLiMRegressor` (K components, diagonal noise, full target
-  covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
+  covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``;
+  ``--gllim-candidates`` starting partitions, the estimator's ``init_candidates``),
   ``--gllim-iters`` EM iterations, default ``--iters``), then
   :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
   variances (posterior mixture, mean, 2 merged modes, PIT coverage), timed keeping the
@@ -36,7 +37,8 @@ its own:
   observation (it cannot use the per-observation variances: it learnt the 1% noise).
 - ``ratio`` (after ``gllim`` and ``xllim``): the two inversions of the test set with the
   models just learnt, alternated ``--ratio-rounds`` times in one process, so that each
-  pair of timings is taken under the same load (the machine may be shared).
+  pair of timings is taken under the same load (the machine may be shared); then, with
+  ``--ratio-learn-rounds``, both learnings alternated as many times (same settings).
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
 
@@ -115,23 +117,25 @@ def coverage_of(pit):
 
 
 # --------------------------------------------------------------------- methods
-def fit_gllim(d, K, iters, init, seed):
+def fit_gllim(d, K, iters, init, seed, candidates=None):
     """gllim_sk's model of the bench (``iters`` EM iterations exactly) and its time."""
     from gllim_sk import GLLiMRegressor
 
     model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters, tol=0.0,
                            init_params=init, random_state=seed)
+    if candidates:
+        model.set_params(init_candidates=candidates)
     t = time.perf_counter()
     model.fit(d["X"], d["Y"])
     return model, time.perf_counter() - t
 
 
-def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint"):
+def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint", candidates=None):
     from gllim_sk.inversion import invert
 
     d = np.load(path)
     F = hapke()
-    model, learn = fit_gllim(d, K, iters, init, seed)
+    model, learn = fit_gllim(d, K, iters, init, seed, candidates)
     with open(os.path.join(os.path.dirname(path), "gllim.pkl"), "wb") as fh:
         pickle.dump(model, fh)  # for the interleaved timing ("ratio")
     t = time.perf_counter()
@@ -269,7 +273,7 @@ XLLIM_PARAMS = ("A", "B", "C", "Gamma", "Pi", "Sigma")
 
 
 def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
-              init="kmeans_joint", seed=0):
+              init="kmeans_joint", seed=0, candidates=None):
     """gllim_sk's and xllim's inversions of the test set, alternated ``rounds`` times in
     one process (the models the other parts learnt), then their learning alternated
     ``learn_rounds`` times (the settings of the other parts): each pair of timings is
@@ -306,7 +310,7 @@ def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
         times |= {"learn_gllim": [], "learn_xllim": []}
     for _ in range(learn_rounds):
         times["learn_xllim"].append(fit_xllim(d, K, iters, seed)[1])
-        times["learn_gllim"].append(fit_gllim(d, K, gllim_iters, init, seed)[1])
+        times["learn_gllim"].append(fit_gllim(d, K, gllim_iters, init, seed, candidates)[1])
     return times
 
 
@@ -462,6 +466,8 @@ def main(argv=None):
     p.add_argument("--gllim-iters", type=int, default=None)
     p.add_argument("--gllim-init", default="kmeans_joint",
                    help="init_params of GLLiMRegressor (kmeans_joint: k-means on [y, X])")
+    p.add_argument("--gllim-candidates", type=int, default=None,
+                   help="init_candidates of GLLiMRegressor (default: the estimator's)")
     p.add_argument("--n-is", type=int, default=1000)
     p.add_argument("--sbi-budget", type=float, default=None)
     p.add_argument("--sbi-draws", type=int, default=500)
@@ -490,7 +496,7 @@ def main(argv=None):
         if "gllim" in parts:
             results["gllim"] = in_child(run_gllim, path, args.K,
                                         args.gllim_iters or args.iters, args.n_is, args.seed,
-                                        args.gllim_init)
+                                        args.gllim_init, args.gllim_candidates)
             show("gllim", results["gllim"])
         if "xllim" in parts:
             if available("xllim"):
@@ -508,7 +514,7 @@ def main(argv=None):
                 and "learn_s" in results.get("xllim", {}):
             r = in_child(run_ratio, path, args.K, args.ratio_rounds, args.ratio_learn_rounds,
                          args.iters, args.gllim_iters or args.iters, args.gllim_init,
-                         args.seed)
+                         args.seed, args.gllim_candidates)
             results["ratio"] = r
             if "error" in r:
                 print(f"ratio   error: {r['error']}")
