@@ -373,9 +373,10 @@ class _Inverter:
                     merge_pending()
         parts = [list(part) for part in zip(*blocks, strict=True)]
         if whole is not None:  # the component means and covariances as made
+            covs = whole.covariances()
+            shape = whole.means.shape + whole.means.shape[-1:]
             parts[1] = [whole.means]
-            parts[2] = [np.broadcast_to(whole.covariances(), (n,) + whole.means.shape[1:]
-                                        + whole.means.shape[-1:])]
+            parts[2] = [covs if covs.shape == shape else np.broadcast_to(covs, shape)]
         if late:  # the merged modes' slots
             parts[6:10] = [list(part) for part in zip(*modes, strict=True)]
         # Only the outputs asked for (dask maps arrays, not Nones); one block's own
