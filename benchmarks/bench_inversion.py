@@ -519,7 +519,7 @@ def main(argv=None):
             if "error" in r:
                 print(f"ratio   error: {r['error']}")
             else:
-                print("ratio   the two inversions alternated in one process (s): "
+                print("ratio   the calls alternated in one process (s): "
                       + "; ".join(f"{k} " + "/".join(f"{v:.3f}" for v in r[k]) for k in r))
                 pairs = [("xllim", "gllim"), ("xllim", "gllim_summaries")]
                 if "learn_gllim" in r:
