@@ -14,7 +14,8 @@ Each method runs in its own child process, so that its peak memory (``ru_maxrss`
 its own:
 
 - ``gllim``: :class:`gllim_sk.GLLiMRegressor` (K components, diagonal noise, full target
-  covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``),
+  covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``;
+  ``--gllim-candidates`` starting partitions, the estimator's ``init_candidates``),
   ``--gllim-iters`` EM iterations, default ``--iters``), then
   :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
   variances (posterior mixture, mean, 2 merged modes, PIT coverage), timed keeping the
@@ -36,7 +37,8 @@ its own:
   observation (it cannot use the per-observation variances: it learnt the 1% noise).
 - ``ratio`` (after ``gllim`` and ``xllim``): the two inversions of the test set with the
   models just learnt, alternated ``--ratio-rounds`` times in one process, so that each
-  pair of timings is taken under the same load (the machine may be shared).
+  pair of timings is taken under the same load (the machine may be shared); then, with
+  ``--ratio-learn-rounds``, both learnings alternated as many times (same settings).
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
 
@@ -115,17 +117,25 @@ def coverage_of(pit):
 
 
 # --------------------------------------------------------------------- methods
-def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint"):
+def fit_gllim(d, K, iters, init, seed, candidates=None):
+    """gllim_sk's model of the bench (``iters`` EM iterations exactly) and its time."""
     from gllim_sk import GLLiMRegressor
+
+    model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters, tol=0.0,
+                           init_params=init, random_state=seed)
+    if candidates:
+        model.set_params(init_candidates=candidates)
+    t = time.perf_counter()
+    model.fit(d["X"], d["Y"])
+    return model, time.perf_counter() - t
+
+
+def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint", candidates=None):
     from gllim_sk.inversion import invert
 
     d = np.load(path)
     F = hapke()
-    model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters, tol=0.0,
-                           init_params=init, random_state=seed)
-    t = time.perf_counter()
-    model.fit(d["X"], d["Y"])
-    learn = time.perf_counter() - t
+    model, learn = fit_gllim(d, K, iters, init, seed, candidates)
     with open(os.path.join(os.path.dirname(path), "gllim.pkl"), "wb") as fh:
         pickle.dump(model, fh)  # for the interleaved timing ("ratio")
     t = time.perf_counter()
@@ -177,6 +187,24 @@ def mean_from_xllim(m, v):
                             2 * m[:, 3] - 1])
 
 
+def fit_xllim(d, K, iters, seed):
+    """xllim's model (its own initialisation: 10 GLLiM iterations, then ``iters``) and its
+    time."""
+    import xllim
+
+    low = np.ascontiguousarray(to_xllim(d["Y"]).T)
+    high = np.ascontiguousarray(d["X"].T)
+    D, L = high.shape[0], low.shape[0]
+    t = time.perf_counter()
+    model = xllim.GLLiM(K, D, L, "full", "diag")
+    # initialize(x, y, gllim_em_iterations, gllim_floor, kmeans_iterations,
+    #            gmm_em_iterations, gmm_floor, n_experiences, seed, verbose)
+    model.initialize(low, high, 10, 1e-6, 10, 10, 1e-6, 1, seed, 0)
+    # train(x, y, max_iterations, ll_ratio (0: run them all), floor, verbose)
+    model.train(low, high, iters, 0.0, 1e-6, 0)
+    return model, time.perf_counter() - t
+
+
 def run_xllim(path, K, iters, n_is, seed):
     import xllim
     from scipy.special import ndtr
@@ -187,18 +215,8 @@ def run_xllim(path, K, iters, n_is, seed):
     # parameters u (as its genData gives them), so that its importance sampling can run
     # that model on the posterior's draws; the results are mapped back exactly (means
     # by the moments of u, PITs through the increasing maps).
-    low = np.ascontiguousarray(to_xllim(d["Y"]).T)
-    high = np.ascontiguousarray(d["X"].T)
     truth_u = to_xllim(d["Yt"])
-    D, L = high.shape[0], low.shape[0]
-    t = time.perf_counter()
-    model = xllim.GLLiM(K, D, L, "full", "diag")
-    # initialize(x, y, gllim_em_iterations, gllim_floor, kmeans_iterations,
-    #            gmm_em_iterations, gmm_floor, n_experiences, seed, verbose)
-    model.initialize(low, high, 10, 1e-6, 10, 10, 1e-6, 1, seed, 0)
-    # train(x, y, max_iterations, ll_ratio (0: run them all), floor, verbose)
-    model.train(low, high, iters, 0.0, 1e-6, 0)
-    learn = time.perf_counter() - t
+    model, learn = fit_xllim(d, K, iters, seed)
     params = model.getParams()
     np.savez(os.path.join(os.path.dirname(path), "xllim.npz"),
              **{name: np.asarray(getattr(params, name)) for name in XLLIM_PARAMS})
@@ -254,10 +272,12 @@ def run_xllim(path, K, iters, n_is, seed):
 XLLIM_PARAMS = ("A", "B", "C", "Gamma", "Pi", "Sigma")
 
 
-def run_ratio(path, K, rounds):
+def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
+              init="kmeans_joint", seed=0, candidates=None):
     """gllim_sk's and xllim's inversions of the test set, alternated ``rounds`` times in
-    one process (the models the other parts learnt): each pair of timings is taken
-    under the same load."""
+    one process (the models the other parts learnt), then their learning alternated
+    ``learn_rounds`` times (the settings of the other parts): each pair of timings is
+    taken under the same load."""
     import xllim
 
     from gllim_sk.inversion import invert
@@ -286,6 +306,11 @@ def run_ratio(path, K, rounds):
         t = time.perf_counter()
         theirs.inverseDensities(obs, err, 2, 1e-10, 0)
         times["xllim"].append(time.perf_counter() - t)
+    if learn_rounds:
+        times |= {"learn_gllim": [], "learn_xllim": []}
+    for _ in range(learn_rounds):
+        times["learn_xllim"].append(fit_xllim(d, K, iters, seed)[1])
+        times["learn_gllim"].append(fit_gllim(d, K, gllim_iters, init, seed, candidates)[1])
     return times
 
 
@@ -441,6 +466,8 @@ def main(argv=None):
     p.add_argument("--gllim-iters", type=int, default=None)
     p.add_argument("--gllim-init", default="kmeans_joint",
                    help="init_params of GLLiMRegressor (kmeans_joint: k-means on [y, X])")
+    p.add_argument("--gllim-candidates", type=int, default=None,
+                   help="init_candidates of GLLiMRegressor (default: the estimator's)")
     p.add_argument("--n-is", type=int, default=1000)
     p.add_argument("--sbi-budget", type=float, default=None)
     p.add_argument("--sbi-draws", type=int, default=500)
@@ -450,6 +477,9 @@ def main(argv=None):
     p.add_argument("--ratio-rounds", type=int, default=3,
                    help="rounds of the interleaved inversion timing (part 'ratio', after "
                    "gllim and xllim)")
+    p.add_argument("--ratio-learn-rounds", type=int, default=0,
+                   help="rounds of interleaved learning (part 'ratio'): both models "
+                   "learnt again, alternately, with the settings of gllim and xllim")
     p.add_argument("--parts", default="gllim,xllim,ratio,sbi,dask")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results to this file")
@@ -466,7 +496,7 @@ def main(argv=None):
         if "gllim" in parts:
             results["gllim"] = in_child(run_gllim, path, args.K,
                                         args.gllim_iters or args.iters, args.n_is, args.seed,
-                                        args.gllim_init)
+                                        args.gllim_init, args.gllim_candidates)
             show("gllim", results["gllim"])
         if "xllim" in parts:
             if available("xllim"):
@@ -482,16 +512,21 @@ def main(argv=None):
                 print("xllim   skipped: not installed (pip install xllim)")
         if "ratio" in parts and "learn_s" in results.get("gllim", {}) \
                 and "learn_s" in results.get("xllim", {}):
-            r = in_child(run_ratio, path, args.K, args.ratio_rounds)
+            r = in_child(run_ratio, path, args.K, args.ratio_rounds, args.ratio_learn_rounds,
+                         args.iters, args.gllim_iters or args.iters, args.gllim_init,
+                         args.seed, args.gllim_candidates)
             results["ratio"] = r
             if "error" in r:
                 print(f"ratio   error: {r['error']}")
             else:
-                print("ratio   the two inversions alternated in one process (s): "
+                print("ratio   the calls alternated in one process (s): "
                       + "; ".join(f"{k} " + "/".join(f"{v:.3f}" for v in r[k]) for k in r))
-                for k in ("gllim", "gllim_summaries"):
-                    ratios = np.array(r["xllim"]) / np.array(r[k])
-                    print(f"        xllim / {k}: median x{np.median(ratios):.1f} "
+                pairs = [("xllim", "gllim"), ("xllim", "gllim_summaries")]
+                if "learn_gllim" in r:
+                    pairs.append(("learn_xllim", "learn_gllim"))
+                for x, k in pairs:
+                    ratios = np.array(r[x]) / np.array(r[k])
+                    print(f"        {x} / {k}: median x{np.median(ratios):.1f} "
                           f"(rounds: {', '.join(f'{q:.1f}' for q in ratios)})")
         if "sbi" in parts:
             if available("sbi"):

@@ -20,7 +20,7 @@ from ._kernels import (
     logsumexp,
     spd_inverse_and_logdet,
 )
-from ._small_spd import spd_logdet
+from ._small_spd import MAX_DIM, factor_entries, inverse_entries, logdet_entries, spd_logdet
 
 # Small matrices (rows x components) per block of rows of the noisy forward mixture.
 _NOISY_BLOCK = 16384
@@ -189,6 +189,9 @@ class ForwardMixin:
             return inv_V, logdet_V + logdet_gamma[:, None], prior_prec + gram
 
         noise = noise_var if diagonal else noise_cov
+        if diagonal and per_sample and Lz <= MAX_DIM:
+            return _noisy_diagonal_rows(Xc, noise, sigma, Az, means_x, prior_prec[:, 0],
+                                        log_w - 0.5 * (D * LOG_2PI + logdet_gamma), params.c)
         if not per_sample:
             inv_V, logdet_x, precision = noise_terms(noise)
             logdet_P, post_cov = spd_logdet(precision, inverse=True)
@@ -215,3 +218,66 @@ class ForwardMixin:
             means[sl] = np.swapaxes(params.c[:, None] + shift[..., :L], 0, 1)
             covs[sl] = np.swapaxes(post_cov[..., :L, :L], 0, 1)
         return log_nu, means, covs
+
+
+def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
+    """:meth:`ForwardMixin.noisy_forward_terms` for diagonal Sigma_k and per-row
+    variances S (n, D): the same quantities, each row block held entry by entry.
+
+    Every per-(row, component) quantity is an array (K, m) of a block of m rows, so the
+    small posterior precisions are factorised without moving them into a batch of
+    matrices first (:func:`~gllim_sk._small_spd.factor_entries`); only the outputs are
+    written in the (n, K, ...) layout. ``const`` (K,) holds
+    log pi_k - (D log 2 pi + log|Gamma_k|) / 2.
+    """
+    n, D = Xc.shape
+    K, _, Lz = Az.shape
+    L = c.shape[1]
+    lower = [(i, j) for i in range(Lz) for j in range(i + 1)]
+    # Entry (i, j) of Az' V^-1 Az for all rows as one product with V^-1 (D, m).
+    pairs = np.stack([Az[:, :, i] * Az[:, :, j] for i, j in lower], axis=1)  # (K, E, D)
+    AzT = np.ascontiguousarray(np.swapaxes(Az, 1, 2))  # (K, Lz, D)
+    # Features rescaled by the geometric mean g of their noise variances, so that
+    # log|V| = log prod_d (V_d / g_d) + sum_d log g_d takes one logarithm per row and
+    # component instead of D (the sum of logarithms where the product leaves the
+    # floating-point range).
+    log_g = np.log(sigma).mean(axis=0)
+    g = np.exp(log_g)
+    sigma_g = (sigma / g)[:, :, None]
+    inv_g = (1.0 / g)[None, :, None]
+    SgT = np.ascontiguousarray((S / g).T)
+    XcT = np.ascontiguousarray(Xc.T)
+    mx = means_x[:, :, None]
+    log_nu = np.empty((K, n))
+    means = np.empty((n, K, L))
+    covs = np.empty((n, K, L, L))
+    rows = max(1, _NOISY_BLOCK // K)
+    # Work arrays (K, D, rows) reused by the full blocks.
+    work = [np.empty((K, D, rows)) for _ in range(3)] if n >= rows else None
+    for a in range(0, n, rows):
+        b = min(a + rows, n)
+        Vg, inv_V, r = work if b - a == rows else (None, None, None)
+        Vg = np.add(sigma_g, SgT[None, :, a:b], out=Vg)  # V / g, (K, D, m)
+        with np.errstate(over="ignore", under="ignore"):
+            prod = np.prod(Vg, axis=1)
+        if np.all(np.isfinite(prod) & (prod > 0)):
+            logdet_V = np.log(prod) + log_g.sum()
+        else:
+            logdet_V = np.log(Vg).sum(axis=1) + log_g.sum()
+        inv_V = np.divide(inv_g, Vg, out=inv_V)
+        r = np.subtract(XcT[None, :, a:b], mx, out=r)
+        Vr = np.multiply(r, inv_V, out=Vg)
+        gram = np.matmul(pairs, inv_V)  # (K, E, m)
+        u = np.matmul(AzT, Vr)  # (K, Lz, m)
+        P = [[None] * Lz for _ in range(Lz)]
+        for e, (i, j) in enumerate(lower):
+            P[i][j] = gram[:, e] + prior_prec[:, i, j, None]
+        C = factor_entries(P, Lz)
+        inv = inverse_entries(C, Lz)
+        shift = [sum(inv[i][j] * u[:, j] for j in range(Lz)) for i in range(Lz)]
+        quad = np.einsum("kdm,kdm->km", r, Vr) - sum(u[:, i] * shift[i] for i in range(Lz))
+        log_det = logdet_V + logdet_entries(C, Lz)
+        log_nu[:, a:b] = const[:, None] - 0.5 * (log_det + quad)
+        means[a:b] = (c[:, :, None] + np.stack(shift[:L], axis=1)).transpose(2, 0, 1)
+        covs[a:b] = np.array([inv[i][:L] for i in range(L)]).transpose(3, 2, 0, 1)
+    return log_nu, means, covs

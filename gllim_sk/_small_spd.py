@@ -22,11 +22,18 @@ def _not_definite():
     return np.linalg.LinAlgError("Matrix is not positive definite")
 
 
-def _factor(S, p):
-    """Lower Cholesky factor of the (p, p, m) stack S as nested lists of (m,) arrays."""
+def factor_entries(S, p):
+    """Lower Cholesky factor of p x p matrices given entry by entry.
+
+    ``S[i][j]`` (``i >= j``; only the lower triangle is read) are arrays of one common
+    shape, one element per matrix (nested lists, or an array of shape (p, p, ...)).
+    Returns the factor as nested lists ``C[i][j]`` (``i >= j``) of such arrays. Raises
+    :class:`numpy.linalg.LinAlgError` when a matrix is not positive definite (or holds
+    NaN).
+    """
     C = [[None] * p for _ in range(p)]
     for j in range(p):
-        s = S[j, j].copy()
+        s = S[j][j].copy()
         for k in range(j):
             s -= C[j][k] * C[j][k]
         if not np.all(s > 0):  # also catches NaN
@@ -34,15 +41,21 @@ def _factor(S, p):
         C[j][j] = np.sqrt(s)
         inv = 1.0 / C[j][j]
         for i in range(j + 1, p):
-            s = S[i, j].copy()
+            s = S[i][j].copy()
             for k in range(j):
                 s -= C[i][k] * C[j][k]
             C[i][j] = s * inv
     return C
 
 
-def _inverse(C, p, out):
-    """(C C')^-1 into ``out`` (p, p, m), from the factor's inverse G: G' G."""
+def logdet_entries(C, p):
+    """log|S| from the factor of :func:`factor_entries`."""
+    return 2.0 * sum(np.log(C[j][j]) for j in range(p))
+
+
+def inverse_entries(C, p):
+    """Entries ``I[i][j]`` of (C C')^-1 from the factor of :func:`factor_entries`, as
+    nested lists (``I[i][j]`` and ``I[j][i]`` are the same array): G' G with G = C^-1."""
     G = [[None] * p for _ in range(p)]
     for i in range(p):
         G[i][i] = 1.0 / C[i][i]
@@ -51,13 +64,22 @@ def _inverse(C, p, out):
             for k in range(j + 1, i):
                 s = s + C[i][k] * G[k][j]
             G[i][j] = -s * G[i][i]
+    out = [[None] * p for _ in range(p)]
     for i in range(p):
         for j in range(i + 1):
             s = G[i][i] * G[i][j]
             for k in range(i + 1, p):
                 s = s + G[k][i] * G[k][j]
-            out[i, j] = s
-            out[j, i] = s
+            out[i][j] = out[j][i] = s
+    return out
+
+
+def _inverse(C, p, out):
+    """(C C')^-1 into ``out`` (p, p, m)."""
+    inv = inverse_entries(C, p)
+    for i in range(p):
+        for j in range(p):
+            out[i, j] = inv[i][j]
 
 
 def spd_logdet(M, *, inverse=False, rhs=None):
@@ -108,8 +130,8 @@ def spd_logdet(M, *, inverse=False, rhs=None):
         for a in range(0, m, _BLOCK):
             b = min(a + _BLOCK, m)
             S = np.ascontiguousarray(flat[a:b].transpose(1, 2, 0))
-            C = _factor(S, p)
-            logdet[a:b] = 2.0 * sum(np.log(C[j][j]) for j in range(p))
+            C = factor_entries(S, p)
+            logdet[a:b] = logdet_entries(C, p)
             if inverse:
                 out = block_out[:, :, : b - a]
                 _inverse(C, p, out)

@@ -29,7 +29,7 @@ from ._mixtures import (
     check_noise_variances,
     gaussian_or_t_log_density,
 )
-from .posterior import _gaussian_log_likelihood, importance_sampling, merge_mixture
+from .posterior import _gaussian_log_likelihood, _merge_mixture, importance_sampling
 
 __all__ = ["InversionResult", "invert"]
 
@@ -37,6 +37,9 @@ __all__ = ["InversionResult", "invert"]
 _IS_ROWS_ELEMENTS = 4_000_000
 # Elements of the component covariances (rows, K, L, L) of one block of rows.
 _BLOCK_ELEMENTS = 1 << 21
+# Rows whose modes are merged by one call of merge_mixture (its heaviest components
+# take merge_components * L * L numbers per row).
+_MERGE_ROWS = 16384
 
 
 @dataclass
@@ -330,29 +333,71 @@ class _Inverter:
         if importance:
             total_draws = s["n_draws"] + s["n_imis_steps"] * (s["imis_batch"] or 0)
             rows = min(rows, max(1, _IS_ROWS_ELEMENTS // max(1, total_draws * L)))
-        blocks = []
-        for a in range(0, n, rows):
-            sl = slice(a, min(a + rows, n))
-            var = feature_noise_var[sl] if _per_row(feature_noise_var, 2) else \
-                feature_noise_var
-            cov = feature_noise_cov[sl] if _per_row(feature_noise_cov, 3) else \
-                feature_noise_cov
-            blocks.append(self._block(X[sl], None if y is None else y[sl], var, cov,
-                                      None if aug is None else aug[sl], forward, loglik,
-                                      rng))
-        if not blocks:
-            blocks.append(self._block(X, y, feature_noise_var, feature_noise_cov, aug,
-                                      forward, loglik, rng))
-        # Only the outputs asked for (dask maps arrays, not Nones).
-        return tuple(np.concatenate(part) for part in zip(*blocks, strict=True)
-                     if part[0] is not None)
+        # The modes are merged after the blocks, over up to _MERGE_ROWS rows at a time:
+        # merge_mixture's cost is mostly per call (one pass per merge step), not per
+        # row. Merged modes as the proposal ("mode") are needed by each block itself.
+        late = s["importance"] != "mode"
+        blocks, pending, modes = [], [], []
 
-    def _block(self, X, y, noise_var, noise_cov, aug, forward, loglik, rng):
+        def merge_pending():
+            top = [np.concatenate(part) for part in zip(*pending, strict=True)]
+            modes.append(self._modes(*top))
+            pending.clear()
+
+        whole = None
+        if s["keep_mixture"]:
+            # The mixture to keep is made at once, in the arrays returned (no copies of
+            # blocks); the summaries run over blocks of its rows.
+            whole = self.model._predictive_mixture(
+                X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov,
+                method="invert").to_numpy()
+        for a in range(0, max(n, 1), rows):
+            sl = slice(a, min(a + rows, n))
+            if whole is not None:
+                mix = whole.rows(sl)
+            else:
+                var = feature_noise_var[sl] if _per_row(feature_noise_var, 2) else \
+                    feature_noise_var
+                cov = feature_noise_cov[sl] if _per_row(feature_noise_cov, 3) else \
+                    feature_noise_cov
+                mix = self.model._predictive_mixture(
+                    X[sl], feature_noise_var=var, feature_noise_cov=cov,
+                    method="invert").to_numpy()
+            out, top = self._block(mix, None if y is None else y[sl],
+                                   None if aug is None else aug[sl], forward, loglik, rng,
+                                   late)
+            blocks.append(out)
+            if late:
+                pending.append(top)
+                if sum(t[0].shape[0] for t in pending) >= _MERGE_ROWS or sl.stop >= n:
+                    merge_pending()
+        parts = [list(part) for part in zip(*blocks, strict=True)]
+        if whole is not None:  # the component means and covariances as made
+            covs = whole.covariances()
+            shape = whole.means.shape + whole.means.shape[-1:]
+            parts[1] = [whole.means]
+            parts[2] = [covs if covs.shape == shape else np.broadcast_to(covs, shape)]
+        if late:  # the merged modes' slots
+            parts[6:10] = [list(part) for part in zip(*modes, strict=True)]
+        # Only the outputs asked for (dask maps arrays, not Nones); one block's own
+        # arrays as they are (broadcast views are made whole).
+        return tuple(part[0] if len(part) == 1 and part[0].flags.writeable
+                     else np.concatenate(part) for part in parts if part[0] is not None)
+
+    def _modes(self, weights, means, covs):
+        """Merged modes (weights, means, covariances) and their count, of the
+        ``merge_components`` heaviest components of each row (see ``_block``)."""
         s = self.settings
-        n = X.shape[0]
-        mix = self.model._predictive_mixture(X, feature_noise_var=noise_var,
-                                             feature_noise_cov=noise_cov,
-                                             method="invert").to_numpy()
+        # (the components' covariances are symmetric by construction)
+        mw, mm, mc = _merge_mixture(weights, means, covs, s["n_modes"], check_symmetry=False)
+        return mw, mm, mc, _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
+
+    def _block(self, mix, y, aug, forward, loglik, rng, late):
+        """The outputs of the rows of the posterior mixture ``mix``, and the components
+        to merge into modes: with ``late`` the modes' slots are None and the caller
+        merges those components."""
+        s = self.settings
+        n = mix.means.shape[0]
         w = np.exp(mix.log_weights)
         mu, dof = mix.means, mix.dof
         K, L = mu.shape[1:]
@@ -370,8 +415,10 @@ class _Inverter:
         wt = w[rows, top]
         wt = np.where((wt >= s["merge_min_weight"]) | (np.arange(keep) == 0), wt, 0.0)
         wt = wt / wt.sum(axis=1, keepdims=True)
-        mw, mm, mc = merge_mixture(wt, mu[rows, top], cov[rows, top], s["n_modes"])
-        n_modes = _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
+        heaviest = (wt, mu[rows, top], cov[rows, top])
+        mw = mm = mc = n_modes = None
+        if not late:
+            mw, mm, mc, n_modes = self._modes(*heaviest)
         kept = s["keep_mixture"]
         student = dof is not None and kept
         out = [w if kept else None, mu if kept else None, cov if kept else None,
@@ -384,7 +431,7 @@ class _Inverter:
             out.append(np.einsum("nk,nkl->nl", w, _marginal_cdf((y[:, None] - mu) / sd,
                                                                   dof_l)))
         if s["importance"] is None:
-            return out
+            return out, heaviest
 
         # Importance sampling, of the whole mixture or of one merged mode.
         if s["importance"] == "full":
@@ -406,7 +453,7 @@ class _Inverter:
             below = res.samples <= y[:, None, :]
             # Normalised weights may sum to 1 + a rounding error.
             out.append(np.minimum(np.einsum("ns,nsl->nl", res.weights, below), 1.0))
-        return out
+        return out, heaviest
 
 
 def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=3,

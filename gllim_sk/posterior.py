@@ -42,13 +42,13 @@ from ._mixtures import (  # noqa: F401  (the densities and draws are documented 
     stream_key,
     t_covariance_factor,
 )
-from ._small_spd import spd_logdet
+from ._small_spd import factor_entries, logdet_entries, spd_logdet
 
 __all__ = ["ImportanceSamplingResult", "importance_sampling", "merge_mixture"]
 
-# Samples of the merge are processed in blocks of this many: the initial pairwise
-# costs hold (block, K, K, L, L) merged covariances.
-_MERGE_BLOCK_ELEMENTS = 2_000_000
+# Rows of the merge are processed in blocks of this many pairs of components: each entry
+# of their merged covariances is one array of that size, which stays in cache.
+_MERGE_BLOCK_ELEMENTS = 32768
 # Forward-model evaluations per call, in rows times features.
 _FORWARD_BLOCK_ELEMENTS = 5_000_000
 # Singular covariances (point masses) get this multiple of their mixture's scale on the
@@ -58,15 +58,21 @@ _MERGE_COST_JITTER = 1e-9
 
 
 # --------------------------------------------------------------------- merging
-def _merged_moments(w_i, m_i, P_i, w_j, m_j, P_j):
-    """Weight, mean and covariance of the moment-preserving merge of two components."""
+# The merge holds each component's weight, mean entries and covariance entries as
+# arrays (rows, components), so that the costs of many pairs are computed entry by entry
+# (:func:`~gllim_sk._small_spd.factor_entries`) without building their matrices.
+def _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j):
+    """Weight, mean entries and lower covariance entries of the moment-preserving
+    merges of components i and j, given entry by entry (``m[l]``, ``P[l][h]``)."""
     w = w_i + w_j
     a = w_i / w
     b = w_j / w
-    d = m_i - m_j
-    mean = a[..., None] * m_i + b[..., None] * m_j
-    cov = (a[..., None, None] * P_i + b[..., None, None] * P_j
-           + (a * b)[..., None, None] * d[..., :, None] * d[..., None, :])
+    ab = a * b
+    L = len(m_i)
+    d = [m_i[l] - m_j[l] for l in range(L)]
+    mean = [a * m_i[l] + b * m_j[l] for l in range(L)]
+    cov = [[a * P_i[l][h] + b * P_j[l][h] + ab * d[l] * d[h] for h in range(l + 1)]
+           for l in range(L)]
     return w, mean, cov
 
 
@@ -74,45 +80,63 @@ def _runnalls_cost(w_i, m_i, P_i, ld_i, w_j, m_j, P_j, ld_j, jitter):
     """Runnalls' upper bound on the KL divergence caused by merging components i and j.
 
     B(i, j) = ((w_i + w_j) log|P_ij| - w_i log|P_i| - w_j log|P_j|) / 2, with ``jitter``
-    (n, 1) added to the diagonal of every covariance (``ld`` are the log-determinants of
-    the jittered ones; the jitter is 0 except on rows with a singular covariance).
+    added to the diagonal of every covariance (``ld`` are the log-determinants of the
+    jittered ones; the jitter is 0 except on rows with a singular covariance).
     """
-    w, _, cov = _merged_moments(w_i, m_i, P_i, w_j, m_j, P_j)
-    logdet = spd_logdet(cov + jitter[..., None, None] * np.eye(cov.shape[-1]))
+    w, _, cov = _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j)
+    L = len(cov)
+    for l in range(L):
+        cov[l][l] = cov[l][l] + jitter
+    logdet = logdet_entries(factor_entries(cov, L), L)
     return 0.5 * (w * logdet - w_i * ld_i - w_j * ld_j)
 
 
-def _merge_block(weights, means, covs, n_keep, jitter):
-    n, K, L = means.shape
+def _merge_block(weights, means, covs, n_keep, jitter, logdets):
+    """Greedy Runnalls merging of the rows of one block, down to ``n_keep`` components.
+
+    ``means`` (L, n, K) and ``covs`` (L, L, n, K) hold the entries; ``logdets`` (n, K)
+    the log-determinants of the jittered covariances.
+    """
+    L, n, K = means.shape
     weights = weights.copy()
     means = means.copy()
     covs = covs.copy()
+    logdets = logdets.copy()
     jitter = jitter[:, None]
-    logdets = spd_logdet(covs + jitter[..., None, None] * np.eye(L))
     active = np.ones((n, K), dtype=bool)
     rows = np.arange(n)
     iu, ju = np.triu_indices(K, k=1)
     cost = np.full((n, K, K), np.inf)
     cost[:, iu, ju] = _runnalls_cost(
-        weights[:, iu], means[:, iu], covs[:, iu], logdets[:, iu],
-        weights[:, ju], means[:, ju], covs[:, ju], logdets[:, ju], jitter,
+        weights[:, iu], means[:, :, iu], covs[:, :, :, iu], logdets[:, iu],
+        weights[:, ju], means[:, :, ju], covs[:, :, :, ju], logdets[:, ju], jitter,
     )
     ks = np.arange(K)
-    for _ in range(K - n_keep):
+    for step in range(K - n_keep):
         flat = cost.reshape(n, K * K).argmin(axis=1)
         i, j = np.divmod(flat, K)  # i < j: only the upper triangle holds costs
-        w, m, P = _merged_moments(weights[rows, i], means[rows, i], covs[rows, i],
-                                  weights[rows, j], means[rows, j], covs[rows, j])
-        weights[rows, i], means[rows, i], covs[rows, i] = w, m, P
-        logdets[rows, i] = spd_logdet(P + jitter[..., None] * np.eye(L))
+        w, m, P = _pair_moments(weights[rows, i], means[:, rows, i], covs[:, :, rows, i],
+                                weights[rows, j], means[:, rows, j], covs[:, :, rows, j])
+        weights[rows, i] = w
+        for l in range(L):
+            means[l, rows, i] = m[l]
+            for h in range(l + 1):
+                covs[l, h, rows, i] = P[l][h]
+                covs[h, l, rows, i] = P[l][h]
         weights[rows, j] = 0.0
         active[rows, j] = False
+        if step == K - n_keep - 1:  # the last merge: no costs needed after it
+            break
+        for l in range(L):
+            P[l][l] = P[l][l] + jitter[:, 0]
+        logdets[rows, i] = logdet_entries(factor_entries(P, L), L)
         cost[rows, j, :] = np.inf
         cost[rows, :, j] = np.inf
         # Costs between the merged component and every other one.
         new = _runnalls_cost(
-            weights[rows, i][:, None], means[rows, i][:, None], covs[rows, i][:, None],
-            logdets[rows, i][:, None], weights, means, covs, logdets, jitter,
+            weights[rows, i][:, None], means[:, rows, i][..., None],
+            covs[:, :, rows, i][..., None], logdets[rows, i][:, None],
+            weights, means, covs, logdets, jitter,
         )
         new[~active] = np.inf
         new[rows, i] = np.inf
@@ -120,8 +144,9 @@ def _merge_block(weights, means, covs, n_keep, jitter):
         cost[rows, i, :] = np.where(before, np.inf, new)
         cost[rows, :, i] = np.where(before, new, np.inf)
     order = np.argsort(np.where(active, -weights, np.inf), axis=1, kind="stable")[:, :n_keep]
-    return (np.take_along_axis(weights, order, axis=1), means[rows[:, None], order],
-            covs[rows[:, None], order])
+    r = rows[:, None]
+    return (np.take_along_axis(weights, order, axis=1), means[:, r, order].transpose(1, 2, 0),
+            covs[:, :, r, order].transpose(2, 3, 0, 1))
 
 
 def merge_mixture(weights, means, covariances, n_components=2):
@@ -170,6 +195,12 @@ def merge_mixture(weights, means, covariances, n_components=2):
     >>> w2.round(2), mu2[..., 0].round(2)
     (array([[0.55, 0.45]]), array([[-1.05,  2.  ]]))
     """
+    return _merge_mixture(weights, means, covariances, n_components)
+
+
+def _merge_mixture(weights, means, covariances, n_components, check_symmetry=True):
+    """:func:`merge_mixture`; ``check_symmetry=False`` for covariances symmetric by
+    construction (the inversion's own)."""
     weights = np.asarray(weights, dtype=float)
     means = np.asarray(means, dtype=float)
     covariances = np.asarray(covariances, dtype=float)
@@ -201,7 +232,7 @@ def merge_mixture(weights, means, covariances, n_components=2):
             "means and covariances must be finite (a Student-t component with at most 2 "
             "degrees of freedom has no covariance and cannot be merged by moments)."
         )
-    jitter = _singular_jitter(weights, means, covariances)
+    jitter, logdets = _singular_jitter(weights, means, covariances, check_symmetry)
     n_keep = min(int(n_components), K)
     # A component of weight 0 merges into any other at no cost and changes nothing: each
     # row merges its positive-weight components only (at least n_keep columns), the
@@ -223,30 +254,35 @@ def merge_mixture(weights, means, covariances, n_components=2):
         # Zero weights would make the merged weights 0/0; a floor far below any real
         # weight keeps the arithmetic defined without changing the moments measurably.
         w = np.maximum(w, 1e-300)
-        block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, c * c * L * L))
+        ld = logdets[idx[:, None], cols]
+        m = m.transpose(2, 0, 1)  # entries first: (L, rows, c), (L, L, rows, c)
+        P = P.transpose(2, 3, 0, 1)
+        block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, c * (c - 1) // 2))
         for a in range(0, idx.size, block):
             sl = slice(a, a + block)
             out_w[idx[sl]], out_m[idx[sl]], out_c[idx[sl]] = _merge_block(
-                w[sl], m[sl], P[sl], n_keep, jitter[idx[sl]])
+                w[sl], m[:, sl], P[:, :, sl], n_keep, jitter[idx[sl]], ld[sl])
     out_w = np.where(out_w <= 1e-300, 0.0, out_w)
     return out_w, out_m, out_c
 
 
-def _singular_jitter(weights, means, covariances):
+def _singular_jitter(weights, means, covariances, check_symmetry=True):
     """The diagonal jitter (n,) of each row's merging costs: 0 where every covariance is
     positive definite, else a tiny multiple of the mixture's scale (the mean variance of
-    its components and of its means). Refuses non-symmetric or indefinite covariances."""
+    its components and of its means); and the log-determinants (n, K) of the jittered
+    covariances. Refuses non-symmetric or indefinite covariances."""
     n, K, L = means.shape
-    scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
-    asym = np.abs(covariances - np.swapaxes(covariances, -1, -2)).max(axis=(-2, -1),
-                                                                      initial=0.0)
-    if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
-        raise ValueError("covariances must be symmetric matrices.")
+    if check_symmetry:
+        scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
+        asym = np.abs(covariances - np.swapaxes(covariances, -1, -2)).max(axis=(-2, -1),
+                                                                          initial=0.0)
+        if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
+            raise ValueError("covariances must be symmetric matrices.")
     try:  # positive definite throughout (the usual case): no eigenvalues needed
-        spd_logdet(covariances)
-        return np.zeros(n)
+        return np.zeros(n), spd_logdet(covariances)
     except np.linalg.LinAlgError:
         pass
+    scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
     low = np.linalg.eigvalsh(covariances).min(axis=-1)
     if (low < -1e-10 * scale).any():
         raise ValueError(
@@ -263,7 +299,7 @@ def _singular_jitter(weights, means, covariances):
         within = np.einsum("nk,nkll->n", w, covariances[singular]) / L
         row_scale = spread + within
         jitter[singular] = _MERGE_COST_JITTER * np.where(row_scale > 0, row_scale, 1.0)
-    return jitter
+    return jitter, spd_logdet(covariances + jitter[:, None, None, None] * np.eye(L))
 
 
 # --------------------------------------------------------------------- importance sampling

@@ -251,3 +251,39 @@ def test_student_intervals_and_pits_use_the_t_distribution():
     # The normal CDF with the t scales would put the bounds elsewhere (few dof).
     normal = np.einsum("nk,nk->n", res.weights, stats.norm.cdf(lo, loc, scale))
     assert np.max(np.abs(normal - 0.05)) > 1e-3
+
+
+def test_per_observation_variances_over_blocks_and_extreme_scales(gllim_ref):
+    """(n, D) variances on more rows than one block of the noisy forward terms (and a
+    partial last block), some so large that the product of the D variances leaves the
+    floating-point range, some negligible: every checked row is dense Gaussian
+    conditioning with Sigma_k + diag(s_i)."""
+    rng = np.random.default_rng(1)
+    p = gllim_ref.random_params(rng, 3, 5, 2)
+    X, y, _ = gllim_ref.sample(p, 6000, rng)
+    model = GLLiMRegressor(3, max_iter=20, random_state=0).fit(X[:400], y[:400])
+    dense = gllim_ref.dense_params(model)
+    var = rng.uniform(0.01, 0.1, size=(6000, 5))
+    var[10] = 1e80  # the product of the variances overflows
+    var[11, :] = 1e-70  # Sigma_k dominates: the noise vanishes
+    var[12, :3] = 1e90
+    res = invert(model, X, feature_noise_var=var, n_modes=2)
+    for i in [0, 11, 2999, 5461, 5999]:
+        ref = gllim_ref.condition_on_x(dict(dense, Sigma=dense["Sigma"] + np.diag(var[i])),
+                                       X[i:i + 1])
+        assert np.allclose(res.weights[i], ref.weights[0], atol=1e-9)
+        assert np.allclose(res.means[i], ref.means[0], rtol=1e-8, atol=1e-9)
+        assert np.allclose(res.covariances[i], ref.covs, rtol=1e-8, atol=1e-12)
+        assert np.allclose(res.mean[i], ref.mean[0], rtol=1e-8, atol=1e-9)
+        assert np.allclose(res.covariance[i], ref.cov[0], rtol=1e-7, atol=1e-10)
+    # Row 10 says nothing: the posterior is the prior mixture.
+    assert np.allclose(res.weights[10], dense["pi"], rtol=1e-12)
+    assert np.allclose(res.means[10], dense["c"], rtol=1e-12, atol=1e-12)
+    assert np.allclose(res.covariances[10], dense["Gamma"], rtol=1e-12, atol=1e-14)
+    # Row 12 says nothing through its first three features: conditioning on the others.
+    part = dict(dense, A=dense["A"][:, 3:], Aw=dense["Aw"][:, 3:], b=dense["b"][:, 3:],
+                Sigma=dense["Sigma"][:, 3:, 3:] + np.diag(var[12, 3:]))
+    ref = gllim_ref.condition_on_x(part, X[12:13, 3:])
+    assert np.allclose(res.weights[12], ref.weights[0], atol=1e-9)
+    assert np.allclose(res.means[12], ref.means[0], rtol=1e-8, atol=1e-9)
+    assert np.allclose(res.covariances[12], ref.covs, rtol=1e-8, atol=1e-12)
