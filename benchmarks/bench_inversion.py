@@ -16,7 +16,8 @@ its own:
 - ``gllim``: :class:`gllim_sk.GLLiMRegressor` (K components, diagonal noise, full target
   covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``;
   ``--gllim-candidates`` starting partitions, the estimator's ``init_candidates``),
-  ``--gllim-iters`` EM iterations, default ``--iters``), then
+  ``--gllim-iters`` EM iterations, default ``--iters``, fewer if ``--gllim-tol`` stops
+  them), then
   :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
   variances (posterior mixture, mean, 2 merged modes, PIT coverage), timed keeping the
   whole mixture and keeping the summaries only (``keep_mixture=False``); importance
@@ -37,7 +38,9 @@ its own:
   observation (it cannot use the per-observation variances: it learnt the 1% noise).
 - ``ratio`` (after ``gllim`` and ``xllim``): the two inversions of the test set with the
   models just learnt, alternated ``--ratio-rounds`` times in one process, so that each
-  pair of timings is taken under the same load (the machine may be shared); then, with
+  pair of timings is taken under the same load (the machine may be shared), at each
+  thread count of ``--ratio-threads`` (threadpoolctl's limit for both: xllim's OpenMP
+  threads; gllim_sk inverts ranges of rows in as many threads); then, with
   ``--ratio-learn-rounds``, both learnings alternated as many times (same settings).
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
