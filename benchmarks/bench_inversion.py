@@ -16,7 +16,8 @@ its own:
 - ``gllim``: :class:`gllim_sk.GLLiMRegressor` (K components, diagonal noise, full target
   covariances, k-means on the joint [parameters, observations] to start (``--gllim-init``;
   ``--gllim-candidates`` starting partitions, the estimator's ``init_candidates``),
-  ``--gllim-iters`` EM iterations, default ``--iters``), then
+  ``--gllim-iters`` EM iterations, default ``--iters``, fewer if ``--gllim-tol`` stops
+  them), then
   :func:`gllim_sk.inversion.invert` of the whole test set with the per-observation
   variances (posterior mixture, mean, 2 merged modes, PIT coverage), timed keeping the
   whole mixture and keeping the summaries only (``keep_mixture=False``); importance
@@ -37,7 +38,9 @@ its own:
   observation (it cannot use the per-observation variances: it learnt the 1% noise).
 - ``ratio`` (after ``gllim`` and ``xllim``): the two inversions of the test set with the
   models just learnt, alternated ``--ratio-rounds`` times in one process, so that each
-  pair of timings is taken under the same load (the machine may be shared); then, with
+  pair of timings is taken under the same load (the machine may be shared), at each
+  thread count of ``--ratio-threads`` (threadpoolctl's limit for both: xllim's OpenMP
+  threads; gllim_sk inverts ranges of rows in as many threads); then, with
   ``--ratio-learn-rounds``, both learnings alternated as many times (same settings).
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
@@ -117,11 +120,12 @@ def coverage_of(pit):
 
 
 # --------------------------------------------------------------------- methods
-def fit_gllim(d, K, iters, init, seed, candidates=None):
-    """gllim_sk's model of the bench (``iters`` EM iterations exactly) and its time."""
+def fit_gllim(d, K, iters, init, seed, candidates=None, tol=0.0):
+    """gllim_sk's model of the bench (``iters`` EM iterations, fewer once the gain per
+    iteration is below ``tol``, 0: exactly ``iters``) and its time."""
     from gllim_sk import GLLiMRegressor
 
-    model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters, tol=0.0,
+    model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters, tol=tol,
                            init_params=init, random_state=seed)
     if candidates:
         model.set_params(init_candidates=candidates)
@@ -130,12 +134,12 @@ def fit_gllim(d, K, iters, init, seed, candidates=None):
     return model, time.perf_counter() - t
 
 
-def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint", candidates=None):
+def run_gllim(path, K, iters, n_is, seed, init="kmeans_joint", candidates=None, tol=0.0):
     from gllim_sk.inversion import invert
 
     d = np.load(path)
     F = hapke()
-    model, learn = fit_gllim(d, K, iters, init, seed, candidates)
+    model, learn = fit_gllim(d, K, iters, init, seed, candidates, tol)
     with open(os.path.join(os.path.dirname(path), "gllim.pkl"), "wb") as fh:
         pickle.dump(model, fh)  # for the interleaved timing ("ratio")
     t = time.perf_counter()
@@ -273,12 +277,15 @@ XLLIM_PARAMS = ("A", "B", "C", "Gamma", "Pi", "Sigma")
 
 
 def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
-              init="kmeans_joint", seed=0, candidates=None):
+              init="kmeans_joint", seed=0, candidates=None, tol=0.0, threads=(1,)):
     """gllim_sk's and xllim's inversions of the test set, alternated ``rounds`` times in
-    one process (the models the other parts learnt), then their learning alternated
-    ``learn_rounds`` times (the settings of the other parts): each pair of timings is
-    taken under the same load."""
+    one process (the models the other parts learnt), at each number of ``threads`` in
+    turn (threadpoolctl's limit, for both: xllim's OpenMP threads, gllim_sk's rows in
+    threads, see ``_engine.row_chunks``), then their learning alternated ``learn_rounds``
+    times (the settings of the other parts, on the process's own threads): each pair of
+    timings is taken under the same load."""
     import xllim
+    from threadpoolctl import threadpool_limits
 
     from gllim_sk.inversion import invert
 
@@ -295,22 +302,27 @@ def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
     theirs.setParams(params)
     obs = np.ascontiguousarray(d["Xt"].T)
     err = np.ascontiguousarray(np.sqrt(d["var_obs"]).T)
-    times = {"gllim": [], "gllim_summaries": [], "xllim": []}
+    times = {}
     for _ in range(rounds):
-        t = time.perf_counter()
-        invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
-        times["gllim"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2, keep_mixture=False)
-        times["gllim_summaries"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        theirs.inverseDensities(obs, err, 2, 1e-10, 0)
-        times["xllim"].append(time.perf_counter() - t)
+        for n_threads in threads:
+            at = "" if n_threads == 1 else f"_{n_threads}threads"
+            with threadpool_limits(limits=n_threads):
+                t = time.perf_counter()
+                invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
+                times.setdefault(f"gllim{at}", []).append(time.perf_counter() - t)
+                t = time.perf_counter()
+                invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2,
+                       keep_mixture=False)
+                times.setdefault(f"gllim_summaries{at}", []).append(time.perf_counter() - t)
+                t = time.perf_counter()
+                theirs.inverseDensities(obs, err, 2, 1e-10, 0)
+                times.setdefault(f"xllim{at}", []).append(time.perf_counter() - t)
     if learn_rounds:
         times |= {"learn_gllim": [], "learn_xllim": []}
     for _ in range(learn_rounds):
         times["learn_xllim"].append(fit_xllim(d, K, iters, seed)[1])
-        times["learn_gllim"].append(fit_gllim(d, K, gllim_iters, init, seed, candidates)[1])
+        times["learn_gllim"].append(
+            fit_gllim(d, K, gllim_iters, init, seed, candidates, tol)[1])
     return times
 
 
@@ -468,6 +480,8 @@ def main(argv=None):
                    help="init_params of GLLiMRegressor (kmeans_joint: k-means on [y, X])")
     p.add_argument("--gllim-candidates", type=int, default=None,
                    help="init_candidates of GLLiMRegressor (default: the estimator's)")
+    p.add_argument("--gllim-tol", type=float, default=0.0,
+                   help="tol of GLLiMRegressor (0: exactly --gllim-iters iterations)")
     p.add_argument("--n-is", type=int, default=1000)
     p.add_argument("--sbi-budget", type=float, default=None)
     p.add_argument("--sbi-draws", type=int, default=500)
@@ -477,6 +491,9 @@ def main(argv=None):
     p.add_argument("--ratio-rounds", type=int, default=3,
                    help="rounds of the interleaved inversion timing (part 'ratio', after "
                    "gllim and xllim)")
+    p.add_argument("--ratio-threads", default="1",
+                   help="thread counts of the interleaved inversions (part 'ratio'), "
+                   "e.g. 1,2: each round times both tools at each count")
     p.add_argument("--ratio-learn-rounds", type=int, default=0,
                    help="rounds of interleaved learning (part 'ratio'): both models "
                    "learnt again, alternately, with the settings of gllim and xllim")
@@ -496,7 +513,8 @@ def main(argv=None):
         if "gllim" in parts:
             results["gllim"] = in_child(run_gllim, path, args.K,
                                         args.gllim_iters or args.iters, args.n_is, args.seed,
-                                        args.gllim_init, args.gllim_candidates)
+                                        args.gllim_init, args.gllim_candidates,
+                                        args.gllim_tol)
             show("gllim", results["gllim"])
         if "xllim" in parts:
             if available("xllim"):
@@ -514,14 +532,16 @@ def main(argv=None):
                 and "learn_s" in results.get("xllim", {}):
             r = in_child(run_ratio, path, args.K, args.ratio_rounds, args.ratio_learn_rounds,
                          args.iters, args.gllim_iters or args.iters, args.gllim_init,
-                         args.seed, args.gllim_candidates)
+                         args.seed, args.gllim_candidates, args.gllim_tol,
+                         [int(t) for t in args.ratio_threads.split(",")])
             results["ratio"] = r
             if "error" in r:
                 print(f"ratio   error: {r['error']}")
             else:
                 print("ratio   the calls alternated in one process (s): "
                       + "; ".join(f"{k} " + "/".join(f"{v:.3f}" for v in r[k]) for k in r))
-                pairs = [("xllim", "gllim"), ("xllim", "gllim_summaries")]
+                pairs = [(k.replace("gllim_summaries", "xllim").replace("gllim", "xllim"),
+                          k) for k in r if k.startswith("gllim")]
                 if "learn_gllim" in r:
                     pairs.append(("learn_xllim", "learn_gllim"))
                 for x, k in pairs:

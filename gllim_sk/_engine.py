@@ -70,16 +70,47 @@ def _em_parallelism(n_samples, work):
     """
     if work < SMALL_PROBLEM_WORK:
         return 1, 1
-    n_threads = max(
-        (lib.num_threads for lib in _controller().select(user_api="blas").lib_controllers),
-        default=1,
-    )
+    n_threads = blas_thread_count()
     if n_threads == 1:  # BLAS runs on one thread anyway: its fastest orientation there
         return 1, 1
     n_chunks = min(n_threads, n_samples // MIN_CHUNK_SAMPLES)
     if n_chunks < 2 or work < CHUNKED_PROBLEM_WORK:
         return 1, None
     return n_chunks, 1
+
+
+def blas_thread_count():
+    """The threads BLAS may use now (threadpoolctl limits and ``OMP_NUM_THREADS`` or
+    ``OPENBLAS_NUM_THREADS`` honoured); 1 without a BLAS library found."""
+    return max(
+        (lib.num_threads for lib in _controller().select(user_api="blas").lib_controllers),
+        default=1,
+    )
+
+
+def row_chunks(n_rows, min_rows):
+    """How many consecutive row ranges a row-wise computation of ``n_rows`` rows (each
+    row's result its own, as an inversion's) runs on in parallel threads: as many as
+    BLAS may use threads (so ``OMP_NUM_THREADS=1`` keeps everything on one thread), at
+    most one per ``min_rows`` rows (a thread hand-off costs more than a few rows)."""
+    return max(1, min(blas_thread_count(), n_rows // max(1, min_rows)))
+
+
+def map_row_chunks(func, n_rows, n_chunks):
+    """``[func(start, stop), ...]`` over ``n_chunks`` consecutive ranges of ``n_rows``
+    rows, in order. With several, they run in parallel threads, BLAS on one thread each
+    (array arithmetic and products release the GIL); the calling thread runs the first
+    range meanwhile."""
+    bounds = np.linspace(0, n_rows, n_chunks + 1).round().astype(int)
+    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+    if len(ranges) == 1:
+        return [func(*ranges[0])]
+    with blas_threads(1), ThreadPoolExecutor(len(ranges) - 1) as pool:
+        futures = [pool.submit(func, *r) for r in ranges[1:]]
+        # (an error of the first range leaves the pool only once the others are done)
+        first = func(*ranges[0])
+        results = [future.result() for future in futures]
+    return [first] + results
 
 
 def _sums_one_thread(weights, M):

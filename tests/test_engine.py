@@ -182,3 +182,27 @@ def test_far_components_get_floored_responsibilities_not_subnormal_ones():
     assert resp.min() >= np.exp(gm.LOG_RESP_FLOOR) / 2
     assert_allclose(resp.sum(axis=0), 1.0)
     assert_allclose(resp.max(axis=0), 1.0)
+
+
+def test_row_chunks_run_in_order_and_cover_every_row():
+    seen = []
+
+    def rows(a, b):
+        seen.append((a, b))
+        return np.arange(a, b)
+
+    parts = _engine.map_row_chunks(rows, 1001, 3)
+    assert_allclose(np.concatenate(parts), np.arange(1001))
+    assert sorted(seen) == [(0, 334), (334, 667), (667, 1001)]
+    assert _engine.map_row_chunks(lambda a, b: (a, b), 10, 1) == [(0, 10)]
+    # At most one thread per min_rows rows, never more than BLAS may use.
+    assert _engine.row_chunks(100, 1000) == 1
+    assert 1 <= _engine.row_chunks(10**6, 1) <= _engine.blas_thread_count()
+
+    def fails(a, b):
+        if a:
+            raise ZeroDivisionError(f"range from {a}")
+        return a
+
+    with pytest.raises(ZeroDivisionError, match="range from"):
+        _engine.map_row_chunks(fails, 100, 2)

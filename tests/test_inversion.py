@@ -287,3 +287,58 @@ def test_per_observation_variances_over_blocks_and_extreme_scales(gllim_ref):
     assert np.allclose(res.weights[12], ref.weights[0], atol=1e-9)
     assert np.allclose(res.means[12], ref.means[0], rtol=1e-8, atol=1e-9)
     assert np.allclose(res.covariances[12], ref.covs, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise", ["per_row_var", "shared_var", "per_row_cov", "none"])
+def test_rows_in_threads_equal_one_thread(gllim_ref, monkeypatch, noise):
+    """Ranges of rows inverted in parallel threads give exactly the one-thread result
+    (every row's inversion is its own), whatever the kind of observation noise."""
+    from gllim_sk import inversion
+
+    rng = np.random.default_rng(2)
+    p = gllim_ref.random_params(rng, 3, 4, 2)
+    X, y, _ = gllim_ref.sample(p, 5000, rng)
+    model = GLLiMRegressor(3, max_iter=10, random_state=0).fit(X[:400], y[:400])
+    kwargs = {
+        "per_row_var": {"feature_noise_var": rng.uniform(0.01, 0.1, size=(5000, 4))},
+        "shared_var": {"feature_noise_var": np.full(4, 0.05)},
+        "per_row_cov": {"feature_noise_cov": 0.02 * np.eye(4)
+                        + 0.01 * np.ones((5000, 4, 4))},
+        "none": {},
+    }[noise]
+    one = invert(model, X, n_modes=2, y_true=y, **kwargs)
+    calls = []
+
+    def three(n_rows, min_rows):
+        calls.append(n_rows)
+        return 3
+
+    monkeypatch.setattr(inversion._engine, "row_chunks", three)
+    threaded = invert(model, X, n_modes=2, y_true=y, **kwargs)
+    assert calls == [5000]
+    for field in ("weights", "means", "covariances", "mean", "covariance", "std",
+                  "mode_weights", "mode_means", "mode_covariances", "n_modes", "pit"):
+        a, b = getattr(one, field), getattr(threaded, field)
+        assert a.shape == b.shape and np.allclose(a, b, rtol=1e-12, atol=1e-14), field
+    summaries = invert(model, X, n_modes=2, keep_mixture=False, **kwargs)
+    assert np.allclose(summaries.mean, one.mean, rtol=1e-12, atol=1e-14)
+    # Importance sampling stays on one thread: its draws follow the rows of one stream.
+    calls.clear()
+    F = FunctionModel(lambda t: t @ np.ones((2, 4)), [[-5, 5], [-5, 5]], 4)
+    invert(model, X[:50], feature_noise_var=0.05, forward_model=F, importance="full",
+           n_draws=20, random_state=0)
+    assert calls == []
+
+
+def test_rows_in_threads_report_the_sample_of_a_bad_noise(gllim_ref, monkeypatch):
+    from gllim_sk import inversion
+
+    rng = np.random.default_rng(3)
+    p = gllim_ref.random_params(rng, 2, 3, 1)
+    X, y, _ = gllim_ref.sample(p, 3000, rng)
+    model = GLLiMRegressor(2, max_iter=5, random_state=0).fit(X[:300], y[:300])
+    monkeypatch.setattr(inversion._engine, "row_chunks", lambda n_rows, min_rows: 2)
+    cov = np.tile(0.01 * np.eye(3), (3000, 1, 1))
+    cov[2500] = -np.eye(3)
+    with pytest.raises(ValueError, match="2500"):
+        invert(model, X, feature_noise_cov=cov)
