@@ -104,7 +104,7 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
     init_candidates : int, default=10
         Starting partitions tried per initialisation. Each (drawn by ``init_params``,
         with its own k-means seeding) starts EM on a random subset of the samples
-        (``1 / init_candidates`` of them up to 10,000, at least 100 per component, and more than
+        (``1 / init_candidates`` of them, at least 100 per component, and more than
         ``n_features`` with ``covariance_type="full"`` or ``n_latent > 0``, where each
         component has a D x D covariance to estimate) until it converges (``tol``, at
         most 100 iterations) or its prediction has settled (checked every 5 iterations

@@ -64,12 +64,9 @@ CANDIDATE_MAX_ITER = 100
 # runs together see about as many samples as one run on all samples), but at least this
 # many per component (more than D with a D x D covariance per component, see
 # candidate_min_rows; fewer runs when the samples are too few) and at most
-# CANDIDATE_MAX_ROWS unless that floor needs more. As many other samples score them.
-# bench_inversion (100,000 samples, K = 50, 3 starts, seeds 0 and 1): runs on 10,000
-# rows reached xllim's accuracy in 11.9 and 27.2 s, on a third of the samples in 28.9
-# and 39.6 s (the runs to convergence cost more than the iterations they save).
+# CANDIDATE_MAX_ROWS. As many other samples score them.
 CANDIDATE_MIN_ROWS_PER_COMPONENT = 100
-CANDIDATE_MAX_ROWS = 10_000
+CANDIDATE_MAX_ROWS = 100_000
 # The runs stop early once this many have ended at the best score, within
 # CANDIDATE_SAME_SCORE (a sum of R^2; in bench_init, runs from different starts that
 # ended at the same optimum agreed to 1e-4 or better).
@@ -253,8 +250,8 @@ def candidate_rows(n_samples, n_candidates, n_components, random_state,
     """Sorted indices of the samples the short runs use, and of as many other samples
     (fewer when fewer are left) that score them; ``n_candidates`` from
     :func:`candidate_count` with the same ``min_rows``, at least 2."""
-    n_rows = max(min(-(-n_samples // n_candidates), CANDIDATE_MAX_ROWS),
-                 min_rows * n_components)
+    n_rows = max(-(-n_samples // n_candidates), min_rows * n_components)
+    n_rows = min(n_rows, CANDIDATE_MAX_ROWS)
     order = random_state.permutation(n_samples)
     return np.sort(order[:n_rows]), np.sort(order[n_rows:2 * n_rows])
 

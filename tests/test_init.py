@@ -55,14 +55,6 @@ def test_candidate_rows_are_disjoint_subsets():
     assert len(rows) == 2_500 and len(held_out) == 2_500
     rows, held_out = _init.candidate_rows(5_000, 2, 30, rng)
     assert len(rows) == 3_000 and len(held_out) == 2_000
-    # Many samples: subsets of at most CANDIDATE_MAX_ROWS, unless the floor of
-    # CANDIDATE_MIN_ROWS_PER_COMPONENT per component needs more.
-    cap = _init.CANDIDATE_MAX_ROWS
-    rows, held_out = _init.candidate_rows(30 * cap, 3, 20, rng)
-    assert len(rows) == cap and len(held_out) == cap
-    K = 2 * cap // _init.CANDIDATE_MIN_ROWS_PER_COMPONENT
-    rows, held_out = _init.candidate_rows(30 * cap, 3, K, rng)
-    assert len(rows) == 2 * cap and len(held_out) == 2 * cap
 
 
 @pytest.mark.parametrize("estimator", [GLLiMRegressor, StudentGLLiMRegressor])
