@@ -75,11 +75,9 @@ CANDIDATE_SAME_SCORE = 1e-4
 # A run is scored every this many iterations while its likelihood creeps (gains less
 # than CANDIDATE_CREEP per sample and iteration), and stops once its score has moved by
 # at most CANDIDATE_SAME_SCORE since the last check: its prediction has settled, though
-# the likelihood may still creep towards the fit's tol (a latent factor or a 2 %
-# component adjusting). bench_init K5-D200-latent1-2 %: runs whose score was final by
-# iteration 5 or 10 went on to 100 iterations, the cost of several whole starts. Runs
-# that still gain more are not scored (K20-bad: 0.1-10 per sample and iteration until a
-# few iterations before they converge), since a check costs about an E-step.
+# the likelihood may still creep towards the fit's tol (a latent factor or a small
+# component adjusting), which would cost many iterations per start. Runs that still
+# gain more are not scored, since a check costs about an E-step.
 CANDIDATE_CHECK_EVERY = 5
 CANDIDATE_CREEP = 1e-2
 # The joint partition clusters [y, x] standardised, with x's D columns replaced, when
@@ -365,8 +363,7 @@ def best_start(make_start, run, score, n_candidates):
             hits += 1
             # Of runs that predict as well, the one of higher likelihood (on the same
             # subset) continues: the other is still creeping towards it, which would cost
-            # iterations on all samples (bench_init K5-D200-latent1-2 %, seeds 4 and 9:
-            # 35 and 13 more iterations).
+            # iterations on all samples.
             if result[0][-1] > best[0][-1]:
                 best = result
         elif best is None or value > best_score:
