@@ -38,6 +38,7 @@ from sklearn.utils.extmath import randomized_svd
 
 from ._compat import (
     array_namespace,
+    concat,
     copy,
     einsum,
     eye,
@@ -65,6 +66,7 @@ from ._kernels import (  # noqa: F401  (the kernels are used as gm.<name> elsewh
     _with_ones_row,
     any_true,
     as_dtype,
+    cross_products,
     loadings_side_by_side,
     log_weights,
     logsumexp,
@@ -97,6 +99,13 @@ EMPTY_COMPONENT_MASS = 1e-8
 LOG_RESP_FLOOR = -300.0
 # Added to every component's mass so that no mixture weight is exactly zero.
 _TINY_MASS = float(10 * np.finfo(float).eps)
+# Blocks with at most this many products y1_j x_d keep them as columns of ``quad_feats``:
+# the E-step's cross term and the M-step's cross moments then come from the same two
+# products as the quadratic terms, without the (L1 K, n) passes that the separate cross
+# product needs, which cost about as much as the products when D is small. Wider blocks
+# keep the separate product: the fused one, with only K columns out, runs slower there,
+# and its extra columns cost L1 times the memory of the features.
+FUSED_CROSS_MAX_COLUMNS = 128
 
 
 # ------------------------------------------------------------------------------ containers
@@ -141,11 +150,13 @@ class MStepMoments:
 class Block:
     """A block of training samples in the forms the EM steps use, computed once per fit.
 
-    ``quad_feats`` (n, Dq + P) holds, side by side, the squared features of the diagonal
-    noise family (Dq = D; Dq = 1, the squared norms, for the spherical kinds; Dq = 0 for
-    the full family) and the products y1_i y1_j (i <= j) of y1 = [y, 1], P of them. One
-    product with it gives x' Sigma_k^-1 x together with every quadratic form in y
-    (E-step), or every second moment that the M-step needs.
+    ``quad_feats`` (n, Dq + P + Dc) holds, side by side, the squared features of the
+    diagonal noise family (Dq = D; Dq = 1, the squared norms, for the spherical kinds;
+    Dq = 0 for the full family), the products y1_i y1_j (i <= j) of y1 = [y, 1], P of
+    them, and, when the model fuses them (:meth:`GLLiMModel.fuses_cross`), the Dc = L1 D
+    products y1_j x_d (column j D + d). One product with it gives x' Sigma_k^-1 x together
+    with every quadratic form in y (and the cross terms, when fused) (E-step), or every
+    moment that the M-step needs of them.
 
     ``sample_sums(weights, M)`` computes ``weights @ M`` (m, n) x (n, p), the sums over
     samples; the executor picks the product orientation that suits how it runs the block.
@@ -154,8 +165,9 @@ class Block:
     Xc: np.ndarray  # (n, D) centred features
     y: np.ndarray  # (n, L) centred targets
     y1: np.ndarray  # (L + 1, n): y' stacked over a row of ones
-    quad_feats: np.ndarray  # (n, Dq + P)
+    quad_feats: np.ndarray  # (n, Dq + P + Dc)
     n_sq: int  # Dq
+    n_cross: int = 0  # Dc
     sample_sums: object = np.matmul
     _feature_gram: np.ndarray | None = None
 
@@ -171,7 +183,7 @@ class Block:
     @property
     def pairs(self):
         """The products y1_i y1_j, (n, P)."""
-        return self.quad_feats[:, self.n_sq :]
+        return self.quad_feats[:, self.n_sq : self.quad_feats.shape[1] - self.n_cross]
 
     @property
     def feature_gram(self):
@@ -187,7 +199,7 @@ class Block:
         return Block(Xc=self.Xc[start:stop], y=self.y[start:stop],
                      y1=np.ascontiguousarray(y1) if isinstance(y1, np.ndarray) else y1,
                      quad_feats=self.quad_feats[start:stop], n_sq=self.n_sq,
-                     sample_sums=self.sample_sums)
+                     n_cross=self.n_cross, sample_sums=self.sample_sums)
 
 
 def _summed(terms, empty):
@@ -254,7 +266,8 @@ class EStepPlan:
     """The parameter side of an E-step: computed once, shared by every block of samples."""
 
     cross: np.ndarray | None  # (D, m K), columns Sigma_k^-1 [A_k, b_k, W_k], component last
-    quad_weights: np.ndarray  # (K, Dq + P) weights of the squared features and y1 pairs
+    # (m = L1 + Lw; m = Lw when the blocks fuse the cross products, None when Lw = 0 then)
+    quad_weights: np.ndarray  # (K, Dq + P + Dc) weights of the columns of quad_feats
     noise: np.ndarray  # the noise parameter, for x' Sigma_k^-1 x of the full family
     latent_cov: np.ndarray  # (K, Lw, Lw) Cov[w | x, y, Z = k]
     latent_cross: np.ndarray  # (Lw K, L1) W_k' Sigma_k^-1 [A_k, b_k], latent index first
@@ -379,10 +392,19 @@ class GLLiMModel(ForwardMixin):
         if self.noise.dense_quadratic:  # (numpy blocks are float64 already)
             Xc, y = _to_float64(Xc), _to_float64(y)
         y1 = _with_ones_row(y)
-        n_sq = self.noise.n_squared(Xc.shape[1]) if Xc.shape[1] else 0
+        D = Xc.shape[1]
+        n_sq = self.noise.n_squared(D) if D else 0
+        n_cross = D * y1.shape[0] if self.fuses_cross(D, y1.shape[0]) else 0
         quad_feats = side_by_side(
-            n_sq, lambda out: self.noise.squared_features(Xc, out=out), _pairs(y1))
-        return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq)
+            n_sq, lambda out: self.noise.squared_features(Xc, out=out), _pairs(y1),
+            n_cross, lambda out: cross_products(Xc, y1, out))
+        return Block(Xc=Xc, y=y, y1=y1, quad_feats=quad_feats, n_sq=n_sq, n_cross=n_cross)
+
+    @staticmethod
+    def fuses_cross(n_features, n_targets1):
+        """Whether blocks of ``n_features`` features and y1 of ``n_targets1`` rows hold the
+        products y1_j x_d among their ``quad_feats`` (see ``FUSED_CROSS_MAX_COLUMNS``)."""
+        return 0 < n_features * n_targets1 <= FUSED_CROSS_MAX_COLUMNS
 
     # -- E-step --------------------------------------------------------------------------
     def plan(self, params, n_sq, *, x_terms=True, y_terms=True, with_const=True, dtype=None):
@@ -404,8 +426,13 @@ class GLLiMModel(ForwardMixin):
         Bt = loadings_side_by_side(params.A, params.b, params.W)
         SBt = self.noise.solve_rows(noise, Bt)
         gram = Bt @ swap_last(xp, SBt)  # (K, m, m)
-        cross = (reshape(xp, permute(xp, SBt, (2, 1, 0)), (D, m * K))
-                 if D and x_terms else None)
+        fused = self.fuses_cross(D, L1)
+        # The columns of x_n' Sigma_k^-1 B_k that a product with the features gives: those
+        # of the latent factors only when the blocks hold the products y1_j x_d.
+        product_rows = Lw if fused else m
+        cross = (reshape(xp, permute(xp, SBt[:, m - product_rows :, :], (2, 1, 0)),
+                         (D, product_rows * K))
+                 if D and x_terms and product_rows else None)
         # log p(x, y, Z = k) = const_k - (x' S^-1 x - 2 x' S^-1 [A, b] y1 + y1' M_k y1) / 2,
         # where M_k gathers every term quadratic in y: [A, b]' S^-1 [A, b] and the target
         # density's (y - c)' G^-1 (y - c). All but the cross term come from one product
@@ -437,6 +464,11 @@ class GLLiMModel(ForwardMixin):
             dims = (D if x_terms else 0) + (L1 - 1 if y_terms else 0)
             const = log_weights(params.weights) - 0.5 * (dims * LOG_2PI + logdet)
         weights = quad_weights(M, const, squared, n_sq)
+        if fused:
+            # The weight of y1_j x_d is (Sigma_k^-1 B_k)_dj: x' S^-1 [A, b] y1 in one product.
+            fused_weights = (reshape(xp, SBt[:, :L1, :], (K, L1 * D)) if x_terms
+                             else zeros(xp, (K, L1 * D), weights))
+            weights = concat(xp, [weights, fused_weights], axis=1)
         latent_cross = reshape(xp, permute(xp, gram[:, L1:, :L1], (1, 0, 2)), (Lw * K, L1))
         plan = EStepPlan(cross=cross, quad_weights=weights, noise=noise, latent_cov=latent_cov,
                          latent_cross=latent_cross, x_terms=x_terms)
@@ -470,15 +502,19 @@ class GLLiMModel(ForwardMixin):
         if plan.x_terms and self.noise.dense_quadratic and block.Xc.shape[1]:
             log_joint -= 0.5 * self.noise.quad_features(plan.noise, _to_float64(block.Xc),
                                                         None, K)
+        # Without the products y1_j x_d among the block's columns, the cross term
+        # x' S^-1 [A, b] y1 is a product with x and a sum over j.
+        target_rows = 0 if block.n_cross else L1
         if plan.cross is not None:
             H = _to_float64(reshape(xp, _matmul_transposed(block.Xc, plan.cross),
-                                       (L1 + Lw, K, n)))
-            log_joint += einsum(xp, "jkn,jn->kn", H[:L1, ...], y1)
+                                       (target_rows + Lw, K, n)))
+            if target_rows:
+                log_joint += einsum(xp, "jkn,jn->kn", H[:L1, ...], y1)
         if Lw and plan.x_terms:
             # t = W' S^-1 (x - A y - b) = W' S^-1 x - (W' S^-1 [A, b]) y1: (Lw, K, n)
             t = -reshape(xp, plan.latent_cross @ y1, (Lw, K, n))
             if plan.cross is not None:
-                t += H[L1:, ...]
+                t += H[target_rows:, ...]
             latent_mean = einsum(xp, "klm,mkn->lkn", plan.latent_cov, t)
             log_joint += 0.5 * einsum(xp, "lkn,lkn->kn", t, latent_mean)
         else:
@@ -552,11 +588,21 @@ class GLLiMModel(ForwardMixin):
         K = resp.shape[0]
         Lw = latent_mean.shape[0]
         # One product gives the second moments of the squared features and of y1 = [y, 1]
-        # (the products over samples run in the block's dtype, their sums in float64).
+        # (the products over samples run in the block's dtype, their sums in float64),
+        # and the cross moments of y1 with x when the block holds their products.
         moments = _to_float64(block.sample_sums(as_dtype(resp, dtype), block.quad_feats))
+        fused_cross = None
+        if block.n_cross:
+            width = moments.shape[1] - block.n_cross
+            fused_cross = permute(xp, reshape(xp, moments[:, width:], (K, L1, D)), (1, 0, 2))
+            moments = moments[:, :width]
         # rz[j, k, n] = r_nk [y1_n, E[w_n | k]]_j; one (m K, n) x (n, D) product gives all
-        # first-order cross moments with x (a mixture of y alone, D = 0, needs none).
-        rz, ryw = weighted_regressors(y1, resp, latent_mean, dtype, with_targets=bool(D))
+        # first-order cross moments with x (a mixture of y alone, D = 0, needs none; the
+        # latent rows alone when the y1 rows came fused).
+        rz, ryw = weighted_regressors(y1, resp, latent_mean, dtype,
+                                      with_targets=bool(D) and not block.n_cross)
+        if block.n_cross:
+            rz = as_dtype(reshape(xp, ryw, (Lw * K, n)), dtype)
         if Lw:
             latent_sum = swap_last(xp, xp.sum(ryw, axis=2))
             latent_y = reshape(xp, _to_float64(y1[:-1, :]) @ swap_last(
@@ -570,7 +616,11 @@ class GLLiMModel(ForwardMixin):
             latent_sum = zeros(xp, (K, 0), resp_mass)
             latent_y = zeros(xp, (K, L1 - 1, 0), resp_mass)
             latent_second = zeros(xp, (K, 0, 0), resp_mass)
-        if D:
+        if fused_cross is not None:
+            latent_cross = (reshape(xp, _to_float64(block.sample_sums(rz, Xc)), (Lw, K, D))
+                            if Lw else zeros(xp, (0, K, D), moments))
+            cross = concat(xp, [fused_cross, latent_cross], axis=0)
+        elif D:
             cross = reshape(xp, _to_float64(block.sample_sums(rz, Xc)), (L1 + Lw, K, D))
         else:
             cross = zeros(xp, (L1 + Lw, K, 0), resp_mass)

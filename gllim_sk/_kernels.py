@@ -385,18 +385,39 @@ def move_like(a, like):
     return xp.asarray(a, dtype=xp.float64, device=array_device(like))
 
 
-def side_by_side(left_width, fill_left, right):
-    """The columns [left, right], (n, left_width + p), of ``right`` (n, p) and of the
-    ``left_width`` columns that ``fill_left(out)`` writes into ``out`` (numpy: straight
-    into the result, no (n, left_width) temporary) or returns (``out`` None)."""
+def side_by_side(left_width, fill_left, right, right_width=0, fill_right=None):
+    """The columns [left, right, extra], (n, left_width + p + right_width), of ``right``
+    (n, p), of the ``left_width`` columns that ``fill_left(out)`` writes into ``out``
+    (numpy: straight into the result, no (n, left_width) temporary) or returns (``out``
+    None), and of the ``right_width`` columns that ``fill_right(out)`` gives likewise."""
+    parts = ((left_width, fill_left), (right_width, fill_right))
     if isinstance(right, np.ndarray):
-        out = np.empty((right.shape[0], left_width + right.shape[1]))
+        p = right.shape[1]
+        out = np.empty((right.shape[0], left_width + p + right_width))
         if left_width:
             fill_left(out[:, :left_width])
-        out[:, left_width:] = right
+        out[:, left_width : left_width + p] = right
+        if right_width:
+            fill_right(out[:, left_width + p :])
         return out
-    parts = [fill_left(None)] if left_width else []
-    return array_namespace(right).concat(parts + [right], axis=1)
+    left, extra = ([fill(None)] if width else [] for width, fill in parts)
+    return array_namespace(right).concat(left + [right] + extra, axis=1)
+
+
+def cross_products(Xc, y1, out=None):
+    """The products y1_j x_d of features ``Xc`` (n, D) and targets y1 (L1, n), as (n, L1 D)
+    with column j D + d (numpy writes them into ``out`` when given)."""
+    n, D = Xc.shape
+    L1 = y1.shape[0]
+    if not isinstance(Xc, np.ndarray):
+        xp = array_namespace(Xc)
+        y1 = as_dtype(y1, Xc.dtype)
+        return xp.reshape(swap_last(xp, y1)[:, :, None] * Xc[:, None, :], (n, L1 * D))
+    if out is None:
+        out = np.empty((n, L1 * D))
+    for j in range(L1):
+        np.multiply(Xc, y1[j][:, None], out=out[:, j * D : (j + 1) * D])
+    return out
 
 
 def any_true(mask):

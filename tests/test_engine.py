@@ -25,6 +25,15 @@ def fitted(ref, covariance_type, n_latent=0, seed=0, n_samples=150):
     return model, X, y
 
 
+@pytest.fixture(params=["fused", "separate"])
+def cross_layout(request, monkeypatch):
+    """Run a test with the products y1_j x_d among the block's columns, and without them
+    (the layout that wide features get)."""
+    columns = 10**9 if request.param == "fused" else 0
+    monkeypatch.setattr(gm, "FUSED_CROSS_MAX_COLUMNS", columns)
+    return request.param
+
+
 def centred_block(model, X, y):
     gllim = model._em_model()
     Xc = X - model.feature_mean_
@@ -35,7 +44,7 @@ def centred_block(model, X, y):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("n_latent", [0, 2])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_block_statistics_add_up_and_scale(gllim_ref, covariance_type, n_latent):
+def test_block_statistics_add_up_and_scale(gllim_ref, cross_layout, covariance_type, n_latent):
     model, X, y = fitted(gllim_ref, covariance_type, n_latent)
     gllim, whole = centred_block(model, X, y)
     plan = gllim.plan(model._params, whole.n_sq)
@@ -54,6 +63,35 @@ def test_block_statistics_add_up_and_scale(gllim_ref, covariance_type, n_latent)
         assert_allclose(getattr(q, name), getattr(p, name), rtol=1e-10, atol=1e-12)
     # The E-step's log-likelihood travels with the statistics.
     assert_allclose(total.log_prob / total.n_samples, model.lower_bound_, rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("n_latent", [0, 2])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_block_e_step_and_statistics_match_brute_force(gllim_ref, cross_layout,
+                                                       covariance_type, n_latent):
+    # Whichever way the block holds its columns, the E-step is the posterior of the dense
+    # joint Gaussians and the statistics are the responsibility-weighted sums over samples.
+    model, X, y = fitted(gllim_ref, covariance_type, n_latent, n_samples=90)
+    gllim, block = centred_block(model, X, y)
+    assert (block.n_cross > 0) == (cross_layout == "fused")
+    estep, stats = gllim.e_step_with_stats(block, gllim.plan(model._params, block.n_sq))
+    p = gllim_ref.dense_params(model)
+    assert_allclose(estep.log_prob, gllim_ref.joint_log_density(p, X, y), rtol=1e-9)
+    resp = gllim_ref.responsibilities(p, X, y).T
+    assert_allclose(estep.resp, resp, rtol=1e-7, atol=1e-12)
+    Xc, yc = block.Xc, block.y
+    y1 = np.column_stack([yc, np.ones(len(yc))])
+    assert_allclose(stats.resp_mass, resp.sum(1), rtol=1e-7)
+    assert_allclose(stats.cross[: y1.shape[1]], np.einsum("kn,nj,nd->jkd", resp, y1, Xc),
+                    rtol=1e-7, atol=1e-9)
+    pairs = np.einsum("kn,ni,nj->kij", resp, y1, y1)
+    rows, cols = np.triu_indices(y1.shape[1])
+    assert_allclose(stats.moments[:, block.n_sq:], pairs[:, rows, cols], rtol=1e-7, atol=1e-9)
+    if n_latent:
+        w = estep.latent_mean  # (Lw, K, n)
+        assert_allclose(stats.cross[y1.shape[1]:], np.einsum("kn,lkn,nd->lkd", resp, w, Xc),
+                        rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -103,7 +141,7 @@ def test_frozen_e_step_is_one_m_step(gllim_ref):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("n_latent", [0, 2])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_mahalanobis_distances_match_dense(gllim_ref, covariance_type, n_latent):
+def test_mahalanobis_distances_match_dense(gllim_ref, cross_layout, covariance_type, n_latent):
     model, X, y = fitted(gllim_ref, covariance_type, n_latent, n_samples=80)
     gllim, block = centred_block(model, X, y)
     dist_y, dist_x = gllim.mahalanobis(block, model._params)
@@ -119,7 +157,7 @@ def test_mahalanobis_distances_match_dense(gllim_ref, covariance_type, n_latent)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_sample_weights_multiply_the_responsibilities(gllim_ref):
+def test_sample_weights_multiply_the_responsibilities(gllim_ref, cross_layout):
     # A variant's per-(k, n) weights u enter every sum as r u, except resp_mass and the
     # posterior covariance of w (u scales the posterior means only).
     model, X, y = fitted(gllim_ref, "diag", n_latent=1)
