@@ -19,9 +19,10 @@ libraries (torch, CuPy, array-api-strict) go through their namespace: their prod
 samples run in the data's dtype (float32 allowed), every sum over samples and every
 parameter in float64. All products with ``Xc`` are batched over components into one
 matrix product of shape (n, D) x (D, K * m), so no (n, K, D) temporary and, for the
-diagonal noise family, no D x D matrix is ever formed. Arrays indexed by component and
-sample are (K, n), sample axis last. Everything quadratic in y goes through the per-sample
-products of y1 = [y, 1].
+diagonal noise family, no D x D matrix is ever formed; with few features the products
+y1_j x_d are columns of the block instead (``FUSED_CROSS_MAX_COLUMNS``). Arrays indexed
+by component and sample are (K, n), sample axis last. Everything quadratic in y goes
+through the per-sample products of y1 = [y, 1].
 
 Notation: y (n, L) targets, x (n, D) features, K components, ``A`` (K, D, L) the target
 loadings, ``W`` (K, D, Lw) the latent loadings of the partially-latent model, ``b`` (K, D)

@@ -370,3 +370,14 @@ def dask_process_client(_dask_processes_cluster):
     client during the test (closed after the module)."""
     with _dask_processes_cluster.as_current():
         yield _dask_processes_cluster
+
+
+@pytest.fixture(params=["fused", "separate"])
+def cross_layout(request, monkeypatch):
+    """Run a test with the products y1_j x_d among the training blocks' columns, and
+    without them (the layout that wide features get), whatever the data's width."""
+    from gllim_sk import _gllim_math
+
+    columns = 10**9 if request.param == "fused" else 0
+    monkeypatch.setattr(_gllim_math, "FUSED_CROSS_MAX_COLUMNS", columns)
+    return request.param

@@ -58,7 +58,7 @@ def standardised_data(n_samples=300, n_features=10, n_targets=2, seed=0):
 
 @pytest.mark.parametrize("n_latent", [0, 2])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_torch_float64_fit_equals_numpy_fit(covariance_type, n_latent):
+def test_torch_float64_fit_equals_numpy_fit(cross_layout, covariance_type, n_latent):
     torch = torch_on_device()
     X, y, resp = standardised_data()
     kwargs = dict(covariance_type=covariance_type, n_latent=n_latent, resp_init=resp,
@@ -140,7 +140,7 @@ def test_float32_predictions_close_to_float64(covariance_type, n_latent):
 
 @pytest.mark.parametrize("n_latent", [0, 1])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_array_api_strict_fit_equals_numpy_fit(covariance_type, n_latent):
+def test_array_api_strict_fit_equals_numpy_fit(cross_layout, covariance_type, n_latent):
     xp = pytest.importorskip("array_api_strict")
     X, y, resp = standardised_data(n_samples=120, n_features=6)
     kwargs = dict(covariance_type=covariance_type, n_latent=n_latent, resp_init=resp,

@@ -25,15 +25,6 @@ def fitted(ref, covariance_type, n_latent=0, seed=0, n_samples=150):
     return model, X, y
 
 
-@pytest.fixture(params=["fused", "separate"])
-def cross_layout(request, monkeypatch):
-    """Run a test with the products y1_j x_d among the block's columns, and without them
-    (the layout that wide features get)."""
-    columns = 10**9 if request.param == "fused" else 0
-    monkeypatch.setattr(gm, "FUSED_CROSS_MAX_COLUMNS", columns)
-    return request.param
-
-
 def centred_block(model, X, y):
     gllim = model._em_model()
     Xc = X - model.feature_mean_
