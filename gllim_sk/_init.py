@@ -80,6 +80,10 @@ CANDIDATE_SAME_SCORE = 1e-4
 # gain more are not scored, since a check costs about an E-step.
 CANDIDATE_CHECK_EVERY = 5
 CANDIDATE_CREEP = 1e-2
+# The score's forward mixture runs on this many rows at a time: its (K, rows) and
+# (L, K, rows) work arrays then stay in the cache instead of being allocated afresh for
+# every check.
+SCORE_CHUNK_ROWS = 1000
 # The joint partition clusters [y, x] standardised, with x's D columns replaced, when
 # D is larger, by this many random directions (scaled to keep the distances): the
 # clusters barely change, k-means is cheap at any D, and a dask fit gathers no features.
@@ -287,7 +291,7 @@ def prediction_score(model, executor, blocks, params, target_var):
     # A constant target is predicted perfectly by every start.
     inv_var = np.where(target_var > 0, 1.0 / np.where(target_var > 0, target_var, 1.0), 0.0)
 
-    def block_sum(block):
+    def chunk_sum(block):
         xp = array_namespace(block.Xc)
         if student_terms is not None:
             log_nu, means, _ = student_terms(block.Xc, fwd, params.alpha)
@@ -296,7 +300,12 @@ def prediction_score(model, executor, blocks, params, target_var):
         y = xp.astype(block.y, xp.float64)
         error = y - xp.sum(xp.exp(log_nu)[:, :, None] * xp.astype(means, xp.float64), axis=1)
         u = error**2 * xp.asarray(inv_var, dtype=xp.float64, device=array_device(y))
-        return None, np.asarray(to_numpy(xp.sum(u / (1.0 + u))), dtype=np.float64)
+        return np.asarray(to_numpy(xp.sum(u / (1.0 + u))), dtype=np.float64)
+
+    def block_sum(block):
+        n = block.n_samples
+        return None, sum(chunk_sum(block.rows(start, min(start + SCORE_CHUNK_ROWS, n)))
+                         for start in range(0, n, SCORE_CHUNK_ROWS))
 
     _, loss = executor.map_reduce(block_sum, blocks)
     n = sum(executor.sizes(blocks))
