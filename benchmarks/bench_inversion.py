@@ -41,7 +41,9 @@ its own:
   pair of timings is taken under the same load (the machine may be shared), at each
   thread count of ``--ratio-threads`` (threadpoolctl's limit for both: xllim's OpenMP
   threads; gllim_sk inverts ranges of rows in as many threads); then, with
-  ``--ratio-learn-rounds``, both learnings alternated as many times (same settings).
+  ``--ratio-learn-rounds``, both learnings alternated as many times (same settings), at
+  each thread count too; the ratios against xllim's fastest thread count in each round
+  are printed as well.
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
 
@@ -282,8 +284,9 @@ def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
     one process (the models the other parts learnt), at each number of ``threads`` in
     turn (threadpoolctl's limit, for both: xllim's OpenMP threads, gllim_sk's rows in
     threads, see ``_engine.row_chunks``), then their learning alternated ``learn_rounds``
-    times (the settings of the other parts, on the process's own threads): each pair of
-    timings is taken under the same load."""
+    times (the settings of the other parts), at each number of ``threads`` likewise
+    (gllim_sk's EM splits the samples into chunks in threads, see
+    ``_engine._em_parallelism``): each pair of timings is taken under the same load."""
     import xllim
     from threadpoolctl import threadpool_limits
 
@@ -317,12 +320,13 @@ def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
                 t = time.perf_counter()
                 theirs.inverseDensities(obs, err, 2, 1e-10, 0)
                 times.setdefault(f"xllim{at}", []).append(time.perf_counter() - t)
-    if learn_rounds:
-        times |= {"learn_gllim": [], "learn_xllim": []}
     for _ in range(learn_rounds):
-        times["learn_xllim"].append(fit_xllim(d, K, iters, seed)[1])
-        times["learn_gllim"].append(
-            fit_gllim(d, K, gllim_iters, init, seed, candidates, tol)[1])
+        for n_threads in threads:
+            at = "" if n_threads == 1 else f"_{n_threads}threads"
+            with threadpool_limits(limits=n_threads):
+                times.setdefault(f"learn_xllim{at}", []).append(fit_xllim(d, K, iters, seed)[1])
+                times.setdefault(f"learn_gllim{at}", []).append(
+                    fit_gllim(d, K, gllim_iters, init, seed, candidates, tol)[1])
     return times
 
 
@@ -492,8 +496,8 @@ def main(argv=None):
                    help="rounds of the interleaved inversion timing (part 'ratio', after "
                    "gllim and xllim)")
     p.add_argument("--ratio-threads", default="1",
-                   help="thread counts of the interleaved inversions (part 'ratio'), "
-                   "e.g. 1,2: each round times both tools at each count")
+                   help="thread counts of the interleaved inversions and learnings "
+                   "(part 'ratio'), e.g. 1,2: each round times both tools at each count")
     p.add_argument("--ratio-learn-rounds", type=int, default=0,
                    help="rounds of interleaved learning (part 'ratio'): both models "
                    "learnt again, alternately, with the settings of gllim and xllim")
@@ -541,13 +545,22 @@ def main(argv=None):
                 print("ratio   the calls alternated in one process (s): "
                       + "; ".join(f"{k} " + "/".join(f"{v:.3f}" for v in r[k]) for k in r))
                 pairs = [(k.replace("gllim_summaries", "xllim").replace("gllim", "xllim"),
-                          k) for k in r if k.startswith("gllim")]
-                if "learn_gllim" in r:
-                    pairs.append(("learn_xllim", "learn_gllim"))
+                          k) for k in r if "gllim" in k]
                 for x, k in pairs:
                     ratios = np.array(r[x]) / np.array(r[k])
                     print(f"        {x} / {k}: median x{np.median(ratios):.1f} "
                           f"(rounds: {', '.join(f'{q:.1f}' for q in ratios)})")
+                # Each tool at its fastest thread count in the round ("on one machine").
+                for kind in ("", "learn_"):
+                    xllim_keys = [k for k in r if k.startswith(f"{kind}xllim")]
+                    if len(xllim_keys) < 2:
+                        continue
+                    best = np.min([r[k] for k in xllim_keys], axis=0)
+                    for k in (k for k in r if k.startswith(f"{kind}gllim")):
+                        ratios = best / np.array(r[k])
+                        print(f"        xllim's fastest thread count / {k}: median "
+                              f"x{np.median(ratios):.1f} (rounds: "
+                              f"{', '.join(f'{q:.1f}' for q in ratios)})")
         if "sbi" in parts:
             if available("sbi"):
                 budget = args.sbi_budget or max(
