@@ -234,8 +234,10 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
     K, _, Lz = Az.shape
     L = c.shape[1]
     lower = [(i, j) for i in range(Lz) for j in range(i + 1)]
-    # Entry (i, j) of Az' V^-1 Az for all rows as one product with V^-1 (D, m).
-    pairs = np.stack([Az[:, :, i] * Az[:, :, j] for i, j in lower], axis=1)  # (K, E, D)
+    # Entry (i, j) of the posterior precision prior_prec + Az' V^-1 Az for all rows as
+    # one product with [V^-1; 1] (D + 1, m): the last column holds the prior's entry.
+    pairs = np.stack([np.append(Az[:, :, i] * Az[:, :, j], prior_prec[:, i, j, None], axis=1)
+                      for i, j in lower], axis=1)  # (K, E, D + 1)
     AzT = np.ascontiguousarray(np.swapaxes(Az, 1, 2))  # (K, Lz, D)
     # Features rescaled by the geometric mean g of their noise variances, so that
     # log|V| = log prod_d (V_d / g_d) + sum_d log g_d takes one logarithm per row and
@@ -248,36 +250,52 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
     SgT = np.ascontiguousarray((S / g).T)
     XcT = np.ascontiguousarray(Xc.T)
     mx = means_x[:, :, None]
-    log_nu = np.empty((K, n))
+    # log_nu (K, n) is a view of an (n, K) array: the weights the callers make of it
+    # are then row-major (n, K).
+    log_nu = np.empty((n, K)).T
     means = np.empty((n, K, L))
     covs = np.empty((n, K, L, L))
-    rows = max(1, _NOISY_BLOCK // K)
-    # Work arrays (K, D, rows) reused by the full blocks.
-    work = [np.empty((K, D, rows)) for _ in range(3)] if n >= rows else None
+    rows = max(1, min(_NOISY_BLOCK // K, n))
+    # Work arrays of a full block, reused by every block (a partial one uses their
+    # first columns): V / g, [V^-1; 1] and the residuals r (K, D, m); the entries of the
+    # posterior covariances and of the shifts P^-1 u (K, m).
+    Vg, r = np.empty((K, D, rows)), np.empty((K, D, rows))
+    inv_V1 = np.empty((K, D + 1, rows))
+    inv_V1[:, D] = 1.0
+    inv_buf = np.empty((Lz, Lz, K, rows))
+    shift_buf = np.empty((Lz, K, rows))
+    # The products, entry first so that each entry is one contiguous (K, m) array.
+    gram_buf = np.empty((len(lower), K, rows))
+    u_buf = np.empty((Lz, K, rows))
     for a in range(0, n, rows):
-        b = min(a + rows, n)
-        Vg, inv_V, r = work if b - a == rows else (None, None, None)
-        Vg = np.add(sigma_g, SgT[None, :, a:b], out=Vg)  # V / g, (K, D, m)
+        m = min(rows, n - a)
+        V = np.add(sigma_g, SgT[None, :, a : a + m], out=Vg[:, :, :m])  # V / g
         with np.errstate(over="ignore", under="ignore"):
-            prod = np.prod(Vg, axis=1)
+            prod = np.prod(V, axis=1)
         if np.all(np.isfinite(prod) & (prod > 0)):
             logdet_V = np.log(prod) + log_g.sum()
         else:
-            logdet_V = np.log(Vg).sum(axis=1) + log_g.sum()
-        inv_V = np.divide(inv_g, Vg, out=inv_V)
-        r = np.subtract(XcT[None, :, a:b], mx, out=r)
-        Vr = np.multiply(r, inv_V, out=Vg)
-        gram = np.matmul(pairs, inv_V)  # (K, E, m)
-        u = np.matmul(AzT, Vr)  # (K, Lz, m)
+            logdet_V = np.log(V).sum(axis=1) + log_g.sum()
+        inv_V = np.divide(inv_g, V, out=inv_V1[:, :D, :m])
+        res = np.subtract(XcT[None, :, a : a + m], mx, out=r[:, :, :m])
+        Vr = np.multiply(res, inv_V, out=V)
+        gram = gram_buf[:, :, :m]  # the precisions' entries
+        np.matmul(pairs, inv_V1[:, :, :m], out=gram.transpose(1, 0, 2))
+        u = u_buf[:, :, :m]
+        np.matmul(AzT, Vr, out=u.transpose(1, 0, 2))
         P = [[None] * Lz for _ in range(Lz)]
         for e, (i, j) in enumerate(lower):
-            P[i][j] = gram[:, e] + prior_prec[:, i, j, None]
+            P[i][j] = gram[e]
         C = factor_entries(P, Lz)
-        inv = inverse_entries(C, Lz)
-        shift = [sum(inv[i][j] * u[:, j] for j in range(Lz)) for i in range(Lz)]
-        quad = np.einsum("kdm,kdm->km", r, Vr) - sum(u[:, i] * shift[i] for i in range(Lz))
+        inv = inverse_entries(C, Lz, out=inv_buf[..., :m])
+        shift = shift_buf[..., :m]
+        for i in range(Lz):
+            np.multiply(inv[i][0], u[0], out=shift[i])
+            for j in range(1, Lz):
+                shift[i] += inv[i][j] * u[j]
+        quad = np.einsum("kdm,kdm->km", res, Vr) - sum(u[i] * shift[i] for i in range(Lz))
         log_det = logdet_V + logdet_entries(C, Lz)
-        log_nu[:, a:b] = const[:, None] - 0.5 * (log_det + quad)
-        means[a:b] = (c[:, :, None] + np.stack(shift[:L], axis=1)).transpose(2, 0, 1)
-        covs[a:b] = np.array([inv[i][:L] for i in range(L)]).transpose(3, 2, 0, 1)
+        log_nu[:, a : a + m] = const[:, None] - 0.5 * (log_det + quad)
+        means[a : a + m] = (c.T[:, :, None] + shift[:L]).transpose(2, 1, 0)
+        covs[a : a + m] = inv_buf[:L, :L, :, :m].transpose(3, 2, 0, 1)
     return log_nu, means, covs
