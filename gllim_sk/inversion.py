@@ -243,6 +243,23 @@ def _count_modes(weights, means, covs, threshold, separation):
     return np.maximum(count, 1)
 
 
+def _heaviest(w, k):
+    """Columns of the ``k`` largest weights of each row, largest first (ties: lowest
+    column first), as the first ``k`` of a stable argsort of ``-w``."""
+    if k >= w.shape[1]:
+        return np.argsort(-w, axis=1, kind="stable")
+    top = np.argpartition(-w, k - 1, axis=1)[:, :k]
+    # Equal weights at the cut: the partition may keep a later column; the columns
+    # of the k-th largest weight are taken lowest first instead, as the sort does.
+    wk = np.take_along_axis(w, top, axis=1)
+    kth = wk.min(axis=1, keepdims=True)
+    top = np.take_along_axis(top, np.lexsort((top, -wk), axis=1), axis=1)
+    tied = np.flatnonzero((w == kth).sum(axis=1) > (wk == kth).sum(axis=1))
+    if tied.size:
+        top[tied] = np.argsort(-w[tied], axis=1, kind="stable")[:, :k]
+    return top
+
+
 def _marginal_cdf(z, dof):
     """CDF of the standardised marginals: normal, or Student t with ``dof`` (a multivariate
     t's marginals are t with its degrees of freedom and the diagonal of its scale)."""
@@ -391,8 +408,9 @@ class _Inverter:
         """Merged modes (weights, means, covariances) and their count, of the
         ``merge_components`` heaviest components of each row (see ``_block``)."""
         s = self.settings
-        # (the components' covariances are symmetric by construction)
-        mw, mm, mc = _merge_mixture(weights, means, covs, s["n_modes"], check_symmetry=False)
+        # (the components' covariances are positive definite by construction)
+        mw, mm, mc = _merge_mixture(weights, means, covs, s["n_modes"],
+                                    check_covariances=False)
         return mw, mm, mc, _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
 
     def _block(self, mix, y, aug, forward, loglik, rng, late):
@@ -406,14 +424,14 @@ class _Inverter:
         K, L = mu.shape[1:]
         scales = np.broadcast_to(mix.scales, (n, K, L, L))
         cov = np.broadcast_to(mix.covariances(), (n, K, L, L))
-        mean, total = mix.moments()
+        mean, total = mix.moments(w)
         std = np.sqrt(np.maximum(np.einsum("nll->nl", total), 0.0))
         # Modes: merging is cubic in the number of components, so it takes the
         # ``merge_components`` heaviest that weigh at least ``merge_min_weight``
         # (renormalised; at least the heaviest). The moments, PITs and importance
         # sampling use the whole mixture.
         keep = min(K, s["merge_components"])
-        top = np.argsort(-w, axis=1, kind="stable")[:, :keep]
+        top = _heaviest(w, keep)
         rows = np.arange(n)[:, None]
         wt = w[rows, top]
         wt = np.where((wt >= s["merge_min_weight"]) | (np.arange(keep) == 0), wt, 0.0)
