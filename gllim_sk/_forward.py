@@ -23,7 +23,7 @@ from ._kernels import (
 from ._small_spd import MAX_DIM, factor_entries, inverse_entries, logdet_entries, spd_logdet
 
 # Small matrices (rows x components) per block of rows of the noisy forward mixture.
-_NOISY_BLOCK = 16384
+_NOISY_BLOCK = 8192
 
 
 @dataclass
@@ -224,11 +224,12 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
     """:meth:`ForwardMixin.noisy_forward_terms` for diagonal Sigma_k and per-row
     variances S (n, D): the same quantities, each row block held entry by entry.
 
-    Every per-(row, component) quantity is an array (K, m) of a block of m rows, so the
-    small posterior precisions are factorised without moving them into a batch of
-    matrices first (:func:`~gllim_sk._small_spd.factor_entries`); only the outputs are
-    written in the (n, K, ...) layout. ``const`` (K,) holds
-    log pi_k - (D log 2 pi + log|Gamma_k|) / 2.
+    The sums over the D features are products, per component, of (K, D, m) arrays of a
+    block of m rows; their results are turned into arrays (m, K), one per entry, so
+    that the small posterior precisions are factorised without moving them into a
+    batch of matrices first (:func:`~gllim_sk._small_spd.factor_entries`), and the
+    outputs (n, K, ...) are written from them by plain transpositions. ``const`` (K,)
+    holds log pi_k - (D log 2 pi + log|Gamma_k|) / 2.
     """
     n, D = Xc.shape
     K, _, Lz = Az.shape
@@ -250,23 +251,24 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
     SgT = np.ascontiguousarray((S / g).T)
     XcT = np.ascontiguousarray(Xc.T)
     mx = means_x[:, :, None]
-    # log_nu (K, n) is a view of an (n, K) array: the weights the callers make of it
-    # are then row-major (n, K).
-    log_nu = np.empty((n, K)).T
+    # log_nu is made (n, K) and returned as its (K, n) view: the weights the callers
+    # make of it are then row-major (n, K).
+    log_nu = np.empty((n, K))
     means = np.empty((n, K, L))
     covs = np.empty((n, K, L, L))
     rows = max(1, min(_NOISY_BLOCK // K, n))
+    E = len(lower)
     # Work arrays of a full block, reused by every block (a partial one uses their
-    # first columns): V / g, [V^-1; 1] and the residuals r (K, D, m); the entries of the
-    # posterior covariances and of the shifts P^-1 u (K, m).
+    # first rows or columns): V / g, [V^-1; 1] and the residuals r (K, D, m); the
+    # products (K, E + Lz, m) and the same entry first (E + Lz, m, K); the entries of
+    # the posterior covariances and of the shifts P^-1 u (m, K).
     Vg, r = np.empty((K, D, rows)), np.empty((K, D, rows))
     inv_V1 = np.empty((K, D + 1, rows))
     inv_V1[:, D] = 1.0
-    inv_buf = np.empty((Lz, Lz, K, rows))
-    shift_buf = np.empty((Lz, K, rows))
-    # The products, entry first so that each entry is one contiguous (K, m) array.
-    gram_buf = np.empty((len(lower), K, rows))
-    u_buf = np.empty((Lz, K, rows))
+    prods = np.empty((K, E + Lz, rows))
+    entries = np.empty((E + Lz, rows, K))
+    inv_buf = np.empty((Lz, Lz, rows, K))
+    shift_buf = np.empty((Lz, rows, K))
     for a in range(0, n, rows):
         m = min(rows, n - a)
         V = np.add(sigma_g, SgT[None, :, a : a + m], out=Vg[:, :, :m])  # V / g
@@ -279,23 +281,25 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
         inv_V = np.divide(inv_g, V, out=inv_V1[:, :D, :m])
         res = np.subtract(XcT[None, :, a : a + m], mx, out=r[:, :, :m])
         Vr = np.multiply(res, inv_V, out=V)
-        gram = gram_buf[:, :, :m]  # the precisions' entries
-        np.matmul(pairs, inv_V1[:, :, :m], out=gram.transpose(1, 0, 2))
-        u = u_buf[:, :, :m]
-        np.matmul(AzT, Vr, out=u.transpose(1, 0, 2))
+        # The precisions' entries, then u = Az' V^-1 r.
+        np.matmul(pairs, inv_V1[:, :, :m], out=prods[:, :E, :m])
+        np.matmul(AzT, Vr, out=prods[:, E:, :m])
+        ent = entries[:, :m]
+        np.copyto(ent, prods[:, :, :m].transpose(1, 2, 0))
+        u = ent[E:]
         P = [[None] * Lz for _ in range(Lz)]
         for e, (i, j) in enumerate(lower):
-            P[i][j] = gram[e]
+            P[i][j] = ent[e]
         C = factor_entries(P, Lz)
-        inv = inverse_entries(C, Lz, out=inv_buf[..., :m])
-        shift = shift_buf[..., :m]
+        inv = inverse_entries(C, Lz, out=inv_buf[:, :, :m])
+        shift = shift_buf[:, :m]
         for i in range(Lz):
             np.multiply(inv[i][0], u[0], out=shift[i])
             for j in range(1, Lz):
                 shift[i] += inv[i][j] * u[j]
-        quad = np.einsum("kdm,kdm->km", res, Vr) - sum(u[i] * shift[i] for i in range(Lz))
-        log_det = logdet_V + logdet_entries(C, Lz)
-        log_nu[:, a : a + m] = const[:, None] - 0.5 * (log_det + quad)
-        means[a : a + m] = (c.T[:, :, None] + shift[:L]).transpose(2, 1, 0)
-        covs[a : a + m] = inv_buf[:L, :L, :, :m].transpose(3, 2, 0, 1)
-    return log_nu, means, covs
+        quad = np.einsum("kdm,kdm->mk", res, Vr) - sum(u[i] * shift[i] for i in range(Lz))
+        log_det = logdet_V.T + logdet_entries(C, Lz)
+        log_nu[a : a + m] = const - 0.5 * (log_det + quad)
+        means[a : a + m] = shift[:L].transpose(1, 2, 0) + c
+        covs[a : a + m] = inv_buf[:L, :L, :m].transpose(2, 3, 0, 1)
+    return log_nu.T, means, covs
