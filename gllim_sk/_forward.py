@@ -126,7 +126,7 @@ class ForwardMixin:
         means = einsum(xp, "klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
         return log_nu, means
 
-    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None):
+    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None, offset=None):
         """The forward mixture when the observed features carry known extra noise.
 
         The observations are x + e, e ~ N(0, S), so Sigma_k becomes Sigma_k + S in
@@ -137,7 +137,8 @@ class ForwardMixin:
 
         Returns the unnormalised log gating weights log pi_k + log N(x; c*_k, Gamma*_k + S)
         (K, n), the component means (n, K, L) and covariances (n, K, L, L), in centred
-        coordinates.
+        coordinates; ``offset`` (L,), if given, is added to the means (the targets' mean:
+        means on the targets' scale).
 
         The posterior of z given x under component k has the precision
         P = prior precision + Az' V^-1 Az with V = Sigma_k + S, Az = [A_k, W_k] (the
@@ -191,7 +192,8 @@ class ForwardMixin:
         noise = noise_var if diagonal else noise_cov
         if diagonal and per_sample and Lz <= MAX_DIM:
             return _noisy_diagonal_rows(Xc, noise, sigma, Az, means_x, prior_prec[:, 0],
-                                        log_w - 0.5 * (D * LOG_2PI + logdet_gamma), params.c)
+                                        log_w - 0.5 * (D * LOG_2PI + logdet_gamma), params.c,
+                                        offset)
         if not per_sample:
             inv_V, logdet_x, precision = noise_terms(noise)
             logdet_P, post_cov = spd_logdet(precision, inverse=True)
@@ -217,10 +219,12 @@ class ForwardMixin:
             log_nu[:, sl] = log_w[:, None] - 0.5 * (D * LOG_2PI + log_det + delta)
             means[sl] = np.swapaxes(params.c[:, None] + shift[..., :L], 0, 1)
             covs[sl] = np.swapaxes(post_cov[..., :L, :L], 0, 1)
+        if offset is not None:
+            means += offset
         return log_nu, means, covs
 
 
-def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
+def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset=None):
     """:meth:`ForwardMixin.noisy_forward_terms` for diagonal Sigma_k and per-row
     variances S (n, D): the same quantities, each row block held entry by entry.
 
@@ -229,7 +233,8 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
     that the small posterior precisions are factorised without moving them into a
     batch of matrices first (:func:`~gllim_sk._small_spd.factor_entries`), and the
     outputs (n, K, ...) are written from them by plain transpositions. ``const`` (K,)
-    holds log pi_k - (D log 2 pi + log|Gamma_k|) / 2.
+    holds log pi_k - (D log 2 pi + log|Gamma_k|) / 2; ``offset`` (L,), if given, is added
+    to the means.
     """
     n, D = Xc.shape
     K, _, Lz = Az.shape
@@ -300,6 +305,9 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
         quad = np.einsum("kdm,kdm->mk", res, Vr) - sum(u[i] * shift[i] for i in range(Lz))
         log_det = logdet_V.T + logdet_entries(C, Lz)
         log_nu[a : a + m] = const - 0.5 * (log_det + quad)
-        means[a : a + m] = shift[:L].transpose(1, 2, 0) + c
+        if offset is None:
+            np.add(shift[:L].transpose(1, 2, 0), c, out=means[a : a + m])
+        else:
+            np.add(shift[:L].transpose(1, 2, 0) + c, offset, out=means[a : a + m])
         covs[a : a + m] = inv_buf[:L, :L, :m].transpose(2, 3, 0, 1)
     return log_nu.T, means, covs

@@ -40,6 +40,10 @@ _BLOCK_ELEMENTS = 1 << 21
 # Rows whose modes are merged by one call of merge_mixture (its heaviest components
 # take merge_components * L * L numbers per row).
 _MERGE_ROWS = 16384
+# exp(x) is a normal number above _EXP_NORMAL, 0 below _EXP_ZERO (it rounds to 0 below
+# -745.14).
+_EXP_NORMAL = -708.0
+_EXP_ZERO = -746.0
 # Fewest rows per thread of an inversion (numpy observations, no importance sampling):
 # below, the thread's start and the joined outputs cost more than the rows.
 _THREAD_MIN_ROWS = 2048
@@ -243,6 +247,19 @@ def _count_modes(weights, means, covs, threshold, separation):
     return np.maximum(count, 1)
 
 
+def _exp_weights(log_w):
+    """exp(log_w), the same values, without exp's slow path for results below the
+    normal range (taken one element at a time, and many posterior weights underflow):
+    0 below the smallest subnormal number, the subnormal ones computed apart."""
+    w = np.exp(np.maximum(log_w, _EXP_NORMAL))
+    low = log_w < _EXP_NORMAL
+    if low.any():
+        w[low] = 0.0
+        sub = low & (log_w > _EXP_ZERO)
+        w[sub] = np.exp(log_w[sub])
+    return w
+
+
 def _heaviest(w, k):
     """Columns of the ``k`` largest weights of each row, largest first (ties: lowest
     column first), as the first ``k`` of a stable argsort of ``-w``."""
@@ -419,7 +436,7 @@ class _Inverter:
         merges those components."""
         s = self.settings
         n = mix.means.shape[0]
-        w = np.exp(mix.log_weights)
+        w = _exp_weights(mix.log_weights)
         mu, dof = mix.means, mix.dof
         K, L = mu.shape[1:]
         scales = np.broadcast_to(mix.scales, (n, K, L, L))
