@@ -302,7 +302,10 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset
             np.multiply(inv[i][0], u[0], out=shift[i])
             for j in range(1, Lz):
                 shift[i] += inv[i][j] * u[j]
-        quad = np.einsum("kdm,kdm->mk", res, Vr) - sum(u[i] * shift[i] for i in range(Lz))
+        u_shift = u[0] * shift[0]  # u' P^-1 u
+        for i in range(1, Lz):
+            u_shift += u[i] * shift[i]
+        quad = np.einsum("kdm,kdm->mk", res, Vr) - u_shift
         log_det = logdet_V.T + logdet_entries(C, Lz)
         log_nu[a : a + m] = const - 0.5 * (log_det + quad)
         if offset is None:

@@ -55,7 +55,10 @@ def _minus_products(s, a, b, k):
 
 def logdet_entries(C, p):
     """log|S| from the factor of :func:`factor_entries`."""
-    return 2.0 * sum(np.log(C[j][j]) for j in range(p))
+    s = np.log(C[0][0])
+    for j in range(1, p):
+        s += np.log(C[j][j])
+    return 2.0 * s
 
 
 def inverse_entries(C, p, out=None):
@@ -66,21 +69,21 @@ def inverse_entries(C, p, out=None):
     G = [[None] * p for _ in range(p)]
     for i in range(p):
         G[i][i] = 1.0 / C[i][i]
+        neg = -G[i][i] if i else None
         for j in range(i):
             s = C[i][j] * G[j][j]
             for k in range(j + 1, i):
-                s = s + C[i][k] * G[k][j]
-            G[i][j] = -s * G[i][i]
+                s += C[i][k] * G[k][j]
+            G[i][j] = s * neg
     inv = [[None] * p for _ in range(p)]
     for i in range(p):
         for j in range(i + 1):
-            s = G[i][i] * G[i][j]
+            # Accumulated in place: in ``out`` itself when given.
+            s = np.multiply(G[i][i], G[i][j], out=None if out is None else out[i, j])
             for k in range(i + 1, p):
-                s = s + G[k][i] * G[k][j]
-            if out is not None:
-                out[i, j] = s
+                s += G[k][i] * G[k][j]
+            if out is not None and j < i:
                 out[j, i] = s
-                s = out[i, j]
             inv[i][j] = inv[j][i] = s
     return inv
 
