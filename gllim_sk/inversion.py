@@ -40,9 +40,9 @@ _BLOCK_ELEMENTS = 1 << 21
 # Rows whose modes are merged by one call of merge_mixture (its heaviest components
 # take merge_components * L * L numbers per row).
 _MERGE_ROWS = 16384
-# exp(x) is a normal number above _EXP_NORMAL, 0 below _EXP_ZERO (it rounds to 0 below
-# -745.14).
-_EXP_NORMAL = -708.0
+# numpy's exp takes its fast path above _EXP_NORMAL (results above ~1e-304, normal
+# numbers); exp(x) is 0 below _EXP_ZERO (it rounds to 0 below -745.14).
+_EXP_NORMAL = -700.0
 _EXP_ZERO = -746.0
 # Fewest rows per thread of an inversion (numpy observations, no importance sampling):
 # below, the thread's start and the joined outputs cost more than the rows.
@@ -248,9 +248,9 @@ def _count_modes(weights, means, covs, threshold, separation):
 
 
 def _exp_weights(log_w):
-    """exp(log_w), the same values, without exp's slow path for results below the
-    normal range (taken one element at a time, and many posterior weights underflow):
-    0 below the smallest subnormal number, the subnormal ones computed apart."""
+    """exp(log_w), the same values, without exp's slow path for results near or below
+    the smallest normal number (taken one element at a time, and many posterior weights
+    underflow): 0 below the smallest subnormal number, the few others computed apart."""
     w = np.exp(np.maximum(log_w, _EXP_NORMAL))
     low = log_w < _EXP_NORMAL
     if low.any():
