@@ -23,7 +23,7 @@ from ._kernels import (
 from ._small_spd import MAX_DIM, factor_entries, inverse_entries, logdet_entries, spd_logdet
 
 # Small matrices (rows x components) per block of rows of the noisy forward mixture.
-_NOISY_BLOCK = 16384
+_NOISY_BLOCK = 8192
 
 
 @dataclass
@@ -126,7 +126,7 @@ class ForwardMixin:
         means = einsum(xp, "klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
         return log_nu, means
 
-    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None):
+    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None, offset=None):
         """The forward mixture when the observed features carry known extra noise.
 
         The observations are x + e, e ~ N(0, S), so Sigma_k becomes Sigma_k + S in
@@ -137,7 +137,8 @@ class ForwardMixin:
 
         Returns the unnormalised log gating weights log pi_k + log N(x; c*_k, Gamma*_k + S)
         (K, n), the component means (n, K, L) and covariances (n, K, L, L), in centred
-        coordinates.
+        coordinates; ``offset`` (L,), if given, is added to the means (the targets' mean:
+        means on the targets' scale).
 
         The posterior of z given x under component k has the precision
         P = prior precision + Az' V^-1 Az with V = Sigma_k + S, Az = [A_k, W_k] (the
@@ -191,7 +192,8 @@ class ForwardMixin:
         noise = noise_var if diagonal else noise_cov
         if diagonal and per_sample and Lz <= MAX_DIM:
             return _noisy_diagonal_rows(Xc, noise, sigma, Az, means_x, prior_prec[:, 0],
-                                        log_w - 0.5 * (D * LOG_2PI + logdet_gamma), params.c)
+                                        log_w - 0.5 * (D * LOG_2PI + logdet_gamma), params.c,
+                                        offset)
         if not per_sample:
             inv_V, logdet_x, precision = noise_terms(noise)
             logdet_P, post_cov = spd_logdet(precision, inverse=True)
@@ -217,25 +219,31 @@ class ForwardMixin:
             log_nu[:, sl] = log_w[:, None] - 0.5 * (D * LOG_2PI + log_det + delta)
             means[sl] = np.swapaxes(params.c[:, None] + shift[..., :L], 0, 1)
             covs[sl] = np.swapaxes(post_cov[..., :L, :L], 0, 1)
+        if offset is not None:
+            means += offset
         return log_nu, means, covs
 
 
-def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
+def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset=None):
     """:meth:`ForwardMixin.noisy_forward_terms` for diagonal Sigma_k and per-row
     variances S (n, D): the same quantities, each row block held entry by entry.
 
-    Every per-(row, component) quantity is an array (K, m) of a block of m rows, so the
-    small posterior precisions are factorised without moving them into a batch of
-    matrices first (:func:`~gllim_sk._small_spd.factor_entries`); only the outputs are
-    written in the (n, K, ...) layout. ``const`` (K,) holds
-    log pi_k - (D log 2 pi + log|Gamma_k|) / 2.
+    The sums over the D features are products, per component, of (K, D, m) arrays of a
+    block of m rows; their results are turned into arrays (m, K), one per entry, so
+    that the small posterior precisions are factorised without moving them into a
+    batch of matrices first (:func:`~gllim_sk._small_spd.factor_entries`), and the
+    outputs (n, K, ...) are written from them by plain transpositions. ``const`` (K,)
+    holds log pi_k - (D log 2 pi + log|Gamma_k|) / 2; ``offset`` (L,), if given, is added
+    to the means.
     """
     n, D = Xc.shape
     K, _, Lz = Az.shape
     L = c.shape[1]
     lower = [(i, j) for i in range(Lz) for j in range(i + 1)]
-    # Entry (i, j) of Az' V^-1 Az for all rows as one product with V^-1 (D, m).
-    pairs = np.stack([Az[:, :, i] * Az[:, :, j] for i, j in lower], axis=1)  # (K, E, D)
+    # Entry (i, j) of the posterior precision prior_prec + Az' V^-1 Az for all rows as
+    # one product with [V^-1; 1] (D + 1, m): the last column holds the prior's entry.
+    pairs = np.stack([np.append(Az[:, :, i] * Az[:, :, j], prior_prec[:, i, j, None], axis=1)
+                      for i, j in lower], axis=1)  # (K, E, D + 1)
     AzT = np.ascontiguousarray(np.swapaxes(Az, 1, 2))  # (K, Lz, D)
     # Features rescaled by the geometric mean g of their noise variances, so that
     # log|V| = log prod_d (V_d / g_d) + sum_d log g_d takes one logarithm per row and
@@ -248,36 +256,61 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c):
     SgT = np.ascontiguousarray((S / g).T)
     XcT = np.ascontiguousarray(Xc.T)
     mx = means_x[:, :, None]
-    log_nu = np.empty((K, n))
+    # log_nu is made (n, K) and returned as its (K, n) view: the weights the callers
+    # make of it are then row-major (n, K).
+    log_nu = np.empty((n, K))
     means = np.empty((n, K, L))
     covs = np.empty((n, K, L, L))
-    rows = max(1, _NOISY_BLOCK // K)
-    # Work arrays (K, D, rows) reused by the full blocks.
-    work = [np.empty((K, D, rows)) for _ in range(3)] if n >= rows else None
+    rows = max(1, min(_NOISY_BLOCK // K, n))
+    E = len(lower)
+    # Work arrays of a full block, reused by every block (a partial one uses their
+    # first rows or columns): V / g, [V^-1; 1] and the residuals r (K, D, m); the
+    # products (K, E + Lz, m) and the same entry first (E + Lz, m, K); the entries of
+    # the posterior covariances and of the shifts P^-1 u (m, K).
+    Vg, r = np.empty((K, D, rows)), np.empty((K, D, rows))
+    inv_V1 = np.empty((K, D + 1, rows))
+    inv_V1[:, D] = 1.0
+    prods = np.empty((K, E + Lz, rows))
+    entries = np.empty((E + Lz, rows, K))
+    inv_buf = np.empty((Lz, Lz, rows, K))
+    shift_buf = np.empty((Lz, rows, K))
     for a in range(0, n, rows):
-        b = min(a + rows, n)
-        Vg, inv_V, r = work if b - a == rows else (None, None, None)
-        Vg = np.add(sigma_g, SgT[None, :, a:b], out=Vg)  # V / g, (K, D, m)
+        m = min(rows, n - a)
+        V = np.add(sigma_g, SgT[None, :, a : a + m], out=Vg[:, :, :m])  # V / g
         with np.errstate(over="ignore", under="ignore"):
-            prod = np.prod(Vg, axis=1)
+            prod = np.prod(V, axis=1)
         if np.all(np.isfinite(prod) & (prod > 0)):
             logdet_V = np.log(prod) + log_g.sum()
         else:
-            logdet_V = np.log(Vg).sum(axis=1) + log_g.sum()
-        inv_V = np.divide(inv_g, Vg, out=inv_V)
-        r = np.subtract(XcT[None, :, a:b], mx, out=r)
-        Vr = np.multiply(r, inv_V, out=Vg)
-        gram = np.matmul(pairs, inv_V)  # (K, E, m)
-        u = np.matmul(AzT, Vr)  # (K, Lz, m)
+            logdet_V = np.log(V).sum(axis=1) + log_g.sum()
+        inv_V = np.divide(inv_g, V, out=inv_V1[:, :D, :m])
+        res = np.subtract(XcT[None, :, a : a + m], mx, out=r[:, :, :m])
+        Vr = np.multiply(res, inv_V, out=V)
+        # The precisions' entries, then u = Az' V^-1 r.
+        np.matmul(pairs, inv_V1[:, :, :m], out=prods[:, :E, :m])
+        np.matmul(AzT, Vr, out=prods[:, E:, :m])
+        ent = entries[:, :m]
+        np.copyto(ent, prods[:, :, :m].transpose(1, 2, 0))
+        u = ent[E:]
         P = [[None] * Lz for _ in range(Lz)]
         for e, (i, j) in enumerate(lower):
-            P[i][j] = gram[:, e] + prior_prec[:, i, j, None]
+            P[i][j] = ent[e]
         C = factor_entries(P, Lz)
-        inv = inverse_entries(C, Lz)
-        shift = [sum(inv[i][j] * u[:, j] for j in range(Lz)) for i in range(Lz)]
-        quad = np.einsum("kdm,kdm->km", r, Vr) - sum(u[:, i] * shift[i] for i in range(Lz))
-        log_det = logdet_V + logdet_entries(C, Lz)
-        log_nu[:, a:b] = const[:, None] - 0.5 * (log_det + quad)
-        means[a:b] = (c[:, :, None] + np.stack(shift[:L], axis=1)).transpose(2, 0, 1)
-        covs[a:b] = np.array([inv[i][:L] for i in range(L)]).transpose(3, 2, 0, 1)
-    return log_nu, means, covs
+        inv = inverse_entries(C, Lz, out=inv_buf[:, :, :m])
+        shift = shift_buf[:, :m]
+        for i in range(Lz):
+            np.multiply(inv[i][0], u[0], out=shift[i])
+            for j in range(1, Lz):
+                shift[i] += inv[i][j] * u[j]
+        u_shift = u[0] * shift[0]  # u' P^-1 u
+        for i in range(1, Lz):
+            u_shift += u[i] * shift[i]
+        quad = np.einsum("kdm,kdm->mk", res, Vr) - u_shift
+        log_det = logdet_V.T + logdet_entries(C, Lz)
+        log_nu[a : a + m] = const - 0.5 * (log_det + quad)
+        if offset is None:
+            np.add(shift[:L].transpose(1, 2, 0), c, out=means[a : a + m])
+        else:
+            np.add(shift[:L].transpose(1, 2, 0) + c, offset, out=means[a : a + m])
+        covs[a : a + m] = inv_buf[:L, :L, :m].transpose(2, 3, 0, 1)
+    return log_nu.T, means, covs

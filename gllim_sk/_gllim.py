@@ -682,9 +682,9 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         Xc = X.astype(np.float64) - self.feature_mean_
         params, _ = self._core()
         log_terms, means, covs = self._em_model(fitted=True).noisy_forward_terms(
-            params, Xc, noise_var, noise_cov
+            params, Xc, noise_var, noise_cov, offset=self.target_mean_
         )
-        return log_terms, means + self.target_mean_, covs, dtype
+        return log_terms, means, covs, dtype
 
     def _predictive_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None,
                             method="predict"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import betaln, chdtri, gammaln, ndtri
 
-from ._compat import array_namespace, einsum, swap_last, to_numpy
+from ._compat import array_namespace, swap_last, to_numpy
 from ._small_spd import spd_logdet
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -197,14 +197,22 @@ class PredictiveMixture:
             return self.scales
         return self.scales * t_covariance_factor(self.dof)[..., None, None]
 
-    def moments(self):
-        """Mean (n, L) and covariance (n, L, L) of each row's mixture."""
+    def moments(self, weights=None):
+        """Mean (n, L) and covariance (n, L, L) of each row's mixture (``weights``: its
+        weights exp(log_weights), when the caller has them)."""
         xp = self.xp
-        nu = xp.exp(self.log_weights)
-        mean = einsum(xp, "nk,nkl->nl", nu, self.means)
+        nu = xp.exp(self.log_weights) if weights is None else weights
+        n, K, L = self.means.shape
+        # The sums over components as products of each row's weights (1, K) with its
+        # (K, L) means and (K, L * L) covariances.
+        mean = (nu[:, None, :] @ self.means)[:, 0, :]
         covs = self.covariances()
         with np.errstate(invalid="ignore"):  # inf * 0 where a weight underflows
-            within = einsum(xp, "nk,nklm->nlm" if covs.ndim == 4 else "nk,klm->nlm", nu, covs)
+            if covs.ndim == 4:
+                within = nu[:, None, :] @ xp.reshape(covs, (n, K, L * L))
+            else:
+                within = nu @ xp.reshape(covs, (K, L * L))
+        within = xp.reshape(within, (n, L, L))
         diff = self.means - mean[:, None, :]
         # sum_k nu_k d_k d_k' as one product per row (a three-operand einsum is slower).
         cov = within + swap_last(xp, nu[:, :, None] * diff) @ diff

@@ -33,53 +33,59 @@ def factor_entries(S, p):
     """
     C = [[None] * p for _ in range(p)]
     for j in range(p):
-        s = S[j][j].copy()
-        for k in range(j):
-            s -= C[j][k] * C[j][k]
+        s = _minus_products(S[j][j], C[j], C[j], j)
         if not np.all(s > 0):  # also catches NaN
             raise _not_definite()
         C[j][j] = np.sqrt(s)
         inv = 1.0 / C[j][j]
         for i in range(j + 1, p):
-            s = S[i][j].copy()
-            for k in range(j):
-                s -= C[i][k] * C[j][k]
-            C[i][j] = s * inv
+            C[i][j] = _minus_products(S[i][j], C[i], C[j], j) * inv
     return C
+
+
+def _minus_products(s, a, b, k):
+    """s - a[0] b[0] - ... - a[k-1] b[k-1], entry by entry (s itself is not modified)."""
+    if k == 0:
+        return s
+    s = s - a[0] * b[0]
+    for h in range(1, k):
+        s -= a[h] * b[h]
+    return s
 
 
 def logdet_entries(C, p):
     """log|S| from the factor of :func:`factor_entries`."""
-    return 2.0 * sum(np.log(C[j][j]) for j in range(p))
+    s = np.log(C[0][0])
+    for j in range(1, p):
+        s += np.log(C[j][j])
+    return 2.0 * s
 
 
-def inverse_entries(C, p):
+def inverse_entries(C, p, out=None):
     """Entries ``I[i][j]`` of (C C')^-1 from the factor of :func:`factor_entries`, as
-    nested lists (``I[i][j]`` and ``I[j][i]`` are the same array): G' G with G = C^-1."""
+    nested lists (``I[i][j]`` and ``I[j][i]`` are the same array): G' G with G = C^-1.
+    With ``out`` (an array (p, p, ...)), the entries are written there, both triangles,
+    and are views of it."""
     G = [[None] * p for _ in range(p)]
     for i in range(p):
         G[i][i] = 1.0 / C[i][i]
+        neg = -G[i][i] if i else None
         for j in range(i):
             s = C[i][j] * G[j][j]
             for k in range(j + 1, i):
-                s = s + C[i][k] * G[k][j]
-            G[i][j] = -s * G[i][i]
-    out = [[None] * p for _ in range(p)]
+                s += C[i][k] * G[k][j]
+            G[i][j] = s * neg
+    inv = [[None] * p for _ in range(p)]
     for i in range(p):
         for j in range(i + 1):
-            s = G[i][i] * G[i][j]
+            # Accumulated in place: in ``out`` itself when given.
+            s = np.multiply(G[i][i], G[i][j], out=None if out is None else out[i, j])
             for k in range(i + 1, p):
-                s = s + G[k][i] * G[k][j]
-            out[i][j] = out[j][i] = s
-    return out
-
-
-def _inverse(C, p, out):
-    """(C C')^-1 into ``out`` (p, p, m)."""
-    inv = inverse_entries(C, p)
-    for i in range(p):
-        for j in range(p):
-            out[i, j] = inv[i][j]
+                s += G[k][i] * G[k][j]
+            if out is not None and j < i:
+                out[j, i] = s
+            inv[i][j] = inv[j][i] = s
+    return inv
 
 
 def spd_logdet(M, *, inverse=False, rhs=None):
@@ -134,7 +140,7 @@ def spd_logdet(M, *, inverse=False, rhs=None):
             logdet[a:b] = logdet_entries(C, p)
             if inverse:
                 out = block_out[:, :, : b - a]
-                _inverse(C, p, out)
+                inverse_entries(C, p, out)
                 inv[a:b] = out.transpose(2, 0, 1)
                 if rhs is not None:
                     r = np.ascontiguousarray(rhs[a:b].T)

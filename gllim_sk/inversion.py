@@ -40,6 +40,10 @@ _BLOCK_ELEMENTS = 1 << 21
 # Rows whose modes are merged by one call of merge_mixture (its heaviest components
 # take merge_components * L * L numbers per row).
 _MERGE_ROWS = 16384
+# numpy's exp takes its fast path above _EXP_NORMAL (results above ~1e-304, normal
+# numbers); exp(x) is 0 below _EXP_ZERO (it rounds to 0 below -745.14).
+_EXP_NORMAL = -700.0
+_EXP_ZERO = -746.0
 # Fewest rows per thread of an inversion (numpy observations, no importance sampling):
 # below, the thread's start and the joined outputs cost more than the rows.
 _THREAD_MIN_ROWS = 2048
@@ -243,6 +247,36 @@ def _count_modes(weights, means, covs, threshold, separation):
     return np.maximum(count, 1)
 
 
+def _exp_weights(log_w):
+    """exp(log_w), the same values, without exp's slow path for results near or below
+    the smallest normal number (taken one element at a time, and many posterior weights
+    underflow): 0 below the smallest subnormal number, the few others computed apart."""
+    w = np.exp(np.maximum(log_w, _EXP_NORMAL))
+    low = log_w < _EXP_NORMAL
+    if low.any():
+        w[low] = 0.0
+        sub = low & (log_w > _EXP_ZERO)
+        w[sub] = np.exp(log_w[sub])
+    return w
+
+
+def _heaviest(w, k):
+    """Columns of the ``k`` largest weights of each row, largest first (ties: lowest
+    column first), as the first ``k`` of a stable argsort of ``-w``."""
+    if k >= w.shape[1]:
+        return np.argsort(-w, axis=1, kind="stable")
+    top = np.argpartition(-w, k - 1, axis=1)[:, :k]
+    # Equal weights at the cut: the partition may keep a later column; the columns
+    # of the k-th largest weight are taken lowest first instead, as the sort does.
+    wk = np.take_along_axis(w, top, axis=1)
+    kth = wk.min(axis=1, keepdims=True)
+    top = np.take_along_axis(top, np.lexsort((top, -wk), axis=1), axis=1)
+    tied = np.flatnonzero((w == kth).sum(axis=1) > (wk == kth).sum(axis=1))
+    if tied.size:
+        top[tied] = np.argsort(-w[tied], axis=1, kind="stable")[:, :k]
+    return top
+
+
 def _marginal_cdf(z, dof):
     """CDF of the standardised marginals: normal, or Student t with ``dof`` (a multivariate
     t's marginals are t with its degrees of freedom and the diagonal of its scale)."""
@@ -391,8 +425,9 @@ class _Inverter:
         """Merged modes (weights, means, covariances) and their count, of the
         ``merge_components`` heaviest components of each row (see ``_block``)."""
         s = self.settings
-        # (the components' covariances are symmetric by construction)
-        mw, mm, mc = _merge_mixture(weights, means, covs, s["n_modes"], check_symmetry=False)
+        # (the components' covariances are positive definite by construction)
+        mw, mm, mc = _merge_mixture(weights, means, covs, s["n_modes"],
+                                    check_covariances=False)
         return mw, mm, mc, _count_modes(mw, mm, mc, s["mode_threshold"], s["separation"])
 
     def _block(self, mix, y, aug, forward, loglik, rng, late):
@@ -401,19 +436,19 @@ class _Inverter:
         merges those components."""
         s = self.settings
         n = mix.means.shape[0]
-        w = np.exp(mix.log_weights)
+        w = _exp_weights(mix.log_weights)
         mu, dof = mix.means, mix.dof
         K, L = mu.shape[1:]
         scales = np.broadcast_to(mix.scales, (n, K, L, L))
         cov = np.broadcast_to(mix.covariances(), (n, K, L, L))
-        mean, total = mix.moments()
+        mean, total = mix.moments(w)
         std = np.sqrt(np.maximum(np.einsum("nll->nl", total), 0.0))
         # Modes: merging is cubic in the number of components, so it takes the
         # ``merge_components`` heaviest that weigh at least ``merge_min_weight``
         # (renormalised; at least the heaviest). The moments, PITs and importance
         # sampling use the whole mixture.
         keep = min(K, s["merge_components"])
-        top = np.argsort(-w, axis=1, kind="stable")[:, :keep]
+        top = _heaviest(w, keep)
         rows = np.arange(n)[:, None]
         wt = w[rows, top]
         wt = np.where((wt >= s["merge_min_weight"]) | (np.arange(keep) == 0), wt, 0.0)

@@ -61,17 +61,19 @@ _MERGE_COST_JITTER = 1e-9
 # The merge holds each component's weight, mean entries and covariance entries as
 # arrays (rows, components), so that the costs of many pairs are computed entry by entry
 # (:func:`~gllim_sk._small_spd.factor_entries`) without building their matrices.
-def _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j):
+def _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j, with_mean=True):
     """Weight, mean entries and lower covariance entries of the moment-preserving
-    merges of components i and j, given entry by entry (``m[l]``, ``P[l][h]``)."""
+    merges of components i and j, given entry by entry (``m[l]``, ``P[l][h]``, only
+    ``h <= l`` read); the mean is None without ``with_mean``."""
     w = w_i + w_j
     a = w_i / w
     b = w_j / w
     ab = a * b
     L = len(m_i)
     d = [m_i[l] - m_j[l] for l in range(L)]
-    mean = [a * m_i[l] + b * m_j[l] for l in range(L)]
-    cov = [[a * P_i[l][h] + b * P_j[l][h] + ab * d[l] * d[h] for h in range(l + 1)]
+    abd = [ab * d[l] for l in range(L)]
+    mean = [a * m_i[l] + b * m_j[l] for l in range(L)] if with_mean else None
+    cov = [[a * P_i[l][h] + b * P_j[l][h] + abd[l] * d[h] for h in range(l + 1)]
            for l in range(L)]
     return w, mean, cov
 
@@ -81,14 +83,22 @@ def _runnalls_cost(w_i, m_i, P_i, ld_i, w_j, m_j, P_j, ld_j, jitter):
 
     B(i, j) = ((w_i + w_j) log|P_ij| - w_i log|P_i| - w_j log|P_j|) / 2, with ``jitter``
     added to the diagonal of every covariance (``ld`` are the log-determinants of the
-    jittered ones; the jitter is 0 except on rows with a singular covariance).
+    jittered ones; the jitter is 0 except on rows with a singular covariance; None:
+    0 on every row).
     """
-    w, _, cov = _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j)
+    w, _, cov = _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j, with_mean=False)
     L = len(cov)
-    for l in range(L):
-        cov[l][l] = cov[l][l] + jitter
+    if jitter is not None:
+        for l in range(L):
+            cov[l][l] = cov[l][l] + jitter
     logdet = logdet_entries(factor_entries(cov, L), L)
     return 0.5 * (w * logdet - w_i * ld_i - w_j * ld_j)
+
+
+def _lower_columns(covs, cols):
+    """The lower entries ``[l][h]`` (h <= l) of covariance entries (L, L, n, K) at the
+    columns ``cols``."""
+    return [[covs[l, h][:, cols] for h in range(l + 1)] for l in range(covs.shape[0])]
 
 
 def _merge_block(weights, means, covs, n_keep, jitter, logdets):
@@ -102,14 +112,14 @@ def _merge_block(weights, means, covs, n_keep, jitter, logdets):
     means = means.copy()
     covs = covs.copy()
     logdets = logdets.copy()
-    jitter = jitter[:, None]
+    jitter = jitter[:, None] if jitter.any() else None
     active = np.ones((n, K), dtype=bool)
     rows = np.arange(n)
     iu, ju = np.triu_indices(K, k=1)
     cost = np.full((n, K, K), np.inf)
     cost[:, iu, ju] = _runnalls_cost(
-        weights[:, iu], means[:, :, iu], covs[:, :, :, iu], logdets[:, iu],
-        weights[:, ju], means[:, :, ju], covs[:, :, :, ju], logdets[:, ju], jitter,
+        weights[:, iu], means[:, :, iu], _lower_columns(covs, iu), logdets[:, iu],
+        weights[:, ju], means[:, :, ju], _lower_columns(covs, ju), logdets[:, ju], jitter,
     )
     ks = np.arange(K)
     for step in range(K - n_keep):
@@ -127,8 +137,9 @@ def _merge_block(weights, means, covs, n_keep, jitter, logdets):
         active[rows, j] = False
         if step == K - n_keep - 1:  # the last merge: no costs needed after it
             break
-        for l in range(L):
-            P[l][l] = P[l][l] + jitter[:, 0]
+        if jitter is not None:
+            for l in range(L):
+                P[l][l] = P[l][l] + jitter[:, 0]
         logdets[rows, i] = logdet_entries(factor_entries(P, L), L)
         cost[rows, j, :] = np.inf
         cost[rows, :, j] = np.inf
@@ -198,9 +209,10 @@ def merge_mixture(weights, means, covariances, n_components=2):
     return _merge_mixture(weights, means, covariances, n_components)
 
 
-def _merge_mixture(weights, means, covariances, n_components, check_symmetry=True):
-    """:func:`merge_mixture`; ``check_symmetry=False`` for covariances symmetric by
-    construction (the inversion's own)."""
+def _merge_mixture(weights, means, covariances, n_components, check_covariances=True):
+    """:func:`merge_mixture`; ``check_covariances=False`` for covariances symmetric and
+    positive definite by construction (the inversion's own): only those of the
+    components merged are factorised, and the checked path runs where one fails."""
     weights = np.asarray(weights, dtype=float)
     means = np.asarray(means, dtype=float)
     covariances = np.asarray(covariances, dtype=float)
@@ -232,7 +244,12 @@ def _merge_mixture(weights, means, covariances, n_components, check_symmetry=Tru
             "means and covariances must be finite (a Student-t component with at most 2 "
             "degrees of freedom has no covariance and cannot be merged by moments)."
         )
-    jitter, logdets = _singular_jitter(weights, means, covariances, check_symmetry)
+    if check_covariances:
+        jitter, logdets = _singular_jitter(weights, means, covariances)
+    else:
+        # Positive definite by construction: no jitter, and the log-determinants of the
+        # components merged only (below); the general path where one is not.
+        jitter, logdets = np.zeros(n), None
     n_keep = min(int(n_components), K)
     # A component of weight 0 merges into any other at no cost and changes nothing: each
     # row merges its positive-weight components only (at least n_keep columns), the
@@ -254,9 +271,15 @@ def _merge_mixture(weights, means, covariances, n_components, check_symmetry=Tru
         # Zero weights would make the merged weights 0/0; a floor far below any real
         # weight keeps the arithmetic defined without changing the moments measurably.
         w = np.maximum(w, 1e-300)
-        ld = logdets[idx[:, None], cols]
         m = m.transpose(2, 0, 1)  # entries first: (L, rows, c), (L, L, rows, c)
         P = P.transpose(2, 3, 0, 1)
+        if logdets is not None:
+            ld = logdets[idx[:, None], cols]
+        else:
+            try:
+                ld = logdet_entries(factor_entries(P, L), L)
+            except np.linalg.LinAlgError:
+                return _merge_mixture(weights, means, covariances, n_components)
         block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, c * (c - 1) // 2))
         for a in range(0, idx.size, block):
             sl = slice(a, a + block)
@@ -266,18 +289,17 @@ def _merge_mixture(weights, means, covariances, n_components, check_symmetry=Tru
     return out_w, out_m, out_c
 
 
-def _singular_jitter(weights, means, covariances, check_symmetry=True):
+def _singular_jitter(weights, means, covariances):
     """The diagonal jitter (n,) of each row's merging costs: 0 where every covariance is
     positive definite, else a tiny multiple of the mixture's scale (the mean variance of
     its components and of its means); and the log-determinants (n, K) of the jittered
     covariances. Refuses non-symmetric or indefinite covariances."""
     n, K, L = means.shape
-    if check_symmetry:
-        scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
-        asym = np.abs(covariances - np.swapaxes(covariances, -1, -2)).max(axis=(-2, -1),
-                                                                          initial=0.0)
-        if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
-            raise ValueError("covariances must be symmetric matrices.")
+    scale = np.abs(covariances).max(axis=(-2, -1), initial=0.0)
+    asym = np.abs(covariances - np.swapaxes(covariances, -1, -2)).max(axis=(-2, -1),
+                                                                      initial=0.0)
+    if (asym > 1e-10 * np.maximum(scale, 1e-300)).any():
+        raise ValueError("covariances must be symmetric matrices.")
     try:  # positive definite throughout (the usual case): no eigenvalues needed
         return np.zeros(n), spd_logdet(covariances)
     except np.linalg.LinAlgError:

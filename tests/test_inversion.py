@@ -342,3 +342,22 @@ def test_rows_in_threads_report_the_sample_of_a_bad_noise(gllim_ref, monkeypatch
     cov[2500] = -np.eye(3)
     with pytest.raises(ValueError, match="2500"):
         invert(model, X, feature_noise_cov=cov)
+
+
+def test_heaviest_components_and_weights_are_those_of_numpy():
+    """The merge's heaviest components are the first of a stable sort of the weights
+    (ties included, at the cut and within it), and the weights exp'd apart from exp's
+    slow path are np.exp's, underflow and special values included."""
+    from gllim_sk.inversion import _exp_weights, _heaviest
+
+    rng = np.random.default_rng(3)
+    w = rng.integers(0, 4, size=(300, 12)).astype(float)  # many ties, zeros
+    w[::3] += rng.random((100, 12))
+    for k in (1, 2, 5, 11, 12):
+        expected = np.argsort(-w, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(_heaviest(w, k), expected)
+    log_w = np.concatenate([np.linspace(-800.0, 0.0, 40000),
+                            [-np.inf, -746.0, -745.14, -745.13, -708.0, -700.0, np.nan,
+                             1.0]])
+    log_w = rng.permutation(log_w).reshape(-1, 8)
+    np.testing.assert_array_equal(_exp_weights(log_w), np.exp(log_w))

@@ -671,3 +671,21 @@ def test_shared_observation_noise_with_dask_inputs(gllim_ref, noise):
     # Another noise gives another graph (the shared value is part of the task names).
     assert (model.predict(Xd, feature_noise_var=5.0).name
             != model.predict(Xd, feature_noise_var=0.1).name)
+
+
+def test_merge_of_trusted_covariances_equals_the_checked_merge():
+    """The inversion's own covariances (positive definite by construction) skip the
+    checks and are factorised where merged only; singular ones fall back to the checked
+    path (jittered costs): both give merge_mixture's result."""
+    from gllim_sk.posterior import _merge_mixture
+
+    rng = np.random.default_rng(7)
+    weights, means, covs = random_mixtures(rng, 40, 6, 3, per_sample_cov=True)
+    weights[:5, 3:] = 0.0  # rows with fewer components to merge
+    weights[5:10, 1] = weights[5:10, 2]  # tied weights
+    weights /= weights.sum(axis=1, keepdims=True)
+    for c in (covs, np.where(np.arange(6)[None, :, None, None] == 1, 0.0, covs)):
+        expected = merge_mixture(weights, means, c, 2)
+        got = _merge_mixture(weights, means, c, 2, check_covariances=False)
+        for a, b in zip(got, expected, strict=True):
+            assert_allclose(a, b, rtol=1e-13, atol=1e-15)
