@@ -394,15 +394,22 @@ def run_dask(n, K, iters, chunk, seed):
         Y, X = Y.persist(), X.persist()
         X.sum().compute()
         sim = time.perf_counter() - t
-        model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=iters,
+        # The initialisation and first iteration, then ``iters`` more iterations from
+        # there (a warm start): the time per EM iteration without the initialisation.
+        model = GLLiMRegressor(n_components=K, covariance_type="diag", max_iter=1,
                                tol=0.0, random_state=seed)
         t = time.perf_counter()
         model.fit(X, Y)
-        fit = time.perf_counter() - t
+        first = time.perf_counter() - t
+        model.set_params(max_iter=iters, warm_start=True)
+        t = time.perf_counter()
+        model.fit(X, Y)
+        more = time.perf_counter() - t
         worker_mem = sorted(v / 2**20 for v in client.run(
             lambda: __import__("psutil").Process().memory_info().rss).values())
-    return {"n": n, "fit_s": fit, "n_iter": model.n_iter_, "per_iter_s": fit / model.n_iter_,
-            "simulate_s": sim, "client_peak_mib": peak_mib(), "worker_mib": worker_mem}
+    return {"n": n, "fit_s": first + more, "init_s": first, "n_iter": 1 + model.n_iter_,
+            "per_iter_s": more / model.n_iter_, "simulate_s": sim,
+            "client_peak_mib": peak_mib(), "worker_mib": worker_mem}
 
 
 def _child(queue, func, args):
@@ -580,8 +587,9 @@ def main(argv=None):
         else:
             print(f"dask    {r['n']} simulations on a 2-worker LocalCluster: made in "
                   f"{r['simulate_s']:.1f} s; fit {r['fit_s']:.1f} s for {r['n_iter']} EM "
-                  f"iterations ({r['per_iter_s']:.1f} s per iteration, initialisation "
-                  f"included); client peak {r['client_peak_mib']:.0f} MiB; workers "
+                  f"iterations: initialisation and first iteration {r['init_s']:.1f} s, "
+                  f"then {r['per_iter_s']:.1f} s per iteration; client peak "
+                  f"{r['client_peak_mib']:.0f} MiB; workers "
                   f"{', '.join(f'{m:.0f}' for m in r['worker_mib'])} MiB RSS at the end")
     if args.json:
         with open(args.json, "w") as fh:
