@@ -197,9 +197,9 @@ class Block:
     def rows(self, start, stop):
         """The block of samples ``start:stop`` (views where possible)."""
         y1 = self.y1[:, start:stop]
-        return Block(Xc=self.Xc[start:stop], y=self.y[start:stop],
+        return Block(Xc=self.Xc[start:stop, ...], y=self.y[start:stop, ...],
                      y1=np.ascontiguousarray(y1) if isinstance(y1, np.ndarray) else y1,
-                     quad_feats=self.quad_feats[start:stop], n_sq=self.n_sq,
+                     quad_feats=self.quad_feats[start:stop, ...], n_sq=self.n_sq,
                      n_cross=self.n_cross, sample_sums=self.sample_sums)
 
 
