@@ -602,8 +602,6 @@ class GLLiMModel(ForwardMixin):
         # latent rows alone when the y1 rows came fused).
         rz, ryw = weighted_regressors(y1, resp, latent_mean, dtype,
                                       with_targets=bool(D) and not block.n_cross)
-        if block.n_cross:
-            rz = as_dtype(reshape(xp, ryw, (Lw * K, n)), dtype)
         if Lw:
             latent_sum = swap_last(xp, xp.sum(ryw, axis=2))
             latent_y = reshape(xp, _to_float64(y1[:-1, :]) @ swap_last(

@@ -390,7 +390,6 @@ def side_by_side(left_width, fill_left, right, right_width=0, fill_right=None):
     (n, p), of the ``left_width`` columns that ``fill_left(out)`` writes into ``out``
     (numpy: straight into the result, no (n, left_width) temporary) or returns (``out``
     None), and of the ``right_width`` columns that ``fill_right(out)`` gives likewise."""
-    parts = ((left_width, fill_left), (right_width, fill_right))
     if isinstance(right, np.ndarray):
         p = right.shape[1]
         out = np.empty((right.shape[0], left_width + p + right_width))
@@ -400,7 +399,8 @@ def side_by_side(left_width, fill_left, right, right_width=0, fill_right=None):
         if right_width:
             fill_right(out[:, left_width + p :])
         return out
-    left, extra = ([fill(None)] if width else [] for width, fill in parts)
+    left = [fill_left(None)] if left_width else []
+    extra = [fill_right(None)] if right_width else []
     return array_namespace(right).concat(left + [right] + extra, axis=1)
 
 
@@ -475,18 +475,20 @@ def normalised_exp(log_joint, floor):
 def weighted_regressors(y1, resp, latent_mean, dtype, with_targets=True):
     """rz[j, k, n] = r_kn [y1_n, E[w_n | k]]_j as ((L1 + Lw) K, n) in ``dtype``, for the
     one product over samples of every first-order cross moment, and the float64 latent
-    part r_kn E[w_n | k] (Lw, K, n). ``with_targets=False`` leaves the y1 rows unset
-    (numpy) or out (a mixture of y alone needs no cross moments)."""
+    part r_kn E[w_n | k] (Lw, K, n). ``with_targets=False`` leaves the y1 rows out: rz is
+    then the latent rows alone (Lw K, n) (a mixture of y alone needs no cross moments, and
+    blocks that hold the products y1_j x_d have them already)."""
     L1, n = y1.shape
     Lw, K, _ = latent_mean.shape
     if isinstance(resp, np.ndarray):
-        rz = np.empty((L1 + Lw, K, n))
-        if with_targets:
+        target_rows = L1 if with_targets else 0
+        rz = np.empty((target_rows + Lw, K, n))
+        if target_rows:
             np.multiply(y1[:-1, None, :], resp, out=rz[: L1 - 1])
             rz[L1 - 1] = resp  # the row of ones of y1
-        ryw = rz[L1:]
+        ryw = rz[target_rows:]
         np.multiply(latent_mean, resp, out=ryw)
-        return rz.reshape((L1 + Lw) * K, n), ryw
+        return rz.reshape((target_rows + Lw) * K, n), ryw
     xp = array_namespace(resp)
     resp64 = _to_float64(resp)
     ryw = _to_float64(latent_mean) * resp64[None, ...]
