@@ -43,7 +43,13 @@ its own:
   threads; gllim_sk inverts ranges of rows in as many threads); then, with
   ``--ratio-learn-rounds``, both learnings alternated as many times (same settings), at
   each thread count too; the ratios against xllim's fastest thread count in each round
-  are printed as well.
+  are printed as well. The two gllim_sk inversions (mixture kept, summaries only) take
+  turns right after xllim's, and the system CPU time of each call is printed: on Linux
+  kernels whose transparent huge pages are made on demand (``defrag`` set to
+  ``madvise``, a common default), numpy advises huge pages for its large arrays, and the
+  first large allocation after another program's work can cost the kernel tenths of a
+  second compacting memory (system time; the 84 MB of the kept mixture here). numpy's
+  switch ``NUMPY_MADVISE_HUGEPAGE=0`` avoids it; run the part both ways to see it.
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
 
@@ -306,20 +312,28 @@ def run_ratio(path, K, rounds, learn_rounds=0, iters=50, gllim_iters=50,
     obs = np.ascontiguousarray(d["Xt"].T)
     err = np.ascontiguousarray(np.sqrt(d["var_obs"]).T)
     times = {}
-    for _ in range(rounds):
+
+    def timed(key, func):
+        t, cpu = time.perf_counter(), os.times()
+        func()
+        times.setdefault(key, []).append(time.perf_counter() - t)
+        times.setdefault(f"system_{key}", []).append(os.times().system - cpu.system)
+
+    calls = {
+        "gllim": lambda: invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2),
+        "gllim_summaries": lambda: invert(ours, d["Xt"], feature_noise_var=d["var_obs"],
+                                          n_modes=2, keep_mixture=False),
+        "xllim": lambda: theirs.inverseDensities(obs, err, 2, 1e-10, 0),
+    }
+    for r in range(rounds):
+        # The two gllim_sk calls take turns right after xllim's: the first large
+        # allocation after it can cost kernel time (see the module's docstring).
+        order = ["gllim", "gllim_summaries"][::1 if r % 2 == 0 else -1] + ["xllim"]
         for n_threads in threads:
             at = "" if n_threads == 1 else f"_{n_threads}threads"
             with threadpool_limits(limits=n_threads):
-                t = time.perf_counter()
-                invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2)
-                times.setdefault(f"gllim{at}", []).append(time.perf_counter() - t)
-                t = time.perf_counter()
-                invert(ours, d["Xt"], feature_noise_var=d["var_obs"], n_modes=2,
-                       keep_mixture=False)
-                times.setdefault(f"gllim_summaries{at}", []).append(time.perf_counter() - t)
-                t = time.perf_counter()
-                theirs.inverseDensities(obs, err, 2, 1e-10, 0)
-                times.setdefault(f"xllim{at}", []).append(time.perf_counter() - t)
+                for key in order:
+                    timed(f"{key}{at}", calls[key])
     for _ in range(learn_rounds):
         for n_threads in threads:
             at = "" if n_threads == 1 else f"_{n_threads}threads"
@@ -551,6 +565,7 @@ def main(argv=None):
             else:
                 print("ratio   the calls alternated in one process (s): "
                       + "; ".join(f"{k} " + "/".join(f"{v:.3f}" for v in r[k]) for k in r))
+                r = {k: v for k, v in r.items() if not k.startswith("system_")}
                 pairs = [(k.replace("gllim_summaries", "xllim").replace("gllim", "xllim"),
                           k) for k in r if "gllim" in k]
                 for x, k in pairs:

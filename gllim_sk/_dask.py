@@ -27,6 +27,11 @@ from . import _gllim_math as gm
 LATENT_GRAM_MAX_FLOATS = 2**25
 LATENT_POWER_ITERATIONS = 6
 LATENT_OVERSAMPLING = 8
+# The starting runs of a dask fit (on random subsets of the samples, see
+# _init.candidate_rows) run on the client, in memory, when a subset's X and y take at most
+# this many bytes: each of their EM iterations would otherwise be a round trip through
+# the cluster's scheduler, for a few rows per worker.
+CLIENT_SUBSET_MAX_BYTES = 2**26
 
 
 def is_dask_array(a):
@@ -76,6 +81,19 @@ def take_rows(a, rows):
     if 0 in a.chunks[0]:
         a = a.rechunk({0: tuple(size for size in a.chunks[0] if size)})
     return a
+
+
+def subset_rows(Xc, y, rows):
+    """The rows ``rows`` (sorted indices) of the dask arrays ``Xc`` and ``y``: gathered to
+    the client as numpy arrays when they take at most ``CLIENT_SUBSET_MAX_BYTES``, left on
+    the workers otherwise."""
+    Xc, y = take_rows(Xc, rows), take_rows(y, rows)
+    if Xc.nbytes + y.nbytes > CLIENT_SUBSET_MAX_BYTES:
+        return Xc, y
+    import dask.array as da
+
+    both = _engine.compute(da.concatenate([Xc, y], axis=1))
+    return both[:, :Xc.shape[1]].copy(), both[:, Xc.shape[1]:].copy()
 
 
 def column_means(executor, blocks, func):

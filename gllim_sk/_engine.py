@@ -331,7 +331,7 @@ class DaskExecutor:
         while len(sums) > 1:
             sums = [dask.delayed(_add, pure=True)(*sums[i : i + self.reduction_fan_in])
                     for i in range(0, len(sums), self.reduction_fan_in)]
-        return kept, _compute(sums[0])
+        return kept, compute(sums[0])
 
 
 def _call(func, *args):
@@ -415,7 +415,7 @@ def _all_done(futures, timeout):
             raise _worker_lost_error()
 
 
-def _compute(value):
+def compute(value):
     """``dask.compute(value)[0]``; on a distributed cluster, watched (see ``_watched``)."""
     import dask
 
@@ -477,8 +477,11 @@ def _holders(persisted):
     client = _active_client()
     if client is None:
         return [None] * len(persisted)
-    futures = [futures[0] for futures in _futures(persisted)]
-    who_has = client.who_has(futures)
+    try:
+        futures = [futures[0] for futures in _futures(persisted)]
+        who_has = client.who_has(futures)
+    except CancelledError as error:  # lost, with a worker, since the last computation
+        raise _worker_lost_error(error) from error
     return [list(who_has.get(future.key, ())) or None for future in futures]
 
 

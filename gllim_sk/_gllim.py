@@ -238,8 +238,10 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
 
     ``fit`` accepts dask arrays: EM then runs exactly (the same iterations as in memory,
     to rounding) with the samples left in blocks where dask's workers hold them; only the
-    sufficient statistics reach the client. k-means initialises on the targets (on all
-    of them up to 100,000 rows, else on a uniform random sample of 100,000). The
+    sufficient statistics reach the client, and the random subset of the starting runs
+    (``init_candidates``) when it takes at most 64 MiB. k-means initialises on the
+    targets (on all of them up to 100,000 rows, else on a uniform random sample of
+    100,000). The
     per-sample methods (``predict``, ``predict_mixture``, ``predict_modes``,
     ``component_posterior``, the densities, ``sample_y``, ``inverse_predict``) return
     lazy dask arrays for dask inputs, computed block by block of rows; ``score``,
@@ -441,16 +443,18 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
 
     def _rows_problem(self, problem, rows, stack):
         """The EM problem of the samples ``rows`` of ``problem``, in the data's namespace
-        (a dask subset stays on the workers); its executor is entered on ``stack``."""
+        (a dask subset stays on the workers unless it is small, see
+        :func:`._dask.subset_rows`); its executor is entered on ``stack``."""
         Xc, y = problem.Xc, problem.y
         work = len(rows) * Xc.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
         if _dask.any_dask_array(Xc):
-            Xc, y = _dask.take_rows(Xc, rows), _dask.take_rows(y, rows)
+            Xc, y = _dask.subset_rows(Xc, y, rows)
+        else:
+            Xc, y = take_rows(Xc, rows), take_rows(y, rows)
+        if _dask.any_dask_array(Xc):
             executor = _engine.DaskExecutor()
         else:
-            xp = array_namespace(Xc)
-            Xc, y = take_rows(Xc, rows), take_rows(y, rows)
-            executor = _engine.make_executor(len(rows), work, xp)
+            executor = _engine.make_executor(len(rows), work, array_namespace(Xc))
         stack.enter_context(executor)
         model = problem.model
         return _engine.EMProblem(model, executor, executor.blocks(model, Xc, y), Xc, y)

@@ -78,9 +78,14 @@ def fit_with_deadline(model, X, y, client):
     return outcome.get("error")
 
 
-def test_lost_worker_blocks_are_recomputed_and_the_fit_is_exact(client, monkeypatch):
+# With one start the worker dies during EM on the workers; with several, during the
+# starting runs, which run on the client on a gathered subset (between two computations).
+@pytest.mark.parametrize("init_candidates", [1, 10])
+def test_lost_worker_blocks_are_recomputed_and_the_fit_is_exact(client, monkeypatch,
+                                                                 init_candidates):
     X, y = data()
-    kw = dict(n_components=4, random_state=0, max_iter=25, tol=0)
+    kw = dict(n_components=4, random_state=0, max_iter=25, tol=0,
+              init_candidates=init_candidates)
     in_memory = GLLiMRegressor(**kw).fit(X, y)
     Xd, yd = da.from_array(X, chunks=(1000, -1)), da.from_array(y, chunks=(1000, -1))
     victim = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
@@ -96,7 +101,9 @@ def test_lost_worker_blocks_are_recomputed_and_the_fit_is_exact(client, monkeypa
     assert client.submit(sum, [1, 2]).result(timeout=30) == 3  # the client is usable
 
 
-def test_lost_scattered_blocks_fail_clearly_and_change_nothing(client, monkeypatch):
+@pytest.mark.parametrize("init_candidates", [1, 10])
+def test_lost_scattered_blocks_fail_clearly_and_change_nothing(client, monkeypatch,
+                                                               init_candidates):
     X, y = data(n=4000)
     victim = sorted(client.scheduler_info(n_workers=-1)["workers"])[0]
     # Blocks scattered to one worker exist nowhere else: dask cannot recompute them.
@@ -105,7 +112,8 @@ def test_lost_scattered_blocks_fail_clearly_and_change_nothing(client, monkeypat
                          for f in futures])
     yd = da.from_array(y, chunks=(1000, -1))
     kill_worker_at_estep(monkeypatch, client, victim, at_call=20)
-    model = GLLiMRegressor(4, random_state=0, max_iter=25, tol=0)
+    model = GLLiMRegressor(4, random_state=0, max_iter=25, tol=0,
+                           init_candidates=init_candidates)
     error = fit_with_deadline(model, Xd, yd, client)
     assert isinstance(error, RuntimeError)
     assert "worker was lost" in str(error)

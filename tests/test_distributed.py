@@ -143,9 +143,13 @@ def _record_gathered_sizes(client, monkeypatch):
 
 def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_process_client,
                                                              monkeypatch):
+    from gllim_sk import _dask
+
     X, y = make_data(gllim_ref, n_samples=2000, n_features=60, n_latent=1)
     y = y[:, 0]  # 1-D targets
     Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(500,))
+    # Subsets for the starting runs larger than this stay on the workers too.
+    monkeypatch.setattr(_dask, "CLIENT_SUBSET_MAX_BYTES", 0)
     gathered = _record_gathered_sizes(dask_process_client, monkeypatch)
     kw = dict(n_components=3, n_latent=1, random_state=0, max_iter=15)
     dask_fit = GLLiMRegressor(**kw).fit(Xd, yd)
@@ -154,6 +158,28 @@ def test_dask_fit_on_worker_processes_never_gathers_features(gllim_ref, dask_pro
     # Statistics and targets come back; no block of features does.
     assert max(gathered) < X[:400].nbytes / 4
     assert_same_fit(GLLiMRegressor(**kw).fit(X, y), dask_fit, X)
+
+
+def test_dask_starting_runs_on_a_small_subset_run_on_the_client(gllim_ref, dask_client,
+                                                                monkeypatch):
+    from gllim_sk import _dask
+
+    X, y = make_data(gllim_ref, n_samples=2000, n_features=6)
+    Xd, yd = as_dask(X, y, x_chunks=(400, -1), y_chunks=(400, -1))
+    kw = dict(n_components=3, random_state=0, max_iter=5, tol=0, init_candidates=4)
+    numpy_fit = GLLiMRegressor(**kw).fit(X, y)
+    counts = {}
+    for limit in (0, _dask.CLIENT_SUBSET_MAX_BYTES):
+        monkeypatch.setattr(_dask, "CLIENT_SUBSET_MAX_BYTES", limit)
+        gathered = _record_gathered_sizes(dask_client, monkeypatch)
+        dask_fit = GLLiMRegressor(**kw).fit(Xd, yd)
+        monkeypatch.undo()
+        counts[limit] = len(gathered)
+        # Same starts chosen and the same EM, wherever the starting runs ran.
+        assert_same_fit(numpy_fit, dask_fit, X)
+    # Left on the workers, every iteration of every starting run is a round trip; the
+    # gathered subsets (held out and run on) cost one each.
+    assert counts[_dask.CLIENT_SUBSET_MAX_BYTES] + 4 * 5 < counts[0]
 
 
 def test_dask_predictions_are_lazy_and_exact(gllim_ref, dask_client):
