@@ -131,14 +131,23 @@ class SerialExecutor:
         self.sample_sums = sample_sums
         self.device_library = device_library
         self._limits = None
+        self._threads_before = None
 
     def __enter__(self):
+        self._threads_before = blas_thread_count()
         self._limits = blas_threads(self.blas_limit)
         self._limits.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._limits.__exit__(*exc)
+
+    def subproblem(self):
+        """A context for an EM problem on numpy arrays run in the middle of this one (the
+        starting runs on a subset of the samples): this executor's threads or workers
+        wait meanwhile, so the subproblem's own executor may use the BLAS threads there
+        were before this one limited them."""
+        return blas_threads(self._threads_before)
 
     def _sample_sums(self):
         if self.sample_sums is not None:
@@ -255,6 +264,7 @@ class DaskExecutor:
 
     def __init__(self):
         self._limits = None
+        self._threads_before = None
         self._sizes = None
         self._persisted = None
         self._n_sq = {}  # by the key of a block list's first block
@@ -262,9 +272,12 @@ class DaskExecutor:
     def __enter__(self):
         # Blocks that run in this process (threaded scheduler, in-process workers) run in
         # parallel threads: one BLAS thread each.
+        self._threads_before = blas_thread_count()
         self._limits = blas_threads(1)
         self._limits.__enter__()
         return self
+
+    subproblem = SerialExecutor.subproblem  # (on a subset gathered to the client)
 
     def __exit__(self, *exc):
         self._limits.__exit__(*exc)

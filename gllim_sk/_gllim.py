@@ -454,6 +454,7 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         if _dask.any_dask_array(Xc):
             executor = _engine.DaskExecutor()
         else:
+            stack.enter_context(problem.executor.subproblem())
             executor = _engine.make_executor(len(rows), work, array_namespace(Xc))
         stack.enter_context(executor)
         model = problem.model

@@ -221,3 +221,26 @@ def test_a_run_stops_once_its_prediction_score_has_settled(gllim_ref, monkeypatc
             assert n_iter == checks[settled_at + 1][0] and checks[-1][2] == final
     # The rule did stop runs here, well before CANDIDATE_MAX_ITER.
     assert any(n_iter < _init.CANDIDATE_MAX_ITER for n_iter, _, _, _ in runs)
+
+
+def test_starting_runs_get_the_threads_the_whole_fit_had(gllim_ref, monkeypatch):
+    # The whole problem's chunked executor holds BLAS to one thread per chunk; its
+    # threads wait while the starting runs go on, so their executor may use all of them.
+    from threadpoolctl import threadpool_limits
+
+    made, make = [], _engine.make_executor
+
+    def recording_make_executor(n_samples, work, xp=np):
+        executor = make(n_samples, work, xp)
+        made.append((n_samples, _engine.blas_thread_count(), type(executor).__name__))
+        return executor
+
+    monkeypatch.setattr(_engine, "make_executor", recording_make_executor)
+    X, y = gllim_ref.draw(0, n_samples=40_000, n_features=40, n_components=5)
+    with threadpool_limits(limits=2):
+        GLLiMRegressor(5, init_candidates=2, max_iter=2, tol=0, random_state=0).fit(X, y)
+    whole, *subsets = made
+    assert whole == (40_000, 2, "ThreadedExecutor")
+    assert len(subsets) == 2  # the runs' subset and the rows that score them
+    assert all(threads == 2 for _, threads, _ in subsets)
+    assert subsets[0][2] == "ThreadedExecutor"
