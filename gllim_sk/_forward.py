@@ -126,7 +126,8 @@ class ForwardMixin:
         means = einsum(xp, "klm,mkn->lkn", fwd.cov, hu) + fwd.intercept.T[:, :, None]
         return log_nu, means
 
-    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None, offset=None):
+    def noisy_forward_terms(self, params, Xc, noise_var=None, noise_cov=None, offset=None,
+                            out=None):
         """The forward mixture when the observed features carry known extra noise.
 
         The observations are x + e, e ~ N(0, S), so Sigma_k becomes Sigma_k + S in
@@ -138,7 +139,8 @@ class ForwardMixin:
         Returns the unnormalised log gating weights log pi_k + log N(x; c*_k, Gamma*_k + S)
         (K, n), the component means (n, K, L) and covariances (n, K, L, L), in centred
         coordinates; ``offset`` (L,), if given, is added to the means (the targets' mean:
-        means on the targets' scale).
+        means on the targets' scale). ``out``, if given, is the pair of arrays (n, K, L)
+        and (n, K, L, L) that the means and covariances are written into (and returned).
 
         The posterior of z given x under component k has the precision
         P = prior precision + Az' V^-1 Az with V = Sigma_k + S, Az = [A_k, W_k] (the
@@ -193,14 +195,13 @@ class ForwardMixin:
         if diagonal and per_sample and Lz <= MAX_DIM:
             return _noisy_diagonal_rows(Xc, noise, sigma, Az, means_x, prior_prec[:, 0],
                                         log_w - 0.5 * (D * LOG_2PI + logdet_gamma), params.c,
-                                        offset)
+                                        offset, out)
         if not per_sample:
             inv_V, logdet_x, precision = noise_terms(noise)
             logdet_P, post_cov = spd_logdet(precision, inverse=True)
             logdet_x = logdet_x + logdet_P
         log_nu = np.empty((K, n))
-        means = np.empty((n, K, L))
-        covs = np.empty((n, K, L, L))
+        means, covs = _outputs(out, n, K, L)
         rows = max(1, _NOISY_BLOCK // K)
         for a in range(0, n, rows):
             sl = slice(a, min(a + rows, n))
@@ -224,7 +225,20 @@ class ForwardMixin:
         return log_nu, means, covs
 
 
-def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset=None):
+def _outputs(out, n, K, L):
+    """The arrays of the component means (n, K, L) and covariances (n, K, L, L): ``out``
+    if given (checked), else new ones."""
+    if out is None:
+        return np.empty((n, K, L)), np.empty((n, K, L, L))
+    means, covs = out
+    if means.shape != (n, K, L) or covs.shape != (n, K, L, L):
+        raise ValueError(f"out must hold arrays of shapes {(n, K, L)} and {(n, K, L, L)}; "
+                         f"got {means.shape} and {covs.shape}.")
+    return means, covs
+
+
+def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset=None,
+                         out=None):
     """:meth:`ForwardMixin.noisy_forward_terms` for diagonal Sigma_k and per-row
     variances S (n, D): the same quantities, each row block held entry by entry.
 
@@ -234,7 +248,7 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset
     batch of matrices first (:func:`~gllim_sk._small_spd.factor_entries`), and the
     outputs (n, K, ...) are written from them by plain transpositions. ``const`` (K,)
     holds log pi_k - (D log 2 pi + log|Gamma_k|) / 2; ``offset`` (L,), if given, is added
-    to the means.
+    to the means; ``out``, if given, holds the arrays of the means and covariances.
     """
     n, D = Xc.shape
     K, _, Lz = Az.shape
@@ -259,8 +273,7 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset
     # log_nu is made (n, K) and returned as its (K, n) view: the weights the callers
     # make of it are then row-major (n, K).
     log_nu = np.empty((n, K))
-    means = np.empty((n, K, L))
-    covs = np.empty((n, K, L, L))
+    means, covs = _outputs(out, n, K, L)
     rows = max(1, min(_NOISY_BLOCK // K, n))
     E = len(lower)
     # Work arrays of a full block, reused by every block (a partial one uses their

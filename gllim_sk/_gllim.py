@@ -670,10 +670,12 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
             setattr(new, name, convert(value))
         return new
 
-    def _noisy_forward_terms(self, X, method, feature_noise_var, feature_noise_cov):
+    def _noisy_forward_terms(self, X, method, feature_noise_var, feature_noise_cov,
+                             out=None):
         """With observation noise: unnormalised log gating terms log pi_k p(x | k) (K, n),
-        component means (n, K, L) and covariances (n, K, L, L) of p(y | x); the dtype of
-        X. ``None`` when no noise is given. numpy inputs only."""
+        component means (n, K, L) and covariances (n, K, L, L) of p(y | x) (written into
+        the arrays ``out``, if given); the dtype of X. ``None`` when no noise is given.
+        numpy inputs only."""
         if feature_noise_var is None and feature_noise_cov is None:
             return None
         X, dtype = self._check_X(X, method)
@@ -687,17 +689,20 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         Xc = X.astype(np.float64) - self.feature_mean_
         params, _ = self._core()
         log_terms, means, covs = self._em_model(fitted=True).noisy_forward_terms(
-            params, Xc, noise_var, noise_cov, offset=self.target_mean_
+            params, Xc, noise_var, noise_cov, offset=self.target_mean_, out=out
         )
         return log_terms, means, covs, dtype
 
     def _predictive_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None,
-                            method="predict"):
+                            method="predict", out=None):
         """The predictive hook: the mixture p(y | x) of the rows of X (see
         :mod:`._predict`), Gaussian components with covariances (K, L, L), or (n, K, L,
         L) with observation noise; in the namespace of the model. ``method`` names the
-        public method in error messages."""
-        noisy = self._noisy_forward_terms(X, method, feature_noise_var, feature_noise_cov)
+        public method in error messages. ``out``: arrays (n, K, L) and (n, K, L, L)
+        that per-row means and covariances may be written into (a hint: the mixture's
+        own arrays say where they are)."""
+        noisy = self._noisy_forward_terms(X, method, feature_noise_var, feature_noise_cov,
+                                          out)
         if noisy is not None:
             log_terms, means, covs, dtype = noisy
             log_nu = log_terms - gm.logsumexp(log_terms, axis=0, keepdims=True)

@@ -439,9 +439,10 @@ lower_bound_, n_iter_, converged_, n_features_in_, feature_names_in_, n_targets_
     _per_sample_covariances = True
 
     def _predictive_mixture(self, X, *, feature_noise_var=None, feature_noise_cov=None,
-                            method="predict"):
+                            method="predict", out=None):
         """The predictive hook (see :mod:`._predict`): t components with ``dof_[k] + D``
-        degrees of freedom and scale matrices (n, K, L, L), as numpy arrays."""
+        degrees of freedom and scale matrices (n, K, L, L), as numpy arrays (``out`` is
+        not used)."""
         self._reject_feature_noise(feature_noise_var, feature_noise_cov)
         _require_numpy(X)
         X, dtype = self._check_X(X, method)

@@ -331,7 +331,10 @@ class _Inverter:
                              "likelihood_var": 1, "likelihood_cov": 2},
                      row_offset="first_row")
     def run(self, X, y_true=None, *, feature_noise_var=None, feature_noise_cov=None,
-            likelihood_var=None, likelihood_cov=None, likelihood_rows=None, first_row=0):
+            likelihood_var=None, likelihood_cov=None, likelihood_rows=None, first_row=0,
+            mixture_out=None):
+        # mixture_out: with keep_mixture, the arrays (n, K, L) and (n, K, L, L) that the
+        # mixture's means and covariances are returned in (see _threaded_run).
         s = self.settings
         X = np.asarray(X, dtype=float)
         n, D = X.shape
@@ -387,7 +390,7 @@ class _Inverter:
             # blocks); the summaries run over blocks of its rows.
             whole = self.model._predictive_mixture(
                 X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov,
-                method="invert").to_numpy()
+                method="invert", out=mixture_out).to_numpy()
         for a in range(0, max(n, 1), rows):
             sl = slice(a, min(a + rows, n))
             if whole is not None:
@@ -414,6 +417,11 @@ class _Inverter:
             shape = whole.means.shape + whole.means.shape[-1:]
             parts[1] = [whole.means]
             parts[2] = [covs if covs.shape == shape else np.broadcast_to(covs, shape)]
+            if mixture_out is not None:
+                for i, array in zip((1, 2), mixture_out, strict=True):
+                    if parts[i][0] is not array:  # made elsewhere (shared covariances)
+                        np.copyto(array, parts[i][0])
+                        parts[i] = [array]
         if late:  # the merged modes' slots
             parts[6:10] = [list(part) for part in zip(*modes, strict=True)]
         # Only the outputs asked for (dask maps arrays, not Nones); one block's own
@@ -512,13 +520,24 @@ def _threaded_run(model, inverter, n_chunks, X, y_true, feature_noise_var,
     def rows(value, ndim_per_row, a, b):
         return value[a:b] if _per_row(value, ndim_per_row) else value
 
+    # The kept mixture's means and covariances, the largest outputs, are written in place
+    # by the threads (in the same arrays), not joined after them.
+    kept = None
+    if inverter.settings["keep_mixture"]:
+        K, L = model.weights_.shape[0], model.n_targets_
+        kept = (np.empty((n, K, L)), np.empty((n, K, L, L)))
+
     def run(a, b):
         args = (X[a:b],) if y is None else (X[a:b], y[a:b])
         return inverter.run(*args, feature_noise_var=rows(feature_noise_var, 2, a, b),
-                            feature_noise_cov=rows(feature_noise_cov, 3, a, b))
+                            feature_noise_cov=rows(feature_noise_cov, 3, a, b),
+                            mixture_out=None if kept is None else (kept[0][a:b],
+                                                                   kept[1][a:b]))
 
     parts = _engine.map_row_chunks(run, n, n_chunks)
-    return [np.concatenate(part) for part in zip(*parts, strict=True)]
+    # (with kept, the run's outputs 1 and 2 are views of its arrays: see _Inverter.run)
+    return [kept[i - 1] if kept is not None and i in (1, 2) else np.concatenate(part)
+            for i, part in enumerate(zip(*parts, strict=True))]
 
 
 def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=3,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gllim_sk import GLLiMRegressor
+from gllim_sk import GLLiMRegressor, StudentGLLiMRegressor
 from gllim_sk.inversion import invert
 from gllim_sk.physics import FunctionModel, simulate
 
@@ -328,6 +328,24 @@ def test_rows_in_threads_equal_one_thread(gllim_ref, monkeypatch, noise):
     invert(model, X[:50], feature_noise_var=0.05, forward_model=F, importance="full",
            n_draws=20, random_state=0)
     assert calls == []
+
+
+def test_student_rows_in_threads_equal_one_thread(gllim_ref, monkeypatch):
+    # The t mixture's means and scales are made per range and written into the kept
+    # arrays (the Gaussian model's noisy path writes them in place).
+    from gllim_sk import inversion
+
+    rng = np.random.default_rng(3)
+    p = gllim_ref.random_params(rng, 3, 4, 2)
+    X, y, _ = gllim_ref.sample(p, 3000, rng)
+    model = StudentGLLiMRegressor(3, max_iter=10, random_state=0).fit(X[:400], y[:400])
+    one = invert(model, X, n_modes=2, y_true=y)
+    monkeypatch.setattr(inversion._engine, "row_chunks", lambda n_rows, min_rows: 2)
+    threaded = invert(model, X, n_modes=2, y_true=y)
+    for field in ("weights", "means", "covariances", "dof", "scales", "mean", "covariance",
+                  "mode_weights", "mode_means", "pit"):
+        a, b = getattr(one, field), getattr(threaded, field)
+        assert a.shape == b.shape and np.allclose(a, b, rtol=1e-12, atol=1e-14), field
 
 
 def test_rows_in_threads_report_the_sample_of_a_bad_noise(gllim_ref, monkeypatch):
