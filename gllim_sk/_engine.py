@@ -39,7 +39,7 @@ from ._gllim_math import EMPTY_COMPONENT_MASS, BlockEStep
 # EM's threading by the size n * D * K * (L + 2 + Lw) (see _em_parallelism): one thread
 # below SMALL_PROBLEM_WORK, BLAS threads up to CHUNKED_PROBLEM_WORK, sample chunks above.
 SMALL_PROBLEM_WORK = 2e6
-CHUNKED_PROBLEM_WORK = 1e7
+CHUNKED_PROBLEM_WORK = 2e7
 MIN_CHUNK_SAMPLES = 500
 _threadpool_controller = None
 
@@ -62,9 +62,11 @@ def _em_parallelism(n_samples, work):
 
     Measured on 2 cores: small problems run fastest on one thread (thread hand-offs cost
     more than the products); middle-sized ones with BLAS's own threads in the products;
-    large ones (from about n=2000, D=100, K=10) by splitting the samples into chunks, one
+    large ones (from about n=4000, D=100, K=10) by splitting the samples into chunks, one
     Python thread and one BLAS thread each. That keeps every core busy through the array
-    arithmetic between the products too (products and array arithmetic release the GIL).
+    arithmetic between the products too (products and array arithmetic release the GIL),
+    once the chunks are large enough that the threads' many small array operations do
+    not wait on each other for the interpreter.
     The threads are those BLAS may use: threadpoolctl limits and ``OMP_NUM_THREADS`` or
     ``OPENBLAS_NUM_THREADS`` are honoured.
     """
