@@ -236,11 +236,13 @@ def test_starting_runs_get_the_threads_the_whole_fit_had(gllim_ref, monkeypatch)
         return executor
 
     monkeypatch.setattr(_engine, "make_executor", recording_make_executor)
-    X, y = gllim_ref.draw(0, n_samples=40_000, n_features=40, n_components=5)
+    # Chunks from a small size on, so that the subsets are chunked as well.
+    monkeypatch.setattr(_engine, "CHUNKED_PROBLEM_WORK", 1e6)
+    X, y = gllim_ref.draw(0, n_samples=16_000, n_features=20, n_components=5)
     with threadpool_limits(limits=2):
         GLLiMRegressor(5, init_candidates=2, max_iter=2, tol=0, random_state=0).fit(X, y)
     whole, *subsets = made
-    assert whole == (40_000, 2, "ThreadedExecutor")
+    assert whole == (16_000, 2, "ThreadedExecutor")
     assert len(subsets) == 2  # the runs' subset and the rows that score them
     assert all(threads == 2 for _, threads, _ in subsets)
     assert subsets[0][2] == "ThreadedExecutor"
