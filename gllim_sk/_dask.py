@@ -28,10 +28,12 @@ LATENT_GRAM_MAX_FLOATS = 2**25
 LATENT_POWER_ITERATIONS = 6
 LATENT_OVERSAMPLING = 8
 # The starting runs of a dask fit (on random subsets of the samples, see
-# _init.candidate_rows) run on the client, in memory, when a subset's X and y take at most
-# this many bytes: each of their EM iterations would otherwise be a round trip through
-# the cluster's scheduler, for a few rows per worker.
-CLIENT_SUBSET_MAX_BYTES = 2**26
+# _init.candidate_rows) run on the client, in memory, when they need at most this many
+# bytes there, estimated as the subset's rows of X and y and CLIENT_FLOATS_PER_COMPONENT
+# floats per row and component (the E-step's and the statistics' work arrays): each of
+# their EM iterations would otherwise be a round trip through the cluster's scheduler.
+CLIENT_SUBSET_MAX_BYTES = 2**29
+CLIENT_FLOATS_PER_COMPONENT = 8
 
 
 def is_dask_array(a):
@@ -83,12 +85,13 @@ def take_rows(a, rows):
     return a
 
 
-def subset_rows(Xc, y, rows):
+def subset_rows(Xc, y, rows, n_components):
     """The rows ``rows`` (sorted indices) of the dask arrays ``Xc`` and ``y``: gathered to
-    the client as numpy arrays when they take at most ``CLIENT_SUBSET_MAX_BYTES``, left on
-    the workers otherwise."""
+    the client as numpy arrays when EM with ``n_components`` on them needs at most
+    ``CLIENT_SUBSET_MAX_BYTES`` there, left on the workers otherwise."""
     Xc, y = take_rows(Xc, rows), take_rows(y, rows)
-    if Xc.nbytes + y.nbytes > CLIENT_SUBSET_MAX_BYTES:
+    per_row = Xc.shape[1] + y.shape[1] + CLIENT_FLOATS_PER_COMPONENT * n_components
+    if len(rows) * per_row * 8 > CLIENT_SUBSET_MAX_BYTES:
         return Xc, y
     import dask.array as da
 

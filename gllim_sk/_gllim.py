@@ -239,7 +239,8 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
     ``fit`` accepts dask arrays: EM then runs exactly (the same iterations as in memory,
     to rounding) with the samples left in blocks where dask's workers hold them; only the
     sufficient statistics reach the client, and the random subset of the starting runs
-    (``init_candidates``) when it takes at most 64 MiB. k-means initialises on the
+    (``init_candidates``) when their EM needs at most about 512 MiB there. k-means
+    initialises on the
     targets (on all of them up to 100,000 rows, else on a uniform random sample of
     100,000). The
     per-sample methods (``predict``, ``predict_mixture``, ``predict_modes``,
@@ -448,7 +449,7 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
         Xc, y = problem.Xc, problem.y
         work = len(rows) * Xc.shape[1] * self.n_components * (y.shape[1] + 2 + self.n_latent)
         if _dask.any_dask_array(Xc):
-            Xc, y = _dask.subset_rows(Xc, y, rows)
+            Xc, y = _dask.subset_rows(Xc, y, rows, self.n_components)
         else:
             Xc, y = take_rows(Xc, rows), take_rows(y, rows)
         if _dask.any_dask_array(Xc):
