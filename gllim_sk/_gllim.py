@@ -240,12 +240,11 @@ class GLLiMRegressor(MixtureHeadMixin, PredictiveMixin, OnlineEMMixin, InputsMix
     to rounding) with the samples left in blocks where dask's workers hold them; only the
     sufficient statistics reach the client, and the random subset of the starting runs
     (``init_candidates``) when their EM needs at most about 512 MiB there. k-means
-    initialises on the
-    targets (on all of them up to 100,000 rows, else on a uniform random sample of
-    100,000). The
-    per-sample methods (``predict``, ``predict_mixture``, ``predict_modes``,
-    ``component_posterior``, the densities, ``sample_y``, ``inverse_predict``) return
-    lazy dask arrays for dask inputs, computed block by block of rows; ``score``,
+    initialises on the targets (on all of them up to 100,000 rows, else on a uniform
+    random sample of 100,000). The per-sample methods (``predict``,
+    ``predict_mixture``, ``predict_modes``, ``component_posterior``, the densities,
+    ``sample_y``, ``inverse_predict``) return lazy dask arrays for dask inputs, computed
+    block by block of rows; ``score``,
     ``bic`` and ``aic`` reduce their sums on the workers. :meth:`partial_fit` runs
     online EM on a stream of batches.
 
