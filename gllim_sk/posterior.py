@@ -58,27 +58,39 @@ _MERGE_COST_JITTER = 1e-9
 
 
 # --------------------------------------------------------------------- merging
-# The merge holds each component's weight, mean entries and covariance entries as
-# arrays (rows, components), so that the costs of many pairs are computed entry by entry
-# (:func:`~gllim_sk._small_spd.factor_entries`) without building their matrices.
-def _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j, with_mean=True):
-    """Weight, mean entries and lower covariance entries of the moment-preserving
-    merges of components i and j, given entry by entry (``m[l]``, ``P[l][h]``, only
-    ``h <= l`` read); the mean is None without ``with_mean``."""
+# The merge holds each component's weight, its mean's entries (L, ...) and the lower
+# entries of its covariance (E = L (L + 1) / 2, ...) first, the rows and components
+# after, so that one operation of long runs merges many pairs of many rows and the
+# log-determinants are taken entry by entry (:func:`factor_entries`).
+def _packed_logdet(Q, lower, jitter=None):
+    """log|P| (...) of covariances given by their lower entries ``Q`` (E, ...);
+    ``jitter`` (broadcast against ``Q[0]``), if given, added to their diagonal."""
+    li, lj = lower
+    L = int(li[-1]) + 1
+    if jitter is not None:
+        Q = Q + (li == lj).reshape((-1,) + (1,) * (Q.ndim - 1)) * jitter
+    P = [[None] * L for _ in range(L)]
+    for e, (l, h) in enumerate(zip(li, lj, strict=True)):
+        P[l][h] = Q[e]
+    return logdet_entries(factor_entries(P, L), L)
+
+
+def _merged_pairs(w_i, m_i, Q_i, w_j, m_j, Q_j, lower, with_mean=True):
+    """Weights (...), means (L, ...) and covariances' lower entries (E, ...) of the
+    moment-preserving merges of components i and j; the mean is None without
+    ``with_mean``."""
+    li, lj = lower
     w = w_i + w_j
     a = w_i / w
     b = w_j / w
-    ab = a * b
-    L = len(m_i)
-    d = [m_i[l] - m_j[l] for l in range(L)]
-    abd = [ab * d[l] for l in range(L)]
-    mean = [a * m_i[l] + b * m_j[l] for l in range(L)] if with_mean else None
-    cov = [[a * P_i[l][h] + b * P_j[l][h] + abd[l] * d[h] for h in range(l + 1)]
-           for l in range(L)]
-    return w, mean, cov
+    d = m_i - m_j
+    abd = (a * b) * d
+    mean = a * m_i + b * m_j if with_mean else None
+    Q = a * Q_i + b * Q_j + abd[li] * d[lj]
+    return w, mean, Q
 
 
-def _runnalls_cost(w_i, m_i, P_i, ld_i, w_j, m_j, P_j, ld_j, jitter):
+def _runnalls_cost(w_i, m_i, Q_i, ld_i, w_j, m_j, Q_j, ld_j, jitter, lower):
     """Runnalls' upper bound on the KL divergence caused by merging components i and j.
 
     B(i, j) = ((w_i + w_j) log|P_ij| - w_i log|P_i| - w_j log|P_j|) / 2, with ``jitter``
@@ -86,69 +98,53 @@ def _runnalls_cost(w_i, m_i, P_i, ld_i, w_j, m_j, P_j, ld_j, jitter):
     jittered ones; the jitter is 0 except on rows with a singular covariance; None:
     0 on every row).
     """
-    w, _, cov = _pair_moments(w_i, m_i, P_i, w_j, m_j, P_j, with_mean=False)
-    L = len(cov)
-    if jitter is not None:
-        for l in range(L):
-            cov[l][l] = cov[l][l] + jitter
-    logdet = logdet_entries(factor_entries(cov, L), L)
-    return 0.5 * (w * logdet - w_i * ld_i - w_j * ld_j)
+    w, _, Q = _merged_pairs(w_i, m_i, Q_i, w_j, m_j, Q_j, lower, with_mean=False)
+    return 0.5 * (w * _packed_logdet(Q, lower, jitter) - w_i * ld_i - w_j * ld_j)
 
 
-def _lower_columns(covs, cols):
-    """The lower entries ``[l][h]`` (h <= l) of covariance entries (L, L, n, K) at the
-    columns ``cols``."""
-    return [[covs[l, h][:, cols] for h in range(l + 1)] for l in range(covs.shape[0])]
-
-
-def _merge_block(weights, means, covs, n_keep, jitter, logdets):
+def _merge_block(weights, means, Q, n_keep, jitter, logdets):
     """Greedy Runnalls merging of the rows of one block, down to ``n_keep`` components.
 
-    ``means`` (L, n, K) and ``covs`` (L, L, n, K) hold the entries; ``logdets`` (n, K)
-    the log-determinants of the jittered covariances.
+    ``weights`` (n, K), ``means`` (L, n, K) and the covariances' lower entries ``Q``
+    (E, n, K); ``logdets`` (n, K) the log-determinants of the jittered covariances.
+    Returns the weights (n, n_keep), means (n, n_keep, L) and covariances
+    (n, n_keep, L, L) of the components left, heaviest first.
     """
     L, n, K = means.shape
+    lower = np.tril_indices(L)
     weights = weights.copy()
     means = means.copy()
-    covs = covs.copy()
+    Q = Q.copy()
     logdets = logdets.copy()
-    jitter = jitter[:, None] if jitter.any() else None
+    jitter = jitter if jitter.any() else None
+    pair_jitter = None if jitter is None else jitter[:, None]
     active = np.ones((n, K), dtype=bool)
     rows = np.arange(n)
     iu, ju = np.triu_indices(K, k=1)
     cost = np.full((n, K, K), np.inf)
     cost[:, iu, ju] = _runnalls_cost(
-        weights[:, iu], means[:, :, iu], _lower_columns(covs, iu), logdets[:, iu],
-        weights[:, ju], means[:, :, ju], _lower_columns(covs, ju), logdets[:, ju], jitter,
+        weights[:, iu], means[:, :, iu], Q[:, :, iu], logdets[:, iu],
+        weights[:, ju], means[:, :, ju], Q[:, :, ju], logdets[:, ju], pair_jitter, lower,
     )
     ks = np.arange(K)
     for step in range(K - n_keep):
         flat = cost.reshape(n, K * K).argmin(axis=1)
         i, j = np.divmod(flat, K)  # i < j: only the upper triangle holds costs
-        w, m, P = _pair_moments(weights[rows, i], means[:, rows, i], covs[:, :, rows, i],
-                                weights[rows, j], means[:, rows, j], covs[:, :, rows, j])
+        w, m, q = _merged_pairs(weights[rows, i], means[:, rows, i], Q[:, rows, i],
+                                weights[rows, j], means[:, rows, j], Q[:, rows, j], lower)
         weights[rows, i] = w
-        for l in range(L):
-            means[l, rows, i] = m[l]
-            for h in range(l + 1):
-                covs[l, h, rows, i] = P[l][h]
-                covs[h, l, rows, i] = P[l][h]
+        means[:, rows, i] = m
+        Q[:, rows, i] = q
         weights[rows, j] = 0.0
         active[rows, j] = False
         if step == K - n_keep - 1:  # the last merge: no costs needed after it
             break
-        if jitter is not None:
-            for l in range(L):
-                P[l][l] = P[l][l] + jitter[:, 0]
-        logdets[rows, i] = logdet_entries(factor_entries(P, L), L)
+        logdets[rows, i] = ld = _packed_logdet(q, lower, jitter)
         cost[rows, j, :] = np.inf
         cost[rows, :, j] = np.inf
         # Costs between the merged component and every other one.
-        new = _runnalls_cost(
-            weights[rows, i][:, None], means[:, rows, i][..., None],
-            covs[:, :, rows, i][..., None], logdets[rows, i][:, None],
-            weights, means, covs, logdets, jitter,
-        )
+        new = _runnalls_cost(w[:, None], m[..., None], q[..., None], ld[:, None],
+                             weights, means, Q, logdets, pair_jitter, lower)
         new[~active] = np.inf
         new[rows, i] = np.inf
         before = ks[None, :] < i[:, None]
@@ -156,8 +152,12 @@ def _merge_block(weights, means, covs, n_keep, jitter, logdets):
         cost[rows, :, i] = np.where(before, new, np.inf)
     order = np.argsort(np.where(active, -weights, np.inf), axis=1, kind="stable")[:, :n_keep]
     r = rows[:, None]
+    kept = Q[:, r, order].transpose(1, 2, 0)
+    covs = np.empty((n, n_keep, L, L))
+    covs[..., lower[0], lower[1]] = kept
+    covs[..., lower[1], lower[0]] = kept
     return (np.take_along_axis(weights, order, axis=1), means[:, r, order].transpose(1, 2, 0),
-            covs[:, :, r, order].transpose(2, 3, 0, 1))
+            covs)
 
 
 def merge_mixture(weights, means, covariances, n_components=2):
@@ -251,6 +251,7 @@ def _merge_mixture(weights, means, covariances, n_components, check_covariances=
         # components merged only (below); the general path where one is not.
         jitter, logdets = np.zeros(n), None
     n_keep = min(int(n_components), K)
+    lower = np.tril_indices(L)
     # A component of weight 0 merges into any other at no cost and changes nothing: each
     # row merges its positive-weight components only (at least n_keep columns), the
     # rows grouped by that number, heaviest columns first.
@@ -271,20 +272,21 @@ def _merge_mixture(weights, means, covariances, n_components, check_covariances=
         # Zero weights would make the merged weights 0/0; a floor far below any real
         # weight keeps the arithmetic defined without changing the moments measurably.
         w = np.maximum(w, 1e-300)
-        m = m.transpose(2, 0, 1)  # entries first: (L, rows, c), (L, L, rows, c)
-        P = P.transpose(2, 3, 0, 1)
+        # Entries first: (L, rows, c) and (E, rows, c).
+        m = m.transpose(2, 0, 1)
+        Q = P[..., lower[0], lower[1]].transpose(2, 0, 1)
         if logdets is not None:
             ld = logdets[idx[:, None], cols]
         else:
             try:
-                ld = logdet_entries(factor_entries(P, L), L)
+                ld = _packed_logdet(Q, lower)
             except np.linalg.LinAlgError:
                 return _merge_mixture(weights, means, covariances, n_components)
         block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, c * (c - 1) // 2))
         for a in range(0, idx.size, block):
             sl = slice(a, a + block)
             out_w[idx[sl]], out_m[idx[sl]], out_c[idx[sl]] = _merge_block(
-                w[sl], m[:, sl], P[:, :, sl], n_keep, jitter[idx[sl]], ld[sl])
+                w[sl], m[:, sl], Q[:, sl], n_keep, jitter[idx[sl]], ld[sl])
     out_w = np.where(out_w <= 1e-300, 0.0, out_w)
     return out_w, out_m, out_c
 
