@@ -17,6 +17,7 @@ from ._kernels import (
     _matmul_transposed,
     _to_float64,
     contiguous,
+    large_empty,
     logsumexp,
     spd_inverse_and_logdet,
 )
@@ -229,7 +230,7 @@ def _outputs(out, n, K, L):
     """The arrays of the component means (n, K, L) and covariances (n, K, L, L): ``out``
     if given (checked), else new ones."""
     if out is None:
-        return np.empty((n, K, L)), np.empty((n, K, L, L))
+        return large_empty((n, K, L)), large_empty((n, K, L, L))
     means, covs = out
     if means.shape != (n, K, L) or covs.shape != (n, K, L, L):
         raise ValueError(f"out must hold arrays of shapes {(n, K, L)} and {(n, K, L, L)}; "

@@ -5,7 +5,10 @@ Pair products of y1 = [y, 1], log-sum-exp, SPD inverses and log-determinants, Ch
 factors with a floor, and the moment solves of the M-step.
 """
 
+import mmap
+import sys
 from functools import lru_cache
+from math import prod
 
 import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
@@ -26,6 +29,26 @@ from ._compat import (
 )
 
 LOG_2PI = float(np.log(2.0 * np.pi))
+# Outputs of at least this many bytes are mapped by :func:`large_empty`: above glibc's
+# largest threshold of its own mappings, every such array is fresh memory anyway.
+LARGE_OUTPUT_BYTES = 32 << 20
+
+
+def large_empty(shape):
+    """An uninitialised float64 array of ``shape``, as ``np.empty``, for large outputs.
+
+    On Linux, arrays of at least :data:`LARGE_OUTPUT_BYTES` are mapped as plain private
+    anonymous memory, without the transparent-huge-page advice numpy gives its large
+    arrays. Kernels that make huge pages on demand (``defrag=madvise``, a common default)
+    compact physical memory at the first touch of advised memory once it is fragmented,
+    which can cost more than the computation that fills the array; plain memory is
+    faulted in page by page instead. The array owns its mapping (released with it).
+    """
+    nbytes = prod(shape) * 8
+    if not nbytes or nbytes < LARGE_OUTPUT_BYTES or not sys.platform.startswith("linux"):
+        return np.empty(shape)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE),
+                         dtype=np.float64).reshape(shape)
 
 
 def _matmul_transposed(a, b):

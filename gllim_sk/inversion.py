@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import _dask, _engine
+from ._kernels import large_empty
 from ._mixtures import (
     PredictiveMixture,
     check_noise_matrix,
@@ -525,7 +526,7 @@ def _threaded_run(model, inverter, n_chunks, X, y_true, feature_noise_var,
     kept = None
     if inverter.settings["keep_mixture"]:
         K, L = model.weights_.shape[0], model.n_targets_
-        kept = (np.empty((n, K, L)), np.empty((n, K, L, L)))
+        kept = (large_empty((n, K, L)), large_empty((n, K, L, L)))
 
     def run(a, b):
         args = (X[a:b],) if y is None else (X[a:b], y[a:b])

@@ -379,3 +379,42 @@ def test_heaviest_components_and_weights_are_those_of_numpy():
                              1.0]])
     log_w = rng.permutation(log_w).reshape(-1, 8)
     np.testing.assert_array_equal(_exp_weights(log_w), np.exp(log_w))
+
+
+@pytest.mark.parametrize("n_chunks", [1, 2])
+def test_kept_mixture_in_mapped_memory_is_the_same_mixture(gllim_ref, monkeypatch, n_chunks):
+    """The kept mixture's large arrays, mapped without numpy's huge-page advice, hold the
+    exact posterior (Gaussian conditioning of each component on each noisy observation)
+    and behave as ordinary arrays: writable, C-contiguous, separate, picklable."""
+    import mmap
+    import pickle
+    import sys
+
+    from gllim_sk import _kernels, inversion
+
+    rng = np.random.default_rng(4)
+    p = gllim_ref.random_params(rng, 3, 4, 2)
+    X, y, _ = gllim_ref.sample(p, 600, rng)
+    model = GLLiMRegressor(3, max_iter=10, random_state=0).fit(X[:400], y[:400])
+    var = rng.uniform(0.01, 0.1, size=(600, 4))
+    monkeypatch.setattr(_kernels, "LARGE_OUTPUT_BYTES", 1)
+    monkeypatch.setattr(inversion._engine, "row_chunks", lambda n_rows, min_rows: n_chunks)
+    res = invert(model, X, feature_noise_var=var, n_modes=2)
+    for a in (res.means, res.covariances):
+        assert a.flags.writeable and a.flags.c_contiguous and a.dtype == np.float64
+        if sys.platform.startswith("linux"):  # the mapping is the array's memory
+            while isinstance(a, np.ndarray) and a.base is not None:
+                a = a.base
+            assert isinstance(a, memoryview) and isinstance(a.obj, mmap.mmap)
+    assert not np.shares_memory(res.means, res.covariances)
+    dense = gllim_ref.dense_params(model)
+    for i in (0, 299, 599):
+        ref = gllim_ref.condition_on_x(dict(dense, Sigma=dense["Sigma"] + np.diag(var[i])),
+                                       X[i:i + 1])
+        assert np.allclose(res.weights[i], ref.weights[0], atol=1e-9)
+        assert np.allclose(res.means[i], ref.means[0], rtol=1e-8, atol=1e-9)
+        assert np.allclose(res.covariances[i], ref.covs, rtol=1e-8, atol=1e-12)
+    again = pickle.loads(pickle.dumps(res.covariances))
+    assert np.array_equal(again, res.covariances)
+    res.covariances[0] = 0.0  # the memory is the array's own
+    assert np.array_equal(again[1:], res.covariances[1:])
