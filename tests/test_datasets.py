@@ -522,6 +522,38 @@ def test_load_biwi_missing_and_corrupt(biwi_home, tmp_path_factory):
         load_biwi(home, image_size=2)
 
 
+def test_load_biwi_reads_gray_and_16_bit_frames(tmp_path):
+    # The same frame saved as 8-bit gray (sequence 01) and 16-bit gray (sequence 02, every
+    # level times 257): Pillow would clip the 16-bit levels to white, the loader scales them.
+    for seq in (1, 2):
+        folder = tmp_path / "hpdb" / f"{seq:02d}"
+        folder.mkdir(parents=True)
+        _write_biwi_calibration(folder)
+        _write_biwi_frame(folder, 3, (0.0, 0.0, 0.0), (0.0, 0.0, 900.0))
+        frame = folder / "frame_00003_rgb.png"
+        gray = np.asarray(PIL_Image.open(frame).convert("L"))
+        if seq == 2:
+            PIL_Image.fromarray(gray.astype(np.uint16) * 257).save(frame)
+            assert PIL_Image.open(frame).mode.startswith("I")
+        else:
+            PIL_Image.fromarray(gray).save(frame)
+    data = load_biwi(tmp_path, image_size=32, cache=False)
+    # ITU-R 601 luma of the red square (220, 20, 20) in the middle, grey 128 in the corners.
+    red_luma = 0.299 * 220 + 0.587 * 20 + 0.114 * 20
+    np.testing.assert_allclose(data.images[:, 14:18, 14:18], red_luma, atol=2)
+    np.testing.assert_allclose(data.images[:, [0, 0, -1, -1], [0, -1, 0, -1]], 128, atol=3)
+    assert np.abs(data.images[0].astype(int) - data.images[1].astype(int)).max() <= 1
+
+
+def test_read_image_of_unknown_bit_depth_is_refused(tmp_path):
+    from gllim_sk.datasets._real import _read_rgb
+
+    path = tmp_path / "frame.tif"
+    PIL_Image.fromarray(np.full((8, 8), 1000.0, dtype=np.float32)).save(path)
+    with pytest.raises(ValueError, match="frame.tif.*bit depth"):
+        _read_rgb(path)
+
+
 @pytest.mark.skipif(
     not BIWI_SAMPLE.is_dir(),
     reason=f"the real Biwi frame is not available (expected {BIWI_SAMPLE}, the shared/ "

@@ -58,12 +58,30 @@ def _pil():
     return Image
 
 
+def _to_8bit_gray(img):
+    """16-bit (or wider) gray levels scaled to 8 bits; Pillow's convert would clip them."""
+    Image = _pil()
+    values = np.asarray(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        values = values / 257.0  # 65535 -> 255
+    elif values.size and not (
+        np.all(np.isfinite(values)) and 0 <= values.min() and values.max() <= 255
+    ):
+        raise ValueError(
+            f"its {img.mode!r} gray levels span [{values.min()}, {values.max()}], of unknown "
+            "bit depth; save it with 8 or 16 bits per channel."
+        )
+    return Image.fromarray(np.round(values).astype(np.uint8))
+
+
 def _read_rgb(path):
     """Decode an image file to an RGB PIL image, with an error naming the file."""
     Image = _pil()
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I") or img.mode == "F":
+                return _to_8bit_gray(img).convert("RGB")
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"Cannot decode the image {path}: {exc}") from exc
