@@ -667,3 +667,66 @@ def test_load_aflw2000_cache(aflw_home, monkeypatch):
     second = load_aflw2000(home, image_size=16)
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.target, second.target)
+
+
+def test_load_aflw2000_awkward_but_real_files(tmp_path):
+    # What the release holds beside the pairs (a Code/ folder, more fields in each .mat:
+    # pt3d_68, Shape_Para, roi), float32 Pose_Para, and JPEGs in gray, CMYK and odd sizes.
+    from scipy.io import savemat
+
+    folder = tmp_path / "AFLW2000"
+    (folder / "Code").mkdir(parents=True)
+    (folder / "Code" / "image99999.jpg").write_bytes(b"not part of the dataset")
+    face = np.full((451, 449, 3), 40, np.uint8)
+    face[150:300, 150:300] = (200, 150, 120)
+    box = np.stack([np.linspace(150, 299, 21), np.linspace(150, 299, 21)])
+    variants = {
+        2: (PIL_Image.fromarray(face), (12.5, -33.0, 4.0), box),
+        3: (PIL_Image.fromarray(face).convert("L"), (-8.0, 60.0, -2.5), box),
+        4: (PIL_Image.fromarray(face).convert("CMYK"), (3.0, 0.5, 17.0), box.T),
+    }
+    for index, (image, angles, pt2d) in variants.items():
+        pose = np.array([[*np.radians(angles), 220.0, 230.0, 0.0, 0.0013]], dtype=np.float32)
+        extra = {
+            "pt3d_68": np.ones((3, 68)),
+            "Shape_Para": np.zeros((199, 1)),
+            "roi": [[1, 2, 3, 4]],
+        }
+        savemat(folder / f"image{index:05d}.mat", {"Pose_Para": pose, "pt2d": pt2d, **extra})
+        image.save(folder / f"image{index:05d}.jpg")
+    data = load_aflw2000(tmp_path, image_size=32, cache=False)
+    assert list(data.filenames) == ["image00002.jpg", "image00003.jpg", "image00004.jpg"]
+    np.testing.assert_allclose(data.target, [v[1] for v in variants.values()], atol=1e-4)
+    middle = data.images[:, 12:20, 12:20].reshape(3, -1, 3).mean(axis=1)
+    gray = 0.299 * 200 + 0.587 * 150 + 0.114 * 120
+    np.testing.assert_allclose(middle, [[200, 150, 120], [gray] * 3, [200, 150, 120]], atol=6)
+
+
+@pytest.mark.skipif(not BIWI_SAMPLE.is_dir(), reason=f"the real Biwi frame is not at {BIWI_SAMPLE}")
+def test_load_biwi_real_layout_with_its_other_files(tmp_path):
+    # The release's layout around the frames: the head templates hpdb/NN.obj beside the
+    # folders, depth.cal and compressed depth frames, mask images, a readme, and frame
+    # numbers with gaps. Only the RGB frames, their poses and rgb.cal are read.
+    import shutil
+
+    source = BIWI_SAMPLE / "hpdb" / "01"
+    hpdb = tmp_path / "hpdb"
+    folder = hpdb / "01"
+    folder.mkdir(parents=True)
+    for name in ("rgb.cal", "depth.cal"):
+        shutil.copyfile(source / name, folder / name)
+    for index in (3, 4, 9):  # frame 4 has depth only: no RGB image, no pose
+        for kind in ("rgb.png", "pose.txt", "depth.bin"):
+            if index != 4 or kind == "depth.bin":
+                shutil.copyfile(
+                    source / f"frame_00003_{kind}", folder / f"frame_{index:05d}_{kind}"
+                )
+    (folder / "frame_00003_depth_mask.png").write_bytes(b"\x89PNG not read")
+    (hpdb / "01.obj").write_text("v 0 0 0\n")
+    (hpdb / "readme.txt").write_text("Biwi Kinect Head Pose Database\n")
+    data = load_biwi(tmp_path, image_size=32)
+    assert list(data.filenames) == [str(Path("01") / f"frame_{i:05d}_rgb.png") for i in (3, 9)]
+    values = [float(x) for x in (source / "frame_00003_pose.txt").read_text().split()]
+    expected = _notes_angles(np.array(values[:9]).reshape(3, 3))
+    np.testing.assert_allclose(data.target, [expected, expected], atol=1e-6)
+    np.testing.assert_array_equal(data.subject, [1, 1])
