@@ -21,7 +21,8 @@ from ._synthetic import TARGET_NAMES
 
 __all__ = ["BIWI_PERSON_OF_SEQUENCE", "biwi_pose_to_angles", "load_aflw2000", "load_biwi"]
 
-_CACHE_VERSION = 1
+# 2: 16-bit gray frames are scaled to 8 bits (version 1 cached them clipped to white).
+_CACHE_VERSION = 2
 
 # Who is in each Biwi sequence folder, after the database's head templates: F01-F06 are
 # persons 1-6, M01-M14 persons 7-20. Folders 15, 18, 21 and 22 re-record F03, F05, F02
