@@ -730,3 +730,50 @@ def test_load_biwi_real_layout_with_its_other_files(tmp_path):
     expected = _notes_angles(np.array(values[:9]).reshape(3, 3))
     np.testing.assert_allclose(data.target, [expected, expected], atol=1e-6)
     np.testing.assert_array_equal(data.subject, [1, 1])
+
+
+def _read_biwi_depth(path):
+    """Biwi's compressed depth frame: width, height (int32), then runs of int32 counts of
+    empty and of filled pixels, each filled run followed by its int16 depths (mm)."""
+    raw = Path(path).read_bytes()
+    width, height = np.frombuffer(raw[:8], "<i4")
+    depth = np.zeros(width * height, np.int16)
+    pixel, offset = 0, 8
+    while pixel < width * height:
+        n_empty, n_full = np.frombuffer(raw[offset : offset + 8], "<i4")
+        offset += 8
+        pixel += n_empty
+        depth[pixel : pixel + n_full] = np.frombuffer(raw[offset : offset + 2 * n_full], "<i2")
+        offset += 2 * n_full
+        pixel += n_full
+    return depth.reshape(height, width).astype(float)
+
+
+@pytest.mark.skipif(not BIWI_SAMPLE.is_dir(), reason=f"the real Biwi frame is not at {BIWI_SAMPLE}")
+def test_biwi_angles_point_the_nose_where_the_depth_frame_has_it():
+    # Physical check of the sign convention on the real frame, independent of the angle
+    # formulas: the nose tip (the face's nearest points in the depth frame, back-projected
+    # with depth.cal) must lie along the direction in which the loaded angles point the
+    # face, rotation_matrix(pitch, yaw, roll) @ (0, 0, -1), seen from the head centre.
+    folder = BIWI_SAMPLE / "hpdb" / "01"
+    depth = _read_biwi_depth(folder / "frame_00003_depth.bin")
+    calibration = [float(x) for x in (folder / "depth.cal").read_text().split()]
+    fx, cx, fy, cy = calibration[0], calibration[2], calibration[4], calibration[5]
+    rows, cols = np.nonzero(depth > 0)
+    z = depth[rows, cols]
+    points = np.stack([(cols - cx) * z / fx, (rows - cy) * z / fy, z], axis=1)
+    values = [float(x) for x in (folder / "frame_00003_pose.txt").read_text().split()]
+    centre = np.array(values[9:12])
+    head = points[np.linalg.norm(points - centre, axis=1) < 130]
+    tip = head[np.argsort(head[:, 2])[:15]].mean(axis=0)
+    to_tip = (tip - centre) / np.linalg.norm(tip - centre)
+
+    def degrees_off(angles):
+        facing = rotation_matrix(*angles) @ np.array([0.0, 0.0, -1.0])
+        return np.degrees(np.arccos(np.clip(facing @ to_tip, -1, 1)))
+
+    angles = load_biwi(BIWI_SAMPLE, image_size=16, cache=False).target[0]
+    assert degrees_off(angles) < 2.5
+    # Any flipped sign of pitch or yaw points the nose measurably elsewhere.
+    for signs in ((-1, 1, 1), (1, -1, 1), (-1, -1, -1)):
+        assert degrees_off(angles * np.array(signs)) > 4.5
