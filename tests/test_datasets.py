@@ -777,3 +777,43 @@ def test_biwi_angles_point_the_nose_where_the_depth_frame_has_it():
     # Any flipped sign of pitch or yaw points the nose measurably elsewhere.
     for signs in ((-1, 1, 1), (1, -1, 1), (-1, -1, -1)):
         assert degrees_off(angles * np.array(signs)) > 4.5
+
+
+@pytest.mark.skipif(not BIWI_SAMPLE.is_dir(), reason=f"the real Biwi frame is not at {BIWI_SAMPLE}")
+def test_biwi_rgb_calibration_maps_depth_points_with_r_p_plus_t():
+    # The loader moves the head centre into the colour camera with R @ p + t (rgb.cal's R
+    # and t; see _biwi_centre_pixel for the fixtures). On the real frame, the person's
+    # depth points moved that way outline the person in the colour image: the outline
+    # lies on strong image edges, which the inverse map R.T @ (p - t), or none, misses.
+    from PIL import ImageFilter
+
+    folder = BIWI_SAMPLE / "hpdb" / "01"
+    depth = _read_biwi_depth(folder / "frame_00003_depth.bin")
+    d_cal = [float(x) for x in (folder / "depth.cal").read_text().split()]
+    rows, cols = np.nonzero(depth > 0)
+    z = depth[rows, cols]
+    points = np.stack([(cols - d_cal[2]) * z / d_cal[0], (rows - d_cal[5]) * z / d_cal[4], z], 1)
+    rgb_cal = np.array((folder / "rgb.cal").read_text().split(), dtype=float)
+    K, R, t = rgb_cal[:9].reshape(3, 3), rgb_cal[13:22].reshape(3, 3), rgb_cal[22:25]
+    gray = PIL_Image.open(folder / "frame_00003_rgb.png").convert("L")
+    gy, gx = np.gradient(np.asarray(gray, dtype=float))
+    # Strongest gradient within a pixel of each outline pixel.
+    edges = np.asarray(
+        PIL_Image.fromarray(np.hypot(gx, gy).astype(np.float32)).filter(ImageFilter.MaxFilter(3))
+    )
+
+    def outline_strength(moved):
+        u = np.round(K[0, 0] * moved[:, 0] / moved[:, 2] + K[0, 2]).astype(int)
+        v = np.round(K[1, 1] * moved[:, 1] / moved[:, 2] + K[1, 2]).astype(int)
+        inside = (u >= 1) & (u < gray.width - 1) & (v >= 1) & (v < gray.height - 1)
+        mask = np.zeros((gray.height, gray.width), bool)
+        mask[v[inside], u[inside]] = True
+        interior = mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        outline = np.zeros_like(mask)
+        outline[1:-1, 1:-1] = mask[1:-1, 1:-1] & ~interior
+        return edges[outline].mean()
+
+    # On this frame: 26.1 for R @ p + t, 12.3 for the inverse, 15.1 for none.
+    right = outline_strength(points @ R.T + t)
+    assert right > 1.5 * outline_strength((points - t) @ R)
+    assert right > 1.5 * outline_strength(points)
