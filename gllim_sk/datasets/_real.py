@@ -208,7 +208,7 @@ def biwi_pose_to_angles(rotation):
     --------
     >>> import numpy as np
     >>> from gllim_sk.datasets import biwi_pose_to_angles, rotation_matrix
-    >>> # A pose file stores the transpose of the head-to-camera rotation's Euler form.
+    >>> # A pose file stores the head-to-camera rotation, as rotation_matrix builds it.
     >>> np.round(biwi_pose_to_angles(rotation_matrix(10, -20, 5)), 6) + 0.0
     array([ 10., -20.,   5.])
     """
