@@ -59,6 +59,22 @@ def _check_angles(y_true, y_pred, n_angles):
     return arrays
 
 
+def _check_angle_names(angle_names):
+    """``angle_names`` as a tuple of distinct str other than "mean", or a ValueError."""
+    # A str is a sequence of str: ("yaw") without its comma would name three angles.
+    if isinstance(angle_names, str):
+        raise ValueError(
+            f"angle_names must be a sequence of names, not the str {angle_names!r}; "
+            f"for one angle pass ({angle_names!r},)."
+        )
+    names = tuple(angle_names)
+    if not names or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"angle_names must be a non-empty sequence of str, got {angle_names!r}.")
+    if "mean" in names or len(set(names)) != len(names):
+        raise ValueError(f"angle_names must be distinct and not 'mean', got {names!r}.")
+    return names
+
+
 def _absolute_differences(y_true, y_pred, wrap):
     diff = y_pred - y_true
     if wrap:
@@ -105,11 +121,7 @@ def angle_errors(y_true, y_pred, *, angle_names=DEFAULT_ANGLE_NAMES, wrap=False)
     >>> angle_errors([[179.0]], [[-179.0]], angle_names=("yaw",), wrap=True)
     {'yaw': 2.0, 'mean': 2.0}
     """
-    names = tuple(angle_names)
-    if not names or not all(isinstance(name, str) for name in names):
-        raise ValueError(f"angle_names must be a non-empty sequence of str, got {angle_names!r}.")
-    if "mean" in names or len(set(names)) != len(names):
-        raise ValueError(f"angle_names must be distinct and not 'mean', got {names!r}.")
+    names = _check_angle_names(angle_names)
     y_true, y_pred = _check_angles(y_true, y_pred, len(names))
     per_angle = _absolute_differences(y_true, y_pred, wrap).mean(axis=0)
     errors = {name: float(value) for name, value in zip(names, per_angle, strict=True)}
@@ -192,7 +204,7 @@ def get_angle_scorer(angle="mean", *, angle_names=DEFAULT_ANGLE_NAMES, wrap=Fals
     >>> get_angle_scorer()(model, X, y)
     -4.0
     """
-    names = tuple(angle_names)
+    names = _check_angle_names(angle_names)
     if angle == "mean":
         return make_scorer(mean_angle_error, greater_is_better=False, wrap=wrap)
     if angle not in names:
@@ -299,7 +311,7 @@ def format_results_table(
         raise ValueError(f"fmt must be 'text', 'markdown' or 'csv', got {fmt!r}.")
     if not isinstance(decimals, numbers.Integral) or decimals < 0:
         raise ValueError(f"decimals must be a non-negative int, got {decimals!r}.")
-    names = tuple(angle_names)
+    names = _check_angle_names(angle_names)
     items = list(results.items()) if isinstance(results, Mapping) else list(results)
     if not items:
         raise ValueError("results is empty: nothing to format.")

@@ -522,6 +522,38 @@ def test_load_biwi_missing_and_corrupt(biwi_home, tmp_path_factory):
         load_biwi(home, image_size=2)
 
 
+def test_load_biwi_reads_gray_and_16_bit_frames(tmp_path):
+    # The same frame saved as 8-bit gray (sequence 01) and 16-bit gray (sequence 02, every
+    # level times 257): Pillow would clip the 16-bit levels to white, the loader scales them.
+    for seq in (1, 2):
+        folder = tmp_path / "hpdb" / f"{seq:02d}"
+        folder.mkdir(parents=True)
+        _write_biwi_calibration(folder)
+        _write_biwi_frame(folder, 3, (0.0, 0.0, 0.0), (0.0, 0.0, 900.0))
+        frame = folder / "frame_00003_rgb.png"
+        gray = np.asarray(PIL_Image.open(frame).convert("L"))
+        if seq == 2:
+            PIL_Image.fromarray(gray.astype(np.uint16) * 257).save(frame)
+            assert PIL_Image.open(frame).mode.startswith("I")
+        else:
+            PIL_Image.fromarray(gray).save(frame)
+    data = load_biwi(tmp_path, image_size=32, cache=False)
+    # ITU-R 601 luma of the red square (220, 20, 20) in the middle, grey 128 in the corners.
+    red_luma = 0.299 * 220 + 0.587 * 20 + 0.114 * 20
+    np.testing.assert_allclose(data.images[:, 14:18, 14:18], red_luma, atol=2)
+    np.testing.assert_allclose(data.images[:, [0, 0, -1, -1], [0, -1, 0, -1]], 128, atol=3)
+    assert np.abs(data.images[0].astype(int) - data.images[1].astype(int)).max() <= 1
+
+
+def test_read_image_of_unknown_bit_depth_is_refused(tmp_path):
+    from gllim_sk.datasets._real import _read_rgb
+
+    path = tmp_path / "frame.tif"
+    PIL_Image.fromarray(np.full((8, 8), 1000.0, dtype=np.float32)).save(path)
+    with pytest.raises(ValueError, match="frame.tif.*bit depth"):
+        _read_rgb(path)
+
+
 @pytest.mark.skipif(
     not BIWI_SAMPLE.is_dir(),
     reason=f"the real Biwi frame is not available (expected {BIWI_SAMPLE}, the shared/ "
@@ -635,3 +667,153 @@ def test_load_aflw2000_cache(aflw_home, monkeypatch):
     second = load_aflw2000(home, image_size=16)
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.target, second.target)
+
+
+def test_load_aflw2000_awkward_but_real_files(tmp_path):
+    # What the release holds beside the pairs (a Code/ folder, more fields in each .mat:
+    # pt3d_68, Shape_Para, roi), float32 Pose_Para, and JPEGs in gray, CMYK and odd sizes.
+    from scipy.io import savemat
+
+    folder = tmp_path / "AFLW2000"
+    (folder / "Code").mkdir(parents=True)
+    (folder / "Code" / "image99999.jpg").write_bytes(b"not part of the dataset")
+    face = np.full((451, 449, 3), 40, np.uint8)
+    face[150:300, 150:300] = (200, 150, 120)
+    box = np.stack([np.linspace(150, 299, 21), np.linspace(150, 299, 21)])
+    variants = {
+        2: (PIL_Image.fromarray(face), (12.5, -33.0, 4.0), box),
+        3: (PIL_Image.fromarray(face).convert("L"), (-8.0, 60.0, -2.5), box),
+        4: (PIL_Image.fromarray(face).convert("CMYK"), (3.0, 0.5, 17.0), box.T),
+    }
+    for index, (image, angles, pt2d) in variants.items():
+        pose = np.array([[*np.radians(angles), 220.0, 230.0, 0.0, 0.0013]], dtype=np.float32)
+        extra = {
+            "pt3d_68": np.ones((3, 68)),
+            "Shape_Para": np.zeros((199, 1)),
+            "roi": [[1, 2, 3, 4]],
+        }
+        savemat(folder / f"image{index:05d}.mat", {"Pose_Para": pose, "pt2d": pt2d, **extra})
+        image.save(folder / f"image{index:05d}.jpg")
+    data = load_aflw2000(tmp_path, image_size=32, cache=False)
+    assert list(data.filenames) == ["image00002.jpg", "image00003.jpg", "image00004.jpg"]
+    np.testing.assert_allclose(data.target, [v[1] for v in variants.values()], atol=1e-4)
+    middle = data.images[:, 12:20, 12:20].reshape(3, -1, 3).mean(axis=1)
+    gray = 0.299 * 200 + 0.587 * 150 + 0.114 * 120
+    np.testing.assert_allclose(middle, [[200, 150, 120], [gray] * 3, [200, 150, 120]], atol=6)
+
+
+@pytest.mark.skipif(not BIWI_SAMPLE.is_dir(), reason=f"the real Biwi frame is not at {BIWI_SAMPLE}")
+def test_load_biwi_real_layout_with_its_other_files(tmp_path):
+    # The release's layout around the frames: the head templates hpdb/NN.obj beside the
+    # folders, depth.cal and compressed depth frames, mask images, a readme, and frame
+    # numbers with gaps. Only the RGB frames, their poses and rgb.cal are read.
+    import shutil
+
+    source = BIWI_SAMPLE / "hpdb" / "01"
+    hpdb = tmp_path / "hpdb"
+    folder = hpdb / "01"
+    folder.mkdir(parents=True)
+    for name in ("rgb.cal", "depth.cal"):
+        shutil.copyfile(source / name, folder / name)
+    for index in (3, 4, 9):  # frame 4 has depth only: no RGB image, no pose
+        for kind in ("rgb.png", "pose.txt", "depth.bin"):
+            if index != 4 or kind == "depth.bin":
+                shutil.copyfile(
+                    source / f"frame_00003_{kind}", folder / f"frame_{index:05d}_{kind}"
+                )
+    (folder / "frame_00003_depth_mask.png").write_bytes(b"\x89PNG not read")
+    (hpdb / "01.obj").write_text("v 0 0 0\n")
+    (hpdb / "readme.txt").write_text("Biwi Kinect Head Pose Database\n")
+    data = load_biwi(tmp_path, image_size=32)
+    assert list(data.filenames) == [str(Path("01") / f"frame_{i:05d}_rgb.png") for i in (3, 9)]
+    values = [float(x) for x in (source / "frame_00003_pose.txt").read_text().split()]
+    expected = _notes_angles(np.array(values[:9]).reshape(3, 3))
+    np.testing.assert_allclose(data.target, [expected, expected], atol=1e-6)
+    np.testing.assert_array_equal(data.subject, [1, 1])
+
+
+def _read_biwi_depth(path):
+    """Biwi's compressed depth frame: width, height (int32), then runs of int32 counts of
+    empty and of filled pixels, each filled run followed by its int16 depths (mm)."""
+    raw = Path(path).read_bytes()
+    width, height = np.frombuffer(raw[:8], "<i4")
+    depth = np.zeros(width * height, np.int16)
+    pixel, offset = 0, 8
+    while pixel < width * height:
+        n_empty, n_full = np.frombuffer(raw[offset : offset + 8], "<i4")
+        offset += 8
+        pixel += n_empty
+        depth[pixel : pixel + n_full] = np.frombuffer(raw[offset : offset + 2 * n_full], "<i2")
+        offset += 2 * n_full
+        pixel += n_full
+    return depth.reshape(height, width).astype(float)
+
+
+@pytest.mark.skipif(not BIWI_SAMPLE.is_dir(), reason=f"the real Biwi frame is not at {BIWI_SAMPLE}")
+def test_biwi_angles_point_the_nose_where_the_depth_frame_has_it():
+    # Physical check of the sign convention on the real frame, independent of the angle
+    # formulas: the nose tip (the face's nearest points in the depth frame, back-projected
+    # with depth.cal) must lie along the direction in which the loaded angles point the
+    # face, rotation_matrix(pitch, yaw, roll) @ (0, 0, -1), seen from the head centre.
+    folder = BIWI_SAMPLE / "hpdb" / "01"
+    depth = _read_biwi_depth(folder / "frame_00003_depth.bin")
+    calibration = [float(x) for x in (folder / "depth.cal").read_text().split()]
+    fx, cx, fy, cy = calibration[0], calibration[2], calibration[4], calibration[5]
+    rows, cols = np.nonzero(depth > 0)
+    z = depth[rows, cols]
+    points = np.stack([(cols - cx) * z / fx, (rows - cy) * z / fy, z], axis=1)
+    values = [float(x) for x in (folder / "frame_00003_pose.txt").read_text().split()]
+    centre = np.array(values[9:12])
+    head = points[np.linalg.norm(points - centre, axis=1) < 130]
+    tip = head[np.argsort(head[:, 2])[:15]].mean(axis=0)
+    to_tip = (tip - centre) / np.linalg.norm(tip - centre)
+
+    def degrees_off(angles):
+        facing = rotation_matrix(*angles) @ np.array([0.0, 0.0, -1.0])
+        return np.degrees(np.arccos(np.clip(facing @ to_tip, -1, 1)))
+
+    angles = load_biwi(BIWI_SAMPLE, image_size=16, cache=False).target[0]
+    assert degrees_off(angles) < 2.5
+    # Any flipped sign of pitch or yaw points the nose measurably elsewhere.
+    for signs in ((-1, 1, 1), (1, -1, 1), (-1, -1, -1)):
+        assert degrees_off(angles * np.array(signs)) > 4.5
+
+
+@pytest.mark.skipif(not BIWI_SAMPLE.is_dir(), reason=f"the real Biwi frame is not at {BIWI_SAMPLE}")
+def test_biwi_rgb_calibration_maps_depth_points_with_r_p_plus_t():
+    # The loader moves the head centre into the colour camera with R @ p + t (rgb.cal's R
+    # and t; see _biwi_centre_pixel for the fixtures). On the real frame, the person's
+    # depth points moved that way outline the person in the colour image: the outline
+    # lies on strong image edges, which the inverse map R.T @ (p - t), or none, misses.
+    from PIL import ImageFilter
+
+    folder = BIWI_SAMPLE / "hpdb" / "01"
+    depth = _read_biwi_depth(folder / "frame_00003_depth.bin")
+    d_cal = [float(x) for x in (folder / "depth.cal").read_text().split()]
+    rows, cols = np.nonzero(depth > 0)
+    z = depth[rows, cols]
+    points = np.stack([(cols - d_cal[2]) * z / d_cal[0], (rows - d_cal[5]) * z / d_cal[4], z], 1)
+    rgb_cal = np.array((folder / "rgb.cal").read_text().split(), dtype=float)
+    K, R, t = rgb_cal[:9].reshape(3, 3), rgb_cal[13:22].reshape(3, 3), rgb_cal[22:25]
+    gray = PIL_Image.open(folder / "frame_00003_rgb.png").convert("L")
+    gy, gx = np.gradient(np.asarray(gray, dtype=float))
+    # Strongest gradient within a pixel of each outline pixel.
+    edges = np.asarray(
+        PIL_Image.fromarray(np.hypot(gx, gy).astype(np.float32)).filter(ImageFilter.MaxFilter(3))
+    )
+
+    def outline_strength(moved):
+        u = np.round(K[0, 0] * moved[:, 0] / moved[:, 2] + K[0, 2]).astype(int)
+        v = np.round(K[1, 1] * moved[:, 1] / moved[:, 2] + K[1, 2]).astype(int)
+        inside = (u >= 1) & (u < gray.width - 1) & (v >= 1) & (v < gray.height - 1)
+        mask = np.zeros((gray.height, gray.width), bool)
+        mask[v[inside], u[inside]] = True
+        interior = mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        outline = np.zeros_like(mask)
+        outline[1:-1, 1:-1] = mask[1:-1, 1:-1] & ~interior
+        return edges[outline].mean()
+
+    # On this frame: 26.1 for R @ p + t, 12.3 for the inverse, 15.1 for none.
+    right = outline_strength(points @ R.T + t)
+    assert right > 1.5 * outline_strength((points - t) @ R)
+    assert right > 1.5 * outline_strength(points)

@@ -94,6 +94,20 @@ def test_bad_angle_names(names):
         angle_errors(Y_TRUE, Y_PRED, angle_names=names)
 
 
+def test_a_str_is_not_a_list_of_angle_names():
+    # ("yaw") is the str "yaw", whose letters would silently name three angles.
+    y = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    with pytest.raises(ValueError, match=r"not the str 'pyr'.*\('pyr',\)"):
+        angle_errors(y, y + 1, angle_names="pyr")
+    with pytest.raises(ValueError, match="not the str 'yaw'"):
+        angle_errors(y[:, 1], y[:, 1] + 1, angle_names=("yaw"))
+    with pytest.raises(ValueError, match="not the str 'yaw'"):
+        get_angle_scorer("yaw", angle_names="yaw")
+    with pytest.raises(ValueError, match="not the str 'pyr'"):
+        format_results_table({"m": [1.0, 2.0, 3.0]}, angle_names="pyr")
+    assert angle_errors(y[:, 1], y[:, 1] + 1, angle_names=("yaw",)) == {"yaw": 1.0, "mean": 1.0}
+
+
 def test_mean_angle_error_validation():
     with pytest.raises(ValueError, match="y_true must have shape"):
         mean_angle_error(np.zeros((2, 3, 1)), np.zeros((2, 3, 1)))

@@ -21,7 +21,8 @@ from ._synthetic import TARGET_NAMES
 
 __all__ = ["BIWI_PERSON_OF_SEQUENCE", "biwi_pose_to_angles", "load_aflw2000", "load_biwi"]
 
-_CACHE_VERSION = 1
+# 2: 16-bit gray frames are scaled to 8 bits (version 1 cached them clipped to white).
+_CACHE_VERSION = 2
 
 # Who is in each Biwi sequence folder, after the database's head templates: F01-F06 are
 # persons 1-6, M01-M14 persons 7-20. Folders 15, 18, 21 and 22 re-record F03, F05, F02
@@ -58,12 +59,30 @@ def _pil():
     return Image
 
 
+def _to_8bit_gray(img):
+    """16-bit (or wider) gray levels scaled to 8 bits; Pillow's convert would clip them."""
+    Image = _pil()
+    values = np.asarray(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        values = values / 257.0  # 65535 -> 255
+    elif values.size and not (
+        np.all(np.isfinite(values)) and 0 <= values.min() and values.max() <= 255
+    ):
+        raise ValueError(
+            f"its {img.mode!r} gray levels span [{values.min()}, {values.max()}], of unknown "
+            "bit depth; save it with 8 or 16 bits per channel."
+        )
+    return Image.fromarray(np.round(values).astype(np.uint8))
+
+
 def _read_rgb(path):
     """Decode an image file to an RGB PIL image, with an error naming the file."""
     Image = _pil()
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode.startswith("I") or img.mode == "F":
+                return _to_8bit_gray(img).convert("RGB")
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"Cannot decode the image {path}: {exc}") from exc
@@ -189,7 +208,7 @@ def biwi_pose_to_angles(rotation):
     --------
     >>> import numpy as np
     >>> from gllim_sk.datasets import biwi_pose_to_angles, rotation_matrix
-    >>> # A pose file stores the transpose of the head-to-camera rotation's Euler form.
+    >>> # A pose file stores the head-to-camera rotation, as rotation_matrix builds it.
     >>> np.round(biwi_pose_to_angles(rotation_matrix(10, -20, 5)), 6) + 0.0
     array([ 10., -20.,   5.])
     """
