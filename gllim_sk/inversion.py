@@ -639,6 +639,12 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
     >>> res.mean.shape, res.mode_means.shape, res.effective_sample_size.shape
     ((3, 1), (3, 3, 1), (3,))
     """
+    if not hasattr(model, "_predictive_mixture"):
+        # (a ComponentSelector or a Pipeline would fail later on a missing attribute)
+        hint = (" (a ComponentSelector: pass its best_estimator_)"
+                if hasattr(model, "best_estimator_") else "")
+        raise TypeError(f"model must be a fitted GLLiMRegressor or StudentGLLiMRegressor; "
+                        f"got {type(model).__name__}{hint}.")
     check_is_fitted(model)
     if importance not in (None, "full", "mode"):
         raise ValueError(f"importance must be None, 'full' or 'mode', got {importance!r}.")
@@ -653,7 +659,22 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         raise ValueError(f"mode={mode} needs n_modes > {mode}; got n_modes={n_modes}.")
     if not 0 <= merge_min_weight < 1:
         raise ValueError(f"merge_min_weight must be in [0, 1), got {merge_min_weight!r}.")
-    n, D = np.shape(X)[0], np.shape(X)[-1]
+    if np.ndim(X) != 2:
+        raise ValueError(f"X must be 2-D (n_observations, n_features); got shape "
+                         f"{np.shape(X)} (one observation: X.reshape(1, -1)).")
+    n, D = np.shape(X)
+    L = model.n_targets_
+    shape = None if y_true is None else np.shape(y_true)
+    if shape is not None and not (
+            (shape[1:] == (L,) or (len(shape) == 1 and L == 1))
+            and (shape[0] == n or shape[0] != shape[0] or n != n)):  # (NaN: dask's unknown)
+        raise ValueError(f"y_true must have shape (n, L) = ({n}, {L}); got "
+                         f"{shape}.")
+    # The merged modes number at most min(n_modes, K, merge_components).
+    n_available = min(n_modes, model.weights_.shape[0], merge_components)
+    if importance == "mode" and mode >= n_available:
+        raise ValueError(f"mode={mode} asks for merged mode {mode} of at most {n_available} "
+                         f"(min(n_modes, n_components, merge_components)).")
     from .physics import ForwardModel
 
     if names is None:

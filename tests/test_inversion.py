@@ -379,3 +379,29 @@ def test_heaviest_components_and_weights_are_those_of_numpy():
                              1.0]])
     log_w = rng.permutation(log_w).reshape(-1, 8)
     np.testing.assert_array_equal(_exp_weights(log_w), np.exp(log_w))
+
+
+@pytest.fixture(scope="module")
+def small():
+    F = FunctionModel(lambda y: np.hstack([y**2, np.cos(y)]), [[-1, 1]], 2)
+    Y, X = simulate(F, 300, noise_std=0.01, random_state=0)
+    return F, X, Y, GLLiMRegressor(n_components=3, random_state=0).fit(X, Y)
+
+
+def test_inputs_a_new_user_gets_wrong_are_refused_clearly(small):
+    from gllim_sk.model_selection import ComponentSelector
+
+    F, X, Y, model = small
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        invert(model, X[0])
+    with pytest.raises(ValueError, match="y_true must have shape"):
+        invert(model, X[:3], y_true=Y[:2])
+    selector = ComponentSelector(n_components=[1, 2], criterion="bic",
+                                 random_state=0).fit(X, Y)
+    with pytest.raises(TypeError, match="best_estimator_"):
+        invert(selector, X[:3])
+    # One component merged: there is no mode 1 to importance-sample (it used to
+    # sample mode 0 silently).
+    with pytest.raises(ValueError, match="mode=1"):
+        invert(model, X[:3], feature_noise_var=1e-4, forward_model=F, importance="mode",
+               mode=1, merge_components=1)
