@@ -298,6 +298,15 @@ def _row_noise(S, n, D):
     return np.hstack([W, logdet[:, None]])
 
 
+def _check_row_noise(S, D):
+    """A block of a dask array of per-observation likelihood noises, validated as a
+    numpy one is by :func:`invert` (its rows are numbered within the block)."""
+    S = np.asarray(S, dtype=float)
+    if S.ndim == 3:
+        return check_noise_matrix(S, D, "likelihood_cov", definite=True, n_samples=S.shape[0])
+    return check_noise_variances(S, "likelihood_var", positive=True)
+
+
 def _row_noise_loglik(D):
     """log N(x; F(y), S) for rows augmented by :func:`_row_noise` (their noise)."""
     def loglik(x_rep, fx):
@@ -703,6 +712,9 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         elif not _dask.is_dask_array(likelihood_cov):
             likelihood_cov = check_noise_matrix(likelihood_cov, D, "likelihood_cov",
                                                 definite=True, n_samples=n)
+        elif np.shape(likelihood_cov) not in ((D, D), (n, D, D)):
+            raise ValueError(f"likelihood_cov must have shape ({D}, {D}) or (n, {D}, {D}) = "
+                             f"({n}, {D}, {D}); got {np.shape(likelihood_cov)}.")
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     settings = {"n_modes": int(n_modes), "mode_threshold": float(mode_threshold),
                 "separation": float(separation),
@@ -724,7 +736,7 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
             S = S.rechunk({i: -1 for i in range(1, S.ndim)})
             width = (D * D if S.ndim == 3 else D) + 1
             likelihood_rows = S.map_blocks(
-                lambda b: _row_noise(np.asarray(b, dtype=float), b.shape[0], D),
+                lambda b: _row_noise(_check_row_noise(b, D), b.shape[0], D),
                 dtype=float, chunks=(S.chunks[0], (width,)),
                 drop_axis=[2] if S.ndim == 3 else [])
         else:

@@ -405,3 +405,24 @@ def test_inputs_a_new_user_gets_wrong_are_refused_clearly(small):
     with pytest.raises(ValueError, match="mode=1"):
         invert(model, X[:3], feature_noise_var=1e-4, forward_model=F, importance="mode",
                mode=1, merge_components=1)
+
+
+def test_dask_per_observation_likelihood_noise_is_checked_as_numpy(small):
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    F, X, Y, model = small
+    kw = dict(forward_model=F, importance="full", n_draws=20, random_state=0)
+    bad = {"likelihood_cov": (np.tile([[1e-3, 5e-4], [0.0, 1e-3]], (4, 1, 1)),
+                              "symmetric"),
+           "likelihood_var": (np.full((4, 2), np.inf), "finite")}
+    with dask.config.set(scheduler="synchronous"):
+        for name, (value, message) in bad.items():
+            with pytest.raises(ValueError, match=message):
+                invert(model, X[:4], **{name: value}, **kw)
+            lazy = da.from_array(value, chunks=2)
+            with pytest.raises(ValueError, match=message):  # silently used before
+                invert(model, da.from_array(X[:4], chunks=2), **{name: lazy},
+                       **kw).compute()
+        with pytest.raises(ValueError, match="positive variances"):  # was "NaN"
+            invert(model, da.from_array(X[:4], chunks=2),
+                   likelihood_var=da.zeros((4, 2), chunks=2), **kw).compute()
