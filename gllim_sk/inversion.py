@@ -77,7 +77,8 @@ class InversionResult:
     mode_means : ndarray of shape (n, M, L)
         Their locations.
     mode_covariances : ndarray of shape (n, M, L, L)
-        Their spread.
+        Their spread (a Student-t component without covariance is merged with its
+        scale matrix instead).
     n_modes : ndarray of shape (n,)
         Number of distinct modes: merged modes of weight at least ``mode_threshold``
         counted once per group lying within ``separation`` (Mahalanobis distance under
@@ -470,7 +471,12 @@ class _Inverter:
         wt = w[rows, top]
         wt = np.where((wt >= s["merge_min_weight"]) | (np.arange(keep) == 0), wt, 0.0)
         wt = wt / wt.sum(axis=1, keepdims=True)
-        heaviest = (wt, mu[rows, top], cov[rows, top])
+        merge_cov = cov[rows, top]
+        if dof is not None and not np.all(np.isfinite(merge_cov)):
+            # A t component of at most 2 degrees of freedom has no covariance to merge
+            # by moments: its scale matrix stands in for it (as IMIS's metric does).
+            merge_cov = np.where(np.isfinite(merge_cov), merge_cov, scales[rows, top])
+        heaviest = (wt, mu[rows, top], merge_cov)
         mw = mm = mc = n_modes = None
         if not late:
             mw, mm, mc, n_modes = self._modes(*heaviest)

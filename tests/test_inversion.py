@@ -426,3 +426,25 @@ def test_dask_per_observation_likelihood_noise_is_checked_as_numpy(small):
         with pytest.raises(ValueError, match="positive variances"):  # was "NaN"
             invert(model, da.from_array(X[:4], chunks=2),
                    likelihood_var=da.zeros((4, 2), chunks=2), **kw).compute()
+
+
+def test_student_components_without_covariance_still_invert():
+    # Heavy tails and one feature: a fitted component has dof_ + D <= 2 degrees of
+    # freedom in its predictive t, whose covariance does not exist.
+    rng = np.random.default_rng(0)
+    y = rng.uniform(-1, 1, (400, 1))
+    x = y**3 + 0.05 * rng.standard_t(0.5, size=(400, 1))
+    model = StudentGLLiMRegressor(n_components=2, dof_init=1.0, random_state=0).fit(x, y)
+    assert model.dof_.min() + 1 <= 2
+    res = invert(model, x[:5], y_true=y[:5])
+    heavy = (res.dof <= 2) & (res.weights > 0)
+    assert np.array_equal(np.isinf(res.std[:, 0]), heavy.any(axis=1))
+    assert np.all(np.isfinite(res.mode_covariances))
+    assert np.allclose(res.mode_weights.sum(axis=1), 1.0)
+    # The mean exists (dof > 1) and is the mixture's.
+    assert np.allclose(res.mean, np.einsum("nk,nkl->nl", res.weights, res.means))
+    assert np.all((res.pit >= 0) & (res.pit <= 1))
+    prior = lambda Y: np.where(np.abs(Y[:, 0]) <= 1, 0.0, -np.inf)  # noqa: E731
+    res = invert(model, x[:5], likelihood_var=0.05**2, forward_model=lambda Y: Y**3,
+                 log_prior=prior, importance="mode", n_draws=50, random_state=0)
+    assert np.all(np.isfinite(res.is_mean))
