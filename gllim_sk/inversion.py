@@ -694,6 +694,9 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
 
     if names is None:
         names = tuple(forward_model.names) if isinstance(forward_model, ForwardModel) else ()
+    names = tuple(names)
+    if names and len(names) != L:
+        raise ValueError(f"{len(names)} parameter names {names} for a model of {L} targets.")
     if importance is not None:
         if forward_model is None or not callable(forward_model):
             raise ValueError("Importance sampling needs forward_model, a callable.")
@@ -776,4 +779,4 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
             keys.append("is_pit")
     parts = {"weights": None, "means": None, "covariances": None}
     parts |= dict(zip(keys, out, strict=True))
-    return InversionResult(**parts, importance=importance, names=tuple(names))
+    return InversionResult(**parts, importance=importance, names=names)

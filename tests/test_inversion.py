@@ -396,6 +396,8 @@ def test_inputs_a_new_user_gets_wrong_are_refused_clearly(small):
         invert(model, X[0])
     with pytest.raises(ValueError, match="y_true must have shape"):
         invert(model, X[:3], y_true=Y[:2])
+    with pytest.raises(ValueError, match="2 parameter names"):  # were kept as given
+        invert(model, X[:3], names=["a", "b"])
     selector = ComponentSelector(n_components=[1, 2], criterion="bic",
                                  random_state=0).fit(X, Y)
     with pytest.raises(TypeError, match="best_estimator_"):
