@@ -94,7 +94,8 @@ class InversionResult:
     pit, is_pit : ndarray of shape (n, L) or None
         With ``y_true``: the marginal posterior CDF of each parameter at its true value
         (probability integral transform), under GLLiM's mixture and under the weighted
-        draws. Calibrated posteriors give uniform values.
+        draws (rows of effective sample size 0 keep the proposal's PIT, as its
+        moments). Calibrated posteriors give uniform values.
     names : tuple of str
         Parameter names.
     dof, scales : ndarray of shape (n, K) and (n, K, L, L), or None
@@ -489,8 +490,9 @@ class _Inverter:
         if y is not None:
             sd = np.sqrt(np.diagonal(scales, axis1=-2, axis2=-1))
             dof_l = None if dof is None else np.broadcast_to(dof, (n, K))[..., None]
-            out.append(np.einsum("nk,nkl->nl", w, _marginal_cdf((y[:, None] - mu) / sd,
-                                                                  dof_l)))
+            mix_pit = np.einsum("nk,nkl->nl", w, _marginal_cdf((y[:, None] - mu) / sd,
+                                                                dof_l))
+            out.append(mix_pit)
         if s["importance"] is None:
             return out, heaviest
 
@@ -513,7 +515,18 @@ class _Inverter:
         if y is not None:
             below = res.samples <= y[:, None, :]
             # Normalised weights may sum to 1 + a rounding error.
-            out.append(np.minimum(np.einsum("ns,nsl->nl", res.weights, below), 1.0))
+            is_pit = np.minimum(np.einsum("ns,nsl->nl", res.weights, below), 1.0)
+            dead = res.effective_sample_size == 0
+            if dead.any():
+                # Rows without a weighted draw keep the proposal's moments, and its PIT
+                # (their weights are all 0: the PIT of the draws would be 0).
+                if s["importance"] == "full":
+                    prop_pit = mix_pit
+                else:
+                    prop_pit = ndtr((y - prop[1][:, 0]) / np.sqrt(np.diagonal(
+                        prop[2][:, 0], axis1=-2, axis2=-1)))
+                is_pit[dead] = prop_pit[dead]
+            out.append(is_pit)
         return out, heaviest
 
 

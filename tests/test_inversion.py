@@ -450,3 +450,21 @@ def test_student_components_without_covariance_still_invert():
     res = invert(model, x[:5], likelihood_var=0.05**2, forward_model=lambda Y: Y**3,
                  log_prior=prior, importance="mode", n_draws=50, random_state=0)
     assert np.all(np.isfinite(res.is_mean))
+
+
+def test_rows_without_weighted_draws_keep_the_proposal_pit(small):
+    from scipy.stats import norm
+
+    F, X, Y, model = small
+    # No draw lies in the prior's support: every row keeps the proposal (its PIT was 0,
+    # counted as outside every interval).
+    kw = dict(y_true=Y[:4], feature_noise_var=1e-3, forward_model=F, n_draws=20,
+              log_prior=lambda y: np.where(y[:, 0] > 5, 0.0, -np.inf), random_state=0)
+    res = invert(model, X[:4], importance="full", **kw)
+    assert np.all(res.effective_sample_size == 0)
+    assert np.array_equal(res.is_pit, res.pit)
+    assert np.array_equal(res.coverage()["importance"], res.coverage()["mixture"])
+    res = invert(model, X[:4], importance="mode", n_modes=2, mode=1, **kw)
+    sd = np.sqrt(res.mode_covariances[:, 1, 0, 0])
+    assert np.allclose(res.is_mean, res.mode_means[:, 1])
+    assert np.allclose(res.is_pit[:, 0], norm.cdf((Y[:4, 0] - res.mode_means[:, 1, 0]) / sd))
