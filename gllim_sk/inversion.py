@@ -234,7 +234,8 @@ class _Proposal:
 def _count_modes(weights, means, covs, threshold, separation):
     """Distinct modes per row: heavy enough, and not within ``separation`` of a heavier."""
     n, M, L = means.shape
-    keep = weights >= threshold
+    # (a merged mode of weight 0, an empty slot, is no mode even at threshold 0)
+    keep = (weights >= threshold) & (weights > 0)
     count = np.zeros(n, dtype=int)
     distinct = np.zeros((n, M), dtype=bool)
     for j in range(M):

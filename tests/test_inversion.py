@@ -468,3 +468,14 @@ def test_rows_without_weighted_draws_keep_the_proposal_pit(small):
     sd = np.sqrt(res.mode_covariances[:, 1, 0, 0])
     assert np.allclose(res.is_mean, res.mode_means[:, 1])
     assert np.allclose(res.is_pit[:, 0], norm.cdf((Y[:4, 0] - res.mode_means[:, 1, 0]) / sd))
+
+
+def test_empty_mode_slots_are_not_counted_at_threshold_0(small):
+    F, X, Y, model = small
+    # Light components are left out of the merging (merge_min_weight): their modes'
+    # slots have weight 0, and a weight of 0 is no mode whatever the threshold.
+    res = invert(model, X[:20], n_modes=3, mode_threshold=0.0, merge_min_weight=0.2)
+    assert np.any(res.mode_weights == 0)
+    assert np.array_equal(res.n_modes, invert(model, X[:20], n_modes=3, mode_threshold=1e-300,
+                                              merge_min_weight=0.2).n_modes)
+    assert np.all(res.n_modes <= (res.mode_weights > 0).sum(axis=1))
