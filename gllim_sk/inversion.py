@@ -725,6 +725,12 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
                              "likelihood_var or likelihood_cov (or feature_noise_var/cov).")
         if likelihood_var is not None and likelihood_cov is not None:
             raise ValueError("Give likelihood_var or likelihood_cov, not both.")
+        # A shared noise (D numbers, or D x D) given as a dask array is small: it is
+        # checked here as a numpy one (the workers named it noise_covariance).
+        if _dask.is_dask_array(likelihood_var) and likelihood_var.ndim < 2:
+            likelihood_var = likelihood_var.compute()
+        if _dask.is_dask_array(likelihood_cov) and likelihood_cov.ndim < 3:
+            likelihood_cov = likelihood_cov.compute()
         if likelihood_var is not None:
             if np.shape(likelihood_var) not in ((), (D,), (n, D)):
                 raise ValueError(f"likelihood_var must be a scalar, ({D},) or (n, {D}) = "

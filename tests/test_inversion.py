@@ -428,6 +428,14 @@ def test_dask_per_observation_likelihood_noise_is_checked_as_numpy(small):
         with pytest.raises(ValueError, match="positive variances"):  # was "NaN"
             invert(model, da.from_array(X[:4], chunks=2),
                    likelihood_var=da.zeros((4, 2), chunks=2), **kw).compute()
+        # Shared noises given as dask arrays are named as given (the workers called
+        # them noise_covariance).
+        with pytest.raises(ValueError, match="likelihood_cov must be a symmetric"):
+            invert(model, da.from_array(X[:4], chunks=2), likelihood_cov=da.from_array(
+                np.array([[1e-3, 5e-4], [0.0, 1e-3]])), **kw).compute()
+        with pytest.raises(ValueError, match="likelihood_var must hold positive"):
+            invert(model, da.from_array(X[:4], chunks=2),
+                   likelihood_var=-da.ones(2) * 1e-3, **kw).compute()
 
 
 def test_student_components_without_covariance_still_invert():
