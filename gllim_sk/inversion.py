@@ -78,7 +78,8 @@ class InversionResult:
     mode_means : ndarray of shape (n, M, L)
         Their locations.
     mode_covariances : ndarray of shape (n, M, L, L)
-        Their spread.
+        Their spread (a Student-t component without covariance is merged with its
+        scale matrix instead).
     n_modes : ndarray of shape (n,)
         Number of distinct modes: merged modes of weight at least ``mode_threshold``
         counted once per group lying within ``separation`` (Mahalanobis distance under
@@ -94,7 +95,8 @@ class InversionResult:
     pit, is_pit : ndarray of shape (n, L) or None
         With ``y_true``: the marginal posterior CDF of each parameter at its true value
         (probability integral transform), under GLLiM's mixture and under the weighted
-        draws. Calibrated posteriors give uniform values.
+        draws (rows of effective sample size 0 keep the proposal's PIT, as its
+        moments). Calibrated posteriors give uniform values.
     names : tuple of str
         Parameter names.
     dof, scales : ndarray of shape (n, K) and (n, K, L, L), or None
@@ -233,7 +235,8 @@ class _Proposal:
 def _count_modes(weights, means, covs, threshold, separation):
     """Distinct modes per row: heavy enough, and not within ``separation`` of a heavier."""
     n, M, L = means.shape
-    keep = weights >= threshold
+    # (a merged mode of weight 0, an empty slot, is no mode even at threshold 0)
+    keep = (weights >= threshold) & (weights > 0)
     count = np.zeros(n, dtype=int)
     distinct = np.zeros((n, M), dtype=bool)
     for j in range(M):
@@ -297,6 +300,15 @@ def _row_noise(S, n, D):
         W = 1.0 / np.sqrt(S)
         logdet = np.log(S).sum(axis=1)
     return np.hstack([W, logdet[:, None]])
+
+
+def _check_row_noise(S, D):
+    """A block of a dask array of per-observation likelihood noises, validated as a
+    numpy one is by :func:`invert` (its rows are numbered within the block)."""
+    S = np.asarray(S, dtype=float)
+    if S.ndim == 3:
+        return check_noise_matrix(S, D, "likelihood_cov", definite=True, n_samples=S.shape[0])
+    return check_noise_variances(S, "likelihood_var", positive=True)
 
 
 def _row_noise_loglik(D):
@@ -462,7 +474,12 @@ class _Inverter:
         wt = w[rows, top]
         wt = np.where((wt >= s["merge_min_weight"]) | (np.arange(keep) == 0), wt, 0.0)
         wt = wt / wt.sum(axis=1, keepdims=True)
-        heaviest = (wt, mu[rows, top], cov[rows, top])
+        merge_cov = cov[rows, top]
+        if dof is not None and not np.all(np.isfinite(merge_cov)):
+            # A t component of at most 2 degrees of freedom has no covariance to merge
+            # by moments: its scale matrix stands in for it (as IMIS's metric does).
+            merge_cov = np.where(np.isfinite(merge_cov), merge_cov, scales[rows, top])
+        heaviest = (wt, mu[rows, top], merge_cov)
         mw = mm = mc = n_modes = None
         if not late:
             mw, mm, mc, n_modes = self._modes(*heaviest)
@@ -475,8 +492,9 @@ class _Inverter:
         if y is not None:
             sd = np.sqrt(np.diagonal(scales, axis1=-2, axis2=-1))
             dof_l = None if dof is None else np.broadcast_to(dof, (n, K))[..., None]
-            out.append(np.einsum("nk,nkl->nl", w, _marginal_cdf((y[:, None] - mu) / sd,
-                                                                  dof_l)))
+            mix_pit = np.einsum("nk,nkl->nl", w, _marginal_cdf((y[:, None] - mu) / sd,
+                                                                dof_l))
+            out.append(mix_pit)
         if s["importance"] is None:
             return out, heaviest
 
@@ -499,7 +517,18 @@ class _Inverter:
         if y is not None:
             below = res.samples <= y[:, None, :]
             # Normalised weights may sum to 1 + a rounding error.
-            out.append(np.minimum(np.einsum("ns,nsl->nl", res.weights, below), 1.0))
+            is_pit = np.minimum(np.einsum("ns,nsl->nl", res.weights, below), 1.0)
+            dead = res.effective_sample_size == 0
+            if dead.any():
+                # Rows without a weighted draw keep the proposal's moments, and its PIT
+                # (their weights are all 0: the PIT of the draws would be 0).
+                if s["importance"] == "full":
+                    prop_pit = mix_pit
+                else:
+                    prop_pit = ndtr((y - prop[1][:, 0]) / np.sqrt(np.diagonal(
+                        prop[2][:, 0], axis1=-2, axis2=-1)))
+                is_pit[dead] = prop_pit[dead]
+            out.append(is_pit)
         return out, heaviest
 
 
@@ -640,6 +669,12 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
     >>> res.mean.shape, res.mode_means.shape, res.effective_sample_size.shape
     ((3, 1), (3, 3, 1), (3,))
     """
+    if not hasattr(model, "_predictive_mixture"):
+        # (a ComponentSelector or a Pipeline would fail later on a missing attribute)
+        hint = (" (a ComponentSelector: pass its best_estimator_)"
+                if hasattr(model, "best_estimator_") else "")
+        raise TypeError(f"model must be a fitted GLLiMRegressor or StudentGLLiMRegressor; "
+                        f"got {type(model).__name__}{hint}.")
     check_is_fitted(model)
     if importance not in (None, "full", "mode"):
         raise ValueError(f"importance must be None, 'full' or 'mode', got {importance!r}.")
@@ -654,11 +689,29 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         raise ValueError(f"mode={mode} needs n_modes > {mode}; got n_modes={n_modes}.")
     if not 0 <= merge_min_weight < 1:
         raise ValueError(f"merge_min_weight must be in [0, 1), got {merge_min_weight!r}.")
-    n, D = np.shape(X)[0], np.shape(X)[-1]
+    if np.ndim(X) != 2:
+        raise ValueError(f"X must be 2-D (n_observations, n_features); got shape "
+                         f"{np.shape(X)} (one observation: X.reshape(1, -1)).")
+    n, D = np.shape(X)
+    L = model.n_targets_
+    shape = None if y_true is None else np.shape(y_true)
+    if shape is not None and not (
+            (shape[1:] == (L,) or (len(shape) == 1 and L == 1))
+            and (shape[0] == n or shape[0] != shape[0] or n != n)):  # (NaN: dask's unknown)
+        raise ValueError(f"y_true must have shape (n, L) = ({n}, {L}); got "
+                         f"{shape}.")
+    # The merged modes number at most min(n_modes, K, merge_components).
+    n_available = min(n_modes, model.weights_.shape[0], merge_components)
+    if importance == "mode" and mode >= n_available:
+        raise ValueError(f"mode={mode} asks for merged mode {mode} of at most {n_available} "
+                         f"(min(n_modes, n_components, merge_components)).")
     from .physics import ForwardModel
 
     if names is None:
         names = tuple(forward_model.names) if isinstance(forward_model, ForwardModel) else ()
+    names = tuple(names)
+    if names and len(names) != L:
+        raise ValueError(f"{len(names)} parameter names {names} for a model of {L} targets.")
     if importance is not None:
         if forward_model is None or not callable(forward_model):
             raise ValueError("Importance sampling needs forward_model, a callable.")
@@ -673,6 +726,12 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
                              "likelihood_var or likelihood_cov (or feature_noise_var/cov).")
         if likelihood_var is not None and likelihood_cov is not None:
             raise ValueError("Give likelihood_var or likelihood_cov, not both.")
+        # A shared noise (D numbers, or D x D) given as a dask array is small: it is
+        # checked here as a numpy one (the workers named it noise_covariance).
+        if _dask.is_dask_array(likelihood_var) and likelihood_var.ndim < 2:
+            likelihood_var = likelihood_var.compute()
+        if _dask.is_dask_array(likelihood_cov) and likelihood_cov.ndim < 3:
+            likelihood_cov = likelihood_cov.compute()
         if likelihood_var is not None:
             if np.shape(likelihood_var) not in ((), (D,), (n, D)):
                 raise ValueError(f"likelihood_var must be a scalar, ({D},) or (n, {D}) = "
@@ -683,6 +742,9 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
         elif not _dask.is_dask_array(likelihood_cov):
             likelihood_cov = check_noise_matrix(likelihood_cov, D, "likelihood_cov",
                                                 definite=True, n_samples=n)
+        elif np.shape(likelihood_cov) not in ((D, D), (n, D, D)):
+            raise ValueError(f"likelihood_cov must have shape ({D}, {D}) or (n, {D}, {D}) = "
+                             f"({n}, {D}, {D}); got {np.shape(likelihood_cov)}.")
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     settings = {"n_modes": int(n_modes), "mode_threshold": float(mode_threshold),
                 "separation": float(separation),
@@ -704,7 +766,7 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
             S = S.rechunk({i: -1 for i in range(1, S.ndim)})
             width = (D * D if S.ndim == 3 else D) + 1
             likelihood_rows = S.map_blocks(
-                lambda b: _row_noise(np.asarray(b, dtype=float), b.shape[0], D),
+                lambda b: _row_noise(_check_row_noise(b, D), b.shape[0], D),
                 dtype=float, chunks=(S.chunks[0], (width,)),
                 drop_axis=[2] if S.ndim == 3 else [])
         else:
@@ -738,4 +800,4 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
             keys.append("is_pit")
     parts = {"weights": None, "means": None, "covariances": None}
     parts |= dict(zip(keys, out, strict=True))
-    return InversionResult(**parts, importance=importance, names=tuple(names))
+    return InversionResult(**parts, importance=importance, names=names)

@@ -255,15 +255,20 @@ def _merge_mixture(weights, means, covariances, n_components, check_covariances=
     # A component of weight 0 merges into any other at no cost and changes nothing: each
     # row merges its positive-weight components only (at least n_keep columns), the
     # rows grouped by that number, heaviest columns first.
-    width = np.maximum((weights > 0).sum(axis=1), n_keep)
-    order = np.argsort(-weights, axis=1, kind="stable")
+    # Each row's weights are scaled by a power of two (exactly) to a largest weight in
+    # [0.5, 1): the floor and the cut at 1e-300 below then act on relative weights, and
+    # rows of tiny unnormalised weights keep their proportions and total.
+    exponent = np.frexp(weights.max(axis=1))[1][:, None]
+    rel = np.ldexp(weights, -exponent)
+    width = np.maximum((rel > 0).sum(axis=1), n_keep)
+    order = np.argsort(-rel, axis=1, kind="stable")
     out_w = np.empty((n, n_keep))
     out_m = np.empty((n, n_keep, L))
     out_c = np.empty((n, n_keep, L, L))
     for c in np.unique(width):
         idx = np.flatnonzero(width == c)
         cols = order[idx, :c]
-        w = weights[idx[:, None], cols]
+        w = rel[idx[:, None], cols]
         m = means[idx[:, None], cols]
         P = covariances[idx[:, None], cols]
         if c == n_keep:  # nothing to merge: already heaviest first
@@ -287,7 +292,7 @@ def _merge_mixture(weights, means, covariances, n_components, check_covariances=
             sl = slice(a, a + block)
             out_w[idx[sl]], out_m[idx[sl]], out_c[idx[sl]] = _merge_block(
                 w[sl], m[:, sl], Q[:, sl], n_keep, jitter[idx[sl]], ld[sl])
-    out_w = np.where(out_w <= 1e-300, 0.0, out_w)
+    out_w = np.ldexp(np.where(out_w <= 1e-300, 0.0, out_w), exponent)
     return out_w, out_m, out_c
 
 

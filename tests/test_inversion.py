@@ -418,3 +418,111 @@ def test_kept_mixture_in_mapped_memory_is_the_same_mixture(gllim_ref, monkeypatc
     assert np.array_equal(again, res.covariances)
     res.covariances[0] = 0.0  # the memory is the array's own
     assert np.array_equal(again[1:], res.covariances[1:])
+
+
+@pytest.fixture(scope="module")
+def small():
+    F = FunctionModel(lambda y: np.hstack([y**2, np.cos(y)]), [[-1, 1]], 2)
+    Y, X = simulate(F, 300, noise_std=0.01, random_state=0)
+    return F, X, Y, GLLiMRegressor(n_components=3, random_state=0).fit(X, Y)
+
+
+def test_inputs_a_new_user_gets_wrong_are_refused_clearly(small):
+    from gllim_sk.model_selection import ComponentSelector
+
+    F, X, Y, model = small
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        invert(model, X[0])
+    with pytest.raises(ValueError, match="y_true must have shape"):
+        invert(model, X[:3], y_true=Y[:2])
+    with pytest.raises(ValueError, match="2 parameter names"):  # were kept as given
+        invert(model, X[:3], names=["a", "b"])
+    selector = ComponentSelector(n_components=[1, 2], criterion="bic",
+                                 random_state=0).fit(X, Y)
+    with pytest.raises(TypeError, match="best_estimator_"):
+        invert(selector, X[:3])
+    # One component merged: there is no mode 1 to importance-sample (it used to
+    # sample mode 0 silently).
+    with pytest.raises(ValueError, match="mode=1"):
+        invert(model, X[:3], feature_noise_var=1e-4, forward_model=F, importance="mode",
+               mode=1, merge_components=1)
+
+
+def test_dask_per_observation_likelihood_noise_is_checked_as_numpy(small):
+    dask = pytest.importorskip("dask")
+    da = pytest.importorskip("dask.array")
+    F, X, Y, model = small
+    kw = dict(forward_model=F, importance="full", n_draws=20, random_state=0)
+    bad = {"likelihood_cov": (np.tile([[1e-3, 5e-4], [0.0, 1e-3]], (4, 1, 1)),
+                              "symmetric"),
+           "likelihood_var": (np.full((4, 2), np.inf), "finite")}
+    with dask.config.set(scheduler="synchronous"):
+        for name, (value, message) in bad.items():
+            with pytest.raises(ValueError, match=message):
+                invert(model, X[:4], **{name: value}, **kw)
+            lazy = da.from_array(value, chunks=2)
+            with pytest.raises(ValueError, match=message):  # silently used before
+                invert(model, da.from_array(X[:4], chunks=2), **{name: lazy},
+                       **kw).compute()
+        with pytest.raises(ValueError, match="positive variances"):  # was "NaN"
+            invert(model, da.from_array(X[:4], chunks=2),
+                   likelihood_var=da.zeros((4, 2), chunks=2), **kw).compute()
+        # Shared noises given as dask arrays are named as given (the workers called
+        # them noise_covariance).
+        with pytest.raises(ValueError, match="likelihood_cov must be a symmetric"):
+            invert(model, da.from_array(X[:4], chunks=2), likelihood_cov=da.from_array(
+                np.array([[1e-3, 5e-4], [0.0, 1e-3]])), **kw).compute()
+        with pytest.raises(ValueError, match="likelihood_var must hold positive"):
+            invert(model, da.from_array(X[:4], chunks=2),
+                   likelihood_var=-da.ones(2) * 1e-3, **kw).compute()
+
+
+def test_student_components_without_covariance_still_invert():
+    # Heavy tails and one feature: a fitted component has dof_ + D <= 2 degrees of
+    # freedom in its predictive t, whose covariance does not exist.
+    rng = np.random.default_rng(0)
+    y = rng.uniform(-1, 1, (400, 1))
+    x = y**3 + 0.05 * rng.standard_t(0.5, size=(400, 1))
+    model = StudentGLLiMRegressor(n_components=2, dof_init=1.0, random_state=0).fit(x, y)
+    assert model.dof_.min() + 1 <= 2
+    res = invert(model, x[:5], y_true=y[:5])
+    heavy = (res.dof <= 2) & (res.weights > 0)
+    assert np.array_equal(np.isinf(res.std[:, 0]), heavy.any(axis=1))
+    assert np.all(np.isfinite(res.mode_covariances))
+    assert np.allclose(res.mode_weights.sum(axis=1), 1.0)
+    # The mean exists (dof > 1) and is the mixture's.
+    assert np.allclose(res.mean, np.einsum("nk,nkl->nl", res.weights, res.means))
+    assert np.all((res.pit >= 0) & (res.pit <= 1))
+    prior = lambda Y: np.where(np.abs(Y[:, 0]) <= 1, 0.0, -np.inf)  # noqa: E731
+    res = invert(model, x[:5], likelihood_var=0.05**2, forward_model=lambda Y: Y**3,
+                 log_prior=prior, importance="mode", n_draws=50, random_state=0)
+    assert np.all(np.isfinite(res.is_mean))
+
+
+def test_rows_without_weighted_draws_keep_the_proposal_pit(small):
+    from scipy.stats import norm
+
+    F, X, Y, model = small
+    # No draw lies in the prior's support: every row keeps the proposal (its PIT was 0,
+    # counted as outside every interval).
+    kw = dict(y_true=Y[:4], feature_noise_var=1e-3, forward_model=F, n_draws=20,
+              log_prior=lambda y: np.where(y[:, 0] > 5, 0.0, -np.inf), random_state=0)
+    res = invert(model, X[:4], importance="full", **kw)
+    assert np.all(res.effective_sample_size == 0)
+    assert np.array_equal(res.is_pit, res.pit)
+    assert np.array_equal(res.coverage()["importance"], res.coverage()["mixture"])
+    res = invert(model, X[:4], importance="mode", n_modes=2, mode=1, **kw)
+    sd = np.sqrt(res.mode_covariances[:, 1, 0, 0])
+    assert np.allclose(res.is_mean, res.mode_means[:, 1])
+    assert np.allclose(res.is_pit[:, 0], norm.cdf((Y[:4, 0] - res.mode_means[:, 1, 0]) / sd))
+
+
+def test_empty_mode_slots_are_not_counted_at_threshold_0(small):
+    F, X, Y, model = small
+    # Light components are left out of the merging (merge_min_weight): their modes'
+    # slots have weight 0, and a weight of 0 is no mode whatever the threshold.
+    res = invert(model, X[:20], n_modes=3, mode_threshold=0.0, merge_min_weight=0.2)
+    assert np.any(res.mode_weights == 0)
+    assert np.array_equal(res.n_modes, invert(model, X[:20], n_modes=3, mode_threshold=1e-300,
+                                              merge_min_weight=0.2).n_modes)
+    assert np.all(res.n_modes <= (res.mode_weights > 0).sum(axis=1))

@@ -168,6 +168,21 @@ def test_merge_of_point_masses_keeps_all_the_mass():
     assert_allclose(mixture_moments(w3, m3, c3)[1], cov, atol=1e-9)
 
 
+def test_merge_of_tiny_unnormalised_weights_keeps_their_proportions():
+    """Weights below 1e-300 (unnormalised likelihoods, exp(-700)) used to be floored to
+    1e-300 each: the merged mixture had the wrong total and the wrong mean."""
+    rng = np.random.default_rng(5)
+    weights, means, covs = random_mixtures(rng, 4, 4, 2, per_sample_cov=True)
+    scale = np.exp(-720.0)  # 2e-313: subnormal
+    w1, m1, c1 = merge_mixture(weights * scale, means, covs, 1)
+    mean, cov = mixture_moments(weights, means, covs)
+    assert_allclose(w1[:, 0], weights.sum(axis=1) * scale, rtol=1e-6)
+    assert_allclose(m1[:, 0], mean, atol=1e-6)
+    assert_allclose(c1[:, 0], cov, atol=1e-6)
+    w2 = merge_mixture(weights * scale, means, covs, 2)[0]
+    assert_allclose(w2 / scale, merge_mixture(weights, means, covs, 2)[0], rtol=1e-6)
+
+
 def test_merge_refuses_what_has_no_moments_to_merge():
     w, m, c = random_mixtures(np.random.default_rng(0), 3, 4, 2)
     negative = c.copy()
