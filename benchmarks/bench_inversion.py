@@ -48,8 +48,9 @@ its own:
   kernels whose transparent huge pages are made on demand (``defrag`` set to
   ``madvise``, a common default), numpy advises huge pages for its large arrays, and the
   first large allocation after another program's work can cost the kernel tenths of a
-  second compacting memory (system time; the 84 MB of the kept mixture here). numpy's
-  switch ``NUMPY_MADVISE_HUGEPAGE=0`` avoids it; run the part both ways to see it.
+  second compacting memory (system time; the 84 MB of the kept mixture here). The kept
+  mixture's arrays are therefore mapped without that advice (``_kernels.large_empty``);
+  numpy's switch ``NUMPY_MADVISE_HUGEPAGE=0`` turns it off for every array.
 - ``dask``: ``--dask-n`` simulations made on the workers of a 2-worker LocalCluster and
   fitted there (EM over the blocks); client peak memory and time per EM iteration.
 
