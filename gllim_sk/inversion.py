@@ -525,8 +525,8 @@ class _Inverter:
                 if s["importance"] == "full":
                     prop_pit = mix_pit
                 else:
-                    prop_pit = ndtr((y - prop[1][:, 0]) / np.sqrt(np.diagonal(
-                        prop[2][:, 0], axis1=-2, axis2=-1)))
+                    prop_pit = _marginal_cdf((y - prop[1][:, 0]) / np.sqrt(np.diagonal(
+                        prop[2][:, 0], axis1=-2, axis2=-1)), None)
                 is_pit[dead] = prop_pit[dead]
             out.append(is_pit)
         return out, heaviest
@@ -694,12 +694,13 @@ def invert(model, X, *, feature_noise_var=None, feature_noise_cov=None, n_modes=
                          f"{np.shape(X)} (one observation: X.reshape(1, -1)).")
     n, D = np.shape(X)
     L = model.n_targets_
-    shape = None if y_true is None else np.shape(y_true)
-    if shape is not None and not (
-            (shape[1:] == (L,) or (len(shape) == 1 and L == 1))
-            and (shape[0] == n or shape[0] != shape[0] or n != n)):  # (NaN: dask's unknown)
-        raise ValueError(f"y_true must have shape (n, L) = ({n}, {L}); got "
-                         f"{shape}.")
+    if y_true is not None:
+        rows, *per_row = np.shape(y_true)
+        # (dask arrays of unknown chunk sizes have NaN row counts: checked per block)
+        rows_agree = rows == n or np.isnan(rows) or np.isnan(n)
+        if not rows_agree or per_row not in ([L], [] if L == 1 else [L]):
+            raise ValueError(f"y_true must have shape (n, L) = ({n}, {L}); got "
+                             f"{np.shape(y_true)}.")
     # The merged modes number at most min(n_modes, K, merge_components).
     n_available = min(n_modes, model.weights_.shape[0], merge_components)
     if importance == "mode" and mode >= n_available:
