@@ -386,8 +386,18 @@ def _spread(n_blocks):
     client = _active_client()
     if client is None:
         return [None] * n_blocks
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    workers = _worker_addresses(client)
+    if not workers:  # none yet (or all lost): the scheduler places the blocks later
+        return [None] * n_blocks
     return [[workers[i * len(workers) // n_blocks]] for i in range(n_blocks)]
+
+
+def _worker_addresses(client):
+    """The sorted addresses of the cluster's workers, asked of the scheduler now.
+
+    ``client.scheduler_info()`` is not used: the client's periodic refresh replaces the
+    returned identity with one without workers, racing with the call."""
+    return sorted(client.nthreads())
 
 
 def _on_workers(workers):
@@ -472,7 +482,7 @@ def _watched(wait, cancel):
             pass
         except (KilledWorker, CancelledError) as error:
             raise _worker_lost_error(error) from error
-        if client.scheduler_info(n_workers=-1)["workers"]:
+        if _worker_addresses(client):
             workerless_since = None
         elif workerless_since is None:
             workerless_since = time()

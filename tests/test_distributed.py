@@ -182,6 +182,29 @@ def test_dask_starting_runs_on_a_small_subset_run_on_the_client(gllim_ref, dask_
     assert counts[_dask.CLIENT_SUBSET_MAX_BYTES] + 4 * 5 < counts[0]
 
 
+def test_block_placement_sees_every_worker_whatever_the_client_cache(dask_client,
+                                                                     monkeypatch):
+    from gllim_sk import _engine
+
+    workers = sorted(dask_client.nthreads())
+    assert len(workers) == 2
+    # The client's periodic refresh keeps an identity without workers; placement must not
+    # read that cache (it raced with it, and placed blocks on a worker of an empty list).
+    monkeypatch.setattr(dask_client, "scheduler_info", lambda *a, **k: {"workers": {}})
+    assert _engine._spread(4) == [[workers[0]], [workers[0]], [workers[1]], [workers[1]]]
+
+
+def test_block_placement_without_workers_leaves_it_to_the_scheduler():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0",
+                                  silence_logs=40) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client, \
+            client.as_current():
+        from gllim_sk import _engine
+
+        assert _engine._spread(3) == [None, None, None]
+
+
 def test_dask_predictions_are_lazy_and_exact(gllim_ref, dask_client):
     X, y = make_data(gllim_ref, n_latent=1)
     model = GLLiMRegressor(n_components=3, n_latent=1, random_state=0).fit(X, y)
