@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._compat import array_namespace, concat, einsum, eye, permute, reshape, swap_last
+from ._compiled import kernel as compiled_kernel
+from ._compiled import run_noisy_diagonal
 from ._kernels import (
     LOG_2PI,
     _matmul_transposed,
@@ -239,7 +241,7 @@ def _outputs(out, n, K, L):
 
 
 def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset=None,
-                         out=None):
+                         out=None, compiled=True):
     """:meth:`ForwardMixin.noisy_forward_terms` for diagonal Sigma_k and per-row
     variances S (n, D): the same quantities, each row block held entry by entry.
 
@@ -275,6 +277,27 @@ def _noisy_diagonal_rows(Xc, S, sigma, Az, means_x, prior_prec, const, c, offset
     # make of it are then row-major (n, K).
     log_nu = np.empty((n, K))
     means, covs = _outputs(out, n, K, L)
+    kernel = compiled_kernel("noisy_diagonal_rows", n * K) if compiled else None
+    if kernel is not None:
+        det = np.empty((n, K))
+        run_noisy_diagonal(kernel, XcT, SgT, sigma_g[:, :, 0], inv_g.ravel(), Az, pairs,
+                           means_x, c, np.zeros(L) if offset is None else offset, det,
+                           log_nu, means, covs)
+        # |V / g| |P| outside the normal range of floats, or a precision that is not
+        # positive definite (0 or NaN): those rows by numpy, which sums logarithms
+        # (or raises).
+        in_range = (det >= np.finfo(float).tiny) & (det <= np.finfo(float).max)
+        log_nu += log_g.sum()
+        np.add(log_nu, np.log(det, out=det, where=in_range), out=log_nu, where=in_range)
+        log_nu *= -0.5
+        log_nu += const
+        bad = np.flatnonzero(~in_range.all(axis=1))
+        if bad.size:
+            log_nu_bad, means[bad], covs[bad] = _noisy_diagonal_rows(
+                Xc[bad], S[bad], sigma, Az, means_x, prior_prec, const, c, offset,
+                compiled=False)
+            log_nu[bad] = log_nu_bad.T
+        return log_nu.T, means, covs
     rows = max(1, min(_NOISY_BLOCK // K, n))
     E = len(lower)
     # Work arrays of a full block, reused by every block (a partial one uses their

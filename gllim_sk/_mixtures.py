@@ -14,6 +14,7 @@ import numpy as np
 from scipy.special import betaln, chdtri, gammaln, ndtri
 
 from ._compat import array_namespace, swap_last, to_numpy
+from ._compiled import kernel as compiled_kernel
 from ._small_spd import spd_logdet
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -203,10 +204,18 @@ class PredictiveMixture:
         xp = self.xp
         nu = xp.exp(self.log_weights) if weights is None else weights
         n, K, L = self.means.shape
+        covs = self.covariances()
+        kernel = (compiled_kernel("mixture_moments", n * K) if xp is np and covs.ndim == 4
+                  else None)
+        if kernel is not None:
+            mean, cov = np.empty((n, L)), np.empty((n, L, L))
+            with np.errstate(invalid="ignore"):  # inf * 0 where a weight underflows
+                kernel(*(np.asarray(a, dtype=np.float64) for a in (nu, self.means, covs)),
+                       mean, cov)
+            return mean, cov
         # The sums over components as products of each row's weights (1, K) with its
         # (K, L) means and (K, L * L) covariances.
         mean = (nu[:, None, :] @ self.means)[:, 0, :]
-        covs = self.covariances()
         with np.errstate(invalid="ignore"):  # inf * 0 where a weight underflows
             if covs.ndim == 4:
                 within = nu[:, None, :] @ xp.reshape(covs, (n, K, L * L))

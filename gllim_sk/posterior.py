@@ -28,6 +28,7 @@ from sklearn.utils import check_random_state
 
 from . import _dask
 from ._compat import to_numpy
+from ._compiled import kernel as compiled_kernel
 from ._mixtures import (  # noqa: F401  (the densities and draws are documented here)
     LOG_2PI,
     PredictiveMixture,
@@ -265,6 +266,11 @@ def _merge_mixture(weights, means, covariances, n_components, check_covariances=
     out_w = np.empty((n, n_keep))
     out_m = np.empty((n, n_keep, L))
     out_c = np.empty((n, n_keep, L, L))
+    merge = compiled_kernel("merge_rows", n * K)
+    if merge is not None and merge(rel, order, width, means, covariances, n_keep, jitter,
+                                   np.empty((0, 0)) if logdets is None else logdets,
+                                   out_w, out_m, out_c):
+        return np.ldexp(np.where(out_w <= 1e-300, 0.0, out_w), exponent), out_m, out_c
     for c in np.unique(width):
         idx = np.flatnonzero(width == c)
         cols = order[idx, :c]

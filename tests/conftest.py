@@ -312,6 +312,34 @@ def _restoring_dask_config():
     dask.config.config.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def _compiled_kernels_on_every_size(monkeypatch):
+    """With ``GLLIM_SK_TEST_COMPILED=1`` the compiled kernels run on calls of every size,
+    so that the whole suite checks them; otherwise on large calls only, as for users."""
+    if os.environ.get("GLLIM_SK_TEST_COMPILED") == "1":
+        from gllim_sk import _compiled
+
+        monkeypatch.setattr(_compiled, "MIN_WORK", dict.fromkeys(_compiled.MIN_WORK, 0))
+    yield
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def kernels(request, monkeypatch):
+    """Run a test with numpy's code and with the compiled kernels, on calls of every
+    size (the compiled ones skipped where numba is not installed)."""
+    from gllim_sk import _compiled
+
+    if request.param == "compiled":
+        pytest.importorskip("numba")
+        monkeypatch.delenv("GLLIM_SK_NUMBA", raising=False)
+        monkeypatch.setattr(_compiled, "_module", [])
+        work = 0
+    else:
+        work = float("inf")
+    monkeypatch.setattr(_compiled, "MIN_WORK", dict.fromkeys(_compiled.MIN_WORK, work))
+    return request.param
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _dask_config_restored_per_module():
     """Each test module, its module-scoped clusters' set-up and tear-down included,

@@ -253,7 +253,7 @@ def test_student_intervals_and_pits_use_the_t_distribution():
     assert np.max(np.abs(normal - 0.05)) > 1e-3
 
 
-def test_per_observation_variances_over_blocks_and_extreme_scales(gllim_ref):
+def test_per_observation_variances_over_blocks_and_extreme_scales(gllim_ref, kernels):
     """(n, D) variances on more rows than one block of the noisy forward terms (and a
     partial last block), some so large that the product of the D variances leaves the
     floating-point range, some negligible: every checked row is dense Gaussian

@@ -51,7 +51,7 @@ def mixture_moments(weights, means, covs):
 # --------------------------------------------------------------------------- merging
 @pytest.mark.parametrize("per_sample_cov", [False, True])
 @pytest.mark.parametrize("n_keep", [1, 2, 3, 5])
-def test_merge_preserves_mixture_mean_and_covariance(n_keep, per_sample_cov):
+def test_merge_preserves_mixture_mean_and_covariance(n_keep, per_sample_cov, kernels):
     rng = np.random.default_rng(n_keep)
     weights, means, covs = random_mixtures(rng, 30, 7, 2, per_sample_cov)
     w2, m2, c2 = merge_mixture(weights, means, covs, n_keep)
@@ -88,7 +88,7 @@ def greedy_reference(comps, n_keep):
     return sorted(comps, key=lambda c: -c[0])
 
 
-def test_merge_follows_runnalls_greedy_order():
+def test_merge_follows_runnalls_greedy_order(kernels):
     """Reference: a greedy loop over all pairs with dense determinants."""
     rng = np.random.default_rng(3)
     weights, means, covs = random_mixtures(rng, 5, 6, 2)
@@ -100,7 +100,7 @@ def test_merge_follows_runnalls_greedy_order():
         assert_allclose(c2[i], [c[2] for c in comps], rtol=1e-10, atol=1e-12)
 
 
-def test_merge_drops_zero_weight_components_and_follows_the_greedy_order_in_4d():
+def test_merge_drops_zero_weight_components_and_follows_the_greedy_order_in_4d(kernels):
     """Rows with different numbers of zero weights (grouped internally), 4-D components:
     the positive components follow the dense greedy reference; zero weights stay 0."""
     rng = np.random.default_rng(4)
@@ -120,7 +120,7 @@ def test_merge_drops_zero_weight_components_and_follows_the_greedy_order_in_4d()
         assert np.all(w2[i, kept:] == 0.0)
 
 
-def test_merge_keeps_everything_when_asked_for_more_and_handles_zero_weights():
+def test_merge_keeps_everything_when_asked_for_more_and_handles_zero_weights(kernels):
     rng = np.random.default_rng(0)
     weights, means, covs = random_mixtures(rng, 4, 3, 1)
     w2, m2, c2 = merge_mixture(weights, means, covs, 10)
@@ -146,7 +146,7 @@ def test_merge_rejects_bad_shapes():
         merge_mixture(w, m, np.full_like(c, np.inf), 2)
 
 
-def test_merge_of_point_masses_keeps_all_the_mass():
+def test_merge_of_point_masses_keeps_all_the_mass(kernels):
     """Zero covariances (the issue's example): the two nearby point masses merge, with
     the moments of their pair; nothing is lost."""
     w2, m2, c2 = merge_mixture([[0.3, 0.25, 0.45]], [[[-1.0], [-1.1], [2.0]]],
@@ -168,7 +168,7 @@ def test_merge_of_point_masses_keeps_all_the_mass():
     assert_allclose(mixture_moments(w3, m3, c3)[1], cov, atol=1e-9)
 
 
-def test_merge_of_tiny_unnormalised_weights_keeps_their_proportions():
+def test_merge_of_tiny_unnormalised_weights_keeps_their_proportions(kernels):
     """Weights below 1e-300 (unnormalised likelihoods, exp(-700)) used to be floored to
     1e-300 each: the merged mixture had the wrong total and the wrong mean."""
     rng = np.random.default_rng(5)
@@ -183,7 +183,7 @@ def test_merge_of_tiny_unnormalised_weights_keeps_their_proportions():
     assert_allclose(w2 / scale, merge_mixture(weights, means, covs, 2)[0], rtol=1e-6)
 
 
-def test_merge_refuses_what_has_no_moments_to_merge():
+def test_merge_refuses_what_has_no_moments_to_merge(kernels):
     w, m, c = random_mixtures(np.random.default_rng(0), 3, 4, 2)
     negative = c.copy()
     negative[1] = -negative[1]
@@ -552,7 +552,7 @@ def noisy_reference(ref, p, X, noise):
                                   "per_sample_cov"])
 @pytest.mark.parametrize("covariance_type", NOISE_COVARIANCE_TYPES)
 def test_observation_noise_matches_dense_conditioning(gllim_ref, covariance_type, kind,
-                                                      n_latent):
+                                                      n_latent, kernels):
     rng = np.random.default_rng(0)
     p = gllim_ref.random_params(rng, 3, 6, 2, n_latent=n_latent)
     X, y, _ = gllim_ref.sample(p, 300, rng)
@@ -688,7 +688,7 @@ def test_shared_observation_noise_with_dask_inputs(gllim_ref, noise):
             != model.predict(Xd, feature_noise_var=0.1).name)
 
 
-def test_merge_of_trusted_covariances_equals_the_checked_merge():
+def test_merge_of_trusted_covariances_equals_the_checked_merge(kernels):
     """The inversion's own covariances (positive definite by construction) skip the
     checks and are factorised where merged only; singular ones fall back to the checked
     path (jittered costs): both give merge_mixture's result."""
