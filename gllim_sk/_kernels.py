@@ -34,18 +34,23 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 LARGE_OUTPUT_BYTES = 32 << 20
 
 
-def large_empty(shape):
+def large_empty(shape, min_bytes=None):
     """An uninitialised float64 array of ``shape``, as ``np.empty``, for large outputs.
 
-    On Linux, arrays of at least :data:`LARGE_OUTPUT_BYTES` are mapped as plain private
-    anonymous memory, without the transparent-huge-page advice numpy gives its large
-    arrays. Kernels that make huge pages on demand (``defrag=madvise``, a common default)
-    compact physical memory at the first touch of advised memory once it is fragmented,
-    which can cost more than the computation that fills the array; plain memory is
-    faulted in page by page instead. The array owns its mapping (released with it).
+    On Linux, arrays of at least ``min_bytes`` (default :data:`LARGE_OUTPUT_BYTES`) are
+    mapped as plain private anonymous memory, without the transparent-huge-page advice
+    numpy gives its large arrays. Kernels that make huge pages on demand
+    (``defrag=madvise``, a common default) compact physical memory at the first touch of
+    advised memory once it is fragmented, which can cost more than the computation that
+    fills the array; plain memory is faulted in page by page instead. The array owns
+    its mapping (released with it). Smaller ``min_bytes`` suit work arrays reused
+    within a call: glibc maps large allocations of threads afresh at every call, with
+    the advice.
     """
     nbytes = prod(shape) * 8
-    if not nbytes or nbytes < LARGE_OUTPUT_BYTES or not sys.platform.startswith("linux"):
+    if min_bytes is None:
+        min_bytes = LARGE_OUTPUT_BYTES
+    if not nbytes or nbytes < min_bytes or not sys.platform.startswith("linux"):
         return np.empty(shape)
     return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE),
                          dtype=np.float64).reshape(shape)

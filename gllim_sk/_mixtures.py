@@ -209,9 +209,8 @@ class PredictiveMixture:
                   else None)
         if kernel is not None:
             mean, cov = np.empty((n, L)), np.empty((n, L, L))
-            with np.errstate(invalid="ignore"):  # inf * 0 where a weight underflows
-                kernel(*(np.asarray(a, dtype=np.float64) for a in (nu, self.means, covs)),
-                       mean, cov)
+            kernel(*(np.asarray(a, dtype=np.float64) for a in (nu, self.means, covs)),
+                   mean, cov)
             return mean, cov
         # The sums over components as products of each row's weights (1, K) with its
         # (K, L) means and (K, L * L) covariances.

@@ -27,8 +27,8 @@ _helper = _njit(inline="always")
 
 
 @_njit
-def noisy_diagonal_rows(XcT, SgT, sigma_g, inv_g, Az, pairs, means_x, c, offset,
-                               det, quad_out, means, covs, block_rows):
+def noisy_diagonal_rows(XcT, SgT, sigma_g, inv_g, Az, pairs, means_x, c, offset, det,
+                        quad_out, means, covs, block_rows):
     """Per row i and component k, with V = Sigma_k + diag(s_i) scaled by g (``sigma_g``
     (K, D) and ``SgT`` (D, n) hold Sigma / g and S' / g, ``inv_g`` 1 / g): the posterior
     precision P = prior + Az' V^-1 Az (``pairs`` (K, E, D + 1): the products of Az's

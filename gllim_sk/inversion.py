@@ -41,6 +41,9 @@ _BLOCK_ELEMENTS = 1 << 21
 # Rows whose modes are merged by one call of merge_mixture (its heaviest components
 # take merge_components * L * L numbers per row).
 _MERGE_ROWS = 16384
+# The blocks' mixture arrays of at least this size are mapped without huge-page advice
+# (see _kernels.large_empty).
+_BLOCK_OUT_MIN_BYTES = 1 << 20
 # numpy's exp takes its fast path above _EXP_NORMAL (results above ~1e-304, normal
 # numbers); exp(x) is 0 below _EXP_ZERO (it rounds to 0 below -745.14).
 _EXP_NORMAL = -700.0
@@ -397,13 +400,19 @@ class _Inverter:
             modes.append(self._modes(*top))
             pending.clear()
 
-        whole = None
+        whole = block_out = None
         if s["keep_mixture"]:
             # The mixture to keep is made at once, in the arrays returned (no copies of
             # blocks); the summaries run over blocks of its rows.
             whole = self.model._predictive_mixture(
                 X, feature_noise_var=feature_noise_var, feature_noise_cov=feature_noise_cov,
                 method="invert", out=mixture_out).to_numpy()
+        else:
+            # One pair of arrays for every block's component means and covariances
+            # (where the mixture is made per row): nothing of a block is kept after it.
+            m = min(rows, n)
+            block_out = (large_empty((m, K, L), _BLOCK_OUT_MIN_BYTES),
+                         large_empty((m, K, L, L), _BLOCK_OUT_MIN_BYTES))
         for a in range(0, max(n, 1), rows):
             sl = slice(a, min(a + rows, n))
             if whole is not None:
@@ -413,9 +422,10 @@ class _Inverter:
                     feature_noise_var
                 cov = feature_noise_cov[sl] if _per_row(feature_noise_cov, 3) else \
                     feature_noise_cov
+                m = sl.stop - sl.start
                 mix = self.model._predictive_mixture(
-                    X[sl], feature_noise_var=var, feature_noise_cov=cov,
-                    method="invert").to_numpy()
+                    X[sl], feature_noise_var=var, feature_noise_cov=cov, method="invert",
+                    out=(block_out[0][:m], block_out[1][:m])).to_numpy()
             out, top = self._block(mix, None if y is None else y[sl],
                                    None if aug is None else aug[sl], forward, loglik, rng,
                                    late)

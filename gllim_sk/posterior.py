@@ -267,37 +267,37 @@ def _merge_mixture(weights, means, covariances, n_components, check_covariances=
     out_m = np.empty((n, n_keep, L))
     out_c = np.empty((n, n_keep, L, L))
     merge = compiled_kernel("merge_rows", n * K)
-    if merge is not None and merge(rel, order, width, means, covariances, n_keep, jitter,
-                                   np.empty((0, 0)) if logdets is None else logdets,
-                                   out_w, out_m, out_c):
-        return np.ldexp(np.where(out_w <= 1e-300, 0.0, out_w), exponent), out_m, out_c
-    for c in np.unique(width):
-        idx = np.flatnonzero(width == c)
-        cols = order[idx, :c]
-        w = rel[idx[:, None], cols]
-        m = means[idx[:, None], cols]
-        P = covariances[idx[:, None], cols]
-        if c == n_keep:  # nothing to merge: already heaviest first
-            out_w[idx], out_m[idx], out_c[idx] = w, m, P
-            continue
-        # Zero weights would make the merged weights 0/0; a floor far below any real
-        # weight keeps the arithmetic defined without changing the moments measurably.
-        w = np.maximum(w, 1e-300)
-        # Entries first: (L, rows, c) and (E, rows, c).
-        m = m.transpose(2, 0, 1)
-        Q = P[..., lower[0], lower[1]].transpose(2, 0, 1)
-        if logdets is not None:
-            ld = logdets[idx[:, None], cols]
-        else:
-            try:
-                ld = _packed_logdet(Q, lower)
-            except np.linalg.LinAlgError:
-                return _merge_mixture(weights, means, covariances, n_components)
-        block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, c * (c - 1) // 2))
-        for a in range(0, idx.size, block):
-            sl = slice(a, a + block)
-            out_w[idx[sl]], out_m[idx[sl]], out_c[idx[sl]] = _merge_block(
-                w[sl], m[:, sl], Q[:, sl], n_keep, jitter[idx[sl]], ld[sl])
+    merged = merge is not None and merge(
+        rel, order, width, means, covariances, n_keep, jitter,
+        np.empty((0, 0)) if logdets is None else logdets, out_w, out_m, out_c)
+    if not merged:  # numpy's code (also where the kernel met a covariance not definite)
+        for c in np.unique(width):
+            idx = np.flatnonzero(width == c)
+            cols = order[idx, :c]
+            w = rel[idx[:, None], cols]
+            m = means[idx[:, None], cols]
+            P = covariances[idx[:, None], cols]
+            if c == n_keep:  # nothing to merge: already heaviest first
+                out_w[idx], out_m[idx], out_c[idx] = w, m, P
+                continue
+            # Zero weights would make the merged weights 0/0; a floor far below any real
+            # weight keeps the arithmetic defined without changing the moments measurably.
+            w = np.maximum(w, 1e-300)
+            # Entries first: (L, rows, c) and (E, rows, c).
+            m = m.transpose(2, 0, 1)
+            Q = P[..., lower[0], lower[1]].transpose(2, 0, 1)
+            if logdets is not None:
+                ld = logdets[idx[:, None], cols]
+            else:
+                try:
+                    ld = _packed_logdet(Q, lower)
+                except np.linalg.LinAlgError:
+                    return _merge_mixture(weights, means, covariances, n_components)
+            block = max(1, _MERGE_BLOCK_ELEMENTS // max(1, c * (c - 1) // 2))
+            for a in range(0, idx.size, block):
+                sl = slice(a, a + block)
+                out_w[idx[sl]], out_m[idx[sl]], out_c[idx[sl]] = _merge_block(
+                    w[sl], m[:, sl], Q[:, sl], n_keep, jitter[idx[sl]], ld[sl])
     out_w = np.ldexp(np.where(out_w <= 1e-300, 0.0, out_w), exponent)
     return out_w, out_m, out_c
 
