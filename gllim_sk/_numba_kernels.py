@@ -100,24 +100,21 @@ def noisy_diagonal_rows(XcT, SgT, sigma_g, inv_g, Az, pairs, means_x, c, offset,
                         u[a, j] += loading * v_r[j]
             # Cholesky factor C of P, in place; prod takes |P| = prod of the pivots.
             for t in range(Lz):
-                for j in range(m):
-                    s[j] = P[t, t, j]
-                for h in range(t):
-                    for j in range(m):
-                        s[j] -= P[t, h, j] * P[t, h, j]
-                for j in range(m):
-                    root = math.sqrt(s[j])
-                    P[t, t, j] = root
-                    G[t, t, j] = 1.0 / root
-                    prod[j] *= s[j]
-                for a in range(t + 1, Lz):
+                for a in range(t, Lz):  # column t: the pivot, then the entries below it
                     for j in range(m):
                         s[j] = P[a, t, j]
                     for h in range(t):
                         for j in range(m):
                             s[j] -= P[a, h, j] * P[t, h, j]
-                    for j in range(m):
-                        P[a, t, j] = s[j] * G[t, t, j]
+                    if a == t:
+                        for j in range(m):
+                            root = math.sqrt(s[j])
+                            P[t, t, j] = root
+                            G[t, t, j] = 1.0 / root
+                            prod[j] *= s[j]
+                    else:
+                        for j in range(m):
+                            P[a, t, j] = s[j] * G[t, t, j]
             # G = C^-1, so that P^-1 = G' G.
             for a in range(Lz):
                 for b in range(a):
@@ -275,7 +272,13 @@ def merge_rows(rel, order, width, means, covs, n_keep, jitter, logdets, out_w, o
     Q = np.empty((K, E))
     ld = np.empty(K)
     active = np.empty(K, dtype=np.bool_)
+    # Each log-determinant and cost is computed once, where it is still unknown (each in
+    # one place of the code: its helpers are inlined there); a cost takes its pair in
+    # the order of ``lead`` (the merged component first, as the numpy code does).
+    ld_unknown = np.empty(K, dtype=np.bool_)
     cost = np.empty((K, K))
+    cost_unknown = np.empty((K, K), dtype=np.bool_)
+    lead = np.empty((K, K), dtype=np.int64)
     merged_mean = np.empty(L)
     merged_Q = np.empty(E)
     work = np.empty((L, L))
@@ -299,17 +302,29 @@ def merge_rows(rel, order, width, means, covs, n_keep, jitter, logdets, out_w, o
                 mu[t, a] = means[i, col, a]
                 for b in range(a + 1):
                     Q[t, e] = covs[i, col, a, b]
-                    merged_Q[e] = Q[t, e]
                     e += 1
-            ld[t] = logdets[i, col] if given else _packed_logdet(merged_Q, L, jitter[i], work)
-            if not math.isfinite(ld[t]):
-                return False
+            ld[t] = logdets[i, col] if given else 0.0
+            ld_unknown[t] = not given
             active[t] = True
-        for t in range(c):
             for s in range(t + 1, c):
-                cost[t, s] = _runnalls_cost(w, mu, Q, ld, t, s, L, jitter[i], merged_mean,
-                                            merged_Q, work)
-        for step in range(c - n_keep):
+                cost_unknown[t, s] = True
+                lead[t, s] = t
+        for _ in range(c - n_keep):
+            for t in range(c):
+                if ld_unknown[t]:
+                    ld_unknown[t] = False
+                    for e in range(E):
+                        merged_Q[e] = Q[t, e]
+                    ld[t] = _packed_logdet(merged_Q, L, jitter[i], work)
+                    if not math.isfinite(ld[t]):
+                        return False
+            for t in range(c):
+                for s in range(t + 1, c):
+                    if cost_unknown[t, s]:
+                        cost_unknown[t, s] = False
+                        one = lead[t, s]
+                        cost[t, s] = _runnalls_cost(w, mu, Q, ld, one, t + s - one, L,
+                                                    jitter[i], merged_mean, merged_Q, work)
             best, first, second = np.inf, -1, -1
             for t in range(c):
                 if active[t]:
@@ -325,15 +340,11 @@ def merge_rows(rel, order, width, means, covs, n_keep, jitter, logdets, out_w, o
                 Q[first, e] = merged_Q[e]
             w[second] = 0.0
             active[second] = False
-            if step == c - n_keep - 1:  # the last merge: no costs needed after it
-                break
-            ld[first] = _packed_logdet(merged_Q, L, jitter[i], work)
+            ld_unknown[first] = True
             for s in range(c):
                 if active[s] and s != first:
-                    # The merged component first, as the numpy code takes it.
-                    value = _runnalls_cost(w, mu, Q, ld, first, s, L, jitter[i],
-                                           merged_mean, merged_Q, work)
-                    cost[min(first, s), max(first, s)] = value
+                    cost_unknown[min(first, s), max(first, s)] = True
+                    lead[min(first, s), max(first, s)] = first
         for slot in range(n_keep):  # the heaviest first (the first on ties)
             pick = -1
             for t in range(c):
