@@ -410,9 +410,9 @@ class _Inverter:
         else:
             # One pair of arrays for every block's component means and covariances
             # (where the mixture is made per row): nothing of a block is kept after it.
-            m = min(rows, n)
-            block_out = (large_empty((m, K, L), _BLOCK_OUT_MIN_BYTES),
-                         large_empty((m, K, L, L), _BLOCK_OUT_MIN_BYTES))
+            most = min(rows, n)
+            block_out = (large_empty((most, K, L), _BLOCK_OUT_MIN_BYTES),
+                         large_empty((most, K, L, L), _BLOCK_OUT_MIN_BYTES))
         for a in range(0, max(n, 1), rows):
             sl = slice(a, min(a + rows, n))
             if whole is not None:
